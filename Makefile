@@ -1,0 +1,36 @@
+# Two commands on a fresh Linux machine with Python >= 3.10:
+#   make quickstart   # create .venv, install, run the offline RLHF loop
+#   make test         # same set-up, then the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# torch: keep an existing install (e.g. Colab's); otherwise pin the CPU build our machines carry
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: install browser quickstart test lint clean-runs
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_PIN)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+# Debian's Chromium for the real-browser test (Playwright drives it; never `playwright install`)
+browser:
+	@command -v chromium >/dev/null 2>&1 || bash scripts/install_chromium.sh
+
+quickstart: $(STAMP)
+	$(PY) -m rlhf_widgets quickstart
+
+test: $(STAMP) browser
+	$(PY) -m pytest -q -ra
+
+lint: $(STAMP)
+	$(PY) -m ruff check rlhf_widgets tests benchmarks
+
+clean-runs:
+	rm -rf runs
