@@ -1,0 +1,229 @@
+"""Model loading in one place: hub id or local path, LoRA, 4-bit, device and dtype.
+
+Every stage loads through here so that the same rules hold everywhere:
+- `"sandbox"` names the offline tiny base model; anything else is a local directory or a hub id;
+- a directory holding a PEFT adapter (`adapter_config.json`) loads its base and attaches the adapter;
+- bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU;
+- 4-bit is nf4 with double quantization (QLoRA) through bitsandbytes;
+- the tokenizer pads on the left (generation) with a pad token distinct from EOS, so a padded EOS
+  is never mistaken for the end of a response.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from peft import LoraConfig, PeftModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from trl import get_peft_config
+
+from rlhf_widgets.config import SANDBOX, ModelConfig
+
+PAD_TOKEN = "<|pad|>"
+"""Pad token added to tokenizers that have none, or whose pad token is their EOS token."""
+
+_BNB_CPU_BLOCK = 64  # bitsandbytes' CPU 4-bit kernels need layer widths divisible by this
+
+
+class ModelLoadError(OSError):
+    """A model or tokenizer could not be loaded; the message says which and why."""
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> str:
+    """`'sandbox'` → the committed sandbox base model; an existing path → itself; else a hub id as given."""
+    name = str(name_or_path)
+    if name == SANDBOX:
+        from rlhf_widgets.sandbox import base_model_path
+
+        return str(base_model_path())
+    path = Path(name).expanduser()
+    return str(path) if path.exists() else name
+
+
+def choose_device(requested: str = "auto") -> torch.device:
+    """`'auto'` → CUDA when available, else CPU. Explicit requests are checked, not silently replaced."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but torch sees no CUDA device")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device='mps' was requested but torch sees no MPS device")
+    return torch.device(requested)
+
+
+def choose_dtype(device: torch.device, requested: str | None = "auto") -> torch.dtype:
+    """`'auto'` → bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU/MPS."""
+    if requested not in (None, "auto"):
+        return getattr(torch, requested)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _is_adapter_dir(path: str) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def _load_hf_config(path: str) -> transformers.PretrainedConfig:
+    try:
+        return AutoConfig.from_pretrained(path)
+    except OSError as err:
+        if Path(path).exists():
+            raise ModelLoadError(f"'{path}' exists but holds no loadable model config ({err})") from err
+        raise ModelLoadError(
+            f"Could not load model '{path}': it is not a local directory and the Hugging Face hub could not "
+            "provide it (no network, or an unknown id). Pass a local model directory, or 'sandbox' for the "
+            "offline default."
+        ) from err
+
+
+def check_4bit_supported(model_config: transformers.PretrainedConfig, device: torch.device) -> None:
+    """Raise a clear error where bitsandbytes 4-bit cannot run this model on this device."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:  # pragma: no cover - bitsandbytes is a core dependency
+        raise ModelLoadError("load_in_4bit=True needs bitsandbytes: pip install bitsandbytes") from err
+    if device.type == "cpu":
+        widths = {
+            name: getattr(model_config, name)
+            for name in ("hidden_size", "intermediate_size")
+            if getattr(model_config, name, None) is not None
+        }
+        bad = {k: v for k, v in widths.items() if v % _BNB_CPU_BLOCK}
+        if bad:
+            raise ModelLoadError(
+                f"4-bit on CPU needs layer widths divisible by {_BNB_CPU_BLOCK} (bitsandbytes' CPU kernels); "
+                f"this model has {bad}. Use a GPU, or load without load_in_4bit."
+            )
+
+
+def quantization_config(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> BitsAndBytesConfig | None:
+    """nf4 + double-quant BitsAndBytesConfig when `cfg.load_in_4bit`, computing in `dtype`; else None."""
+    if not (cfg.load_in_4bit or cfg.load_in_8bit):
+        return None
+    if cfg.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=cfg.use_bnb_nested_quant,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def lora_config(cfg: ModelConfig, task_type: str = "CAUSAL_LM") -> LoraConfig | None:
+    """The LoRA config for `cfg` (None unless `cfg.use_peft`); `task_type='SEQ_CLS'` for reward models."""
+    if not cfg.use_peft:
+        return None
+    peft_config = get_peft_config(cfg)
+    peft_config.task_type = task_type
+    return peft_config
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, padding_side: str = "left") -> PreTrainedTokenizerBase:
+    """Load a tokenizer with a pad token distinct from EOS (added as `<|pad|>` when needed).
+
+    A tokenizer that gains a token needs `model.resize_token_embeddings(len(tokenizer))`;
+    `load_causal_lm` / `load_reward_backbone` do that.
+    """
+    path = resolve_model_path(name_or_path)
+    if _is_adapter_dir(path):
+        if (Path(path) / "tokenizer_config.json").is_file():
+            source = path
+        else:
+            source = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    else:
+        source = path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as err:
+        _load_hf_config(source)  # raises the clear "offline / unknown id" error when that is the cause
+        raise ModelLoadError(f"Could not load a tokenizer from '{source}': {err}") from err
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def _from_pretrained(auto_cls: Any, path: str, cfg: ModelConfig, device: torch.device, **kwargs: Any) -> Any:
+    dtype = choose_dtype(device, cfg.dtype)
+    quant = quantization_config(cfg, device, dtype)
+    if quant is not None:
+        check_4bit_supported(_load_hf_config(path), device)
+        kwargs.update(quantization_config=quant, device_map={"": device.index or 0} if device.type == "cuda" else {"": "cpu"})
+    try:
+        model = auto_cls.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation, **kwargs)
+    except OSError as err:
+        _load_hf_config(path)
+        raise ModelLoadError(f"Could not load model weights from '{path}': {err}") from err
+    if quant is None:
+        model.to(device)
+    return model
+
+
+def _match_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+
+
+def load_causal_lm(
+    cfg: ModelConfig | str = SANDBOX, *, merge_adapter: bool = True
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer (left padding, pad ≠ EOS) on the configured device.
+
+    The model comes back without a *new* LoRA adapter (trainers add `lora_config(cfg)` themselves); if
+    `cfg.model_name_or_path` is a saved adapter directory, its base is loaded and the adapter attached —
+    merged into the weights when `merge_adapter` and the base is not quantized, else as a `PeftModel`.
+    Dropout is off (`eval()`); trainers switch to train mode themselves.
+    """
+    cfg = ModelConfig(model_name_or_path=cfg) if isinstance(cfg, str) else cfg
+    device = choose_device(cfg.device)
+    path = resolve_model_path(cfg.model_name_or_path)
+    tokenizer = load_tokenizer(path)
+    if _is_adapter_dir(path):
+        base = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+        model = _from_pretrained(AutoModelForCausalLM, resolve_model_path(base), cfg, device)
+        _match_vocab(model, tokenizer)
+        model = PeftModel.from_pretrained(model, path)
+        if merge_adapter and not (cfg.load_in_4bit or cfg.load_in_8bit):
+            model = model.merge_and_unload()
+    else:
+        model = _from_pretrained(AutoModelForCausalLM, path, cfg, device)
+        _match_vocab(model, tokenizer)
+    return model.eval(), tokenizer
+
+
+def load_reward_backbone(
+    cfg: ModelConfig | str = SANDBOX, num_labels: int = 1
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a sequence classifier (`num_labels` scores read at the last real token) and its tokenizer."""
+    cfg = ModelConfig(model_name_or_path=cfg) if isinstance(cfg, str) else cfg
+    device = choose_device(cfg.device)
+    path = resolve_model_path(cfg.model_name_or_path)
+    tokenizer = load_tokenizer(path, padding_side="right")
+    if _is_adapter_dir(path):  # an SFT LoRA adapter: merge it into a plain causal LM first, then reuse the weights
+        merged, _ = load_causal_lm(ModelConfig(**{**cfg.to_dict(), "load_in_4bit": False, "use_peft": False}))
+        with_head = AutoModelForSequenceClassification.from_config(merged.config, num_labels=num_labels)
+        with_head.load_state_dict(merged.state_dict(), strict=False)
+        model = with_head.to(device)
+    else:
+        model = _from_pretrained(AutoModelForSequenceClassification, path, cfg, device, num_labels=num_labels)
+    _match_vocab(model, tokenizer)
+    return model.eval(), tokenizer

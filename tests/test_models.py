@@ -1,0 +1,60 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhf_widgets.config import ModelConfig
+from rlhf_widgets.models import (
+    ModelLoadError,
+    check_4bit_supported,
+    choose_dtype,
+    load_causal_lm,
+    load_reward_backbone,
+    load_tokenizer,
+)
+
+
+def test_tokenizer_gets_pad_distinct_from_eos_and_left_padding(hub_like_model_dir: Path) -> None:
+    tok = load_tokenizer(hub_like_model_dir)
+    assert tok.pad_token is not None and tok.pad_token_id != tok.eos_token_id
+    assert tok.padding_side == "left"
+
+
+def test_causal_lm_embeddings_cover_added_pad(hub_like_model_dir: Path) -> None:
+    model, tok = load_causal_lm(ModelConfig(model_name_or_path=str(hub_like_model_dir)))
+    assert model.get_input_embeddings().num_embeddings >= len(tok)
+    assert model.config.pad_token_id == tok.pad_token_id
+    assert not model.training
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def test_reward_backbone_has_one_score_and_right_padding(hub_like_model_dir: Path) -> None:
+    model, tok = load_reward_backbone(str(hub_like_model_dir))
+    assert model.config.num_labels == 1 and tok.padding_side == "right"
+    batch = tok(["hello there", "my order"], return_tensors="pt", padding=True)
+    assert model(**batch).logits.shape == (2, 1)
+
+
+def test_unknown_hub_id_offline_gives_clear_error() -> None:
+    with pytest.raises(ModelLoadError, match="not a local directory.*no-such-org/no-such-model|no-such-org/no-such-model.*not a local"):
+        load_causal_lm("no-such-org/no-such-model")
+
+
+def test_cpu_dtype_is_fp32_and_explicit_dtype_is_kept() -> None:
+    assert choose_dtype(torch.device("cpu")) == torch.float32
+    assert choose_dtype(torch.device("cpu"), "bfloat16") == torch.bfloat16
+
+
+def test_4bit_on_cpu_rejects_widths_not_multiple_of_64() -> None:
+    from transformers import LlamaConfig
+
+    with pytest.raises(ModelLoadError, match="hidden_size.*96"):
+        check_4bit_supported(LlamaConfig(hidden_size=96, intermediate_size=128), torch.device("cpu"))
+    check_4bit_supported(LlamaConfig(hidden_size=128, intermediate_size=256), torch.device("cpu"))
+
+
+def test_model_config_validates_settings() -> None:
+    with pytest.raises(ValueError, match="load_in_4bit=True needs use_peft=True"):
+        ModelConfig(load_in_4bit=True)
+    with pytest.raises(ValueError, match="device='tpu'"):
+        ModelConfig(device="tpu")
