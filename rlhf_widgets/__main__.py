@@ -1,0 +1,5 @@
+import sys
+
+from rlhf_widgets.cli import main
+
+sys.exit(main())

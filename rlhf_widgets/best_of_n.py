@@ -1,0 +1,63 @@
+"""Best-of-N: sample N responses per prompt, keep the one the reward model scores highest.
+
+The simplest RLHF baseline; its KL to the sampling policy is known in closed form,
+log N − (N−1)/N (`evaluate.best_of_n_kl`), which places it on the same √KL axis as PPO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from rlhf_widgets.evaluate import best_of_n_kl
+from rlhf_widgets.generation import SamplingSettings, generate
+
+
+@dataclass
+class BestOfN:
+    """Per prompt: the chosen response, its score, and all N candidates with their scores."""
+
+    responses: list[str]
+    scores: list[float]
+    candidates: list[list[str]]
+    candidate_scores: list[list[float]]
+    n: int
+
+    @property
+    def kl(self) -> float:
+        """Analytic KL(best-of-N ‖ sampler) in nats."""
+        return best_of_n_kl(self.n)
+
+    def best_of(self, m: int) -> tuple[list[str], list[float]]:
+        """Best of the first `m` ≤ n candidates (reuses the samples: the curve over N comes for free)."""
+        if not 1 <= m <= self.n:
+            raise ValueError(f"best_of: m={m} must be in [1, {self.n}]")
+        picks = [max(range(m), key=lambda i: s[i]) for s in self.candidate_scores]
+        return ([c[i] for c, i in zip(self.candidates, picks, strict=True)],
+                [s[i] for s, i in zip(self.candidate_scores, picks, strict=True)])
+
+
+def best_of_n(
+    model, tokenizer, prompts: Sequence, reward_model, n: int = 8,
+    settings: SamplingSettings | None = None, seed: int = 0, batch_size: int = 64, show_progress: bool = False,
+) -> BestOfN:
+    """Sample `n` responses per prompt with `settings` and pick the highest-scoring under `reward_model`."""
+    if n < 1:
+        raise ValueError(f"best_of_n: n={n} must be >= 1")
+    prompts = list(prompts)
+    candidates: list[list[str]] = [[] for _ in prompts]
+    for i in range(n):
+        for j, g in enumerate(generate(model, tokenizer, prompts, settings, batch_size=batch_size, seed=seed + i,
+                                       show_progress=show_progress)):
+            candidates[j].append(g.text)
+    flat_prompts = [p for p in prompts for _ in range(n)]
+    flat = [c for cs in candidates for c in cs]
+    scores = torch.as_tensor(reward_model.score(flat_prompts, flat)).view(len(prompts), n).tolist()
+    picks = [max(range(n), key=lambda i: s[i]) for s in scores]
+    return BestOfN(
+        responses=[c[i] for c, i in zip(candidates, picks, strict=True)],
+        scores=[s[i] for s, i in zip(scores, picks, strict=True)],
+        candidates=candidates, candidate_scores=scores, n=n,
+    )

@@ -1,0 +1,192 @@
+"""The whole loop on the offline sandbox, as one call (what `make quickstart` runs).
+
+build world → SFT → candidate pairs → simulated annotator labels (in a PreferenceStore) → reward
+model → PPO → DPO → evaluation on held-out prompts → an HTML report with the plots and the
+comparison table. Every number in the report comes from this run (`report.json` holds them).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from rlhf_widgets.config import SANDBOX
+from rlhf_widgets.metrics import MetricsLog
+
+
+@dataclass
+class QuickstartConfig:
+    """Sizes of the offline quickstart; the defaults fit a 2-core CPU in a few minutes."""
+
+    output_dir: str = "runs/quickstart"
+    """where every stage writes (models, metrics, label store, report)"""
+    seed: int = 0
+    """one seed for every stage"""
+    sft_demos: int = 512
+    """sandbox demonstrations for SFT"""
+    pair_prompts: int = 600
+    """prompts to generate candidate pairs for"""
+    annotator_temperature: float = 1.0
+    """simulated annotator's Bradley–Terry temperature (label noise)"""
+    verbosity_bias: float = 0.0
+    """simulated annotator's per-word preference for longer responses (0 = unbiased)"""
+    ppo_updates: int = 60
+    """PPO updates"""
+    eval_prompts: int = 200
+    """held-out prompts for the final comparison"""
+    stages: tuple[str, ...] = ("sft", "pairs", "reward", "ppo", "dpo", "evaluate")
+    """stages to run, in order (later ones need earlier ones)"""
+
+
+@dataclass
+class QuickstartResult:
+    """Paths and numbers of a quickstart run."""
+
+    output_dir: Path
+    report_path: Path | None
+    numbers: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+
+def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
+    """Run the configured stages on the sandbox and write `report.html` / `report.json`."""
+    from rlhf_widgets import sandbox
+
+    config = config or QuickstartConfig()
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = QuickstartResult(output_dir=out, report_path=None)
+    logs: dict[str, MetricsLog] = {}
+    stages = tqdm(config.stages, desc="quickstart", unit="stage")
+    state: dict = {}
+    for stage in stages:
+        stages.set_postfix_str(stage)
+        start = time.perf_counter()
+        if stage == "sft":
+            from rlhf_widgets.sft import SFTStageConfig, train_sft
+
+            sft = train_sft(SFTStageConfig(output_dir=str(out / "sft"), sandbox_demos=config.sft_demos,
+                                           seed=config.seed), model=SANDBOX)
+            state["sft_path"], logs["sft"] = sft.model_path, sft.metrics
+        elif stage == "pairs":
+            from rlhf_widgets.labeling import PreferenceStore, label_with
+            from rlhf_widgets.labeling.pairs import generate_pairs
+            from rlhf_widgets.models import load_causal_lm
+
+            model, tok = load_causal_lm(str(state["sft_path"]))
+            prompts = [p.text for p in sandbox.make_prompts(config.pair_prompts, seed=config.seed + 1)]
+            rows = generate_pairs(model, tok, prompts, model_name="sft", seed=config.seed)
+            store = PreferenceStore(out / "labels.sqlite")
+            store.add_pairs(rows)
+            annotator = sandbox.SimulatedAnnotator(temperature=config.annotator_temperature,
+                                                   verbosity_bias=config.verbosity_bias, seed=config.seed)
+            label_with(store, annotator, annotator=annotator.name, show_progress=False)
+            state["pairs"] = store.to_dataset(annotator=annotator.name)
+            result.numbers["pairs"] = len(state["pairs"])
+        elif stage == "reward":
+            from rlhf_widgets.evaluate import reward_report
+            from rlhf_widgets.reward import RewardStageConfig, train_reward_model
+
+            rm = train_reward_model(state["pairs"], RewardStageConfig(output_dir=str(out / "reward"),
+                                                                      seed=config.seed),
+                                    model=str(state["sft_path"]))
+            report = reward_report(rm.reward_model, rm.eval_dataset, gold=sandbox.gold_score)
+            state["reward_model"], logs["reward"] = rm.reward_model, rm.metrics
+            result.numbers["reward"] = {k: report[k] for k in ("accuracy", "gold_agreement", "mean_margin",
+                                                               "expected_calibration_error")}
+        elif stage == "ppo":
+            from rlhf_widgets.ppo import PPOConfig, PPOTrainer
+
+            train_prompts = [p.text for p in sandbox.make_prompts(1000, seed=config.seed + 2)]
+            sft_samples = _samples(state["sft_path"], train_prompts[:128], config.seed)
+            state["reward_model"].fit_normalization(train_prompts[:128], sft_samples)
+            trainer = PPOTrainer(PPOConfig(output_dir=str(out / "ppo"), num_updates=config.ppo_updates,
+                                           seed=config.seed),
+                                 policy=str(state["sft_path"]), reward=state["reward_model"],
+                                 prompts=train_prompts, gold=sandbox.gold_score)
+            trainer.train(show_progress=False)
+            state["ppo_path"], logs["ppo"] = trainer.output_dir / "last" / "policy", trainer.metrics
+        elif stage == "dpo":
+            from rlhf_widgets.dpo import DPOStageConfig, train_dpo
+
+            dpo = train_dpo(state["pairs"], DPOStageConfig(output_dir=str(out / "dpo"), seed=config.seed),
+                            model=str(state["sft_path"]))
+            state["dpo_path"], logs["dpo"] = dpo.model_path, dpo.metrics
+        elif stage == "evaluate":
+            result.numbers["comparison"] = _compare(state, config)
+        else:
+            raise ValueError(f"run_quickstart: unknown stage {stage!r}; known: {QuickstartConfig.stages}")
+        result.seconds[stage] = round(time.perf_counter() - start, 1)
+    result.report_path = write_report(out, config, result, logs)
+    return result
+
+
+def _samples(model_path, prompts: list[str], seed: int) -> list[str]:
+    from rlhf_widgets.generation import generate
+    from rlhf_widgets.models import load_causal_lm
+
+    model, tok = load_causal_lm(str(model_path))
+    return [g.text for g in generate(model, tok, prompts, seed=seed)]
+
+
+def _compare(state: dict, config: QuickstartConfig) -> dict:
+    """Gold and RM win rates over SFT, KL to SFT and length, for every policy the run produced."""
+    from rlhf_widgets import sandbox
+    from rlhf_widgets.evaluate import win_rate
+
+    prompts = [p.text for p in sandbox.make_prompts(config.eval_prompts, seed=config.seed + 3, split="test")]
+    baseline = _samples(state["sft_path"], prompts, config.seed + 7)
+    table = {}
+    for name, key in (("SFT", "sft_path"), ("PPO", "ppo_path"), ("DPO", "dpo_path")):
+        if key not in state:
+            continue
+        responses = baseline if name == "SFT" else _samples(state[key], prompts, config.seed + 11)
+        gold = win_rate(prompts, responses, baseline, sandbox.gold_score)
+        row = {"gold_win_rate": gold["win_rate"], "gold_mean": gold["mean_score"],
+               "mean_words": sum(len(r.split()) for r in responses) / len(responses),
+               "example": responses[0]}
+        if "reward_model" in state:
+            row["rm_win_rate"] = win_rate(prompts, responses, baseline, state["reward_model"])["win_rate"]
+        table[name] = row
+    return table
+
+
+def write_report(out: Path, config: QuickstartConfig, result: QuickstartResult, logs: dict[str, MetricsLog]) -> Path:
+    """report.json (every number) and report.html (plots + comparison table); returns the HTML path."""
+    import html
+
+    from rlhf_widgets.plots import figure_from_log
+
+    numbers = {"config": asdict(config), "numbers": result.numbers, "seconds": result.seconds}
+    (out / "report.json").write_text(json.dumps(numbers, indent=2, default=str))
+    parts = ["<html><head><meta charset='utf-8'><title>rlhf-widgets quickstart</title></head><body>",
+             "<h1>rlhf-widgets quickstart</h1>",
+             f"<p>Stages and seconds: {html.escape(json.dumps(result.seconds))}</p>"]
+    comparison = result.numbers.get("comparison")
+    if comparison:
+        cols = ["gold_win_rate", "rm_win_rate", "gold_mean", "mean_words", "example"]
+        parts.append("<h2>Comparison on held-out prompts (vs SFT)</h2><table border='1' cellpadding='4'><tr>"
+                     "<th>policy</th>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>")
+        for name, row in comparison.items():
+            cells = "".join(
+                f"<td>{row[c]:.3f}</td>" if isinstance(row.get(c), float) else f"<td>{html.escape(str(row.get(c, '')))}</td>"
+                for c in cols
+            )
+            parts.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
+        parts.append("</table>")
+    if "reward" in result.numbers:
+        parts.append(f"<h2>Reward model</h2><pre>{html.escape(json.dumps(result.numbers['reward'], indent=2))}</pre>")
+    first = True
+    for stage, log in logs.items():
+        fig = figure_from_log(log, title=f"{stage} metrics")
+        parts.append(f"<h2>{html.escape(stage)}</h2>")
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=first))
+        first = False
+    parts.append("</body></html>")
+    path = out / "report.html"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path

@@ -1,0 +1,121 @@
+"""PPOConfig: every PPO-RLHF knob in one place, each with the reference default.
+
+Defaults follow "The N+ Implementation Details of RLHF with PPO" (Huang et al. 2024) and
+OpenAI's lm-human-preferences, adjusted where noted for the tiny sandbox (learning rate, batch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class PPOConfig:
+    """PPO with a KL penalty against the reference (SFT) policy."""
+
+    output_dir: str = "runs/ppo"
+    """where metrics, samples and checkpoints go"""
+    seed: int = 0
+    """seed for prompt order, sampling and initialisation"""
+    num_updates: int = 60
+    """PPO updates (rollout → score → GAE → epochs of minibatch steps) to run"""
+    batch_size: int = 32
+    """rollouts (prompt, response) per update, per process"""
+    mini_batch_size: int = 16
+    """rollouts per optimizer step; batch_size must be a multiple"""
+    ppo_epochs: int = 4
+    """passes over each batch of rollouts"""
+    learning_rate: float = 3e-4
+    """AdamW learning rate for the policy and value adapters and the value head"""
+    max_grad_norm: float = 1.0
+    """gradient-norm clip per optimizer step (0 = off)"""
+    max_new_tokens: int = 48
+    """response length limit in tokens; longer responses are truncated and get the missing-EOS penalty"""
+    temperature: float = 1.0
+    """sampling temperature; log-probs are always computed from logits / temperature"""
+    kl_estimator: str = "k1"
+    """per-token KL estimate in the reward: "k1" (log ratio, unbiased) or "k3" (non-negative, low variance)"""
+    kl_coef: float = 0.05
+    """β, the KL penalty coefficient (the initial value when adaptive_kl)"""
+    adaptive_kl: bool = False
+    """adapt β to reach kl_target (Ziegler et al. 2019) instead of keeping it fixed"""
+    kl_target: float = 6.0
+    """target KL (nats per sequence) of the adaptive controller"""
+    kl_horizon: int = 10000
+    """horizon (episodes) of the adaptive controller"""
+    gamma: float = 1.0
+    """discount factor"""
+    lam: float = 0.95
+    """GAE λ"""
+    cliprange: float = 0.2
+    """policy ratio clip ε"""
+    cliprange_value: float = 0.2
+    """value clip around the rollout values (0 = no value clipping)"""
+    vf_coef: float = 0.1
+    """value loss coefficient"""
+    whiten_advantages: bool = True
+    """normalise advantages to mean 0 / std 1 per batch"""
+    whiten_rewards: bool = False
+    """normalise the KL-shaped rewards per batch (off in the reference implementations by default)"""
+    missing_eos_penalty: float = 1.0
+    """subtracted from the score of a response that hit max_new_tokens without EOS (0 = off)"""
+    lora_r: int = 16
+    """LoRA rank of the policy and value adapters (shared-base mode)"""
+    lora_alpha: int = 32
+    """LoRA alpha"""
+    shared_base: bool = True
+    """one base model for policy (adapter), reference (adapters off) and value (adapter + head);
+    False = separate full models (plain mode)"""
+    load_in_4bit: bool = False
+    """quantize the shared base to 4-bit nf4 (needs shared_base)"""
+    rollout_batch_size: int = 32
+    """rollouts per no-grad forward when computing log-probs and values"""
+    sample_every: int = 5
+    """log a table of sample outputs every this many updates (0 = never)"""
+    samples_to_log: int = 4
+    """rows in each sample table"""
+    save_every: int = 0
+    """checkpoint every this many updates (0 = only at the end)"""
+    max_ratio: float = 10.0
+    """safety rail: stop when the mean policy ratio leaves [1/max_ratio, max_ratio]"""
+    min_kl: float = -1.0
+    """safety rail: stop when the mean k1 KL (nats/sequence) falls below this (a negative KL means the
+    estimate or the reference is wrong)"""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "num_updates": self.num_updates > 0,
+            "batch_size": self.batch_size > 0,
+            "mini_batch_size": 0 < self.mini_batch_size <= self.batch_size
+            and self.batch_size % self.mini_batch_size == 0,
+            "ppo_epochs": self.ppo_epochs > 0,
+            "learning_rate": self.learning_rate > 0 and math.isfinite(self.learning_rate),
+            "max_new_tokens": self.max_new_tokens > 0,
+            "temperature": self.temperature > 0,
+            "kl_estimator": self.kl_estimator in ("k1", "k3"),
+            "kl_coef": self.kl_coef >= 0,
+            "gamma": 0 < self.gamma <= 1,
+            "lam": 0 <= self.lam <= 1,
+            "cliprange": self.cliprange > 0,
+            "cliprange_value": self.cliprange_value >= 0,
+            "load_in_4bit": self.shared_base or not self.load_in_4bit,
+            "max_ratio": self.max_ratio > 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            name = bad[0]
+            hint = {
+                "mini_batch_size": f"must divide batch_size={self.batch_size}",
+                "kl_estimator": "must be 'k1' or 'k3'",
+                "temperature": "must be > 0 (log-probs divide by it)",
+                "load_in_4bit": "4-bit needs shared_base=True (LoRA adapters on a quantized base)",
+            }.get(name, "out of range")
+            raise ValueError(f"PPOConfig.{name}={getattr(self, name)!r}: {hint}")
+
+    @property
+    def num_minibatches(self) -> int:
+        return self.batch_size // self.mini_batch_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)

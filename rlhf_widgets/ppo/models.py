@@ -1,0 +1,173 @@
+"""Where PPO's four roles live: policy, reference, value and (optionally) reward.
+
+`SharedBackbone` — the memory-lean default: ONE base model (optionally 4-bit) with LoRA adapters.
+    policy    = adapter "policy"                     (trainable)
+    reference = the same model with adapters disabled (`with peft.disable_adapter()`), or a frozen
+                copy of the SFT adapter ("reference") when the SFT model itself is an adapter
+    value     = adapter "value" + a scalar head on the last hidden state (trainable)
+`SeparateModels` — plain mode: full trainable policy, a frozen reference copy, a separate value
+    network. Simple and exact, at ~3x the memory.
+
+Both expose the same calls, so the trainer does not know which one it drives. All forwards take
+explicit position ids derived from the attention mask (left padding), and the models stay in eval
+mode (dropout off) even while training.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from torch import nn
+from transformers import PreTrainedModel
+
+POLICY, VALUE, REFERENCE = "policy", "value", "reference"
+
+
+def _value_head(hidden_size: int, device: torch.device) -> nn.Linear:
+    head = nn.Linear(hidden_size, 1, device=device, dtype=torch.float32)
+    nn.init.zeros_(head.weight)  # V ≡ 0 at the start; the first updates fit it to the returns
+    nn.init.zeros_(head.bias)
+    return head
+
+
+class SharedBackbone(nn.Module):
+    """One base model with "policy" and "value" LoRA adapters (see module docstring)."""
+
+    def __init__(self, base: PreTrainedModel | PeftModel, lora: LoraConfig) -> None:
+        super().__init__()
+        if isinstance(base, PeftModel):  # the SFT model is itself an adapter: it becomes policy init + reference
+            sft_adapter = base.active_adapter
+            sft_state = {k: v.clone() for k, v in base.state_dict().items() if f".{sft_adapter}." in k}
+            base.add_adapter(REFERENCE, base.peft_config[sft_adapter])
+            base.add_adapter(POLICY, base.peft_config[sft_adapter])
+            for name in (REFERENCE, POLICY):
+                renamed = {k.replace(f".{sft_adapter}.", f".{name}."): v for k, v in sft_state.items()}
+                base.load_state_dict(renamed, strict=False)
+            base.delete_adapter(sft_adapter)
+            base.add_adapter(VALUE, lora)
+            self.peft, self.has_reference_adapter = base, True
+        else:
+            if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
+                base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+            self.peft = get_peft_model(base, lora, adapter_name=POLICY)
+            self.peft.add_adapter(VALUE, lora)
+            self.has_reference_adapter = False
+        self.peft.eval()
+        device = next(self.peft.parameters()).device
+        self.value_head = _value_head(self.peft.get_base_model().config.hidden_size, device)
+        self._policy_params = [p for n, p in self.peft.named_parameters() if f".{POLICY}." in n]
+        self._value_params = [p for n, p in self.peft.named_parameters() if f".{VALUE}." in n]
+        self._value_params += list(self.value_head.parameters())
+        self._activate(POLICY)
+
+    def _activate(self, adapter: str) -> None:
+        # PEFT's set_adapter also flips requires_grad; put back exactly our trainable set
+        self.peft.set_adapter(adapter)
+        for p in self.peft.parameters():
+            p.requires_grad_(False)
+        for p in self._policy_params + self._value_params:
+            p.requires_grad_(True)
+
+    @property
+    def policy_parameters(self) -> list[nn.Parameter]:
+        return self._policy_params
+
+    @property
+    def value_parameters(self) -> list[nn.Parameter]:
+        return self._value_params
+
+    def generate(self, **kwargs) -> torch.Tensor:
+        self._activate(POLICY)
+        return self.peft.generate(**kwargs)
+
+    def policy_logits(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        self._activate(POLICY)
+        return self.peft(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=False).logits
+
+    @torch.no_grad()
+    def reference_logits(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        if self.has_reference_adapter:
+            self._activate(REFERENCE)
+            ctx = nullcontext()
+        else:
+            ctx = self.peft.disable_adapter()
+        with ctx:
+            logits = self.peft(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=False).logits
+        self._activate(POLICY)
+        return logits
+
+    def values(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        self._activate(VALUE)
+        body = self.peft.get_base_model().base_model  # the decoder stack without the LM head
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=False).last_hidden_state
+        return self.value_head(hidden.float()).squeeze(-1)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Adapter + value-head weights: everything PPO changes (what checkpoints hold)."""
+        state = {f"peft.{k}": v for k, v in self.peft.state_dict().items() if f".{POLICY}." in k or f".{VALUE}." in k}
+        state.update({f"value_head.{k}": v for k, v in self.value_head.state_dict().items()})
+        return state
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.peft.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("peft.")}, strict=False)
+        self.value_head.load_state_dict({k[11:]: v for k, v in state.items() if k.startswith("value_head.")})
+
+    def save_policy(self, path) -> None:
+        """Save the policy adapter (PEFT format under `path/policy`) — reload with `load_causal_lm(path/'policy')`."""
+        self.peft.save_pretrained(path, selected_adapters=[POLICY])
+
+
+class SeparateModels(nn.Module):
+    """Plain mode: full policy, frozen reference copy, separate value network."""
+
+    def __init__(self, base: PreTrainedModel) -> None:
+        super().__init__()
+        self.policy = base.eval()
+        self.reference = copy.deepcopy(base).eval().requires_grad_(False)
+        self.value_body = copy.deepcopy(base.base_model).eval()
+        self.value_head = _value_head(base.config.hidden_size, next(base.parameters()).device)
+
+    @property
+    def policy_parameters(self) -> list[nn.Parameter]:
+        return list(self.policy.parameters())
+
+    @property
+    def value_parameters(self) -> list[nn.Parameter]:
+        return list(self.value_body.parameters()) + list(self.value_head.parameters())
+
+    def generate(self, **kwargs) -> torch.Tensor:
+        return self.policy.generate(**kwargs)
+
+    def policy_logits(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        return self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           use_cache=False).logits
+
+    @torch.no_grad()
+    def reference_logits(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        return self.reference(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=False).logits
+
+    def values(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        hidden = self.value_body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                 use_cache=False).last_hidden_state
+        return self.value_head(hidden.float()).squeeze(-1)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        state = {f"policy.{k}": v for k, v in self.policy.state_dict().items()}
+        state.update({f"value_body.{k}": v for k, v in self.value_body.state_dict().items()})
+        state.update({f"value_head.{k}": v for k, v in self.value_head.state_dict().items()})
+        return state
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        for prefix, module in (("policy.", self.policy), ("value_body.", self.value_body),
+                               ("value_head.", self.value_head)):
+            module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+    def save_policy(self, path) -> None:
+        self.policy.save_pretrained(path)
