@@ -59,3 +59,56 @@ def build_hub_like_model(path: Path, hidden: int = 64) -> Path:
 @pytest.fixture(scope="session")
 def hub_like_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_hub_like_model(tmp_path_factory.mktemp("hub_like_model"))
+
+
+# ---------------------------------------------------------------- sandbox stages, trained once per session
+SFT_DEMOS = 512
+
+
+def sandbox_prompts(n: int, seed: int, split: str = "train") -> list[str]:
+    from rlhf_widgets.sandbox import make_prompts
+
+    return [p.text for p in make_prompts(n, seed=seed, split=split)]
+
+
+def label_rows(rows: list[dict], labeler):
+    """Pairs labeled by `labeler(prompt, a, b)` → a TRL conversational preference Dataset."""
+    import datasets
+
+    out = []
+    for row in rows:
+        choice = labeler(row["prompt"], row["response_a"], row["response_b"])
+        chosen, rejected = ((row["response_a"], row["response_b"]) if choice == "a"
+                            else (row["response_b"], row["response_a"]))
+        out.append({"prompt": [{"role": "user", "content": row["prompt"]}],
+                    "chosen": [{"role": "assistant", "content": chosen}],
+                    "rejected": [{"role": "assistant", "content": rejected}]})
+    return datasets.Dataset.from_list(out)
+
+
+@pytest.fixture(scope="session")
+def sft_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rlhf_widgets.sft import SFTStageConfig, train_sft
+
+    out = tmp_path_factory.mktemp("sft")
+    return train_sft(SFTStageConfig(output_dir=str(out), sandbox_demos=SFT_DEMOS)).model_path
+
+
+@pytest.fixture(scope="session")
+def sft_pair_rows(sft_model_dir: Path) -> list[dict]:
+    from rlhf_widgets.labeling.pairs import generate_pairs
+    from rlhf_widgets.models import load_causal_lm
+
+    model, tok = load_causal_lm(str(sft_model_dir))
+    return generate_pairs(model, tok, sandbox_prompts(600, seed=11), seed=3, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_reward(sft_model_dir: Path, sft_pair_rows: list[dict], tmp_path_factory: pytest.TempPathFactory):
+    """A reward model trained on simulated-annotator labels (noise on) of SFT sample pairs."""
+    from rlhf_widgets.reward import RewardStageConfig, train_reward_model
+    from rlhf_widgets.sandbox import SimulatedAnnotator
+
+    pairs = label_rows(sft_pair_rows, SimulatedAnnotator(temperature=1.0, seed=0))
+    out = tmp_path_factory.mktemp("reward")
+    return train_reward_model(pairs, RewardStageConfig(output_dir=str(out)), model=str(sft_model_dir))
