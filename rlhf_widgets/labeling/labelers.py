@@ -1,0 +1,76 @@
+"""AI labelers: fill a PreferenceStore with labels from any `labeler(prompt, a, b)` instead of a human.
+
+The labeler protocol is a callable `(prompt, response_a, response_b) -> "a" | "b" | "tie" | "skip"`;
+the sandbox's `SimulatedAnnotator` is one, `RewardModelLabeler` wraps any reward model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from tqdm.auto import tqdm
+
+from rlhf_widgets.labeling.store import Choice, PreferenceStore, Prompt
+
+if TYPE_CHECKING:
+    import torch
+
+Labeler = Callable[[Prompt, str, str], str]
+
+
+class Scorer(Protocol):
+    """Anything with `score(prompts, responses) -> Tensor` (N,), e.g. `rlhf_widgets.reward.RewardModel`."""
+
+    def score(self, prompts: Sequence, responses: Sequence) -> torch.Tensor: ...
+
+
+class RewardModelLabeler:
+    """Labels a pair by comparing reward scores of both responses to the prompt.
+
+    Args:
+        reward_model: has `score(prompts, responses) -> Tensor` (N,).
+        tie_margin: score differences at or below this are a "tie" (default 0.0: only exact equality).
+    """
+
+    def __init__(self, reward_model: Scorer, tie_margin: float = 0.0) -> None:
+        if tie_margin < 0:
+            raise ValueError(f"tie_margin must be >= 0, got {tie_margin}")
+        self.reward_model = reward_model
+        self.tie_margin = tie_margin
+
+    def __call__(self, prompt: Prompt, a: str, b: str) -> Choice:
+        score_a, score_b = self.reward_model.score([prompt, prompt], [a, b]).tolist()
+        if abs(score_a - score_b) <= self.tie_margin:
+            return "tie"
+        return "a" if score_a > score_b else "b"
+
+
+def label_with(
+    store: PreferenceStore,
+    labeler: Labeler,
+    annotator: str,
+    limit: int | None = None,
+    show_progress: bool = True,
+) -> int:
+    """Label the pairs `annotator` has not labeled yet (insertion order) with `labeler`; returns how many.
+
+    Args:
+        store: pairs in, labels out (each label recorded as soon as it is made).
+        labeler: `(prompt, response_a, response_b) -> "a" | "b" | "tie" | "skip"`; anything else raises
+            ValueError from `PreferenceStore.record`.
+        annotator: the name the labels are recorded under, e.g. "simulated" or "rm-v1".
+        limit: label at most this many pairs (default None: all remaining).
+        show_progress: show a tqdm progress bar (default True).
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    done, total = store.progress(annotator)
+    todo = total - done if limit is None else min(limit, total - done)
+    labeled = 0
+    with tqdm(total=todo, desc=f"labeling as {annotator}", unit="pair", disable=not show_progress) as bar:
+        while labeled < todo and (pair := store.next_pair(annotator)) is not None:
+            store.record(pair.id, labeler(pair.prompt, pair.response_a, pair.response_b), annotator)
+            labeled += 1
+            bar.update()
+    return labeled

@@ -1,0 +1,470 @@
+"""The sandbox world: a customer-support desk small enough for a 2-core CPU.
+
+**Prompts.** A customer writes about one of eight issues (``ISSUES``): a late delivery (the seed
+example: "My order hasn't arrived. What should I do?"), a damaged item, a wrong item, a refund
+request, an order to cancel, a shipping address to change, login trouble or a double charge. Each
+prompt is a phrasing of the issue (``PROMPT_PHRASINGS``) with slots for the order number
+(``#48213``) and often the product, wrapped in a tone: neutral, polite or angry (``TONE_WRAPPERS``).
+Train and test prompts never share an order number (test: the numbers divisible by 7).
+
+**Responses** are sequences of clauses (``CLAUSES``), one sentence each, joined by spaces:
+
+- good clauses: a *greeting*, *empathy* (an apology), a *lookup* naming the order number ("I've
+  pulled up order #48213."), the *action* that fits the issue (several paraphrases per issue in
+  ``ACTIONS``; some of them name the order number), an *offer* of further help and a *closing*;
+- bad clauses: *rude* remarks, a *wrong action* (another issue's action), a *wrong order number*,
+  *repetition* of a clause, and *padding* — wordy, content-free sentences ("We truly value each and
+  every one of our customers…") of the kind a verbosity-biased annotator likes.
+
+**What "good" means here** (scored by ``gold.gold_score``): the right action above all, naming the
+customer's order number, then greeting, empathy (worth twice as much to an angry customer), an offer
+of further help and a closing — in at most about 55 words, nothing rude, wrong, repeated or padded.
+``ideal_response`` is such an answer (gold ≈ +5). ``curt_demo`` is what the supervised
+demonstrations look like: the right action and little else ("Check your tracking number.",
+gold ≈ +2.7). ``random_response`` is the clause mix the base model is pretrained on (gold ≈ 0).
+RLHF is meant to move a policy from the curt demonstrations to the ideal answer.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from datasets import Dataset
+
+ISSUES: tuple[str, ...] = (
+    "late_delivery",
+    "damaged_item",
+    "wrong_item",
+    "refund_request",
+    "cancel_order",
+    "change_address",
+    "login_trouble",
+    "double_charge",
+)
+TONES: tuple[str, ...] = ("neutral", "polite", "angry")
+TONE_WEIGHTS: tuple[float, ...] = (0.4, 0.3, 0.3)
+PRODUCTS: tuple[str, ...] = (
+    "wireless headphones",
+    "coffee maker",
+    "hiking backpack",
+    "desk lamp",
+    "running shoes",
+    "phone case",
+    "yoga mat",
+    "smart watch",
+    "blender",
+    "winter jacket",
+    "board game",
+    "electric kettle",
+)
+SPLITS: tuple[str, ...] = ("train", "test")
+ORDER_NUMBERS = (10000, 99999)
+"""Inclusive range of the five-digit order numbers."""
+TEST_ORDER_MODULUS = 7
+"""Test prompts use the order numbers divisible by 7, train prompts all others: the splits never share
+a prompt, and digits look alike in both (so a model that copies order numbers generalises)."""
+
+PROMPT_PHRASINGS: dict[str, tuple[str, ...]] = {
+    "late_delivery": (
+        "My order {order} hasn't arrived. What should I do?",
+        "I ordered a {product} (order {order}) and it still hasn't been delivered.",
+        "Where is my {product}? Order {order} was supposed to arrive last week.",
+    ),
+    "damaged_item": (
+        "My {product} from order {order} arrived damaged.",
+        "The {product} in order {order} came broken. What can I do?",
+        "Order {order} arrived but the {product} is cracked.",
+    ),
+    "wrong_item": (
+        "I received the wrong item in order {order}. I ordered a {product}.",
+        "Order {order} came with something else instead of my {product}.",
+        "You sent me the wrong product for order {order}.",
+    ),
+    "refund_request": (
+        "I'd like a refund for the {product} in order {order}.",
+        "How do I get my money back for order {order}? The {product} isn't what I expected.",
+        "Can I get a refund for order {order}?",
+    ),
+    "cancel_order": (
+        "Please cancel order {order}. I don't need the {product} anymore.",
+        "Can I still cancel order {order}?",
+        "I want to cancel my {product} order, number {order}.",
+    ),
+    "change_address": (
+        "I need to change the shipping address for order {order}.",
+        "I just moved. Can you send order {order} to my new address?",
+        "The address on order {order} is wrong, and the {product} will go to my old place.",
+    ),
+    "login_trouble": (
+        "I can't log in to my account to check order {order}.",
+        "My password doesn't work and I need to see order {order}.",
+        "I'm locked out of my account and can't track my {product}, order {order}.",
+    ),
+    "double_charge": (
+        "I was charged twice for order {order}.",
+        "My card shows two payments for the {product} in order {order}.",
+        "You billed me twice for my {product}. The order is {order}.",
+    ),
+}
+
+TONE_WRAPPERS: dict[str, tuple[tuple[str, str], ...]] = {
+    "neutral": (("", ""),),
+    "polite": (
+        ("Hello!", "Thank you so much for your help."),
+        ("Hi, sorry to bother you.", "Thanks in advance!"),
+        ("Good morning.", "I appreciate your help."),
+    ),
+    "angry": (
+        ("This is unacceptable!", "Fix this now."),
+        ("Seriously?", "This is the worst service I've ever had."),
+        ("I'm really fed up.", "Sort it out today!"),
+    ),
+}
+"""(prefix, suffix) sentences around the issue phrasing, per tone."""
+
+CLAUSES: dict[str, tuple[str, ...]] = {
+    "greeting": (
+        "Hi there!",
+        "Hello, and thanks for reaching out.",
+        "Hi, thanks for contacting us.",
+        "Hello!",
+        "Thanks for getting in touch.",
+    ),
+    "empathy": (
+        "I'm sorry to hear that.",
+        "I'm really sorry about the trouble with your {product}.",
+        "I understand how frustrating this must be.",
+        "I apologize for the inconvenience.",
+        "I completely understand why you're upset, and I'm sorry.",
+    ),
+    "lookup": (
+        "I've pulled up order {order}.",
+        "I'm looking at order {order} now.",
+        "I found order {order} in our system.",
+    ),
+    "offer": (
+        "Let me know if there's anything else I can do.",
+        "Is there anything else I can help you with?",
+        "Feel free to reply if you need more help.",
+        "I'm happy to help with anything else.",
+    ),
+    "closing": (
+        "Have a great day!",
+        "Best regards, the Support Team.",
+        "Thanks for your patience.",
+        "Take care!",
+    ),
+    "rude": (
+        "That's not my problem.",
+        "You should have read the instructions.",
+        "Please stop complaining.",
+        "Figure it out yourself.",
+        "Don't waste our time with this.",
+        "We get messages like this all day.",
+    ),
+    "padding": (
+        "We truly value each and every one of our customers and their overall experience.",
+        "Customer satisfaction has always been and will always remain our highest priority here.",
+        "Our dedicated team is constantly working very hard to serve you better every single day.",
+        "Please know that your message is extremely important to us and to our whole company.",
+        "We are committed to providing the best possible service in every situation, now and always.",
+        "As a company, we always strive to exceed expectations in everything that we do.",
+    ),
+}
+"""Issue-independent clause templates per category; ``{product}`` and ``{order}`` are slots."""
+
+ACTIONS: dict[str, tuple[str, ...]] = {
+    "late_delivery": (
+        "Check your tracking number.",
+        "Please check the tracking link in your confirmation email.",
+        "I've checked order {order}: it is on its way and should arrive within 3 days.",
+        "Order {order} is in transit, and you can follow it with your tracking number.",
+    ),
+    "damaged_item": (
+        "Send us a photo of the damage.",
+        "Please send a photo of the damaged {product} and we will ship a replacement.",
+        "I've arranged a free replacement for order {order}.",
+        "We will ship a new one for order {order} as soon as you send a photo of the damage.",
+    ),
+    "wrong_item": (
+        "Return the wrong item with the prepaid label.",
+        "Please use the prepaid label to send back the item you received.",
+        "I've sent a prepaid return label for order {order}, and the correct item ships today.",
+        "We will send the right {product} for order {order} once the wrong item is on its way back.",
+    ),
+    "refund_request": (
+        "Return the item for a full refund.",
+        "You can request a refund from the Orders page.",
+        "I've started a refund for order {order}, and it will reach your card within 5 business days.",
+        "Once we receive the return for order {order}, we will refund you in full.",
+    ),
+    "cancel_order": (
+        "Cancel it from the Orders page.",
+        "You can cancel the order from your account before it ships.",
+        "I've cancelled order {order}, and you won't be charged.",
+        "Order {order} is now cancelled, and the payment has been released.",
+    ),
+    "change_address": (
+        "Update the address in your account settings.",
+        "Reply with your new address and we will update it.",
+        "I've updated the shipping address for order {order}.",
+        "Order {order} will now go to your new address.",
+    ),
+    "login_trouble": (
+        "Reset your password with the Forgot password link.",
+        "Try resetting your password from the login page.",
+        "I've sent a password reset link to your email so you can see order {order}.",
+        "I've unlocked your account, and you can now log in and view order {order}.",
+    ),
+    "double_charge": (
+        "The second charge is a temporary hold and will disappear.",
+        "The duplicate charge will be refunded automatically.",
+        "I've refunded the duplicate charge on order {order}.",
+        "The second payment for order {order} was a mistake, and I've reversed it.",
+    ),
+}
+"""The action that resolves each issue, several paraphrases each; the ones with ``{order}`` name it."""
+
+IDEAL_CLAUSES: dict[str, str] = {
+    "greeting": "Hi, thanks for contacting us.",
+    "empathy": "I'm really sorry about the trouble with your {product}.",
+    "empathy_no_product": "I understand how frustrating this must be.",
+    "offer": "Is there anything else I can help you with?",
+    "closing": "Have a great day!",
+}
+"""The clauses ``ideal_response`` uses around the first order-naming action of the issue."""
+
+_ISSUE_KEYWORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("double_charge", ("charged twice", "charged me twice", "billed me twice", "two payments", "double")),
+    ("login_trouble", ("log in", "login", "password", "locked out", "sign in")),
+    ("change_address", ("address", "moved")),
+    ("cancel_order", ("cancel",)),
+    ("refund_request", ("refund", "money back")),
+    ("wrong_item", ("wrong item", "wrong product", "instead of")),
+    ("damaged_item", ("damaged", "broken", "cracked")),
+    ("late_delivery", ("arrive", "delivered", "where is", "late", "shipping", "tracking")),
+)
+"""Issue cues checked in this order (most specific first) by ``parse_prompt``."""
+_ANGRY_CUES = ("unacceptable", "seriously", "fed up", "worst", "fix this now", "sort it out", "ridiculous")
+_POLITE_CUES = ("hello!", "sorry to bother", "thanks in advance", "thank you", "good morning", "appreciate")
+_ORDER_RE = re.compile(r"#\d+")
+
+
+@dataclass(frozen=True)
+class SupportPrompt:
+    """One customer message and the slots it was built from.
+
+    ``order_id`` includes the hash (``"#48213"``); it and ``product`` are ``None`` when the text
+    does not mention one.
+    """
+
+    text: str
+    issue: str
+    order_id: str | None
+    product: str | None
+    tone: str
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        """The prompt as a one-turn chat: ``[{"role": "user", "content": text}]``."""
+        return [{"role": "user", "content": self.text}]
+
+
+PromptLike = str | list[dict[str, str]] | SupportPrompt
+"""A customer message as text, as a chat (the last user message counts), or as a ``SupportPrompt``."""
+
+
+def order_split(order_id: str) -> str:
+    """The split (``"train"`` or ``"test"``) an order number such as ``"#48213"`` belongs to."""
+    return "test" if int(order_id.lstrip("#")) % TEST_ORDER_MODULUS == 0 else "train"
+
+
+def _order_number(rng: random.Random, split: str | None = None) -> str:
+    """A random order number, from ``split`` only if given."""
+    while True:
+        order_id = f"#{rng.randint(*ORDER_NUMBERS)}"
+        if split is None or order_split(order_id) == split:
+            return order_id
+
+
+def make_prompts(n: int, seed: int = 0, split: str = "train") -> list[SupportPrompt]:
+    """``n`` customer prompts, deterministic in ``(seed, split)``.
+
+    Issues cycle through ``ISSUES`` in a shuffled order per block of eight, so any 8 consecutive
+    prompts cover every issue; tones are neutral/polite/angry with probabilities 0.4/0.3/0.3.
+    ``split`` is ``"train"`` (default) or ``"test"``; their order numbers never overlap.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    rng = random.Random(f"prompts-{seed}-{split}")
+    prompts: list[SupportPrompt] = []
+    block: list[str] = []
+    for _ in range(n):
+        if not block:
+            block = rng.sample(ISSUES, len(ISSUES))
+        issue = block.pop()
+        phrasing = rng.choice(PROMPT_PHRASINGS[issue])
+        product = rng.choice(PRODUCTS) if "{product}" in phrasing else None
+        order_id = _order_number(rng, split)
+        tone = rng.choices(TONES, weights=TONE_WEIGHTS)[0]
+        prefix, suffix = rng.choice(TONE_WRAPPERS[tone])
+        body = phrasing.format(order=order_id, product=product)
+        text = " ".join(part for part in (prefix, body, suffix) if part)
+        prompts.append(SupportPrompt(text, issue, order_id, product, tone))
+    return prompts
+
+
+def prompt_text(prompt: PromptLike) -> str:
+    """The customer's words: a string as is, a prompt's text, or the last user message of a chat."""
+    if isinstance(prompt, SupportPrompt):
+        return prompt.text
+    if isinstance(prompt, str):
+        return prompt
+    user_turns = [m["content"] for m in prompt if m.get("role") == "user"]
+    if not user_turns:
+        raise ValueError("the chat has no user message")
+    return user_turns[-1]
+
+
+def parse_prompt(prompt: PromptLike) -> SupportPrompt:
+    """Recover the slots of a customer message (inverse of ``make_prompts``).
+
+    Accepts the text, a ``SupportPrompt``, or a chat (``[{"role": "user", "content": ...}]``; the
+    last user message counts). Also reads free text such as the seed example "My order hasn't
+    arrived. What should I do?" (late delivery, no order number, neutral). Raises ``ValueError``
+    when no issue can be recognised.
+    """
+    if isinstance(prompt, SupportPrompt):
+        return prompt
+    text = prompt_text(prompt)
+    low = text.lower()
+    issue = next((name for name, cues in _ISSUE_KEYWORDS if any(cue in low for cue in cues)), None)
+    if issue is None:
+        raise ValueError(f"not a sandbox support prompt (no issue recognised): {text!r}")
+    order = _ORDER_RE.search(text)
+    product = next((p for p in sorted(PRODUCTS, key=len, reverse=True) if p in low), None)
+    if any(cue in low for cue in _ANGRY_CUES):
+        tone = "angry"
+    elif any(cue in low for cue in _POLITE_CUES):
+        tone = "polite"
+    else:
+        tone = "neutral"
+    return SupportPrompt(text, issue, order.group(0) if order else None, product, tone)
+
+
+def _fill(template: str, order_id: str | None, product: str | None) -> str:
+    return template.format(order=order_id, product=product)
+
+
+def _usable(templates: tuple[str, ...], prompt: SupportPrompt) -> list[str]:
+    """Templates whose slots the prompt can fill (no ``{order}``/``{product}`` it lacks)."""
+    return [
+        t
+        for t in templates
+        if (prompt.order_id or "{order}" not in t) and (prompt.product or "{product}" not in t)
+    ]
+
+
+def _render(
+    templates: tuple[str, ...], prompt: SupportPrompt, rng: random.Random, wrong_order_prob: float = 0.0
+) -> str:
+    """One usable template, filled; its order slot gets a wrong number w.p. ``wrong_order_prob``."""
+    template = rng.choice(_usable(templates, prompt))
+    order_id = prompt.order_id
+    if "{order}" in template and rng.random() < wrong_order_prob:
+        while order_id == prompt.order_id:
+            order_id = _order_number(rng)
+    return _fill(template, order_id, prompt.product)
+
+
+def random_response(prompt: PromptLike, rng: random.Random) -> str:
+    """A plausible clause mix, good and bad, in a natural order: the pretraining text (gold ≈ 0).
+
+    Each slot is filled independently: greeting (p=0.5), rude remark (0.15), empathy (0.45),
+    lookup of the order (0.4), padding (0.2), an action (correct 0.45, wrong issue 0.4, none 0.15;
+    a second action 0.1), padding (0.15), rude (0.1), offer (0.4), closing (0.4); then, w.p.
+    0.15, one clause is repeated right after itself. A named order number is wrong w.p. 0.1.
+    """
+    prompt = parse_prompt(prompt)
+    clauses: list[str] = []
+
+    def maybe(p: float, templates: tuple[str, ...]) -> None:
+        if rng.random() < p and _usable(templates, prompt):
+            clauses.append(_render(templates, prompt, rng, wrong_order_prob=0.1))
+
+    def action() -> None:
+        u = rng.random()
+        if u < 0.45:
+            clauses.append(_render(ACTIONS[prompt.issue], prompt, rng, wrong_order_prob=0.1))
+        elif u < 0.85:
+            wrong = rng.choice([i for i in ISSUES if i != prompt.issue])
+            clauses.append(_render(ACTIONS[wrong], prompt, rng, wrong_order_prob=0.1))
+
+    maybe(0.5, CLAUSES["greeting"])
+    maybe(0.15, CLAUSES["rude"])
+    maybe(0.45, CLAUSES["empathy"])
+    maybe(0.4, CLAUSES["lookup"])
+    maybe(0.2, CLAUSES["padding"])
+    action()
+    if rng.random() < 0.1:
+        action()
+    maybe(0.15, CLAUSES["padding"])
+    maybe(0.1, CLAUSES["rude"])
+    maybe(0.4, CLAUSES["offer"])
+    maybe(0.4, CLAUSES["closing"])
+    if not clauses:
+        action()
+    if clauses and rng.random() < 0.15:
+        i = rng.randrange(len(clauses))
+        clauses.insert(i, clauses[i])
+    return " ".join(clauses)
+
+
+def curt_demo(prompt: PromptLike, rng: random.Random, extra_clause_prob: float = 0.3) -> str:
+    """A correct but curt answer: one paraphrase of the right action (gold ≈ +2.7).
+
+    With probability ``extra_clause_prob`` (default 0.3) one extra good clause (greeting, empathy,
+    offer or closing, in its natural place) is added, so a policy fine-tuned on these
+    demonstrations still explores the rest of a complete answer.
+    """
+    prompt = parse_prompt(prompt)
+    clauses = [_render(ACTIONS[prompt.issue], prompt, rng)]
+    if rng.random() < extra_clause_prob:
+        category = rng.choice(("greeting", "empathy", "offer", "closing"))
+        extra = _render(CLAUSES[category], prompt, rng)
+        clauses = [extra, *clauses] if category in ("greeting", "empathy") else [*clauses, extra]
+    return " ".join(clauses)
+
+
+def ideal_response(prompt: PromptLike) -> str:
+    """The best answer (gold ≈ +5): greeting, empathy, the order-naming action, offer, closing.
+
+    Deterministic; when the prompt names no order, the action is one that names none either.
+    """
+    prompt = parse_prompt(prompt)
+    empathy = IDEAL_CLAUSES["empathy"] if prompt.product else IDEAL_CLAUSES["empathy_no_product"]
+    names_order = prompt.order_id is not None
+    action = next(
+        a for a in ACTIONS[prompt.issue] if ("{order}" in a) is names_order and "{product}" not in a
+    )
+    clauses = (IDEAL_CLAUSES["greeting"], empathy, action, IDEAL_CLAUSES["offer"], IDEAL_CLAUSES["closing"])
+    return " ".join(_fill(c, prompt.order_id, prompt.product) for c in clauses)
+
+
+def sft_dataset(n: int, seed: int = 0, split: str = "train", extra_clause_prob: float = 0.3) -> Dataset:
+    """``n`` curt demonstrations in TRL's conversational prompt–completion format.
+
+    Rows are ``{"prompt": [{"role": "user", ...}], "completion": [{"role": "assistant", ...}]}``;
+    prompts come from ``make_prompts(n, seed, split)``, answers from ``curt_demo``.
+    """
+    rng = random.Random(f"sft-{seed}-{split}")
+    rows = [
+        {
+            "prompt": p.messages,
+            "completion": [{"role": "assistant", "content": curt_demo(p, rng, extra_clause_prob)}],
+        }
+        for p in make_prompts(n, seed=seed, split=split)
+    ]
+    return Dataset.from_list(rows)

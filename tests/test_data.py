@@ -1,0 +1,353 @@
+"""Preference data in and out: every source kind and row format, malformed rows, save → load."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import datasets
+import huggingface_hub.constants
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from rlhf_widgets.data import (
+    PREFERENCE_FEATURES,
+    LoadReport,
+    PreferenceDataError,
+    RowProblem,
+    as_messages,
+    last_user_content,
+    load_preferences,
+    save_preferences,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "preferences"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def fixture_rows(name: str) -> list[dict]:
+    return read_jsonl(FIXTURES / name)
+
+
+EXPECTED = fixture_rows("expected.jsonl")  # two single-turn pairs, then one multi-turn pair
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def pair(prompt: str, chosen: str, rejected: str) -> dict:
+    """A single-turn row in the output format."""
+    return {"prompt": user(prompt), "chosen": assistant(chosen), "rejected": assistant(rejected)}
+
+
+# ------------------------------------------------------------------------------------ formats
+@pytest.mark.parametrize(
+    ("name", "row_format", "n"),
+    [
+        ("standard.jsonl", "standard", 2),
+        ("implicit_prompt.jsonl", "implicit_prompt", 2),
+        ("conversational.jsonl", "conversational", 3),
+        ("conversational_implicit.jsonl", "conversational", 3),
+        ("string_prompt.jsonl", "conversational", 2),
+        ("hh_rlhf.jsonl", "hh_rlhf", 3),
+    ],
+)
+def test_every_format_loads_to_the_same_conversational_rows(name: str, row_format: str, n: int) -> None:
+    dataset, report = load_preferences(FIXTURES / name, return_report=True)
+    assert dataset.to_list() == EXPECTED[:n]
+    assert dataset.features == PREFERENCE_FEATURES
+    assert report == LoadReport(str(FIXTURES / name), n, {row_format: n}, ())
+
+
+def test_formats_are_detected_per_row_and_extra_columns_kept_only_on_request() -> None:
+    dataset, report = load_preferences(FIXTURES / "mixed.json", return_report=True)
+    assert dataset.column_names == ["prompt", "chosen", "rejected"]
+    assert dataset.to_list() == EXPECTED
+    assert report.formats == {"standard": 1, "hh_rlhf": 1, "conversational": 1}
+    kept = load_preferences(FIXTURES / "mixed.json", keep_columns=["source"])
+    assert kept["source"] == ["standard", "hh_rlhf", "conversational"]
+
+
+def test_hh_transcript_prompt_with_bare_answers() -> None:
+    row = {"prompt": "\n\nHuman: Where is order 12?\n\nAssistant:", "chosen": " Today.", "rejected": " No."}
+    assert load_preferences([row]).to_list() == [pair("Where is order 12?", "Today.", "No.")]
+
+
+def test_implicit_prompt_splits_at_the_last_shared_assistant_marker() -> None:
+    prompt = "Order 12?\n\nAssistant: Shipped.\n\nUser: And 13?"
+    row = {"chosen": f"{prompt}\n\nAssistant: Sure, ok.", "rejected": f"{prompt}\n\nAssistant: Sure, no."}
+    assert load_preferences([row]).to_list() == [pair(prompt, "Sure, ok.", "Sure, no.")]
+
+
+def test_conversational_rows_keep_system_messages_and_drop_extra_message_keys() -> None:
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi", "name": "ann"}]
+    row = {"prompt": prompt, "chosen": assistant("Hello!"), "rejected": "Go away."}
+    assert load_preferences([row]).to_list() == [
+        {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+         "chosen": assistant("Hello!"), "rejected": assistant("Go away.")}
+    ]
+
+
+def test_standard_text_is_kept_verbatim() -> None:
+    row = {"prompt": "  <b>Hi</b>\n", "chosen": " **bold** ", "rejected": "\tplain"}
+    assert load_preferences([row]).to_list() == [pair("  <b>Hi</b>\n", " **bold** ", "\tplain")]
+
+
+@pytest.mark.parametrize(
+    ("row", "row_format"),
+    [
+        ({"prompt": "p", "chosen": "a", "rejected": "b"}, "standard"),
+        ({"chosen": "p a", "rejected": "p b"}, "implicit_prompt"),
+        ({"prompt": user("p"), "chosen": assistant("a"), "rejected": assistant("b")}, "conversational"),
+        ({"chosen": "\n\nHuman: p\n\nAssistant: a", "rejected": "\n\nHuman: p\n\nAssistant: b"}, "hh_rlhf"),
+    ],
+)
+def test_format_argument_accepts_its_own_rows_and_rejects_others(row: dict, row_format: str) -> None:
+    assert len(load_preferences([row], format=row_format)) == 1
+    other = "hh_rlhf" if row_format == "standard" else "standard"
+    with pytest.raises(PreferenceDataError, match=rf"^row 0: in {row_format} format, not {other}"):
+        load_preferences([row], format=other)
+
+
+# ------------------------------------------------------------------------------------ sources
+def test_json_file_as_dict_of_columns_and_as_json_lines(tmp_path: Path) -> None:
+    rows = fixture_rows("standard.jsonl")
+    columns = {key: [row[key] for row in rows] for key in rows[0]}
+    (tmp_path / "columns.json").write_text(json.dumps(columns), encoding="utf-8")
+    shutil.copy(FIXTURES / "standard.jsonl", tmp_path / "lines.json")
+    for name in ("columns.json", "lines.json"):
+        assert load_preferences(tmp_path / name).to_list() == EXPECTED[:2]
+
+
+def test_jsonl_gz_and_parquet_files(tmp_path: Path) -> None:
+    gz = tmp_path / "hh.jsonl.gz"
+    gz.write_bytes(gzip.compress((FIXTURES / "hh_rlhf.jsonl").read_bytes()))
+    conversations = pa.Table.from_pylist(fixture_rows("conversational_implicit.jsonl"))
+    pq.write_table(conversations, tmp_path / "conv.parquet")
+    assert load_preferences(gz).to_list() == EXPECTED
+    assert load_preferences(str(tmp_path / "conv.parquet")).to_list() == EXPECTED
+
+
+def test_dataset_dataset_dict_and_list_sources() -> None:
+    rows = fixture_rows("hh_rlhf.jsonl")
+    split = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(rows[:1]), "test": datasets.Dataset.from_list(rows)}
+    )
+    assert load_preferences(rows).to_list() == EXPECTED
+    assert load_preferences(datasets.Dataset.from_list(rows)).to_list() == EXPECTED
+    assert load_preferences(split, split="test").to_list() == EXPECTED
+    with pytest.raises(ValueError, match=r"split 'validation' not found; available: \['test', 'train'\]"):
+        load_preferences(split, split="validation")
+
+
+def test_dataset_without_any_preference_column_reports_every_row() -> None:
+    dataset, report = load_preferences(
+        datasets.Dataset.from_dict({"text": ["a", "b"]}), on_error="skip", return_report=True
+    )
+    assert len(dataset) == 0
+    assert [str(p) for p in report.skipped] == ["row 0: 'chosen' is missing", "row 1: 'chosen' is missing"]
+
+
+def test_save_to_disk_directories(tmp_path: Path) -> None:
+    rows = fixture_rows("conversational.jsonl")
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "flat"))
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "dict"))
+    assert load_preferences(tmp_path / "flat").to_list() == EXPECTED
+    assert load_preferences(tmp_path / "dict", split="test").to_list() == EXPECTED
+
+
+def test_hub_style_local_folder_with_splits(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    shutil.copy(FIXTURES / "hh_rlhf.jsonl", tmp_path / "data" / "train.jsonl")
+    hh_lines = (FIXTURES / "hh_rlhf.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (tmp_path / "data" / "test.jsonl").write_text("".join(hh_lines[:2]), encoding="utf-8")  # same columns
+    assert load_preferences(tmp_path).to_list() == EXPECTED
+    assert load_preferences(str(tmp_path), split="test").to_list() == EXPECTED[:2]
+
+
+def test_unreachable_hub_id_gives_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConnectionError, match=r"'nobody-here/no-prefs'.*Hub could not be reached") as err:
+        load_preferences("nobody-here/no-prefs")
+    assert err.value.__suppress_context__ and err.value.__cause__ is None
+
+
+def test_unknown_hub_id_online_gives_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_found(path: str, split: str) -> datasets.Dataset:
+        raise datasets.exceptions.DatasetNotFoundError(f"Dataset '{path}' doesn't exist on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", not_found)
+    with pytest.raises(FileNotFoundError, match=r"'nobody-here/no-prefs' is not a local file or directory"):
+        load_preferences("nobody-here/no-prefs")
+
+
+def test_missing_local_file_is_not_mistaken_for_a_hub_id(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no such file or directory"):
+        load_preferences(tmp_path / "absent.jsonl")
+
+
+def test_bad_arguments() -> None:
+    rows = fixture_rows("standard.jsonl")
+    with pytest.raises(ValueError, match="on_error"):
+        load_preferences(rows, on_error="ignore")
+    with pytest.raises(ValueError, match="format"):
+        load_preferences(rows, format="ultrafeedback")
+    with pytest.raises(ValueError, match=r"keep_columns cannot name \['prompt'\]"):
+        load_preferences(rows, keep_columns=["prompt"])
+    with pytest.raises(TypeError, match="got int"):
+        load_preferences(3)
+
+
+# ------------------------------------------------------------------------------------ malformed rows
+GOOD = {"prompt": "Where is my parcel?", "chosen": "Let me check the tracking.", "rejected": "No idea."}
+HH_ORDER = "\n\nHuman: Where is order 12?\n\nAssistant:"
+NO_PROMPT = "'prompt' is missing, and 'chosen' and 'rejected' share no leading"
+NOT_A_MESSAGE = "message 0 is not a {role, content} pair of strings"
+NOT_TEXT = "must be a string or a list of messages, got"
+
+MALFORMED = [
+    ({"prompt": "p", "rejected": "r"}, "'chosen' is missing"),
+    ({"prompt": "p", "chosen": "c", "rejected": None}, "'rejected' is missing"),
+    ({"prompt": "p", "chosen": "c", "rejected": " \n"}, "'rejected' is empty"),
+    ({"prompt": user("p"), "chosen": [], "rejected": assistant("r")}, "'chosen' is empty"),
+    ({"prompt": user("p"), "chosen": assistant(""), "rejected": assistant("r")}, "'chosen' is empty"),
+    ({"prompt": "", "chosen": "c", "rejected": "r"}, "'prompt' is empty"),
+    ({"prompt": user(" "), "chosen": "c", "rejected": "r"}, "'prompt' is empty"),
+    ({"chosen": HH_ORDER, "rejected": HH_ORDER + " It shipped."}, "'chosen' is empty"),
+    ({"prompt": "p", "chosen": "same", "rejected": "same"}, "'rejected' is identical to 'chosen'"),
+    ({"prompt": "p", "chosen": assistant("same"), "rejected": "same"}, "'rejected' is identical to 'chosen'"),
+    ({"chosen": HH_ORDER + " Yes.", "rejected": HH_ORDER + "  Yes. "}, "'rejected' is identical to 'chosen'"),
+    ({"chosen": "Sure thing", "rejected": "Nope"}, NO_PROMPT + " words"),
+    ({"chosen": "Sure thing", "rejected": "Sure, no"}, NO_PROMPT + " words"),
+    ({"chosen": assistant("a"), "rejected": assistant("b")}, NO_PROMPT + " messages"),
+    ({"chosen": user("q1") + assistant("a"), "rejected": user("q2") + assistant("b")},
+     "'rejected' continues a different conversation than 'chosen'"),
+    ({"chosen": "\n\nHuman: q1\n\nAssistant: a", "rejected": "\n\nHuman: q2\n\nAssistant: b"},
+     "'rejected' continues a different conversation than 'chosen'"),
+    ({"prompt": "p", "chosen": assistant("a") + user("more?"), "rejected": assistant("b")},
+     "'chosen' must end with an assistant message, not a user one"),
+    ({"prompt": "p", "chosen": 42, "rejected": "r"}, f"'chosen' {NOT_TEXT} int"),
+    ({"prompt": user("p")[0], "chosen": "c", "rejected": "r"}, f"'prompt' {NOT_TEXT} dict"),
+    ({"prompt": "p", "chosen": ["c"], "rejected": "r"}, f"'chosen' {NOT_A_MESSAGE}"),
+    ({"prompt": "p", "chosen": "c", "rejected": [{"role": "assistant", "content": None}]},
+     f"'rejected' {NOT_A_MESSAGE}"),
+    ({"prompt": user("p") + [{"role": "tool", "content": "{}"}], "chosen": "c", "rejected": "r"},
+     "'prompt' message 1 has role 'tool', not one of system/user/assistant"),
+    (7, "not a mapping of fields (got int)"),
+]
+
+
+@pytest.mark.parametrize(("row", "reason"), MALFORMED)
+def test_malformed_row_raises_with_its_index_and_field(row: object, reason: str) -> None:
+    with pytest.raises(PreferenceDataError) as err:
+        load_preferences([GOOD, GOOD, row, GOOD])
+    assert str(err.value).startswith(f"row 2: {reason}")
+    assert err.value.index == 2
+    assert isinstance(err.value, ValueError)
+
+
+def test_invalid_json_line_names_its_row(tmp_path: Path) -> None:
+    path = tmp_path / "broken.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n\n" + json.dumps(GOOD) + "\n{oops\n", encoding="utf-8")
+    with pytest.raises(PreferenceDataError, match=r"^row 2: not valid JSON \("):
+        load_preferences(path)
+
+
+def test_skip_drops_malformed_rows_and_reports_them() -> None:
+    rows = [GOOD, {"prompt": "p", "chosen": "c"}, GOOD, {"prompt": "p", "chosen": "c", "rejected": ""},
+            {"prompt": "p", "chosen": "c", "rejected": "  "}, fixture_rows("hh_rlhf.jsonl")[2]]
+    dataset, report = load_preferences(rows, on_error="skip", return_report=True)
+    assert dataset.to_list() == [load_preferences([GOOD])[0]] * 2 + [EXPECTED[2]]
+    assert report.skipped == (
+        RowProblem(1, "rejected", "is missing"), RowProblem(3, "rejected", "is empty"),
+        RowProblem(4, "rejected", "is empty"),
+    )
+    assert (report.rows_read, report.kept, report.formats) == (6, 3, {"standard": 2, "hh_rlhf": 1})
+    assert report.reasons() == {"'rejected' is empty": 2, "'rejected' is missing": 1}
+    assert str(report) == (
+        "list: kept 3 of 6 rows, skipped 3 (2× 'rejected' is empty; 1× 'rejected' is missing)"
+    )
+
+
+# ------------------------------------------------------------------------------------ save → load
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".parquet"])
+def test_save_then_load_is_identical(tmp_path: Path, suffix: str) -> None:
+    rows = [{**row, "annotator": name} for row, name in zip(EXPECTED, ["ann", "bo", "cy"], strict=True)]
+    rows[0]["prompt"] = [{"role": "system", "content": "Be kind."}, *rows[0]["prompt"]]
+    dataset = datasets.Dataset.from_list(rows, features=datasets.Features(
+        {**PREFERENCE_FEATURES, "annotator": datasets.Value("string")}
+    ))
+    path = save_preferences(dataset, tmp_path / f"pairs{suffix}")
+    loaded = load_preferences(path, keep_columns=["annotator"])
+    assert loaded.to_list() == dataset.to_list()
+    assert loaded.features == dataset.features
+
+
+def test_save_normalises_other_formats_first(tmp_path: Path) -> None:
+    standard = datasets.Dataset.from_list(fixture_rows("standard.jsonl"))
+    path = save_preferences(standard, tmp_path / "pairs.jsonl")
+    assert read_jsonl(path) == EXPECTED[:2]
+
+
+def test_save_rejects_unknown_suffix(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unsupported file type"):
+        save_preferences(datasets.Dataset.from_list(EXPECTED), tmp_path / "pairs.csv")
+
+
+# arbitrary unicode (HTML, markdown, JSON-looking and line-separator characters included), not blank
+TEXT = st.one_of(
+    st.text(min_size=1, max_size=40),
+    st.sampled_from(["<script>alert(1)</script>", "**bold** _it_", '{"role": "x"}', "a\u2028b\x85c", "\r\n"]),
+).filter(str.strip)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".parquet"])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prompt=TEXT, chosen=TEXT, rejected=TEXT)
+def test_round_trip_of_arbitrary_text(
+    tmp_path: Path, suffix: str, prompt: str, chosen: str, rejected: str
+) -> None:
+    assume(chosen != rejected)
+    dataset = load_preferences([{"prompt": prompt, "chosen": chosen, "rejected": rejected}])
+    loaded = load_preferences(save_preferences(dataset, tmp_path / f"pairs{suffix}"))
+    assert loaded.to_list() == [pair(prompt, chosen, rejected)]
+
+
+WORDS = st.text(st.characters(blacklist_categories=["Cs", "Z", "Cc"]), min_size=1, max_size=12)
+
+
+@settings(max_examples=50, deadline=None)
+@given(prompt_words=st.lists(WORDS, min_size=1, max_size=4), chosen=WORDS, rejected=WORDS)
+def test_implicit_prompt_is_the_shared_words(prompt_words: list[str], chosen: str, rejected: str) -> None:
+    assume(chosen[0] != rejected[0] and not prompt_words[0].startswith("Human:"))
+    prompt = " ".join(prompt_words)
+    row = {"chosen": f"{prompt} {chosen}", "rejected": f"{prompt} {rejected}"}
+    assert load_preferences([row]).to_list() == [pair(prompt, chosen, rejected)]
+
+
+# ------------------------------------------------------------------------------------ prompt helpers
+def test_as_messages_and_last_user_content() -> None:
+    conversation = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                    {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
+    assert as_messages("hi") == user("hi")
+    copied = as_messages(conversation)
+    assert copied == conversation and copied[0] is not conversation[0]
+    assert last_user_content("hi") == "hi"
+    assert last_user_content(conversation) == "c"
+    with pytest.raises(ValueError, match="no user message"):
+        last_user_content(assistant("only me"))

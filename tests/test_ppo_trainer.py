@@ -1,0 +1,118 @@
+"""PPOTrainer on the sandbox: the known first-minibatch answers, modes, rails, control, resume."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import sandbox_prompts
+from rlhf_widgets.ppo import PPOConfig, PPOTrainer
+from rlhf_widgets.sandbox import gold_score
+
+PROMPTS = sandbox_prompts(64, seed=21)
+
+
+def gold_reward(prompts, responses):
+    return [gold_score(p, r) for p, r in zip(prompts, responses)]
+
+
+def small_config(tmp_path: Path, **overrides) -> PPOConfig:
+    base = dict(output_dir=str(tmp_path), num_updates=2, batch_size=8, mini_batch_size=8, ppo_epochs=1,
+                max_new_tokens=16, sample_every=1, samples_to_log=2)
+    base.update(overrides)
+    return PPOConfig(**base)
+
+
+@pytest.mark.parametrize("shared_base", [True, False], ids=["shared-base", "separate-models"])
+def test_first_minibatch_with_policy_equal_reference(tmp_path: Path, shared_base: bool) -> None:
+    trainer = PPOTrainer(small_config(tmp_path, shared_base=shared_base), "sandbox", gold_reward, PROMPTS)
+    metrics = trainer.step()
+    assert metrics["objective/kl"] == pytest.approx(0.0, abs=1e-5)
+    assert metrics["val/ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert metrics["policy/clipfrac_avg"] == 0.0
+    assert metrics["policy/approxkl_avg"] == pytest.approx(0.0, abs=1e-8)
+    # and the update moved the policy away from the reference
+    second = trainer.step()
+    assert second["objective/kl"] != pytest.approx(0.0, abs=1e-6)
+
+
+def test_metric_names_follow_trl(tmp_path: Path) -> None:
+    trainer = PPOTrainer(small_config(tmp_path), "sandbox", gold_reward, PROMPTS, gold=gold_score)
+    trainer.train(show_progress=False)
+    names = set(trainer.metrics.names())
+    expected = {"objective/kl", "objective/entropy", "objective/non_score_reward", "objective/rlhf_reward",
+                "objective/scores", "objective/kl_coef", "policy/approxkl_avg", "policy/clipfrac_avg",
+                "loss/policy_avg", "loss/value_avg", "val/clipfrac_avg", "val/ratio", "val/ratio_var",
+                "val/num_eos_tokens", "val/var_explained", "eps", "lr", "episode", "gold/score"}
+    assert expected <= names, expected - names
+    assert trainer.metrics.series("episode")[1] == [8, 16]
+    sample = trainer.metrics.samples()[-1]
+    assert {"prompt", "response", "score", "kl", "gold"} <= set(sample.rows[0])
+    assert (tmp_path / "last" / "trainer_state.pt").is_file()
+
+
+def test_4bit_shared_base_runs_on_cpu(tmp_path: Path) -> None:
+    trainer = PPOTrainer(small_config(tmp_path, load_in_4bit=True), "sandbox", gold_reward, PROMPTS)
+    assert getattr(trainer.backend.peft.get_base_model(), "is_loaded_in_4bit", False)
+    before = {k: v.clone() for k, v in trainer.backend.trainable_state().items()}
+    metrics = trainer.step()
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    after = trainer.backend.trainable_state()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path: Path) -> None:
+    cfg = dict(num_updates=4, save_every=2, ppo_epochs=2, mini_batch_size=4)
+    full = PPOTrainer(small_config(tmp_path / "full", **cfg), "sandbox", gold_reward, PROMPTS)
+    full.train(show_progress=False)
+    resumed = PPOTrainer(small_config(tmp_path / "resumed", **cfg), "sandbox", gold_reward, PROMPTS,
+                         resume_from=tmp_path / "full" / "checkpoint-2")
+    resumed.train(show_progress=False)
+    a = full.metrics.to_dataframe().set_index("step")
+    b = resumed.metrics.to_dataframe().set_index("step")
+    cols = [c for c in a.columns if c.startswith(("objective/", "loss/", "policy/", "val/"))]
+    assert list(b.index) == [3, 4]
+    for col in cols:
+        assert a.loc[[3, 4], col].tolist() == pytest.approx(b.loc[[3, 4], col].tolist(), rel=1e-4, abs=1e-6), col
+
+
+def test_nan_reward_stops_with_a_diagnosis_and_restores_weights(tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def flaky(prompts, responses):
+        calls["n"] += 1
+        return [float("nan")] * len(prompts) if calls["n"] == 2 else gold_reward(prompts, responses)
+
+    trainer = PPOTrainer(small_config(tmp_path, num_updates=3), "sandbox", flaky, PROMPTS)
+    trainer.train(show_progress=False)
+    assert trainer.control.state == "failed"
+    assert "non-finite reward scores" in trainer.control.reason
+    assert trainer.update == 1
+    assert any("safety stop" in e.message for e in trainer.metrics.events())
+
+
+def test_settings_change_between_updates_and_stop(tmp_path: Path) -> None:
+    trainer = PPOTrainer(small_config(tmp_path, num_updates=5), "sandbox", gold_reward, PROMPTS)
+    trainer.step()
+    trainer.control.set(learning_rate=1e-5, kl_coef=0.2, temperature=0.8)
+    with pytest.raises(ValueError, match="cannot change"):
+        trainer.control.set(batch_size=4)
+    trainer.control.stop()
+    trainer.train(show_progress=False)
+    assert trainer.control.state == "stopped"
+    trainer.control._stop = False
+    trainer.train(num_updates=2, show_progress=False)
+    assert trainer.optimizer.param_groups[0]["lr"] == 1e-5
+    assert trainer.kl_ctl.value == 0.2 and trainer.temperature == 0.8
+    assert trainer.metrics.latest("objective/kl_coef") == 0.2
+    messages = [e.message for e in trainer.metrics.events()]
+    assert any("learning_rate changed" in m for m in messages)
+
+
+def test_config_errors_name_the_setting() -> None:
+    with pytest.raises(ValueError, match="mini_batch_size=3"):
+        PPOConfig(batch_size=8, mini_batch_size=3)
+    with pytest.raises(ValueError, match="kl_estimator"):
+        PPOConfig(kl_estimator="k2")
+    with pytest.raises(ValueError, match="load_in_4bit"):
+        PPOConfig(shared_base=False, load_in_4bit=True)

@@ -1,0 +1,73 @@
+"""Reward stage: gold agreement on the sandbox, the length-bias report, LoRA / 4-bit, save / reload."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import label_rows
+from rlhf_widgets.config import ModelConfig
+from rlhf_widgets.evaluate import reward_report
+from rlhf_widgets.reward import RewardModel, RewardStageConfig, train_reward_model
+from rlhf_widgets.sandbox import SimulatedAnnotator, gold_score
+
+
+def test_reward_model_agrees_with_gold_on_held_out_pairs(trained_reward) -> None:
+    report = reward_report(trained_reward.reward_model, trained_reward.eval_dataset, gold=gold_score)
+    assert report["n_pairs"] >= 50
+    assert report["gold_agreement"] >= 0.75, report["gold_agreement"]
+    assert report["accuracy"] > 0.6
+    assert len(report["calibration"]) >= 2
+    assert trained_reward.metrics.series("accuracy")[1], "training accuracy was logged"
+
+
+def test_scores_are_deterministic_batched_and_normalisable(trained_reward) -> None:
+    rm = trained_reward.reward_model
+    prompts = ["My order #12345 hasn't arrived. What should I do?"] * 3
+    responses = ["Check your tracking number.", "That is not my problem.", "Hello! I'm sorry. Check your tracking."]
+    one_by_one = torch.cat([rm.score([p], [r], normalize=False) for p, r in zip(prompts, responses)])
+    batched = rm.score(prompts, responses, normalize=False)
+    assert torch.allclose(one_by_one, batched, atol=1e-5)
+    rm_copy = RewardModel(rm.model, rm.tokenizer)
+    rm_copy.fit_normalization(prompts, responses)
+    normed = rm_copy.score(prompts, responses)
+    assert abs(normed.mean().item()) < 1e-5 and abs(normed.std().item() - 1) < 1e-4
+    assert rm_copy(prompts, [[{"role": "assistant", "content": r}] for r in responses]) == pytest.approx(
+        normed.tolist(), abs=1e-5)
+
+
+def test_saved_and_reloaded_reward_model_scores_identically(trained_reward, tmp_path: Path) -> None:
+    rm = trained_reward.reward_model
+    rm.bias, rm.scale = 0.3, 2.0
+    rm.save(tmp_path / "rm")
+    again = RewardModel.load(tmp_path / "rm")
+    prompts = ["I was charged twice for order #22222."] * 2
+    responses = ["I'm sorry. I have refunded the duplicate charge.", "Please reset your password."]
+    assert torch.allclose(rm.score(prompts, responses), again.score(prompts, responses), atol=1e-5)
+    rm.bias, rm.scale = 0.0, 1.0
+
+
+def test_verbosity_biased_labels_show_in_the_length_report(sft_model_dir, sft_pair_rows, tmp_path: Path) -> None:
+    biased = label_rows(sft_pair_rows, SimulatedAnnotator(temperature=0.5, verbosity_bias=0.6, seed=0))
+    fair = label_rows(sft_pair_rows, SimulatedAnnotator(temperature=0.5, seed=0))
+    cfg = dict(num_train_epochs=2, eval_fraction=0.2)
+    rm_biased = train_reward_model(biased, RewardStageConfig(output_dir=str(tmp_path / "b"), **cfg),
+                                   model=str(sft_model_dir))
+    rm_fair = train_reward_model(fair, RewardStageConfig(output_dir=str(tmp_path / "f"), **cfg),
+                                 model=str(sft_model_dir))
+    # judge both on the same (fairly labeled) held-out pairs
+    held_out = fair.train_test_split(test_size=0.2, seed=0)["test"]
+    rep_b = reward_report(rm_biased.reward_model, held_out, gold=gold_score)
+    rep_f = reward_report(rm_fair.reward_model, held_out, gold=gold_score)
+    assert rep_b["length"]["prefers_longer"] > rep_f["length"]["prefers_longer"] + 0.1
+    assert rep_b["length"]["prefers_longer"] > rep_b["length"]["gold_prefers_longer"]
+
+
+@pytest.mark.parametrize("load_in_4bit", [False, True], ids=["lora", "4bit-lora"])
+def test_lora_reward_training_runs_and_reloads(sft_pair_rows, tmp_path: Path, load_in_4bit: bool) -> None:
+    pairs = label_rows(sft_pair_rows[:64], SimulatedAnnotator(seed=1))
+    cfg = RewardStageConfig(output_dir=str(tmp_path), max_steps=3, eval_fraction=0)
+    result = train_reward_model(pairs, cfg, model=ModelConfig(use_peft=True, load_in_4bit=load_in_4bit, lora_r=8))
+    again = RewardModel.load(result.model_path)
+    prompts, responses = ["Where is order #31313?"], ["Check your tracking number."]
+    assert torch.allclose(result.reward_model.score(prompts, responses), again.score(prompts, responses), atol=1e-4)
