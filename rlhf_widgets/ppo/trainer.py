@@ -226,7 +226,7 @@ class PPOTrainer:
         prompt_texts = [last_user_content(p) if not isinstance(p, str) else p for p in prompts]
         scores = _score_to_tensor(self.score_fn(prompts, texts)).to(dev)
         if cfg.missing_eos_penalty:
-            scores = core.apply_missing_eos_penalty(scores, contains_eos, -cfg.missing_eos_penalty)
+            scores = core.apply_missing_eos_penalty(scores, contains_eos, cfg.missing_eos_penalty)
         for name, t in (("log-probs", logprobs), ("reference log-probs", ref_logprobs), ("values", values),
                         ("reward scores", scores)):
             if not torch.isfinite(t).all():
