@@ -61,3 +61,26 @@ def best_of_n(
         scores=[s[i] for s, i in zip(scores, picks, strict=True)],
         candidates=candidates, candidate_scores=scores, n=n,
     )
+
+
+class BestOfNSampler:
+    """`callable(prompts) -> responses`: best-of-N of a model directory under a reward model.
+
+    Plugs into `evaluate.compare_policies` as a policy; `last` keeps the latest `BestOfN` (all
+    candidates and scores), from which `evaluate.best_of_n_curve` reads best-of-m for every m ≤ N.
+    """
+
+    def __init__(self, model_path, reward_model, n: int = 8, settings: SamplingSettings | None = None,
+                 seed: int = 0) -> None:
+        if n < 1:
+            raise ValueError(f"BestOfNSampler: n={n} must be >= 1")
+        self.model_path, self.reward_model, self.n, self.settings, self.seed = model_path, reward_model, n, settings, seed
+        self.last: BestOfN | None = None
+
+    def __call__(self, prompts: Sequence) -> list[str]:
+        from rlhf_widgets.models import load_causal_lm
+
+        model, tokenizer = load_causal_lm(str(self.model_path))
+        self.last = best_of_n(model, tokenizer, prompts, self.reward_model, n=self.n, settings=self.settings,
+                              seed=self.seed)
+        return self.last.responses

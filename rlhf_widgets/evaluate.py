@@ -1,4 +1,4 @@
-"""Evaluation numbers (no plotting here; `figures.py` draws them).
+"""Evaluation numbers (no plotting here; `rlhf_widgets.figures` draws them).
 
 - `reward_report`: held-out accuracy, margin, calibration, chosen/rejected score distributions,
   accuracy against response-length difference (does the RM simply prefer longer?), and agreement
@@ -176,3 +176,145 @@ def best_of_n_kl(n: int) -> float:
     if n < 1:
         raise ValueError(f"best_of_n_kl: n={n} must be >= 1")
     return math.log(n) - (n - 1) / n
+
+
+def ppo_overoptimization_curve(metrics, window: int = 5) -> list[dict]:
+    """Points `{"step", "sqrt_kl", "proxy", "gold"}` of a PPO run's MetricsLog (needs `gold/score`).
+
+    `proxy` is `objective/scores` (the reward model's score of the policy's samples), `gold` is
+    `gold/score`, the x axis is √ of `objective/kl` (mean sequence KL to the reference, clipped at 0).
+    Each point averages `window` consecutive updates (default 5) to tame rollout noise.
+    """
+    steps, kl = metrics.series("objective/kl")
+    _, proxy = metrics.series("objective/scores")
+    _, gold = metrics.series("gold/score")
+    if not steps or not gold:
+        raise ValueError("ppo_overoptimization_curve: the log has no objective/kl or gold/score "
+                         "(run PPO with gold=... on the sandbox)")
+    if window < 1:
+        raise ValueError(f"ppo_overoptimization_curve: window={window} must be >= 1")
+    n = min(len(kl), len(proxy), len(gold))
+    points = []
+    for start in range(0, n - window + 1, window):
+        sl = slice(start, start + window)
+        points.append({"step": steps[start + window - 1],
+                       "sqrt_kl": math.sqrt(max(0.0, float(np.mean(kl[sl])))),
+                       "proxy": float(np.mean(proxy[sl])), "gold": float(np.mean(gold[sl]))})
+    return points
+
+
+def best_of_n_curve(result, prompts: Sequence, gold: Callable[[str, str], float],
+                    ns: Sequence[int] | None = None) -> list[dict]:
+    """Points `{"n", "sqrt_kl", "proxy", "gold"}` of best-of-m for m in `ns` (default 1, 2, 4, … ≤ N).
+
+    Reuses the candidates of one `best_of_n` run (best of the first m); KL is the analytic
+    log m − (m−1)/m.
+    """
+    ns = list(ns) if ns is not None else [m for m in (1, 2, 4, 8, 16, 32, 64, 128) if m <= result.n]
+    points = []
+    for m in ns:
+        responses, scores = result.best_of(m)
+        golds = [gold(p, r) for p, r in zip(prompts, responses, strict=True)]
+        points.append({"n": m, "sqrt_kl": math.sqrt(best_of_n_kl(m)), "proxy": float(np.mean(scores)),
+                       "gold": float(np.mean(golds))})
+    return points
+
+
+def sample_policy(policy, prompts: Sequence, seed: int = 0, settings=None, batch_size: int = 32) -> list[str]:
+    """Responses of `policy` to `prompts`: a model directory / hub id (sampled at the model's defaults,
+    temperature 1) or any `callable(prompts) -> list[str]` (e.g. a best-of-N sampler)."""
+    if callable(policy):
+        out = list(policy(list(prompts)))
+        if len(out) != len(prompts):
+            raise ValueError(f"sample_policy: the callable returned {len(out)} responses for {len(prompts)} prompts")
+        return out
+    from rlhf_widgets.generation import generate
+    from rlhf_widgets.models import load_causal_lm
+
+    model, tok = load_causal_lm(str(policy))
+    return [g.text for g in generate(model, tok, list(prompts), settings, batch_size=batch_size, seed=seed)]
+
+
+def compare_policies(
+    policies: dict,
+    prompts: Sequence[str],
+    baseline: str,
+    gold: Callable[[str, str], float] | None = None,
+    reward_model=None,
+    kl_reference: str | None = None,
+    seed: int = 0,
+):
+    """A comparison table (pandas DataFrame, one row per policy) on the same held-out prompts.
+
+    Args:
+        policies: name → model directory / hub id, or `callable(prompts) -> responses`.
+        prompts: held-out prompts.
+        baseline: the name in `policies` every win rate is measured against (e.g. "SFT").
+        gold: the sandbox's `gold_score` (adds `gold_win_rate`, `gold_mean`).
+        reward_model: a `RewardModel` (adds `rm_win_rate`, `rm_mean`).
+        kl_reference: a model directory; adds `kl_to_reference`, the mean sequence KL of each
+            model-directory policy's own samples to it (nats; callables get NaN).
+        seed: sampling seed (the baseline is sampled with `seed`, the others with `seed + 1`).
+
+    Columns: gold/RM win rate over the baseline (ties ½), mean scores, KL, mean words, the share of
+    non-empty responses, and the first response as an example. `table.attrs["responses"]` holds
+    every policy's responses (name → list), e.g. for `evaluation_store`.
+    """
+    import pandas as pd
+
+    if baseline not in policies:
+        raise ValueError(f"compare_policies: baseline {baseline!r} is not one of {list(policies)}")
+    prompts = list(prompts)
+    responses = {name: sample_policy(p, prompts, seed=seed if name == baseline else seed + 1)
+                 for name, p in policies.items()}
+    base = responses[baseline]
+    ref = None
+    if kl_reference is not None:
+        from rlhf_widgets.models import load_causal_lm
+
+        ref = load_causal_lm(str(kl_reference))
+    rows = {}
+    for name, resp in responses.items():
+        row: dict = {}
+        if gold is not None:
+            wr = win_rate(prompts, resp, base, gold)
+            row["gold_win_rate"], row["gold_mean"] = wr["win_rate"], wr["mean_score"]
+        if reward_model is not None:
+            wr = win_rate(prompts, resp, base, reward_model)
+            row["rm_win_rate"], row["rm_mean"] = wr["win_rate"], wr["mean_score"]
+        if ref is not None:
+            if callable(policies[name]):
+                row["kl_to_reference"] = float("nan")
+            else:
+                from rlhf_widgets.models import load_causal_lm
+
+                model, _ = load_causal_lm(str(policies[name]))
+                row["kl_to_reference"] = float(sequence_kl(model, ref[0], ref[1], prompts, resp).mean())
+        row["mean_words"] = float(np.mean([_words(r) for r in resp]))
+        row["non_empty"] = float(np.mean([bool(r.strip()) for r in resp]))
+        row["example"] = resp[0]
+        rows[name] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.attrs["responses"] = responses  # name → responses, e.g. for a blind human comparison
+    return table
+
+
+def evaluation_store(path, prompts: Sequence[str], candidate: Sequence[str], baseline: Sequence[str],
+                     candidate_name: str, baseline_name: str):
+    """A `PreferenceStore` of blind pairs (candidate vs baseline per prompt) for human evaluation.
+
+    Label it with `LabelingPanel(store, evaluation=True)` (sources hidden, sides randomised); the
+    session's `tally()` then gives the candidate's win rate. Pairs are added only to an empty store,
+    so re-running a notebook does not duplicate them; prompts where either response is empty are
+    left out (nothing to judge).
+    """
+    from rlhf_widgets.labeling import PreferenceStore
+
+    store = PreferenceStore(path)
+    if len(store) == 0:
+        store.add_pairs(
+            {"prompt": p, "response_a": a, "response_b": b,
+             "metadata": {"a": {"model": candidate_name}, "b": {"model": baseline_name}}}
+            for p, a, b in zip(prompts, candidate, baseline, strict=True) if a.strip() and b.strip()
+        )
+    return store

@@ -38,6 +38,8 @@ class QuickstartConfig:
     """PPO updates"""
     eval_prompts: int = 200
     """held-out prompts for the final comparison"""
+    best_of: int = 8
+    """N of the best-of-N baseline in the comparison (1 = leave it out)"""
     stages: tuple[str, ...] = ("sft", "pairs", "reward", "ppo", "dpo", "evaluate")
     """stages to run, in order (later ones need earlier ones)"""
 
@@ -101,9 +103,8 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
         elif stage == "ppo":
             from rlhf_widgets.ppo import PPOConfig, PPOTrainer
 
+            # the reward model is already normalised on SFT samples (its training pairs)
             train_prompts = [p.text for p in sandbox.make_prompts(1000, seed=config.seed + 2)]
-            sft_samples = _samples(state["sft_path"], train_prompts[:128], config.seed)
-            state["reward_model"].fit_normalization(train_prompts[:128], sft_samples)
             trainer = PPOTrainer(PPOConfig(output_dir=str(out / "ppo"), num_updates=config.ppo_updates,
                                            seed=config.seed),
                                  policy=str(state["sft_path"]), reward=state["reward_model"],
@@ -125,34 +126,23 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
     return result
 
 
-def _samples(model_path, prompts: list[str], seed: int) -> list[str]:
-    from rlhf_widgets.generation import generate
-    from rlhf_widgets.models import load_causal_lm
-
-    model, tok = load_causal_lm(str(model_path))
-    return [g.text for g in generate(model, tok, prompts, seed=seed)]
-
-
 def _compare(state: dict, config: QuickstartConfig) -> dict:
     """Gold and RM win rates over SFT, KL to SFT and length, for every policy the run produced."""
     from rlhf_widgets import sandbox
-    from rlhf_widgets.evaluate import win_rate
+    from rlhf_widgets.best_of_n import BestOfNSampler
+    from rlhf_widgets.evaluate import compare_policies
 
     prompts = [p.text for p in sandbox.make_prompts(config.eval_prompts, seed=config.seed + 3, split="test")]
-    baseline = _samples(state["sft_path"], prompts, config.seed + 7)
-    table = {}
-    for name, key in (("SFT", "sft_path"), ("PPO", "ppo_path"), ("DPO", "dpo_path")):
-        if key not in state:
-            continue
-        responses = baseline if name == "SFT" else _samples(state[key], prompts, config.seed + 11)
-        gold = win_rate(prompts, responses, baseline, sandbox.gold_score)
-        row = {"gold_win_rate": gold["win_rate"], "gold_mean": gold["mean_score"],
-               "mean_words": sum(len(r.split()) for r in responses) / len(responses),
-               "example": responses[0]}
-        if "reward_model" in state:
-            row["rm_win_rate"] = win_rate(prompts, responses, baseline, state["reward_model"])["win_rate"]
-        table[name] = row
-    return table
+    policies = {"SFT": state["sft_path"]}
+    if "reward_model" in state and config.best_of > 1:
+        policies[f"best-of-{config.best_of}"] = BestOfNSampler(state["sft_path"], state["reward_model"],
+                                                               n=config.best_of, seed=config.seed)
+    policies.update({name: state[key] for name, key in (("PPO", "ppo_path"), ("DPO", "dpo_path")) if key in state})
+    table = compare_policies(policies, prompts, baseline="SFT", gold=sandbox.gold_score,
+                             reward_model=state.get("reward_model"), kl_reference=str(state["sft_path"]),
+                             seed=config.seed + 7)
+    return {name: {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+            for name, row in table.to_dict(orient="index").items()}
 
 
 def write_report(out: Path, config: QuickstartConfig, result: QuickstartResult, logs: dict[str, MetricsLog]) -> Path:
@@ -168,7 +158,7 @@ def write_report(out: Path, config: QuickstartConfig, result: QuickstartResult, 
              f"<p>Stages and seconds: {html.escape(json.dumps(result.seconds))}</p>"]
     comparison = result.numbers.get("comparison")
     if comparison:
-        cols = ["gold_win_rate", "rm_win_rate", "gold_mean", "mean_words", "example"]
+        cols = ["gold_win_rate", "rm_win_rate", "gold_mean", "kl_to_reference", "mean_words", "example"]
         parts.append("<h2>Comparison on held-out prompts (vs SFT)</h2><table border='1' cellpadding='4'><tr>"
                      "<th>policy</th>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>")
         for name, row in comparison.items():

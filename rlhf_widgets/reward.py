@@ -49,11 +49,18 @@ class RewardStageConfig(TrainingDefaults, trl.RewardConfig):
     eval_fraction: float = field(
         default=0.1, metadata={"help": "Share of pairs held out for the evaluation report (0 = none)."}
     )
+    normalize_on: int = field(
+        default=256,
+        metadata={"help": "Fit score normalisation (mean 0 / std 1) on this many training responses — the "
+                  "sampled responses being labeled, usually the SFT model's (0 = leave raw scores)."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 <= self.eval_fraction < 1:
             raise ValueError(f"RewardStageConfig.eval_fraction={self.eval_fraction}: must be in [0, 1)")
+        if self.normalize_on < 0:
+            raise ValueError(f"RewardStageConfig.normalize_on={self.normalize_on}: must be >= 0")
 
 
 def _conversations(prompts: Sequence, responses: Sequence[str | list]) -> list[list[dict]]:
@@ -194,6 +201,14 @@ class RewardResult:
     """wall time of `trainer.train()`"""
 
 
+def _fit_normalization_on(reward_model: RewardModel, pairs: datasets.Dataset, n: int) -> None:
+    """Normalise on both responses of the first ⌈n/2⌉ training pairs (they are the sampler's outputs)."""
+    rows = pairs.select(range(min(len(pairs), (n + 1) // 2)))
+    prompts = [p for p in rows["prompt"] for _ in range(2)]
+    responses = [r for c, j in zip(rows["chosen"], rows["rejected"], strict=True) for r in (c, j)]
+    reward_model.fit_normalization(prompts, responses)
+
+
 def train_reward_model(
     dataset: datasets.Dataset,
     config: RewardStageConfig | None = None,
@@ -231,6 +246,8 @@ def train_reward_model(
     trainer.train()
     seconds = time.perf_counter() - start
     reward_model = RewardModel(trainer.model, tokenizer, max_length=config.max_length or 512)
+    if config.normalize_on:
+        _fit_normalization_on(reward_model, train_ds, config.normalize_on)
     final = reward_model.save(out / "final")
     metrics.log_event("saved", f"reward model saved to {final}", step=trainer.state.global_step)
     return RewardResult(reward_model, final, eval_ds, metrics, seconds)

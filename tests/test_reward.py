@@ -21,6 +21,15 @@ def test_reward_model_agrees_with_gold_on_held_out_pairs(trained_reward) -> None
     assert trained_reward.metrics.series("accuracy")[1], "training accuracy was logged"
 
 
+def test_scores_are_normalised_on_the_sampled_responses(trained_reward, sft_pair_rows) -> None:
+    """After training, the sampler's responses (SFT samples, not seen in the fit) score ≈ mean 0 / std 1."""
+    rm = trained_reward.reward_model
+    rows = sft_pair_rows[-100:]
+    scores = rm.score([r["prompt"] for r in rows], [r["response_a"] for r in rows])
+    assert abs(scores.mean().item()) < 0.35 and 0.6 < scores.std().item() < 1.5, (scores.mean(), scores.std())
+    assert rm.scale != 1.0
+
+
 def test_scores_are_deterministic_batched_and_normalisable(trained_reward) -> None:
     rm = trained_reward.reward_model
     prompts = ["My order #12345 hasn't arrived. What should I do?"] * 3
@@ -38,13 +47,14 @@ def test_scores_are_deterministic_batched_and_normalisable(trained_reward) -> No
 
 def test_saved_and_reloaded_reward_model_scores_identically(trained_reward, tmp_path: Path) -> None:
     rm = trained_reward.reward_model
+    saved = rm.bias, rm.scale
     rm.bias, rm.scale = 0.3, 2.0
     rm.save(tmp_path / "rm")
     again = RewardModel.load(tmp_path / "rm")
     prompts = ["I was charged twice for order #22222."] * 2
     responses = ["I'm sorry. I have refunded the duplicate charge.", "Please reset your password."]
     assert torch.allclose(rm.score(prompts, responses), again.score(prompts, responses), atol=1e-5)
-    rm.bias, rm.scale = 0.0, 1.0
+    rm.bias, rm.scale = saved
 
 
 def test_verbosity_biased_labels_show_in_the_length_report(sft_model_dir, sft_pair_rows, tmp_path: Path) -> None:

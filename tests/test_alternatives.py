@@ -1,0 +1,134 @@
+"""DPO, GRPO, RLOO and best-of-N on the sandbox (CPU, few steps), and the evaluation helpers around them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import label_rows, sandbox_prompts
+from rlhf_widgets.best_of_n import BestOfNSampler, best_of_n
+from rlhf_widgets.config import ModelConfig
+from rlhf_widgets.evaluate import best_of_n_curve, best_of_n_kl, compare_policies, evaluation_store, win_rate
+from rlhf_widgets.figures import overoptimization_figure, reward_report_figures
+from rlhf_widgets.models import load_causal_lm
+from rlhf_widgets.sandbox import SimulatedAnnotator, gold_score
+
+
+class GoldJudge:
+    """The gold scorer behind the RewardModel interface (score(prompts, responses) -> tensor)."""
+
+    def score(self, prompts, responses, normalize: bool = True) -> torch.Tensor:
+        return torch.tensor([gold_score(p, r) for p, r in zip(prompts, responses, strict=True)])
+
+
+@pytest.fixture(scope="module")
+def gold_pairs(sft_pair_rows):
+    return label_rows(sft_pair_rows[:320], SimulatedAnnotator(temperature=0.5, seed=2))
+
+
+def test_dpo_learns_the_labeled_preferences(sft_model_dir: Path, gold_pairs, tmp_path: Path) -> None:
+    from rlhf_widgets.dpo import DPOStageConfig, train_dpo
+
+    result = train_dpo(gold_pairs, DPOStageConfig(output_dir=str(tmp_path), num_train_epochs=2, logging_steps=2),
+                       model=str(sft_model_dir))
+    _, margins = result.metrics.series("rewards/margins")
+    _, acc = result.metrics.series("rewards/accuracies")
+    assert len(margins) >= 4
+    assert sum(margins[-3:]) / 3 > max(0.0, margins[0]), margins
+    assert acc[-1] > 0.6, acc
+    model, tok = load_causal_lm(str(result.model_path))  # a plain causal LM, loadable like any other
+    assert model.config.vocab_size == len(tok)
+
+
+def test_dpo_4bit_lora_runs_on_cpu(sft_model_dir: Path, gold_pairs, tmp_path: Path) -> None:
+    from rlhf_widgets.dpo import DPOStageConfig, train_dpo
+
+    cfg = ModelConfig(model_name_or_path=str(sft_model_dir), use_peft=True, load_in_4bit=True, lora_r=8)
+    result = train_dpo(gold_pairs.select(range(32)), DPOStageConfig(output_dir=str(tmp_path), max_steps=2,
+                                                                    logging_steps=1), model=cfg)
+    assert (result.model_path / "adapter_config.json").is_file()
+    assert result.metrics.series("rewards/margins")[1]
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_online_rl_with_kl_runs_and_logs(sft_model_dir: Path, tmp_path: Path, algorithm: str) -> None:
+    from rlhf_widgets.grpo import GRPOStageConfig, RLOOStageConfig, gold_reward, train_online
+
+    cls = GRPOStageConfig if algorithm == "grpo" else RLOOStageConfig
+    cfg = cls(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8, num_generations=4,
+              max_completion_length=24)
+    result = train_online(sandbox_prompts(32, seed=4), gold_reward, cfg, model=str(sft_model_dir),
+                          algorithm=algorithm)
+    names = result.metrics.names()
+    assert any(n.startswith("reward") for n in names), names
+    assert "kl" in names, names  # β > 0: the KL to the reference is measured and logged
+    assert result.metrics.samples(), "sample completions reach the live table"
+    assert (result.model_path / "config.json").is_file()
+    with pytest.raises(ValueError, match="beta"):
+        cls(output_dir=str(tmp_path), beta=0.0)
+
+
+def test_best_of_n_raises_the_judged_score_and_knows_its_kl(sft_model_dir: Path) -> None:
+    model, tok = load_causal_lm(str(sft_model_dir))
+    prompts = sandbox_prompts(24, seed=8, split="test")
+    result = best_of_n(model, tok, prompts, GoldJudge(), n=8, seed=1)
+    assert result.kl == pytest.approx(math.log(8) - 7 / 8)
+    assert best_of_n_kl(1) == 0.0
+    curve = best_of_n_curve(result, prompts, gold_score)
+    assert [p["n"] for p in curve] == [1, 2, 4, 8]
+    proxies = [p["proxy"] for p in curve]
+    assert proxies == sorted(proxies) and proxies[-1] > proxies[0]  # best of more never scores lower
+    assert result.best_of(8)[0] == result.responses
+    with pytest.raises(ValueError, match="n=0"):
+        best_of_n(model, tok, prompts, GoldJudge(), n=0)
+
+
+def test_compare_policies_table_and_blind_store(sft_model_dir: Path, tmp_path: Path) -> None:
+    from rlhf_widgets.labeling import LabelingSession
+
+    prompts = sandbox_prompts(16, seed=9, split="test")
+    sampler = BestOfNSampler(sft_model_dir, GoldJudge(), n=4)
+    table = compare_policies({"SFT": sft_model_dir, "best-of-4": sampler}, prompts, baseline="SFT",
+                             gold=gold_score, kl_reference=str(sft_model_dir))
+    assert list(table.index) == ["SFT", "best-of-4"]
+    assert table.loc["SFT", "gold_win_rate"] == 0.5  # against itself: all ties
+    assert table.loc["best-of-4", "gold_win_rate"] > 0.5
+    assert abs(table.loc["SFT", "kl_to_reference"]) < 1e-4 and math.isnan(table.loc["best-of-4", "kl_to_reference"])
+    responses = table.attrs["responses"]
+    assert win_rate(prompts, responses["best-of-4"], responses["SFT"], gold_score)["win_rate"] == \
+        table.loc["best-of-4", "gold_win_rate"]
+    with pytest.raises(ValueError, match="baseline 'PPO'"):
+        compare_policies({"SFT": sft_model_dir}, prompts, baseline="PPO")
+
+    store = evaluation_store(tmp_path / "eval.sqlite", prompts, responses["best-of-4"], responses["SFT"],
+                             "best-of-4", "SFT")
+    n = len(store)
+    assert n > 0 and len(evaluation_store(tmp_path / "eval.sqlite", prompts, responses["best-of-4"],
+                                          responses["SFT"], "best-of-4", "SFT")) == n  # no duplicates
+    session = LabelingSession(store, "judge", evaluation=True)
+    assert session.current.left_source is None and session.current.right_source is None  # blind
+    while not session.done:
+        a_is_candidate = session.current.pair.metadata["a"]["model"] == "best-of-4"
+        session.choose("left" if (session.current.swapped != a_is_candidate) else "right")
+    assert session.tally().win_rate("best-of-4") == 1.0
+
+
+def test_report_figures_draw_the_numbers() -> None:
+    report = {"chosen_scores": [1.0, 2.0], "rejected_scores": [0.0, 0.5], "accuracy": 1.0, "mean_margin": 1.25,
+              "n_pairs": 2, "expected_calibration_error": 0.1,
+              "calibration": [{"predicted": 0.3, "observed": 0.0, "count": 2}, {"predicted": 0.7, "observed": 1.0, "count": 2}],
+              "length": {"bins": [{"low": -math.inf, "high": -10, "accuracy": 0.4, "count": 3},
+                                  {"low": 3, "high": 10, "accuracy": 0.9, "count": 5}],
+                         "prefers_longer": 0.8, "gold_prefers_longer": 0.5}}
+    figs = reward_report_figures(report)
+    assert list(figs["length"].data[0].y) == [0.4, 0.9]
+    assert list(figs["length"].data[0].x) == ["< -10", "[3, 10)"]
+    assert "80%" in figs["length"].layout.title.text and "gold: 50%" in figs["length"].layout.title.text
+    assert list(figs["calibration"].data[1].y) == [0.0, 1.0]
+    fig = overoptimization_figure({"PPO": [{"sqrt_kl": 0.0, "proxy": 0.0, "gold": 1.0},
+                                           {"sqrt_kl": 1.0, "proxy": 2.0, "gold": 0.5}]})
+    assert [t.name for t in fig.data] == ["PPO proxy", "PPO gold"]
+    assert list(fig.data[1].y) == [1.0, 0.5]
