@@ -1,9 +1,9 @@
 """Preference labeling: store (persistence) ← session (queue logic) ← widget (view), plus AI labelers.
 
-    store = PreferenceStore("labels.sqlite"); store.add_pairs(rows)
-    LabelingPanel(store)                                  # label in the notebook
-    label_with(store, SimulatedAnnotator(), "simulated")  # or let a labeler do it
-    store.to_dataset()                                    # TRL conversational preference Dataset
+    store = prepare_pairs("runs/sft/final", "labels.sqlite")  # a policy's sample pairs, made once
+    LabelingPanel(store)                                      # label in the notebook
+    label_with(store, SimulatedAnnotator(), "simulated")      # or let a labeler do it
+    store.to_dataset()                                        # TRL conversational preference Dataset
 """
 
 from typing import Any
@@ -23,13 +23,19 @@ __all__ = [
     "ShownPair",
     "Tally",
     "label_with",
+    "prepare_pairs",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    """Import `LabelingPanel` on first use: scripts that only store and export never load ipywidgets."""
+    """Import `LabelingPanel` and `prepare_pairs` on first use: scripts that only store and export never
+    load ipywidgets, torch or transformers."""
     if name == "LabelingPanel":
         from rlhf_widgets.labeling.widget import LabelingPanel
 
         return LabelingPanel
+    if name == "prepare_pairs":
+        from rlhf_widgets.labeling.pairs import prepare_pairs
+
+        return prepare_pairs
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,17 +1,22 @@
 """Candidate pairs for labeling: k sampled responses per prompt, paired up, duplicates dropped.
 
 Each side can use its own sampling settings (e.g. a cooler and a hotter temperature) so the two
-responses differ; which settings produced each side is kept in the pair's metadata.
+responses differ; which settings produced each side is kept in the pair's metadata. `prepare_pairs`
+fills a `PreferenceStore` with pairs of a policy's samples on sandbox prompts, once.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_widgets.generation import SamplingSettings, generate
+from rlhf_widgets.labeling.store import PreferenceStore
+from rlhf_widgets.models import load_causal_lm
+from rlhf_widgets.sandbox import make_prompts
 
 DEFAULT_SIDES = (SamplingSettings(temperature=1.0), SamplingSettings(temperature=0.7))
 
@@ -51,7 +56,8 @@ def generate_pairs(
         made, seen = 0, set()
         for (ta, sa, ea), (tb, sb, eb) in itertools.combinations(responses, 2):
             key = frozenset((ta.strip(), tb.strip()))
-            if made >= max_pairs_per_prompt or not ta.strip() or not tb.strip() or len(key) < 2 or key in seen:
+            empty = not ta.strip() or not tb.strip()
+            if made >= max_pairs_per_prompt or empty or len(key) < 2 or key in seen:
                 continue
             seen.add(key)
             rows.append({
@@ -65,3 +71,44 @@ def generate_pairs(
             })
             made += 1
     return rows
+
+
+def prepare_pairs(
+    model: str,
+    store: PreferenceStore | str | Path,
+    n_prompts: int = 64,
+    *,
+    split: str = "train",
+    seed: int = 0,
+    k: int = 2,
+    show_progress: bool = True,
+) -> PreferenceStore:
+    """Fill `store` with pairs of `model`'s samples on `n_prompts` sandbox prompts, unless it has pairs.
+
+    Idempotent: a store that already holds pairs is returned untouched (the model is not even loaded),
+    so re-running a notebook never duplicates pairs or orphans labels. To make new pairs, use a new
+    store file.
+
+    Args:
+        model: a local checkpoint directory (e.g. the SFT model) or a hub id, loaded with
+            `rlhf_widgets.models.load_causal_lm`.
+        store: a `PreferenceStore`, or the path of its SQLite file (created, with its parent directory,
+            if missing).
+        n_prompts: how many prompts from `rlhf_widgets.sandbox.make_prompts` (default 64); at most one
+            pair per prompt, fewer when both samples come out identical or empty.
+        split: prompt split, "train" (default) or "test".
+        seed: seeds the prompts and the sampling (default 0).
+        k: samples per prompt (default 2), see `generate_pairs`.
+        show_progress: show generation progress bars (default True).
+    """
+    if not isinstance(store, PreferenceStore):
+        Path(store).parent.mkdir(parents=True, exist_ok=True)
+        store = PreferenceStore(store)
+    if len(store):
+        return store
+    policy, tokenizer = load_causal_lm(model)
+    prompts = [prompt.text for prompt in make_prompts(n_prompts, seed=seed, split=split)]
+    rows = generate_pairs(policy, tokenizer, prompts, k=k, model_name=str(model), seed=seed,
+                          show_progress=show_progress)
+    store.add_pairs(rows)
+    return store

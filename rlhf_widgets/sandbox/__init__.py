@@ -2,7 +2,7 @@
 tiny tokenizer + Llama base model pretrained on the world's text (see ``world`` for what "good"
 means here)."""
 
-from rlhf_widgets.sandbox.annotator import SimulatedAnnotator
+from rlhf_widgets.sandbox.annotator import SimulatedAnnotator, gold_preference
 from rlhf_widgets.sandbox.gold import GOLD_WEIGHTS, WORD_BUDGET, gold_features, gold_score
 from rlhf_widgets.sandbox.pretrain import base_model_path, build_base_model
 from rlhf_widgets.sandbox.tokenizer import CHAT_TEMPLATE, EOS_TOKEN, PAD_TOKEN, build_tokenizer
@@ -33,6 +33,7 @@ __all__ = [
     "build_tokenizer",
     "curt_demo",
     "gold_features",
+    "gold_preference",
     "gold_score",
     "ideal_response",
     "make_prompts",

@@ -1,4 +1,5 @@
-"""A simulated annotator: noisy (and optionally biased) pairwise preferences from the gold scorer.
+"""A simulated annotator: noisy (and optionally biased) pairwise preferences from the gold scorer,
+and `gold_preference`, the noiseless reference labeler.
 
 Bradley–Terry on gold differences::
 
@@ -46,3 +47,15 @@ class SimulatedAnnotator:
     def __call__(self, prompt: PromptLike, a: Response, b: Response) -> str:
         """Sample a choice, ``"a"`` or ``"b"``, from ``prob_a``."""
         return "a" if self._rng.random() < self.prob_a(prompt, a, b) else "b"
+
+
+def gold_preference(prompt: PromptLike, a: Response, b: Response) -> str:
+    """The gold labeler: ``"a"`` or ``"b"``, whichever has the higher gold score; ``"tie"`` when equal.
+
+    Follows the AI-labeler protocol, so ``label_with(store, gold_preference, "gold")`` records reference
+    labels that human and simulated annotators can be measured against.
+    """
+    score_a, score_b = gold_score(prompt, a), gold_score(prompt, b)
+    if math.isclose(score_a, score_b, abs_tol=1e-9):
+        return "tie"
+    return "a" if score_a > score_b else "b"

@@ -1,0 +1,337 @@
+"""Notebook 02 in a real JupyterLab + headless Chromium: clicks and keys label pairs, undo works.
+
+Runs the notebook with the sandbox base model and 8 prompts, labels six pairs (three buttons, three
+keys after clicking the panel) and undoes the last, then reads the labels straight from the SQLite
+file. Writes `test-artifacts/labeling_panel.png` and `test-artifacts/browser_latency.json` (ms from
+each click / key to the panel showing the next pair).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from rlhf_widgets.sandbox import base_model_path
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "02_label_preferences.ipynb"
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+NOTEBOOK_TIMEOUT_S = 300  # kernel start + model load + pair generation on a slow 2-core machine
+CHANGE_TIMEOUT_MS = 30_000  # one click → next pair
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium executable (run `make browser`)"),
+    pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="playwright is not installed"),
+]
+
+# Arm before an action: resolves with ms from the next click / keydown to the first change of the
+# prompt or left response (or rejects if nothing changes within the timeout).
+ARM = """(timeoutMs) => {
+  const targets = document.querySelectorAll('.rlhfw-prompt, .rlhfw-left');
+  window.__rlhfwChange = new Promise((resolve, reject) => {
+    let t0 = null;
+    const start = () => { if (t0 === null) t0 = performance.now(); };
+    const stop = () => {
+      observer.disconnect(); clearTimeout(timer);
+      document.removeEventListener('click', start, true);
+      document.removeEventListener('keydown', start, true);
+    };
+    const observer = new MutationObserver(() => {
+      if (t0 === null) return;
+      const ms = performance.now() - t0;
+      stop();
+      resolve(ms);
+    });
+    targets.forEach((t) => observer.observe(t, {childList: true, subtree: true, characterData: true}));
+    document.addEventListener('click', start, true);
+    document.addEventListener('keydown', start, true);
+    const timer = setTimeout(() => {
+      stop();
+      reject(new Error(t0 === null ? 'the action never reached the page'
+                                   : `the panel did not change within ${timeoutMs} ms of the action`));
+    }, timeoutMs);
+  });
+  return targets.length;
+}"""
+
+NOTEBOOK_STATE = """() => {
+  const app = window.jupyterapp;
+  const panel = app && app.shell.currentWidget;
+  if (!panel || !panel.content || !panel.sessionContext) return {ready: false};
+  const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
+  const cells = panel.content.widgets.filter((cell) => cell.model.type === 'code');
+  const errors = [];
+  for (const cell of cells) {
+    for (const out of cell.model.outputs.toJSON()) {
+      if (out.output_type !== 'error') continue;
+      errors.push(`${out.ename}: ${out.evalue}\\n${(out.traceback || []).join('\\n')}`);
+    }
+  }
+  return {ready: true, status: kernel ? kernel.status : null, total: cells.length, errors,
+          executed: cells.filter((cell) => cell.model.executionCount !== null).length};
+}"""
+
+
+@dataclass
+class Lab:
+    url: str
+    root: Path
+    log: Path
+
+    def log_tail(self, n: int = 60) -> str:
+        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        return "\n".join(lines[-n:])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _notebook_with_overrides(dest: Path) -> None:
+    """Notebook 02 with a cell after the parameters cell: the sandbox base model, 8 prompts."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    at = next(i for i, cell in enumerate(nb.cells) if "parameters" in cell.metadata.get("tags", []))
+    override = nbformat.v4.new_code_cell(f"POLICY = {str(base_model_path())!r}\nN_PROMPTS = 8")
+    nb.cells.insert(at + 1, override)
+    nbformat.write(nb, dest)
+
+
+def _write_lab_settings(settings: Path) -> None:
+    """No news / update toasts over the panel; every cell attached to the DOM."""
+    files = {
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings":
+            {"fetchNews": "false", "checkForUpdates": False},
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    }
+    for name, values in files.items():
+        (settings / name).parent.mkdir(parents=True, exist_ok=True)
+        (settings / name).write_text(json.dumps(values))
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    root = tmp_path / "work"
+    (root / "runs").mkdir(parents=True)
+    _notebook_with_overrides(root / NOTEBOOK.name)
+    _write_lab_settings(tmp_path / "lab-settings")
+    token, port = secrets.token_hex(16), _free_port()
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
+        "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "lab-workspaces"),
+        "IPYTHONDIR": str(tmp_path / "ipython"),
+    }
+    log = tmp_path / "jupyter.log"
+    with log.open("wb") as log_file:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}",
+             "--ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+             "--LabApp.expose_app_in_browser=True"],
+            cwd=root, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    lab = Lab(url=f"http://127.0.0.1:{port}", root=root, log=log)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"jupyter lab exited with {server.returncode}:\n{lab.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{lab.url}/api/status?token={token}", timeout=5) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"jupyter lab did not answer within 90 s:\n{lab.log_tail()}")
+            time.sleep(0.5)
+        lab.url = f"{lab.url}/lab/tree/{NOTEBOOK.name}?token={token}"
+        yield lab
+    finally:
+        server.terminate()  # the server shuts its kernels down
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _run_all_cells(page) -> None:
+    """Run → Run All Cells: the JupyterLab command when the app is exposed, else the menu."""
+    exposed = page.evaluate("() => Boolean(window.jupyterapp)")
+    if exposed and page.evaluate("() => window.jupyterapp.commands.isEnabled('runmenu:run-all')"):
+        page.evaluate("() => { window.jupyterapp.commands.execute('runmenu:run-all'); }")
+        return
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").click()
+
+
+def _wait_for_notebook(page) -> dict:
+    """Wait until every code cell has run and the kernel is idle; fail on the first cell error."""
+    deadline = time.monotonic() + NOTEBOOK_TIMEOUT_S
+    while True:
+        state = page.evaluate(NOTEBOOK_STATE)
+        if state.get("errors"):
+            traceback = re.sub(r"\x1b\[[0-9;]*m", "", state["errors"][0])  # without ANSI colours
+            raise AssertionError(f"a notebook cell failed:\n{traceback}")
+        if state.get("ready") and state["executed"] == state["total"] and state["status"] == "idle":
+            return state
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the notebook did not finish within {NOTEBOOK_TIMEOUT_S} s: {state}")
+        time.sleep(1)
+
+
+def _shown(page) -> tuple[str, str]:
+    return (_normalised(page.inner_text(".rlhfw-left .rlhfw-text")),
+            _normalised(page.inner_text(".rlhfw-right .rlhfw-text")))
+
+
+def _act(page, name: str, action) -> float:
+    """Do `action()` and return ms until the panel changed; then wait until the panel has settled."""
+    status_before = page.inner_text(".rlhfw-status")
+    assert page.evaluate(ARM, CHANGE_TIMEOUT_MS) == 2, "prompt or left response missing from the panel"
+    action()
+    try:
+        ms = page.evaluate("() => window.__rlhfwChange")
+    except Exception as error:
+        raise AssertionError(f"{name}: {error}") from error
+    # the status line is the panel's last update: once it changes, prompt and both sides are final
+    page.wait_for_function("(before) => document.querySelector('.rlhfw-status').innerText !== before",
+                           arg=status_before, timeout=CHANGE_TIMEOUT_MS)
+    return ms
+
+
+def _current_labels(db: Path, annotator: str) -> tuple[dict[int, tuple[str, bool]], list[tuple]]:
+    """({pair_id: (choice, shown_swapped)} of the current labels, full history) of one annotator."""
+    with sqlite3.connect(db) as conn:
+        current = conn.execute(
+            "SELECT pair_id, choice, shown_swapped FROM labels WHERE annotator = ? AND id IN "
+            "(SELECT MAX(id) FROM labels WHERE undone = 0 GROUP BY pair_id, annotator)", (annotator,)
+        ).fetchall()
+        history = conn.execute(
+            "SELECT pair_id, choice, undone FROM labels WHERE annotator = ? ORDER BY id", (annotator,)
+        ).fetchall()
+    return {pair_id: (choice, bool(swapped)) for pair_id, choice, swapped in current}, history
+
+
+def _pairs(db: Path) -> dict[int, tuple[str, str]]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT id, response_a, response_b FROM pairs ORDER BY id").fetchall()
+    return {pair_id: (_normalised(a), _normalised(b)) for pair_id, a, b in rows}
+
+
+def _which_pair(pairs: dict[int, tuple[str, str]], left: str, right: str) -> tuple[int, bool]:
+    """(pair id, swapped) of the pair displayed with these texts."""
+    found = [(pid, (a, b) == (right, left)) for pid, (a, b) in pairs.items() if {a, b} == {left, right}]
+    assert len(found) == 1, f"{len(found)} stored pairs match the displayed texts {left!r} / {right!r}"
+    return found[0]
+
+
+@pytest.mark.timeout(900)
+def test_label_pairs_in_jupyterlab(lab: Lab) -> None:
+    from playwright import sync_api
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    console: list[str] = []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+        page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+        try:
+            page.goto(lab.url, timeout=120_000)
+            page.wait_for_function(
+                "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+                " const k = w && w.sessionContext && w.sessionContext.session"
+                " && w.sessionContext.session.kernel; return Boolean(k) && k.status === 'idle'; }",
+                timeout=120_000, polling=500,
+            )
+            _run_all_cells(page)
+            _wait_for_notebook(page)
+            page.locator(".rlhfw-panel .rlhfw-prompt .rlhfw-text").first.wait_for(state="visible",
+                                                                                   timeout=60_000)
+            db = lab.root / "runs" / "labels.sqlite"
+            pairs = _pairs(db)
+            assert len(pairs) >= 7, f"only {len(pairs)} pairs to label; the test needs 7"
+
+            expected: dict[int, tuple[str, bool]] = {}  # pair id → (choice, swapped)
+            latencies: list[tuple[str, float]] = []
+
+            def label(name: str, side: str, action) -> int:
+                pair_id, swapped = _which_pair(pairs, *_shown(page))
+                choice = side if side == "tie" else "a" if (side == "left") != swapped else "b"
+                latencies.append((name, _act(page, name, action)))
+                expected[pair_id] = (choice, swapped)
+                return pair_id
+
+            label("click A", "left", lambda: page.click(".rlhfw-btn-a"))
+            label("click B", "right", lambda: page.click(".rlhfw-btn-b"))
+            label("click tie", "tie", lambda: page.click(".rlhfw-btn-tie"))
+            page.click(".rlhfw-panel .rlhfw-prompt")  # focus the panel: its keys now label
+            focused = page.evaluate("() => Boolean(document.activeElement.closest('.rlhfw-panel'))")
+            assert focused, "clicking the panel did not focus it"
+            label("key 1", "left", lambda: page.keyboard.press("1"))
+            label("key 2", "right", lambda: page.keyboard.press("2"))
+            undone = label("key ArrowLeft", "left", lambda: page.keyboard.press("ArrowLeft"))
+            undo = "key Backspace (undo)"
+            latencies.append((undo, _act(page, undo, lambda: page.keyboard.press("Backspace"))))
+            assert _which_pair(pairs, *_shown(page))[0] == undone, "undo did not bring back the last pair"
+            page.locator(".rlhfw-panel").screenshot(path=str(ARTIFACTS / "labeling_panel.png"))
+        except Exception as error:
+            try:
+                page.screenshot(path=str(ARTIFACTS / "labeling_failure.png"), full_page=True)
+            except sync_api.Error:
+                pass
+            raise AssertionError(
+                f"{error}\n--- browser console (last 30) ---\n" + "\n".join(console[-30:])
+                + f"\n--- jupyter log ---\n{lab.log_tail()}"
+            ) from error
+        finally:
+            browser.close()
+
+    current, history = _current_labels(db, "human")
+    undone_choice, _ = expected.pop(undone)
+    assert current == expected, f"labels in SQLite {current} != labels made {expected}"
+    assert history[-1] == (undone, undone_choice, 1), f"the last label should be undone: {history}"
+    assert len(history) == 6
+
+    ms = [value for _, value in latencies]
+    median = statistics.median(ms)
+    (ARTIFACTS / "browser_latency.json").write_text(json.dumps({
+        "actions": [name for name, _ in latencies], "latencies_ms": ms, "median_ms": median,
+    }, indent=2))
+    each = ", ".join(f"{value:.0f}" for value in ms)
+    print(f"click/key → next pair: median {median:.0f} ms over {len(ms)} actions ({each})")
