@@ -178,6 +178,7 @@ class RewardModel:
                               load_in_4bit=meta["load_in_4bit"], device=device)
             base, _ = load_reward_backbone(cfg)
             model = PeftModel.from_pretrained(base, path)
+            _adapters_to_compute_dtype(model)
         else:
             dev = choose_device(device)
             model = AutoModelForSequenceClassification.from_pretrained(path).to(dev)
@@ -199,6 +200,14 @@ class RewardResult:
     """every logged metric of the run"""
     train_seconds: float
     """wall time of `trainer.train()`"""
+
+
+def _adapters_to_compute_dtype(model: PreTrainedModel, only: str = "") -> None:
+    """Cast the adapter / score-head parameters (names containing `only`) to the embeddings' dtype."""
+    dtype = model.get_input_embeddings().weight.dtype
+    for name, param in model.named_parameters():
+        if (".lora_" in name or ".score." in f".{name}" or "modules_to_save" in name) and only in f".{name}":
+            param.data = param.data.to(dtype)
 
 
 def _fit_normalization_on(reward_model: RewardModel, pairs: datasets.Dataset, n: int) -> None:
@@ -242,9 +251,16 @@ def train_reward_model(
         peft_config=peft_config,
         callbacks=[MetricsCallback(metrics, stage="reward")],
     )
+    if model_cfg.load_in_4bit:
+        # TRL casts every trainable parameter of a quantized model to bf16 (QLoRA's recipe). LoRA layers cast
+        # their input, but the fully trained score head would then see hidden states of the compute dtype
+        # (fp32 on CPU) — keep the head in that dtype.
+        _adapters_to_compute_dtype(trainer.model, only=".score.")
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
+    if model_cfg.load_in_4bit:  # score with the adapter dtype `RewardModel.load` will use
+        _adapters_to_compute_dtype(trainer.model)
     reward_model = RewardModel(trainer.model, tokenizer, max_length=config.max_length or 512)
     if config.normalize_on:
         _fit_normalization_on(reward_model, train_ds, config.normalize_on)

@@ -112,3 +112,15 @@ def trained_reward(sft_model_dir: Path, sft_pair_rows: list[dict], tmp_path_fact
     pairs = label_rows(sft_pair_rows, SimulatedAnnotator(temperature=1.0, seed=0))
     out = tmp_path_factory.mktemp("reward")
     return train_reward_model(pairs, RewardStageConfig(output_dir=str(out)), model=str(sft_model_dir))
+
+
+@pytest.fixture(scope="session")
+def biased_reward(sft_model_dir: Path, sft_pair_rows: list[dict], tmp_path_factory: pytest.TempPathFactory):
+    """A reward model trained on a verbosity-biased annotator's labels: a flawed proxy on purpose."""
+    from rlhf_widgets.reward import RewardStageConfig, train_reward_model
+    from rlhf_widgets.sandbox import SimulatedAnnotator
+
+    pairs = label_rows(sft_pair_rows, SimulatedAnnotator(temperature=0.5, verbosity_bias=0.6, seed=0))
+    out = tmp_path_factory.mktemp("reward_biased")
+    return train_reward_model(pairs, RewardStageConfig(output_dir=str(out), num_train_epochs=2, eval_fraction=0.2),
+                              model=str(sft_model_dir))

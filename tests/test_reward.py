@@ -57,19 +57,12 @@ def test_saved_and_reloaded_reward_model_scores_identically(trained_reward, tmp_
     rm.bias, rm.scale = saved
 
 
-def test_verbosity_biased_labels_show_in_the_length_report(sft_model_dir, sft_pair_rows, tmp_path: Path) -> None:
-    biased = label_rows(sft_pair_rows, SimulatedAnnotator(temperature=0.5, verbosity_bias=0.6, seed=0))
-    fair = label_rows(sft_pair_rows, SimulatedAnnotator(temperature=0.5, seed=0))
-    cfg = dict(num_train_epochs=2, eval_fraction=0.2)
-    rm_biased = train_reward_model(biased, RewardStageConfig(output_dir=str(tmp_path / "b"), **cfg),
-                                   model=str(sft_model_dir))
-    rm_fair = train_reward_model(fair, RewardStageConfig(output_dir=str(tmp_path / "f"), **cfg),
-                                 model=str(sft_model_dir))
-    # judge both on the same (fairly labeled) held-out pairs
-    held_out = fair.train_test_split(test_size=0.2, seed=0)["test"]
-    rep_b = reward_report(rm_biased.reward_model, held_out, gold=gold_score)
-    rep_f = reward_report(rm_fair.reward_model, held_out, gold=gold_score)
-    assert rep_b["length"]["prefers_longer"] > rep_f["length"]["prefers_longer"] + 0.1
+def test_verbosity_biased_labels_show_in_the_length_report(biased_reward, trained_reward, sft_pair_rows) -> None:
+    # judge both on the same fairly labeled pairs (the biased RM's own held-out split)
+    held_out = label_rows(sft_pair_rows[-120:], SimulatedAnnotator(temperature=0.5, seed=5))
+    rep_b = reward_report(biased_reward.reward_model, held_out, gold=gold_score)
+    rep_f = reward_report(trained_reward.reward_model, held_out, gold=gold_score)
+    assert rep_b["length"]["prefers_longer"] > rep_f["length"]["prefers_longer"] + 0.1, (rep_b["length"], rep_f["length"])
     assert rep_b["length"]["prefers_longer"] > rep_b["length"]["gold_prefers_longer"]
 
 
@@ -80,4 +73,8 @@ def test_lora_reward_training_runs_and_reloads(sft_pair_rows, tmp_path: Path, lo
     result = train_reward_model(pairs, cfg, model=ModelConfig(use_peft=True, load_in_4bit=load_in_4bit, lora_r=8))
     again = RewardModel.load(result.model_path)
     prompts, responses = ["Where is order #31313?"], ["Check your tracking number."]
-    assert torch.allclose(result.reward_model.score(prompts, responses), again.score(prompts, responses), atol=1e-4)
+    # 4-bit: the base is re-quantized on load, so allow a little rounding in the raw score
+    atol = 1e-2 if load_in_4bit else 1e-5
+    assert torch.allclose(result.reward_model.raw_score(prompts, responses), again.raw_score(prompts, responses),
+                          atol=atol)
+    assert (again.bias, again.scale) == (result.reward_model.bias, result.reward_model.scale)

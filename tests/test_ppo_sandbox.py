@@ -1,0 +1,62 @@
+"""PPO on the sandbox for real: from the SFT model against the learned reward model, judged by gold.
+
+Also the overoptimization picture (Gao et al. 2022) with a verbosity-biased reward model as proxy:
+as KL to the SFT model grows, the proxy keeps rising while the gold score peaks and falls.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import sandbox_prompts
+from rlhf_widgets.best_of_n import best_of_n
+from rlhf_widgets.evaluate import best_of_n_curve, ppo_overoptimization_curve, sample_policy, win_rate
+from rlhf_widgets.models import load_causal_lm
+from rlhf_widgets.ppo import PPOConfig, PPOTrainer
+from rlhf_widgets.sandbox import gold_score
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ppo_run(sft_model_dir: Path, trained_reward, tmp_path_factory: pytest.TempPathFactory) -> PPOTrainer:
+    cfg = PPOConfig(output_dir=str(tmp_path_factory.mktemp("ppo")), num_updates=40, seed=0)
+    trainer = PPOTrainer(cfg, str(sft_model_dir), trained_reward.reward_model, sandbox_prompts(1000, seed=2),
+                         gold=gold_score)
+    trainer.train(show_progress=False)
+    return trainer
+
+
+def test_ppo_beats_sft_on_gold_with_bounded_kl(ppo_run: PPOTrainer, sft_model_dir: Path) -> None:
+    assert ppo_run.control.state == "finished", ppo_run.control.reason
+    prompts = sandbox_prompts(128, seed=3, split="test")
+    sft = sample_policy(sft_model_dir, prompts, seed=7)
+    ppo = sample_policy(ppo_run.output_dir / "last" / "policy", prompts, seed=8)
+    result = win_rate(prompts, ppo, sft, gold_score)
+    print(f"PPO gold win rate over SFT: {result['win_rate']:.3f} (gold {result['mean_score']:.2f} vs "
+          f"{result['baseline_mean_score']:.2f})")
+    assert result["win_rate"] >= 0.65, result
+    _, kl = ppo_run.metrics.series("objective/kl")
+    assert max(kl) < 25, kl  # the KL penalty keeps the policy near the SFT model
+    _, gold = ppo_run.metrics.series("gold/score")
+    assert sum(gold[-5:]) / 5 > sum(gold[:5]) / 5
+
+
+def test_overoptimization_best_of_n_with_a_verbosity_biased_proxy(biased_reward, sft_model_dir: Path) -> None:
+    model, tok = load_causal_lm(str(sft_model_dir))
+    prompts = sandbox_prompts(48, seed=12, split="test")
+    result = best_of_n(model, tok, prompts, biased_reward.reward_model, n=32, seed=0)
+    curve = best_of_n_curve(result, prompts, gold_score)
+    proxy, gold = [p["proxy"] for p in curve], [p["gold"] for p in curve]
+    print("best-of-N curve", [(p["n"], round(p["proxy"], 2), round(p["gold"], 2)) for p in curve])
+    assert proxy == sorted(proxy)  # the proxy only rises with N
+    peak = max(range(len(gold)), key=gold.__getitem__)
+    assert 0 < peak < len(gold) - 1, gold  # gold first improves, then falls
+    assert gold[-1] < gold[peak] - 0.1, gold
+
+
+def test_ppo_overoptimization_curve_reads_the_log(ppo_run: PPOTrainer) -> None:
+    curve = ppo_overoptimization_curve(ppo_run.metrics, window=5)
+    assert len(curve) == 8
+    assert curve[-1]["sqrt_kl"] > curve[0]["sqrt_kl"]
+    assert curve[-1]["proxy"] > curve[0]["proxy"]
