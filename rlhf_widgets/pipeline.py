@@ -26,7 +26,7 @@ class QuickstartConfig:
     """where every stage writes (models, metrics, label store, report)"""
     seed: int = 0
     """one seed for every stage"""
-    sft_demos: int = 512
+    sft_demos: int = 2048
     """sandbox demonstrations for SFT"""
     pair_prompts: int = 600
     """prompts to generate candidate pairs for"""

@@ -25,13 +25,13 @@ class SFTStageConfig(TrainingDefaults, trl.SFTConfig):
 
     output_dir: str | None = field(default="runs/sft", metadata={"help": "Where the final model is written."})
     learning_rate: float = field(default=5e-4, metadata={"help": "AdamW peak learning rate."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the demonstrations."})
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Passes over the demonstrations."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Demonstrations per step."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
     warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up (a fraction < 1, or a step count)."})
     max_length: int | None = field(default=256, metadata={"help": "Tokens per example (prompt + completion)."})
     sandbox_demos: int = field(
-        default=512, metadata={"help": "Sandbox demonstrations to train on when no dataset is given."}
+        default=2048, metadata={"help": "Sandbox demonstrations to train on when no dataset is given."}
     )
 
     def __post_init__(self) -> None:

@@ -62,7 +62,7 @@ def hub_like_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ---------------------------------------------------------------- sandbox stages, trained once per session
-SFT_DEMOS = 512
+SFT_DEMOS = 2048
 
 
 def sandbox_prompts(n: int, seed: int, split: str = "train") -> list[str]:
