@@ -77,6 +77,11 @@ class BestOfNSampler:
         self.model_path, self.reward_model, self.n, self.settings, self.seed = model_path, reward_model, n, settings, seed
         self.last: BestOfN | None = None
 
+    @property
+    def kl(self) -> float:
+        """Analytic KL(best-of-N ‖ sampler) in nats."""
+        return best_of_n_kl(self.n)
+
     def __call__(self, prompts: Sequence) -> list[str]:
         from rlhf_widgets.models import load_causal_lm
 

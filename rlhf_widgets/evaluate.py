@@ -253,7 +253,8 @@ def compare_policies(
         gold: the sandbox's `gold_score` (adds `gold_win_rate`, `gold_mean`).
         reward_model: a `RewardModel` (adds `rm_win_rate`, `rm_mean`).
         kl_reference: a model directory; adds `kl_to_reference`, the mean sequence KL of each
-            model-directory policy's own samples to it (nats; callables get NaN).
+            model-directory policy's own samples to it (nats); a callable reports its `kl`
+            attribute if it has one (best-of-N: log N − (N−1)/N), else NaN.
         seed: sampling seed (the baseline is sampled with `seed`, the others with `seed + 1`).
 
     Columns: gold/RM win rate over the baseline (ties ½), mean scores, KL, mean words, the share of
@@ -283,8 +284,8 @@ def compare_policies(
             wr = win_rate(prompts, resp, base, reward_model)
             row["rm_win_rate"], row["rm_mean"] = wr["win_rate"], wr["mean_score"]
         if ref is not None:
-            if callable(policies[name]):
-                row["kl_to_reference"] = float("nan")
+            if callable(policies[name]):  # e.g. best-of-N: its analytic KL when it knows one
+                row["kl_to_reference"] = float(getattr(policies[name], "kl", float("nan")))
             else:
                 from rlhf_widgets.models import load_causal_lm
 

@@ -34,9 +34,9 @@ class QuickstartConfig:
     """simulated annotator's Bradley–Terry temperature (label noise)"""
     verbosity_bias: float = 0.0
     """simulated annotator's per-word preference for longer responses (0 = unbiased)"""
-    ppo_updates: int = 60
+    ppo_updates: int = 32
     """PPO updates"""
-    eval_prompts: int = 200
+    eval_prompts: int = 128
     """held-out prompts for the final comparison"""
     best_of: int = 8
     """N of the best-of-N baseline in the comparison (1 = leave it out)"""

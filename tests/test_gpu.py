@@ -36,7 +36,8 @@ def test_sft_and_reward_4bit_lora_on_cuda(tmp_path: Path) -> None:
     from rlhf_widgets.sft import SFTStageConfig, train_sft
 
     cfg = ModelConfig(use_peft=True, load_in_4bit=True, lora_r=8)
-    sft = train_sft(SFTStageConfig(output_dir=str(tmp_path / "sft"), max_steps=4, sandbox_demos=64), model=cfg)
+    sft = train_sft(SFTStageConfig(output_dir=str(tmp_path / "sft"), max_steps=4, sandbox_demos=64,
+                                   logging_steps=1), model=cfg)
     _, loss = sft.metrics.series("loss")
     assert loss and all(torch.isfinite(torch.tensor(loss)))
     model, tok = load_causal_lm(str(sft.model_path))

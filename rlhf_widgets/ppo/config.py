@@ -69,6 +69,9 @@ class PPOConfig:
     False = separate full models (plain mode)"""
     load_in_4bit: bool = False
     """quantize the shared base to 4-bit nf4 (needs shared_base)"""
+    activation_checkpointing: bool | None = None
+    """recompute the base model's activations in the backward pass (much less memory, ~30% more
+    compute); None = on with a 4-bit base (large models), off otherwise (shared-base mode)"""
     rollout_batch_size: int = 32
     """rollouts per no-grad forward when computing log-probs and values"""
     sample_every: int = 5
@@ -112,6 +115,10 @@ class PPOConfig:
                 "load_in_4bit": "4-bit needs shared_base=True (LoRA adapters on a quantized base)",
             }.get(name, "out of range")
             raise ValueError(f"PPOConfig.{name}={getattr(self, name)!r}: {hint}")
+
+    @property
+    def use_activation_checkpointing(self) -> bool:
+        return self.load_in_4bit if self.activation_checkpointing is None else self.activation_checkpointing
 
     @property
     def num_minibatches(self) -> int:

@@ -10,7 +10,10 @@
 
 Both expose the same calls, so the trainer does not know which one it drives. All forwards take
 explicit position ids derived from the attention mask (left padding), and the models stay in eval
-mode (dropout off) even while training.
+mode (dropout off) even while training — except, with activation checkpointing, during forwards
+that build a graph (HF checkpoints only in train mode; Llama and our LoRA adapters have no dropout,
+so train mode changes nothing else). `logits_to_keep=n` computes the LM head on the last n
+positions only (the response), which saves a (batch × prompt × vocab) tensor per forward.
 """
 
 from __future__ import annotations
@@ -33,10 +36,24 @@ def _value_head(hidden_size: int, device: torch.device) -> nn.Linear:
     return head
 
 
+class _TrainMode:
+    """Context manager: `module.train()` inside, back to `eval()` after."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __enter__(self) -> None:
+        self.module.train()
+
+    def __exit__(self, *exc: object) -> None:
+        self.module.eval()
+
+
 class SharedBackbone(nn.Module):
     """One base model with "policy" and "value" LoRA adapters (see module docstring)."""
 
-    def __init__(self, base: PreTrainedModel | PeftModel, lora: LoraConfig) -> None:
+    def __init__(self, base: PreTrainedModel | PeftModel, lora: LoraConfig,
+                 activation_checkpointing: bool = False) -> None:
         super().__init__()
         if isinstance(base, PeftModel):  # the SFT model is itself an adapter: it becomes policy init + reference
             sft_adapter = base.active_adapter
@@ -55,6 +72,10 @@ class SharedBackbone(nn.Module):
             self.peft = get_peft_model(base, lora, adapter_name=POLICY)
             self.peft.add_adapter(VALUE, lora)
             self.has_reference_adapter = False
+        self.checkpointing = activation_checkpointing
+        if activation_checkpointing:
+            self.peft.get_base_model().gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
         self.peft.eval()
         device = next(self.peft.parameters()).device
         self.value_head = _value_head(self.peft.get_base_model().config.hidden_size, device)
@@ -83,13 +104,20 @@ class SharedBackbone(nn.Module):
         self._activate(POLICY)
         return self.peft.generate(**kwargs)
 
-    def policy_logits(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+    def _graph_mode(self):
+        """Train mode while a graph is built with checkpointing on (HF checkpoints only then), else a no-op."""
+        if not (self.checkpointing and torch.is_grad_enabled()):
+            return nullcontext()
+        return _TrainMode(self.peft)
+
+    def policy_logits(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0) -> torch.Tensor:
         self._activate(POLICY)
-        return self.peft(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         use_cache=False).logits
+        with self._graph_mode():
+            return self.peft(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             use_cache=False, logits_to_keep=logits_to_keep).logits
 
     @torch.no_grad()
-    def reference_logits(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+    def reference_logits(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0) -> torch.Tensor:
         if self.has_reference_adapter:
             self._activate(REFERENCE)
             ctx = nullcontext()
@@ -97,15 +125,16 @@ class SharedBackbone(nn.Module):
             ctx = self.peft.disable_adapter()
         with ctx:
             logits = self.peft(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               use_cache=False).logits
+                               use_cache=False, logits_to_keep=logits_to_keep).logits
         self._activate(POLICY)
         return logits
 
     def values(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
         self._activate(VALUE)
         body = self.peft.get_base_model().base_model  # the decoder stack without the LM head
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      use_cache=False).last_hidden_state
+        with self._graph_mode():
+            hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False).last_hidden_state
         return self.value_head(hidden.float()).squeeze(-1)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
@@ -144,14 +173,14 @@ class SeparateModels(nn.Module):
     def generate(self, **kwargs) -> torch.Tensor:
         return self.policy.generate(**kwargs)
 
-    def policy_logits(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+    def policy_logits(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0) -> torch.Tensor:
         return self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                           use_cache=False).logits
+                           use_cache=False, logits_to_keep=logits_to_keep).logits
 
     @torch.no_grad()
-    def reference_logits(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+    def reference_logits(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0) -> torch.Tensor:
         return self.reference(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              use_cache=False).logits
+                              use_cache=False, logits_to_keep=logits_to_keep).logits
 
     def values(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
         hidden = self.value_body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,

@@ -131,7 +131,7 @@ class PPOTrainer:
         if config.shared_base:
             lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
                               target_modules="all-linear", task_type="CAUSAL_LM")
-            self.backend = SharedBackbone(base, lora)
+            self.backend = SharedBackbone(base, lora, activation_checkpointing=config.use_activation_checkpointing)
         else:
             self.backend = SeparateModels(base)
         self.backend.value_head.to(self.accelerator.device)
@@ -207,6 +207,7 @@ class PPOTrainer:
         seq = torch.cat([q_ids, responses], dim=1)
         mask = torch.cat([q_mask, r_mask], dim=1)
         resp_mask = r_mask.float()
+        keep = responses.shape[1] + 1  # LM head on positions context-1 … end: the ones that predict the response
 
         # 3. log-probs of policy and reference, and values — logits / temperature, in chunks
         logprobs, ref_logprobs, values = [], [], []
@@ -214,9 +215,9 @@ class PPOTrainer:
             for i in range(0, len(seq), cfg.rollout_batch_size):
                 inputs = self._forward_inputs(seq[i : i + cfg.rollout_batch_size], mask[i : i + cfg.rollout_batch_size])
                 labels = responses[i : i + cfg.rollout_batch_size]
-                logits = self.backend.policy_logits(**inputs)[:, context - 1 : -1]
+                logits = self.backend.policy_logits(**inputs, logits_to_keep=keep)[:, :-1]
                 logprobs.append(core.logprobs_from_logits(logits, labels, self.temperature))
-                ref = self.backend.reference_logits(**inputs)[:, context - 1 : -1]
+                ref = self.backend.reference_logits(**inputs, logits_to_keep=keep)[:, :-1]
                 ref_logprobs.append(core.logprobs_from_logits(ref, labels, self.temperature))
                 values.append(self.backend.values(**inputs)[:, context - 1 : -1])
         logprobs, ref_logprobs, values = torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
@@ -255,7 +256,7 @@ class PPOTrainer:
             for mb_start in range(0, len(seq), cfg.mini_batch_size):
                 idx = torch.tensor(order[mb_start : mb_start + cfg.mini_batch_size], device=dev)
                 inputs = self._forward_inputs(seq[idx], mask[idx])
-                logits = self.backend.policy_logits(**inputs)[:, context - 1 : -1]
+                logits = self.backend.policy_logits(**inputs, logits_to_keep=keep)[:, :-1]
                 new_logprobs = core.logprobs_from_logits(logits, responses[idx], self.temperature)
                 pg_loss, pg_stats = core.ppo_policy_loss(new_logprobs, logprobs[idx], advantages[idx],
                                                          resp_mask[idx], cfg.cliprange)
