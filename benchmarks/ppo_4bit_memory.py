@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--ppo-epochs", type=int, default=4)
+    parser.add_argument("--micro-batch-size", type=int, default=2,
+                        help="rollouts per forward/backward (gradients accumulate over the batch)")
     parser.add_argument("--updates", type=int, default=1, help="timed updates after one warm-up")
     parser.add_argument("--workdir", default=None, help="where the random checkpoint is written (default: a temp dir)")
     args = parser.parse_args(argv)
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
         build_s = time.perf_counter() - t0
         prompts = [" ".join(f"w{(7 * i + j) % 500 + 10}" for j in range(24)) for i in range(64)]
         config = PPOConfig(output_dir=str(Path(tmp) / "ppo"), batch_size=args.batch_size,
-                           mini_batch_size=args.batch_size, rollout_batch_size=args.batch_size,
+                           mini_batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
+                           rollout_batch_size=args.micro_batch_size,
                            ppo_epochs=args.ppo_epochs, max_new_tokens=args.new_tokens, load_in_4bit=True,
                            missing_eos_penalty=0.0, sample_every=0, num_updates=args.updates + 1,
                            learning_rate=1e-6, max_ratio=1e9)  # random weights: measure the cost, not learning
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         result = {
             "shape": args.shape, "device": torch.cuda.get_device_name() if cuda else "cpu",
             "parameters_billion": round(n_params / 1e9, 3),
-            "batch_size": args.batch_size, "new_tokens": args.new_tokens, "ppo_epochs": args.ppo_epochs,
+            "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size, "new_tokens": args.new_tokens, "ppo_epochs": args.ppo_epochs,
             "seconds_per_update": round(sum(times) / len(times), 2),
             "generated_tokens_per_s": round(tokens / sum(times), 1),
             "peak_gpu_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,

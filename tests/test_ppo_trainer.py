@@ -116,3 +116,20 @@ def test_config_errors_name_the_setting() -> None:
         PPOConfig(kl_estimator="k2")
     with pytest.raises(ValueError, match="load_in_4bit"):
         PPOConfig(shared_base=False, load_in_4bit=True)
+
+
+def test_micro_batches_accumulate_to_the_same_step(tmp_path: Path) -> None:
+    """Splitting a minibatch into micro-batches changes memory, not the update (up to per-token averaging)."""
+    states = []
+    for micro in (None, 2):
+        torch.manual_seed(0)
+        trainer = PPOTrainer(small_config(tmp_path / str(micro), micro_batch_size=micro, ppo_epochs=1),
+                             "sandbox", gold_reward, PROMPTS)
+        trainer.step()
+        states.append(trainer.backend.trainable_state())
+    moved = [k for k in states[0] if "lora_B" in k and states[0][k].abs().sum() > 0]
+    assert moved
+    for k in moved:
+        torch.testing.assert_close(states[0][k], states[1][k], rtol=0.05, atol=2e-5)
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        small_config(tmp_path, micro_batch_size=3)

@@ -24,6 +24,9 @@ class PPOConfig:
     """rollouts (prompt, response) per update, per process"""
     mini_batch_size: int = 16
     """rollouts per optimizer step; batch_size must be a multiple"""
+    micro_batch_size: int | None = None
+    """rollouts per forward/backward inside a minibatch; gradients accumulate to one step (less memory,
+    same update up to per-micro-batch loss averaging); None = the whole minibatch at once"""
     ppo_epochs: int = 4
     """passes over each batch of rollouts"""
     learning_rate: float = 3e-4
@@ -92,6 +95,8 @@ class PPOConfig:
             "batch_size": self.batch_size > 0,
             "mini_batch_size": 0 < self.mini_batch_size <= self.batch_size
             and self.batch_size % self.mini_batch_size == 0,
+            "micro_batch_size": self.micro_batch_size is None
+            or (0 < self.micro_batch_size <= self.mini_batch_size and self.mini_batch_size % self.micro_batch_size == 0),
             "ppo_epochs": self.ppo_epochs > 0,
             "learning_rate": self.learning_rate > 0 and math.isfinite(self.learning_rate),
             "max_new_tokens": self.max_new_tokens > 0,
@@ -110,11 +115,14 @@ class PPOConfig:
             name = bad[0]
             hint = {
                 "mini_batch_size": f"must divide batch_size={self.batch_size}",
+                "micro_batch_size": f"must divide mini_batch_size={self.mini_batch_size}",
                 "kl_estimator": "must be 'k1' or 'k3'",
                 "temperature": "must be > 0 (log-probs divide by it)",
                 "load_in_4bit": "4-bit needs shared_base=True (LoRA adapters on a quantized base)",
             }.get(name, "out of range")
             raise ValueError(f"PPOConfig.{name}={getattr(self, name)!r}: {hint}")
+        if self.micro_batch_size is None:
+            self.micro_batch_size = self.mini_batch_size
 
     @property
     def use_activation_checkpointing(self) -> bool:

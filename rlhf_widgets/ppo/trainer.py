@@ -254,36 +254,42 @@ class PPOTrainer:
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(seq), generator=self.prompt_rng).tolist()
             for mb_start in range(0, len(seq), cfg.mini_batch_size):
-                idx = torch.tensor(order[mb_start : mb_start + cfg.mini_batch_size], device=dev)
-                inputs = self._forward_inputs(seq[idx], mask[idx])
-                logits = self.backend.policy_logits(**inputs, logits_to_keep=keep)[:, :-1]
-                new_logprobs = core.logprobs_from_logits(logits, responses[idx], self.temperature)
-                pg_loss, pg_stats = core.ppo_policy_loss(new_logprobs, logprobs[idx], advantages[idx],
-                                                         resp_mask[idx], cfg.cliprange)
-                ratio = pg_stats["ratio_mean"]
-                if not math.isfinite(pg_loss.item()) or not (1 / cfg.max_ratio < ratio < cfg.max_ratio):
-                    raise TrainingStopped(f"policy ratio {ratio:.3g} / loss {pg_loss.item():.3g} at update "
-                                          f"{self.update + 1}: the update diverged — lower the learning rate")
-                pg_loss.backward()
-                with torch.no_grad():
-                    entropy = core.masked_mean(core.entropy_from_logits(logits.detach() / self.temperature),
-                                               resp_mask[idx])
-                new_values = self.backend.values(**inputs)[:, context - 1 : -1]
-                vf_loss, vf_stats = core.ppo_value_loss(new_values, values[idx], returns[idx], resp_mask[idx],
-                                                        cfg.cliprange_value)
-                if not math.isfinite(vf_loss.item()):
-                    raise TrainingStopped(f"non-finite value loss at update {self.update + 1}")
-                (cfg.vf_coef * vf_loss).backward()
+                minibatch = order[mb_start : mb_start + cfg.mini_batch_size]
+                # micro-batches accumulate gradients: the same step, less activation/logit memory
+                for mc_start in range(0, len(minibatch), cfg.micro_batch_size):
+                    idx = torch.tensor(minibatch[mc_start : mc_start + cfg.micro_batch_size], device=dev)
+                    weight = len(idx) / len(minibatch)
+                    inputs = self._forward_inputs(seq[idx], mask[idx])
+                    logits = self.backend.policy_logits(**inputs, logits_to_keep=keep)[:, :-1]
+                    new_logprobs = core.logprobs_from_logits(logits, responses[idx], self.temperature)
+                    pg_loss, pg_stats = core.ppo_policy_loss(new_logprobs, logprobs[idx], advantages[idx],
+                                                             resp_mask[idx], cfg.cliprange)
+                    ratio = pg_stats["ratio_mean"]
+                    if not math.isfinite(pg_loss.item()) or not (1 / cfg.max_ratio < ratio < cfg.max_ratio):
+                        raise TrainingStopped(f"policy ratio {ratio:.3g} / loss {pg_loss.item():.3g} at update "
+                                              f"{self.update + 1}: the update diverged — lower the learning rate")
+                    (weight * pg_loss).backward()
+                    with torch.no_grad():
+                        entropy = core.masked_mean(core.entropy_from_logits(logits.detach() / self.temperature),
+                                                   resp_mask[idx])
+                    del logits, new_logprobs
+                    new_values = self.backend.values(**inputs)[:, context - 1 : -1]
+                    vf_loss, vf_stats = core.ppo_value_loss(new_values, values[idx], returns[idx], resp_mask[idx],
+                                                            cfg.cliprange_value)
+                    if not math.isfinite(vf_loss.item()):
+                        raise TrainingStopped(f"non-finite value loss at update {self.update + 1}")
+                    (weight * cfg.vf_coef * vf_loss).backward()
+                    for k, v in {"policy/approxkl_avg": pg_stats["approx_kl"],
+                                 "policy/clipfrac_avg": pg_stats["clipfrac"], "loss/policy_avg": pg_loss.item(),
+                                 "loss/value_avg": vf_loss.item(), "val/clipfrac_avg": vf_stats["clipfrac"],
+                                 "val/ratio": pg_stats["ratio_mean"], "val/ratio_var": pg_stats["ratio_var"],
+                                 "policy/entropy_avg": entropy.item()}.items():
+                        stats[k].append(float(v))
                 self._sync_gradients()
                 if cfg.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(self._trainable(), cfg.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                for k, v in {"policy/approxkl_avg": pg_stats["approx_kl"], "policy/clipfrac_avg": pg_stats["clipfrac"],
-                             "loss/policy_avg": pg_loss.item(), "loss/value_avg": vf_loss.item(),
-                             "val/clipfrac_avg": vf_stats["clipfrac"], "val/ratio": pg_stats["ratio_mean"],
-                             "val/ratio_var": pg_stats["ratio_var"], "policy/entropy_avg": entropy.item()}.items():
-                    stats[k].append(float(v))
 
         # 8. adapt β and report
         n_episodes = len(seq) * self.accelerator.num_processes

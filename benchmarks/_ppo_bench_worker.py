@@ -1,0 +1,197 @@
+"""One PPO implementation timed in its own process (run by `benchmarks/ppo_vs_trl.py`, not by hand).
+
+    python _ppo_bench_worker.py ours --mode shared|full --model DIR --reward DIR --prompts FILE --updates N --out FILE
+    python _ppo_bench_worker.py trl  --model DIR --reward DIR --prompts FILE --updates N --out FILE
+
+`--threads` sets torch's intra-op threads (0 = torch's default). Each update is timed in wall-clock and in
+process CPU seconds (`time.process_time`, all threads).
+
+`ours` runs in the project's .venv and imports `rlhf_widgets`; `trl` runs in the bench venv and imports only
+torch / transformers / datasets / trl (nothing from this repository: only stdlib imports at module level, and
+the repository root is never put on `sys.path` for it). Both: batch 16, 24 new tokens, 4 PPO epochs, one
+minibatch, temperature 1, CPU fp32, the same 16 prompts every update (so every update sees the same query
+lengths), one warm-up update, then `--updates` timed ones. The result is one JSON object written to `--out`:
+seconds of each update, their mean over the timed ones, and the process's peak RSS (`ru_maxrss`; the worker
+starts no child processes, so RUSAGE_CHILDREN stays 0 and is reported as a check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+BATCH, NEW_TOKENS, PPO_EPOCHS, SEED = 16, 24, 4, 0
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _children_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+def _summary(impl: str, mode: str, times: list[float], cpu_times: list[float], load_s: float,
+             rss_after_load: float, extra: dict) -> dict:
+    import torch
+
+    timed, cpu_timed = times[1:], cpu_times[1:]
+    return {
+        "impl": impl, "mode": mode,
+        "update_s": [round(t, 3) for t in times],
+        "update_cpu_s": [round(t, 3) for t in cpu_times],
+        "warmup_s": round(times[0], 3),
+        "s_per_update": sum(timed) / len(timed),
+        "cpu_s_per_update": sum(cpu_timed) / len(cpu_timed),
+        "s_min": min(timed), "s_max": max(timed),
+        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_after_load_mib": rss_after_load,
+        "children_peak_rss_mib": _children_rss_mib(),
+        "load_s": load_s,
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "pid": os.getpid(), **extra,
+    }
+
+
+def run_ours(args: argparse.Namespace) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_widgets.models import load_tokenizer
+    from rlhf_widgets.ppo import PPOConfig, PPOTrainer
+    from rlhf_widgets.reward import RewardModel
+
+    _set_threads(args.threads)
+    prompts = json.loads(Path(args.prompts).read_text())
+    t0 = time.perf_counter()
+    rm = AutoModelForSequenceClassification.from_pretrained(args.reward, num_labels=1, dtype=torch.float32)
+    reward = RewardModel(rm, load_tokenizer(args.reward, padding_side="right"))
+    config = PPOConfig(
+        output_dir=str(Path(args.workdir) / f"ours-{args.mode}"), seed=SEED, num_updates=args.updates + 1,
+        batch_size=BATCH, mini_batch_size=BATCH, rollout_batch_size=BATCH, ppo_epochs=PPO_EPOCHS,
+        max_new_tokens=NEW_TOKENS, temperature=1.0, missing_eos_penalty=1.0, sample_every=0,
+        shared_base=args.mode == "shared",
+    )
+    trainer = PPOTrainer(config, policy=args.model, reward=reward, prompts=prompts)
+    load_s = time.perf_counter() - t0
+    rss_after_load = _peak_rss_mib()
+    assert trainer.accelerator.device.type == "cpu"
+    assert all(p.dtype == torch.float32 for p in trainer.backend.parameters())
+    times, cpu_times, lengths, eos = [], [], [], []
+    for _ in range(args.updates + 1):
+        t0, c0 = time.perf_counter(), time.process_time()
+        metrics = trainer.step()
+        times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
+        lengths.append(metrics["val/response_length"])
+        eos.append(metrics["val/num_eos_tokens"])
+    n_trainable = sum(p.numel() for p in trainer.backend.policy_parameters + trainer.backend.value_parameters)
+    return _summary("ours", args.mode, times, cpu_times, load_s, rss_after_load, {
+        "trainable_params": n_trainable, "mean_response_tokens": lengths, "responses_with_eos": eos,
+        "lr": config.learning_rate,
+    })
+
+
+def run_trl(args: argparse.Namespace) -> dict:
+    import importlib.metadata as md
+
+    import torch
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        TrainerCallback,
+    )
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    class StepClock(TrainerCallback):
+        """Marks train begin and the end of every update; the differences are the update times."""
+
+        def __init__(self) -> None:
+            self.marks: list[float] = []
+            self.cpu_marks: list[float] = []
+            self.logs: list[dict] = []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.marks.append(time.perf_counter())
+            self.cpu_marks.append(time.process_time())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.marks.append(time.perf_counter())
+            self.cpu_marks.append(time.process_time())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.logs.append(dict(logs or {}))
+
+    _set_threads(args.threads)
+    prompts = json.loads(Path(args.prompts).read_text())
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(args.model, padding_side="left")
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+             for p in prompts]
+    dataset = Dataset.from_dict({"input_ids": [tok(t, add_special_tokens=False)["input_ids"] for t in texts]})
+    f32 = {"dtype": torch.float32}
+    policy = AutoModelForCausalLM.from_pretrained(args.model, **f32)
+    ref_policy = AutoModelForCausalLM.from_pretrained(args.model, **f32)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(args.reward, num_labels=1, **f32)
+    value_model = AutoModelForSequenceClassification.from_pretrained(args.reward, num_labels=1, **f32)
+    config = PPOConfig(
+        output_dir=str(Path(args.workdir) / "trl"), seed=SEED, report_to="none", save_strategy="no",
+        use_cpu=True, bf16=False, fp16=False, disable_tqdm=True, logging_steps=1,
+        per_device_train_batch_size=BATCH, gradient_accumulation_steps=1, num_mini_batches=1,
+        num_ppo_epochs=PPO_EPOCHS, response_length=NEW_TOKENS, total_episodes=BATCH * (args.updates + 1),
+        local_rollout_forward_batch_size=BATCH, temperature=1.0, stop_token="eos", missing_eos_penalty=1.0,
+        num_sample_generations=0,
+    )
+    clock = StepClock()
+    trainer = PPOTrainer(args=config, processing_class=tok, model=policy, ref_model=ref_policy,
+                         reward_model=reward_model, train_dataset=dataset, value_model=value_model,
+                         callbacks=[clock])
+    load_s = time.perf_counter() - t0
+    rss_after_load = _peak_rss_mib()
+    trainer.train()
+    times = [b - a for a, b in zip(clock.marks, clock.marks[1:], strict=False)]
+    cpu_times = [b - a for a, b in zip(clock.cpu_marks, clock.cpu_marks[1:], strict=False)]
+    if len(times) != args.updates + 1:
+        raise RuntimeError(f"expected {args.updates + 1} updates, TRL ran {len(times)}")
+    assert "rlhf_widgets" not in sys.modules
+    n_trainable = sum(p.numel() for m in (policy, value_model) for p in m.parameters() if p.requires_grad)
+    return _summary("trl", "full", times, cpu_times, load_s, rss_after_load, {
+        "trainable_params": n_trainable, "trl": md.version("trl"), "transformers": md.version("transformers"),
+        "eos_tokens_logged": [lg.get("val/num_eos_tokens") for lg in clock.logs if "val/num_eos_tokens" in lg],
+        "lr": config.learning_rate,
+    })
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("impl", choices=["ours", "trl"])
+    parser.add_argument("--mode", choices=["shared", "full"], default="shared", help="ours only")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--reward", required=True)
+    parser.add_argument("--prompts", required=True)
+    parser.add_argument("--updates", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch's default)")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    result = run_ours(args) if args.impl == "ours" else run_trl(args)
+    Path(args.out).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
