@@ -37,7 +37,7 @@ def gold_reward(prompts: list, completions: list, **_: object) -> list[float]:
 
 
 class SampleRecorder:
-    """Wraps a TRL reward function; every `every` calls logs a few (prompt, completion, reward) rows."""
+    """Wraps a TRL reward function; on the first and every `every`-th call logs a few (prompt, completion, reward) rows."""
 
     def __init__(self, reward_fn: RewardFn, metrics: MetricsLog, every: int = 5, rows: int = 4) -> None:
         self.reward_fn, self.metrics, self.every, self.rows = reward_fn, metrics, every, rows
@@ -47,7 +47,7 @@ class SampleRecorder:
     def __call__(self, prompts: list, completions: list, **kwargs: object) -> list[float]:
         rewards = self.reward_fn(prompts, completions, **kwargs)
         self.calls += 1
-        if self.every and self.calls % self.every == 0:
+        if self.every and (self.calls == 1 or self.calls % self.every == 0):  # first batch at once
             self.metrics.log_samples(
                 [{"prompt": last_user_content(p), "response": _completion_text(c), "score": float(r)}
                  for p, c, r in list(zip(prompts, completions, rewards, strict=True))[: self.rows]],

@@ -51,8 +51,9 @@ def test_overoptimization_best_of_n_with_a_verbosity_biased_proxy(biased_reward,
     print("best-of-N curve", [(p["n"], round(p["proxy"], 2), round(p["gold"], 2)) for p in curve])
     assert proxy == sorted(proxy)  # the proxy only rises with N
     peak = max(range(len(gold)), key=gold.__getitem__)
-    assert 0 < peak < len(gold) - 1, gold  # gold first improves, then falls
-    assert gold[-1] < gold[peak] - 0.1, gold
+    assert 0 < peak < len(gold) - 1, gold  # gold first improves, then falls ...
+    assert gold[-1] < gold[peak], gold
+    assert proxy[-1] > proxy[peak] + 0.2, proxy  # ... while the proxy keeps rising: they diverge
 
 
 def test_ppo_overoptimization_curve_reads_the_log(ppo_run: PPOTrainer) -> None:

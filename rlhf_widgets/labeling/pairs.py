@@ -108,7 +108,13 @@ def prepare_pairs(
         return store
     policy, tokenizer = load_causal_lm(model)
     prompts = [prompt.text for prompt in make_prompts(n_prompts, seed=seed, split=split)]
-    rows = generate_pairs(policy, tokenizer, prompts, k=k, model_name=str(model), seed=seed,
+    rows = generate_pairs(policy, tokenizer, prompts, k=k, model_name=_short_name(model), seed=seed,
                           show_progress=show_progress)
     store.add_pairs(rows)
     return store
+
+
+def _short_name(model: str | Path) -> str:
+    """A model's name as the panel shows it: a hub id as is, a local path by its last two parts."""
+    path = Path(model)
+    return "/".join(path.parts[-2:]) if path.exists() else str(model)

@@ -8,6 +8,7 @@ trains; setting changes apply between updates and appear as events on the dashbo
 from __future__ import annotations
 
 import html
+import math
 
 import ipywidgets as w
 
@@ -75,8 +76,13 @@ class PPOPanel:
 
     def apply_settings(self) -> None:
         """Queue the sliders' values; they take effect at the next update (and are logged as events)."""
-        self.trainer.control.set(learning_rate=self.lr.value, kl_coef=self.kl.value,
-                                 temperature=self.temperature.value)
+        t = self.trainer
+        current = {"learning_rate": t.optimizer.param_groups[0]["lr"], "kl_coef": t.kl_ctl.value,
+                   "temperature": t.temperature}
+        wanted = {"learning_rate": self.lr.value, "kl_coef": self.kl.value, "temperature": self.temperature.value}
+        changed = {k: v for k, v in wanted.items() if not math.isclose(v, current[k], rel_tol=1e-9)}
+        if changed:
+            t.control.set(**changed)
         self.refresh()
 
     def wait(self, timeout: float | None = None) -> None:
