@@ -5,17 +5,28 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import label_rows
+from conftest import label_rows, sandbox_prompts
 from rlhf_widgets.config import ModelConfig
 from rlhf_widgets.evaluate import reward_report
 from rlhf_widgets.reward import RewardModel, RewardStageConfig, train_reward_model
 from rlhf_widgets.sandbox import SimulatedAnnotator, gold_score
 
 
-def test_reward_model_agrees_with_gold_on_held_out_pairs(trained_reward) -> None:
-    report = reward_report(trained_reward.reward_model, trained_reward.eval_dataset, gold=gold_score)
-    assert report["n_pairs"] >= 50
-    assert report["gold_agreement"] >= 0.75, report["gold_agreement"]
+def test_reward_model_agrees_with_gold_on_held_out_pairs(trained_reward, sft_model_dir) -> None:
+    # fresh SFT pairs on held-out (test-split) prompts, labeled by a differently seeded noisy annotator:
+    # ~350 pairs, so the agreement is measured to about ±0.03 (the 10% eval split alone is too small)
+    from rlhf_widgets.labeling.pairs import generate_pairs
+    from rlhf_widgets.models import load_causal_lm
+
+    model, tok = load_causal_lm(str(sft_model_dir))
+    rows = generate_pairs(model, tok, sandbox_prompts(400, seed=99, split="test"), seed=5, show_progress=False)
+    held_out = label_rows(rows, SimulatedAnnotator(temperature=1.0, seed=7))
+    report = reward_report(trained_reward.reward_model, held_out, gold=gold_score)
+    print(f"RM on {report['n_pairs']} held-out pairs: gold agreement {report['gold_agreement']:.3f}, "
+          f"accuracy vs noisy labels {report['accuracy']:.3f} (labels agree with gold "
+          f"{report['label_gold_agreement']:.3f})")
+    assert report["n_pairs"] >= 300
+    assert report["gold_agreement"] >= 0.78, report["gold_agreement"]
     assert report["accuracy"] > 0.6
     assert len(report["calibration"]) >= 2
     assert trained_reward.metrics.series("accuracy")[1], "training accuracy was logged"
