@@ -43,14 +43,15 @@ class ModelLoadError(OSError):
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> str:
-    """`'sandbox'` → the committed sandbox base model; an existing path → itself; else a hub id as given."""
+    """`'sandbox'` → the committed sandbox base model; an existing path → its absolute form (adapters saved
+    from it record where their base is, and must find it from any working directory); else a hub id."""
     name = str(name_or_path)
     if name == SANDBOX:
         from rlhf_widgets.sandbox import base_model_path
 
         return str(base_model_path())
     path = Path(name).expanduser()
-    return str(path) if path.exists() else name
+    return str(path.resolve()) if path.exists() else name
 
 
 def choose_device(requested: str = "auto") -> torch.device:
