@@ -228,11 +228,15 @@ def sample_policy(policy, prompts: Sequence, seed: int = 0, settings=None, batch
         if len(out) != len(prompts):
             raise ValueError(f"sample_policy: the callable returned {len(out)} responses for {len(prompts)} prompts")
         return out
-    from rlhf_widgets.generation import generate
     from rlhf_widgets.models import load_causal_lm
 
-    model, tok = load_causal_lm(str(policy))
-    return [g.text for g in generate(model, tok, list(prompts), settings, batch_size=batch_size, seed=seed)]
+    return _sample_loaded(*load_causal_lm(str(policy)), prompts, seed, settings, batch_size)
+
+
+def _sample_loaded(model, tokenizer, prompts: Sequence, seed: int, settings=None, batch_size: int = 32) -> list[str]:
+    from rlhf_widgets.generation import generate
+
+    return [g.text for g in generate(model, tokenizer, list(prompts), settings, batch_size=batch_size, seed=seed)]
 
 
 def compare_policies(
@@ -265,15 +269,24 @@ def compare_policies(
 
     if baseline not in policies:
         raise ValueError(f"compare_policies: baseline {baseline!r} is not one of {list(policies)}")
-    prompts = list(prompts)
-    responses = {name: sample_policy(p, prompts, seed=seed if name == baseline else seed + 1)
-                 for name, p in policies.items()}
-    base = responses[baseline]
-    ref = None
-    if kl_reference is not None:
-        from rlhf_widgets.models import load_causal_lm
+    from rlhf_widgets.models import load_causal_lm
 
-        ref = load_causal_lm(str(kl_reference))
+    prompts = list(prompts)
+    ref = load_causal_lm(str(kl_reference)) if kl_reference is not None else None
+    # one pass per policy: load it once, sample, and measure its KL while it is in memory
+    responses, kls = {}, {}
+    for name, policy in policies.items():
+        policy_seed = seed if name == baseline else seed + 1
+        if callable(policy):  # e.g. best-of-N: its analytic KL when it knows one
+            responses[name] = sample_policy(policy, prompts, seed=policy_seed)
+            kls[name] = float(getattr(policy, "kl", float("nan")))
+            continue
+        model, tokenizer = load_causal_lm(str(policy))
+        responses[name] = _sample_loaded(model, tokenizer, prompts, policy_seed)
+        if ref is not None:
+            kls[name] = float(sequence_kl(model, ref[0], ref[1], prompts, responses[name]).mean())
+        del model
+    base = responses[baseline]
     rows = {}
     for name, resp in responses.items():
         row: dict = {}
@@ -284,13 +297,7 @@ def compare_policies(
             wr = win_rate(prompts, resp, base, reward_model)
             row["rm_win_rate"], row["rm_mean"] = wr["win_rate"], wr["mean_score"]
         if ref is not None:
-            if callable(policies[name]):  # e.g. best-of-N: its analytic KL when it knows one
-                row["kl_to_reference"] = float(getattr(policies[name], "kl", float("nan")))
-            else:
-                from rlhf_widgets.models import load_causal_lm
-
-                model, _ = load_causal_lm(str(policies[name]))
-                row["kl_to_reference"] = float(sequence_kl(model, ref[0], ref[1], prompts, resp).mean())
+            row["kl_to_reference"] = kls[name]
         row["mean_words"] = float(np.mean([_words(r) for r in resp]))
         row["non_empty"] = float(np.mean([bool(r.strip()) for r in resp]))
         row["example"] = resp[0]
