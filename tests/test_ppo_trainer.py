@@ -5,8 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from peft import LoraConfig
+
 from conftest import sandbox_prompts
+from rlhf_widgets.generation import encode_prompts
+from rlhf_widgets.models import load_causal_lm
 from rlhf_widgets.ppo import PPOConfig, PPOTrainer
+from rlhf_widgets.ppo.models import VALUE, SharedBackbone
 from rlhf_widgets.sandbox import gold_score
 
 PROMPTS = sandbox_prompts(64, seed=21)
@@ -34,6 +39,61 @@ def test_first_minibatch_with_policy_equal_reference(tmp_path: Path, shared_base
     # and the update moved the policy away from the reference
     second = trainer.step()
     assert second["objective/kl"] != pytest.approx(0.0, abs=1e-6)
+
+
+def test_rollout_logprobs_recorded_while_sampling_equal_a_separate_forward(tmp_path: Path) -> None:
+    """The log-probs kept during `generate` (KV cache, temperature 0.7) are the ones a full forward gives."""
+    runs = {}
+    for source in ("generate", "forward"):
+        trainer = PPOTrainer(small_config(tmp_path / source, temperature=0.7, rollout_logprobs=source),
+                             "sandbox", gold_reward, PROMPTS)
+        runs[source] = [trainer.step(), trainer.step()]  # the 2nd rollout comes from a policy ≠ reference
+    for step, (gen, fwd) in enumerate(zip(runs["generate"], runs["forward"], strict=True), start=1):
+        assert gen["val/response_length"] == fwd["val/response_length"]  # same samples
+        assert gen["objective/entropy"] > 1.0  # -Σ log-probs of the sampled tokens: not trivially 0
+        for key in ("objective/entropy", "objective/kl", "val/ratio", "loss/policy_avg"):
+            assert gen[key] == pytest.approx(fwd[key], rel=1e-4, abs=1e-5), (step, key)
+    assert abs(runs["generate"][1]["objective/kl"]) > 1e-4  # k1 on one batch may be either sign
+
+
+def test_value_adapter_on_top_layers_with_a_cached_trunk_equals_the_full_forward() -> None:
+    """Values (and their gradients) from the once-per-rollout trunk + top layers equal a plain forward of the
+    whole decoder with the value adapter active — on left-padded rows."""
+    model, tok = load_causal_lm("sandbox")
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    backbone = SharedBackbone(model, lora, value_layers=2)  # the sandbox model has 4 decoder layers
+    assert backbone.value_start == 2
+    adapted = {n.split(".layers.")[1].split(".")[0] for n, _ in backbone.peft.named_parameters() if f".{VALUE}." in n}
+    assert adapted == {"2", "3"}
+    torch.manual_seed(0)
+    with torch.no_grad():  # a value adapter and head that are not the identity / zero
+        for p in backbone.value_parameters:
+            p.add_(0.05 * torch.randn_like(p))
+    batch = encode_prompts(tok, sandbox_prompts(5, seed=4))
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+              "position_ids": (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)}
+    assert (batch["attention_mask"] == 0).any()  # some rows are left-padded
+
+    def grads(values: torch.Tensor) -> list[torch.Tensor]:
+        backbone.peft.zero_grad()
+        backbone.value_head.zero_grad()
+        (values * batch["attention_mask"]).sum().backward()
+        return [p.grad.clone() for p in backbone.value_parameters]
+
+    backbone._activate(VALUE)
+    stack = backbone.peft.get_base_model().base_model
+    hidden = stack(**inputs, use_cache=False).last_hidden_state
+    full = backbone.value_head(hidden).squeeze(-1)
+    full_grads = grads(full)
+    trunk = backbone.value_trunk(**inputs)
+    assert trunk.shape == (*batch["input_ids"].shape, model.config.hidden_size) and not trunk.requires_grad
+    split = backbone.values(**inputs, trunk=trunk)
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(split[real], full[real].detach(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads(split), full_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(backbone.values(**inputs)[real], split[real].detach())  # trunk computed inside
+    assert len(stack.layers) == 4 and not isinstance(stack.norm, torch.nn.Identity)  # the stack is put back
 
 
 def test_metric_names_follow_trl(tmp_path: Path) -> None:

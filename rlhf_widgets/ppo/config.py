@@ -67,6 +67,11 @@ class PPOConfig:
     """LoRA rank of the policy and value adapters (shared-base mode)"""
     lora_alpha: int = 32
     """LoRA alpha"""
+    value_layers_fraction: float = 0.5
+    """shared-base mode: the share of the top decoder layers that carry the value adapter (rounded up). The
+    frozen layers below are computed once per rollout, so each value forward/backward of the PPO epochs
+    runs only the top ones (at 0.5, about half the value network's time and activation memory);
+    1.0 = the value adapter on every layer"""
     shared_base: bool = True
     """one base model for policy (adapter), reference (adapters off) and value (adapter + head);
     False = separate full models (plain mode)"""
@@ -75,6 +80,10 @@ class PPOConfig:
     activation_checkpointing: bool | None = None
     """recompute the base model's activations in the backward pass (much less memory, ~30% more
     compute); None = on with a 4-bit base (large models), off otherwise (shared-base mode)"""
+    rollout_logprobs: str = "generate"
+    """where the rollout's policy log-probs come from: "generate" (recorded while sampling, as TRL's PPO did;
+    saves one policy forward per update) or "forward" (a separate no-cache forward over the sampled batch,
+    bit-for-bit the computation the training forwards repeat)"""
     rollout_batch_size: int = 32
     """rollouts per no-grad forward when computing log-probs and values"""
     sample_every: int = 5
@@ -102,6 +111,7 @@ class PPOConfig:
             "max_new_tokens": self.max_new_tokens > 0,
             "temperature": self.temperature > 0,
             "kl_estimator": self.kl_estimator in ("k1", "k3"),
+            "rollout_logprobs": self.rollout_logprobs in ("generate", "forward"),
             "kl_coef": self.kl_coef >= 0,
             "gamma": 0 < self.gamma <= 1,
             "lam": 0 <= self.lam <= 1,
@@ -109,6 +119,7 @@ class PPOConfig:
             "cliprange_value": self.cliprange_value >= 0,
             "load_in_4bit": self.shared_base or not self.load_in_4bit,
             "max_ratio": self.max_ratio > 1,
+            "value_layers_fraction": 0 < self.value_layers_fraction <= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -117,7 +128,9 @@ class PPOConfig:
                 "mini_batch_size": f"must divide batch_size={self.batch_size}",
                 "micro_batch_size": f"must divide mini_batch_size={self.mini_batch_size}",
                 "kl_estimator": "must be 'k1' or 'k3'",
+                "rollout_logprobs": "must be 'generate' or 'forward'",
                 "temperature": "must be > 0 (log-probs divide by it)",
+                "value_layers_fraction": "must be in (0, 1]",
                 "load_in_4bit": "4-bit needs shared_base=True (LoRA adapters on a quantized base)",
             }.get(name, "out of range")
             raise ValueError(f"PPOConfig.{name}={getattr(self, name)!r}: {hint}")
@@ -127,6 +140,11 @@ class PPOConfig:
     @property
     def use_activation_checkpointing(self) -> bool:
         return self.load_in_4bit if self.activation_checkpointing is None else self.activation_checkpointing
+
+    def value_layers(self, n_layers: int) -> int | None:
+        """Decoder layers (from the top) that carry the value adapter; None = all."""
+        k = math.ceil(self.value_layers_fraction * n_layers - 1e-9)
+        return None if k >= n_layers else max(k, 1)
 
     @property
     def num_minibatches(self) -> int:

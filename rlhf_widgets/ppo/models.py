@@ -4,7 +4,11 @@
     policy    = adapter "policy"                     (trainable)
     reference = the same model with adapters disabled (`with peft.disable_adapter()`), or a frozen
                 copy of the SFT adapter ("reference") when the SFT model itself is an adapter
-    value     = adapter "value" + a scalar head on the last hidden state (trainable)
+    value     = adapter "value" + a scalar head on the last hidden state (trainable). The value adapter
+                sits on the top `value_layers` decoder layers only (PPOConfig.value_layers_fraction, default
+                half): below them the value network is the frozen base, so that "trunk" is computed once per
+                rollout (`value_trunk`) and every value forward/backward of the PPO epochs runs the top
+                layers alone — about half the value network's cost and activation memory.
 `SeparateModels` — plain mode: full trainable policy, a frozen reference copy, a separate value
     network. Simple and exact, at ~3x the memory.
 
@@ -19,7 +23,8 @@ positions only (the response), which saves a (batch × prompt × vocab) tensor p
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
+import dataclasses
+from contextlib import contextmanager, nullcontext
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
@@ -49,12 +54,50 @@ class _TrainMode:
         self.module.eval()
 
 
+@contextmanager
+def _run_layers(stack: nn.Module, layers: slice, final_norm: bool):
+    """Let a decoder stack (`model.model` of a Llama-style causal LM) run only `layers[layers]`, and skip its
+    final norm unless `final_norm`: its forward then maps the hidden state entering the first of those layers
+    (passed as `inputs_embeds`) to the one leaving the last — mask and rotary positions are built as usual."""
+    all_layers, norm = stack.layers, stack.norm
+    stack.layers = nn.ModuleList(list(all_layers)[layers])
+    if not final_norm:
+        stack.norm = nn.Identity()
+    try:
+        yield
+    finally:
+        stack.layers, stack.norm = all_layers, norm
+
+
+def _on_layers(lora: LoraConfig, stack: nn.Module, layers: range) -> LoraConfig:
+    """`lora` restricted to some decoder layers (PEFT's `layers_to_transform` needs explicit module names)."""
+    targets = lora.target_modules
+    if targets == "all-linear":  # the linear layers of a decoder block (PEFT's wrappers hold the original)
+        names = [n.removesuffix(".base_layer") for n, m in stack.layers[0].named_modules()
+                 if isinstance(m, nn.Linear) and "lora_" not in n]
+        targets = sorted({n.rsplit(".", 1)[-1] for n in names})
+    elif isinstance(targets, str):
+        raise ValueError(f"value_layers: cannot restrict target_modules={targets!r} (a regex) to some layers; "
+                         "give a list of module names, or value_layers=None")
+    return dataclasses.replace(lora, target_modules=list(targets), layers_to_transform=list(layers))
+
+
 class SharedBackbone(nn.Module):
-    """One base model with "policy" and "value" LoRA adapters (see module docstring)."""
+    """One base model with "policy" and "value" LoRA adapters (see module docstring).
+
+    `value_layers`: how many of the top decoder layers carry the value adapter (None = all of them).
+    """
 
     def __init__(self, base: PreTrainedModel | PeftModel, lora: LoraConfig,
-                 activation_checkpointing: bool = False) -> None:
+                 activation_checkpointing: bool = False, value_layers: int | None = None) -> None:
         super().__init__()
+        stack = base.get_base_model().base_model if isinstance(base, PeftModel) else base.base_model
+        n_layers = len(stack.layers)
+        if value_layers is not None and not 0 < value_layers <= n_layers:
+            raise ValueError(f"SharedBackbone: value_layers={value_layers} must be in 1..{n_layers} (the model's "
+                             "decoder layers)")
+        self.value_start = 0 if value_layers is None else n_layers - value_layers
+        value_lora = lora if self.value_start == 0 else _on_layers(lora, stack, range(self.value_start, n_layers))
         if isinstance(base, PeftModel):  # the SFT model is itself an adapter: it becomes policy init + reference
             sft_adapter = base.active_adapter
             sft_state = {k: v.clone() for k, v in base.state_dict().items() if f".{sft_adapter}." in k}
@@ -64,13 +107,13 @@ class SharedBackbone(nn.Module):
                 renamed = {k.replace(f".{sft_adapter}.", f".{name}."): v for k, v in sft_state.items()}
                 base.load_state_dict(renamed, strict=False)
             base.delete_adapter(sft_adapter)
-            base.add_adapter(VALUE, lora)
+            base.add_adapter(VALUE, value_lora)
             self.peft, self.has_reference_adapter = base, True
         else:
             if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
                 base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
             self.peft = get_peft_model(base, lora, adapter_name=POLICY)
-            self.peft.add_adapter(VALUE, lora)
+            self.peft.add_adapter(VALUE, value_lora)
             self.has_reference_adapter = False
         self.checkpointing = activation_checkpointing
         if activation_checkpointing:
@@ -129,12 +172,34 @@ class SharedBackbone(nn.Module):
         self._activate(POLICY)
         return logits
 
-    def values(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
-        self._activate(VALUE)
-        body = self.peft.get_base_model().base_model  # the decoder stack without the LM head
-        with self._graph_mode():
-            hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+    @torch.no_grad()
+    def value_trunk(self, input_ids, attention_mask, position_ids) -> torch.Tensor | None:
+        """The hidden state entering the first value-adapted layer (frozen base below it), or None when the
+        value adapter covers every layer. Constant while PPO trains: compute it once per rollout."""
+        if self.value_start == 0:
+            return None
+        self._activate(VALUE)  # no value LoRA below value_start: these layers are the plain base
+        stack = self.peft.get_base_model().base_model
+        with _run_layers(stack, slice(0, self.value_start), final_norm=False):
+            trunk = stack(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False).last_hidden_state
+        self._activate(POLICY)
+        return trunk
+
+    def values(self, input_ids, attention_mask, position_ids, trunk: torch.Tensor | None = None) -> torch.Tensor:
+        """V(s) at every position, (B, T). `trunk` (from `value_trunk`) skips the frozen lower layers."""
+        if self.value_start and trunk is None:
+            trunk = self.value_trunk(input_ids, attention_mask, position_ids)
+        self._activate(VALUE)
+        stack = self.peft.get_base_model().base_model  # the decoder stack without the LM head
+        with self._graph_mode():
+            if trunk is None:
+                hidden = stack(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=False).last_hidden_state
+            else:
+                with _run_layers(stack, slice(self.value_start, None), final_norm=True):
+                    hidden = stack(inputs_embeds=trunk, attention_mask=attention_mask, position_ids=position_ids,
+                                   use_cache=False).last_hidden_state
         return self.value_head(hidden.float()).squeeze(-1)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
@@ -182,7 +247,10 @@ class SeparateModels(nn.Module):
         return self.reference(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                               use_cache=False, logits_to_keep=logits_to_keep).logits
 
-    def values(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+    def value_trunk(self, input_ids, attention_mask, position_ids) -> None:
+        return None  # the whole value network trains
+
+    def values(self, input_ids, attention_mask, position_ids, trunk: None = None) -> torch.Tensor:
         hidden = self.value_body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                  use_cache=False).last_hidden_state
         return self.value_head(hidden.float()).squeeze(-1)
