@@ -1,6 +1,7 @@
 """PPOTrainer on the sandbox: the known first-minibatch answers, modes, rails, control, resume."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -176,6 +177,18 @@ def test_config_errors_name_the_setting() -> None:
         PPOConfig(kl_estimator="k2")
     with pytest.raises(ValueError, match="load_in_4bit"):
         PPOConfig(shared_base=False, load_in_4bit=True)
+
+
+def test_automatic_micro_batch_bounds_cpu_activation_memory(tmp_path: Path) -> None:
+    trainer = PPOTrainer(small_config(tmp_path, batch_size=16, mini_batch_size=16), "sandbox", gold_reward, PROMPTS)
+    assert trainer._micro_batch_size(100) == 16  # the sandbox model: the whole minibatch fits
+    trainer.model_config = SimpleNamespace(hidden_size=1024, intermediate_size=4096, num_hidden_layers=8)
+    assert trainer._micro_batch_size(59) == 4  # the 100M benchmark shape: ~54 MB per row, 256 MiB budget
+    assert trainer._micro_batch_size(4000) == 1
+    trainer.config.mini_batch_size = 12
+    assert trainer._micro_batch_size(59) == 4 and trainer._micro_batch_size(50) == 4  # 5 fit; 4 divides 12
+    trainer.config.micro_batch_size = 6
+    assert trainer._micro_batch_size(59) == 6  # an explicit setting wins
 
 
 def test_micro_batches_accumulate_to_the_same_step(tmp_path: Path) -> None:

@@ -37,6 +37,8 @@ from rlhf_widgets.ppo.models import SeparateModels, SharedBackbone
 
 ScoreFn = Callable[[list, list[str]], "torch.Tensor | Sequence[float]"]
 STATE_FILE = "trainer_state.pt"
+CPU_ACTIVATION_BUDGET = 256 * 2**20
+"""bytes of saved activations per forward that `micro_batch_size=None` aims for on CPU"""
 
 
 class TrainingStopped(RuntimeError):
@@ -183,6 +185,7 @@ class PPOTrainer:
         model_cfg.use_peft = config.load_in_4bit or model_cfg.use_peft
         model_cfg.device = "cuda" if self.accelerator.device.type == "cuda" else "cpu"
         base, self.tokenizer = load_causal_lm(model_cfg, merge_adapter=not config.shared_base)
+        self.model_config = base.config
         if config.shared_base:
             lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
                               target_modules="all-linear", task_type="CAUSAL_LM")
@@ -229,6 +232,21 @@ class PPOTrainer:
                 self._order = torch.randperm(len(self.prompts), generator=self.prompt_rng).tolist()
             batch.append(self.prompts[self._order.pop()])
         return batch
+
+    def _micro_batch_size(self, seq_len: int) -> int:
+        """`config.micro_batch_size`, or the automatic choice (see PPOConfig.micro_batch_size)."""
+        cfg = self.config
+        if cfg.micro_batch_size is not None:
+            return cfg.micro_batch_size
+        if self.accelerator.device.type != "cpu":
+            return cfg.mini_batch_size
+        c = self.model_config
+        hidden = c.hidden_size
+        mlp = getattr(c, "intermediate_size", None) or 4 * hidden
+        # fp32 tensors a Llama-style block keeps for backward, per token: ~12 of hidden size, ~4 of MLP size
+        per_row = seq_len * c.num_hidden_layers * (12 * hidden + 4 * mlp) * 4
+        fit = max(1, min(cfg.mini_batch_size, CPU_ACTIVATION_BUDGET // per_row))
+        return max(d for d in range(1, fit + 1) if cfg.mini_batch_size % d == 0)
 
     def _forward_inputs(self, seq: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         # position ids from the mask: left padding must not shift positions of the real tokens
@@ -320,13 +338,14 @@ class PPOTrainer:
         # 7. PPO epochs of clipped minibatch updates (policy, then value; one optimizer step)
         release_freed_memory()
         stats: dict[str, list[float]] = defaultdict(list)
+        micro = self._micro_batch_size(seq.shape[1])
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(seq), generator=self.prompt_rng).tolist()
             for mb_start in range(0, len(seq), cfg.mini_batch_size):
                 minibatch = order[mb_start : mb_start + cfg.mini_batch_size]
                 # micro-batches accumulate gradients: the same step, less activation/logit memory
-                for mc_start in range(0, len(minibatch), cfg.micro_batch_size):
-                    idx = torch.tensor(minibatch[mc_start : mc_start + cfg.micro_batch_size], device=dev)
+                for mc_start in range(0, len(minibatch), micro):
+                    idx = torch.tensor(minibatch[mc_start : mc_start + micro], device=dev)
                     weight = len(idx) / len(minibatch)
                     inputs = self._forward_inputs(seq[idx], mask[idx])
                     logits = self.backend.policy_logits(**inputs, logits_to_keep=keep)[:, :-1]
