@@ -83,7 +83,7 @@ def run_ours(args: argparse.Namespace) -> dict:
         output_dir=str(Path(args.workdir) / f"ours-{args.mode}"), seed=SEED, num_updates=args.updates + 1,
         batch_size=BATCH, mini_batch_size=BATCH, rollout_batch_size=BATCH, ppo_epochs=PPO_EPOCHS,
         max_new_tokens=NEW_TOKENS, temperature=1.0, missing_eos_penalty=1.0, sample_every=0,
-        shared_base=args.mode == "shared",
+        shared_base=args.mode != "full", micro_batch_size=BATCH if args.mode == "shared-whole" else None,
     )
     trainer = PPOTrainer(config, policy=args.model, reward=reward, prompts=prompts)
     load_s = time.perf_counter() - t0
@@ -100,7 +100,7 @@ def run_ours(args: argparse.Namespace) -> dict:
         eos.append(metrics["val/num_eos_tokens"])
     n_trainable = sum(p.numel() for p in trainer.backend.policy_parameters + trainer.backend.value_parameters)
     return _summary("ours", args.mode, times, cpu_times, load_s, rss_after_load, {
-        "trainable_params": n_trainable, "mean_response_tokens": lengths, "responses_with_eos": eos,
+        "trainable_params": n_trainable, "micro_batch_size": trainer.last_micro_batch_size, "mean_response_tokens": lengths, "responses_with_eos": eos,
         "lr": config.learning_rate,
     })
 
@@ -180,7 +180,9 @@ def run_trl(args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("impl", choices=["ours", "trl"])
-    parser.add_argument("--mode", choices=["shared", "full"], default="shared", help="ours only")
+    parser.add_argument("--mode", choices=["shared", "shared-whole", "full"], default="shared",
+                        help="ours only: shared-base LoRA (defaults), the same with the whole minibatch per "
+                             "forward (micro_batch_size=16), or separate full models")
     parser.add_argument("--model", required=True)
     parser.add_argument("--reward", required=True)
     parser.add_argument("--prompts", required=True)

@@ -5,8 +5,10 @@
 Both train the same random-init Llama (saved once per shape with the sandbox tokenizer) against the same
 reward model (those weights loaded as a 1-label sequence classifier, score head seeded and saved once), on
 the same 16 sandbox prompts: batch 16, 24 new tokens, 4 PPO epochs, one minibatch, temperature 1, CPU, fp32.
-Ours: `RewardModel(classifier, tokenizer)` as the reward, in both modes — shared-base LoRA (the default) and
-`shared_base=False` (full policy + reference copy + value network, like TRL). TRL: policy and ref_policy
+Ours: `RewardModel(classifier, tokenizer)` as the reward, in three runs — shared-base LoRA with the defaults
+(on CPU the micro-batch is chosen from the model shape: 16 at the tiny shape, 4 at 100M), the same with the
+whole minibatch per forward (`micro_batch_size=16`, TRL's setting), and `shared_base=False` (full policy +
+reference copy + value network, like TRL). TRL: policy and ref_policy
 loaded separately, the classifier as reward_model and a second copy of it as value_model (TRL's defaults).
 
 Every run is its own subprocess — ours in this .venv, TRL in `.bench/trl-1.9.2` (made here on first use with
@@ -44,6 +46,7 @@ SHAPES = {
 }
 RUNS = (("trl", "full", "TRL 1.9.2 (policy+ref+value+reward)"),
         ("ours", "shared", "ours shared-base LoRA (default)"),
+        ("ours", "shared-whole", "ours shared-base, micro-batch 16"),
         ("ours", "full", "ours shared_base=False (full)"))
 GOALS = {"time_ratio_max": 0.8, "rss_ratio_max_100m": 0.4}
 
@@ -223,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
                 entry[mode] = {"time_ratio": round(r["s_per_update"] / trl["s_per_update"], 3),
                                "cpu_time_ratio": round(r["cpu_s_per_update"] / trl["cpu_s_per_update"], 3),
                                "rss_ratio": round(r["peak_rss_mib"] / trl["peak_rss_mib"], 3),
-                               "s_per_update": round(r["s_per_update"], 3), "peak_rss_mib": round(r["peak_rss_mib"])}
+                               "s_per_update": round(r["s_per_update"], 3), "peak_rss_mib": round(r["peak_rss_mib"]),
+                               "micro_batch_size": r.get("micro_batch_size")}
             summary["shapes"][shape] = entry
     shared = {s: e.get("shared", {}) for s, e in summary["shapes"].items()}
     summary["goals_met_by_default_mode"] = {

@@ -220,6 +220,7 @@ class PPOTrainer:
         torch.manual_seed(rank_seed)
         random.seed(rank_seed)
         self._order: list[int] = []
+        self.last_micro_batch_size: int | None = None
         self._last_good: dict[str, torch.Tensor] | None = None
         if resume_from is not None:
             self.load_checkpoint(resume_from)
@@ -338,7 +339,7 @@ class PPOTrainer:
         # 7. PPO epochs of clipped minibatch updates (policy, then value; one optimizer step)
         release_freed_memory()
         stats: dict[str, list[float]] = defaultdict(list)
-        micro = self._micro_batch_size(seq.shape[1])
+        micro = self.last_micro_batch_size = self._micro_batch_size(seq.shape[1])
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(seq), generator=self.prompt_rng).tolist()
             for mb_start in range(0, len(seq), cfg.mini_batch_size):
