@@ -125,10 +125,14 @@ class SharedBackbone(nn.Module):
         self._policy_params = [p for n, p in self.peft.named_parameters() if f".{POLICY}." in n]
         self._value_params = [p for n, p in self.peft.named_parameters() if f".{VALUE}." in n]
         self._value_params += list(self.value_head.parameters())
+        self._active: str | None = None
         self._activate(POLICY)
 
     def _activate(self, adapter: str) -> None:
+        if adapter == self._active:
+            return
         # PEFT's set_adapter also flips requires_grad; put back exactly our trainable set
+        self._active = adapter
         self.peft.set_adapter(adapter)
         for p in self.peft.parameters():
             p.requires_grad_(False)
@@ -169,7 +173,7 @@ class SharedBackbone(nn.Module):
         with ctx:
             logits = self.peft(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                use_cache=False, logits_to_keep=logits_to_keep).logits
-        self._activate(POLICY)
+        self._active = None  # re-enabling adapters resets requires_grad flags: the next _activate redoes ours
         return logits
 
     @torch.no_grad()
@@ -183,7 +187,6 @@ class SharedBackbone(nn.Module):
         with _run_layers(stack, slice(0, self.value_start), final_norm=False):
             trunk = stack(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False).last_hidden_state
-        self._activate(POLICY)
         return trunk
 
     def values(self, input_ids, attention_mask, position_ids, trunk: torch.Tensor | None = None) -> torch.Tensor:
