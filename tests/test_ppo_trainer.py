@@ -94,6 +94,9 @@ def test_value_adapter_on_top_layers_with_a_cached_trunk_equals_the_full_forward
     for a, b in zip(grads(split), full_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(backbone.values(**inputs)[real], split[real].detach())  # trunk computed inside
+    backbone.value_trunk = lambda *a, **k: pytest.fail("the trunk should be read off the reference forward")
+    _, trunk_from_reference = backbone.reference_logits(**inputs, return_trunk=True)
+    torch.testing.assert_close(trunk_from_reference, trunk, rtol=0, atol=0)
     assert len(stack.layers) == 4 and not isinstance(stack.norm, torch.nn.Identity)  # the stack is put back
 
 

@@ -164,17 +164,33 @@ class SharedBackbone(nn.Module):
                              use_cache=False, logits_to_keep=logits_to_keep).logits
 
     @torch.no_grad()
-    def reference_logits(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0) -> torch.Tensor:
+    def reference_logits(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0,
+                         return_trunk: bool = False):
+        """Reference logits; with `return_trunk`, `(logits, value_trunk(...))` — read off the same forward
+        when the reference is the plain base (its lower layers are exactly the value network's trunk)."""
         if self.has_reference_adapter:
             self._activate(REFERENCE)
             ctx = nullcontext()
         else:
             ctx = self.peft.disable_adapter()
-        with ctx:
-            logits = self.peft(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               use_cache=False, logits_to_keep=logits_to_keep).logits
+        captured: list[torch.Tensor] = []
+        hook = None
+        if return_trunk and self.value_start and not self.has_reference_adapter:
+            stack = self.peft.get_base_model().base_model
+            hook = stack.layers[self.value_start - 1].register_forward_hook(
+                lambda _module, _args, output: captured.append(output[0] if isinstance(output, tuple) else output))
+        try:
+            with ctx:
+                logits = self.peft(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   use_cache=False, logits_to_keep=logits_to_keep).logits
+        finally:
+            if hook is not None:
+                hook.remove()
         self._active = None  # re-enabling adapters resets requires_grad flags: the next _activate redoes ours
-        return logits
+        if not return_trunk:
+            return logits
+        trunk = captured[0] if captured else self.value_trunk(input_ids, attention_mask, position_ids)
+        return logits, trunk
 
     @torch.no_grad()
     def value_trunk(self, input_ids, attention_mask, position_ids) -> torch.Tensor | None:
@@ -246,9 +262,11 @@ class SeparateModels(nn.Module):
                            use_cache=False, logits_to_keep=logits_to_keep).logits
 
     @torch.no_grad()
-    def reference_logits(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0) -> torch.Tensor:
-        return self.reference(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              use_cache=False, logits_to_keep=logits_to_keep).logits
+    def reference_logits(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0,
+                         return_trunk: bool = False):
+        logits = self.reference(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                use_cache=False, logits_to_keep=logits_to_keep).logits
+        return (logits, None) if return_trunk else logits
 
     def value_trunk(self, input_ids, attention_mask, position_ids) -> None:
         return None  # the whole value network trains

@@ -239,8 +239,8 @@ class PPOTrainer:
         cfg = self.config
         if cfg.micro_batch_size is not None:
             return cfg.micro_batch_size
-        if self.accelerator.device.type != "cpu":
-            return cfg.mini_batch_size
+        if self.accelerator.device.type != "cpu" or not cfg.shared_base:
+            return cfg.mini_batch_size  # (full mode: every micro-batch adds a pass over all weight gradients)
         c = self.model_config
         hidden = c.hidden_size
         mlp = getattr(c, "intermediate_size", None) or 4 * hidden
@@ -299,10 +299,10 @@ class PPOTrainer:
                     logits = self.backend.policy_logits(**inputs, logits_to_keep=keep)[:, :-1]
                     logprobs.append(core.logprobs_from_logits(logits, labels, self.temperature))
                     del logits
-                ref = self.backend.reference_logits(**inputs, logits_to_keep=keep)[:, :-1]
-                ref_logprobs.append(core.logprobs_from_logits(ref, labels, self.temperature))
+                # + the frozen lower layers of the value network (None when the value adapter spans them all)
+                ref, trunk = self.backend.reference_logits(**inputs, logits_to_keep=keep, return_trunk=True)
+                ref_logprobs.append(core.logprobs_from_logits(ref[:, :-1], labels, self.temperature))
                 del ref
-                trunk = self.backend.value_trunk(**inputs)  # frozen lower layers of the value network, or None
                 trunks.append(trunk)
                 values.append(self.backend.values(**inputs, trunk=trunk)[:, context - 1 : -1])
         logprobs = torch.cat(logprobs) if rollout_logprobs is None else rollout_logprobs
