@@ -100,7 +100,8 @@ def run_ours(args: argparse.Namespace) -> dict:
         eos.append(metrics["val/num_eos_tokens"])
     n_trainable = sum(p.numel() for p in trainer.backend.policy_parameters + trainer.backend.value_parameters)
     return _summary("ours", args.mode, times, cpu_times, load_s, rss_after_load, {
-        "trainable_params": n_trainable, "micro_batch_size": trainer.last_micro_batch_size, "mean_response_tokens": lengths, "responses_with_eos": eos,
+        "trainable_params": n_trainable, "micro_batch_size": trainer.last_micro_batch_size,
+        "mean_response_tokens": lengths, "responses_with_eos": eos,
         "lr": config.learning_rate,
     })
 

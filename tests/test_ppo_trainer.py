@@ -5,10 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
+from conftest import sandbox_prompts
 from peft import LoraConfig
 
-from conftest import sandbox_prompts
 from rlhf_widgets.generation import encode_prompts
 from rlhf_widgets.models import load_causal_lm
 from rlhf_widgets.ppo import PPOConfig, PPOTrainer

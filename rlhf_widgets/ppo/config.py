@@ -26,10 +26,11 @@ class PPOConfig:
     """rollouts per optimizer step; batch_size must be a multiple"""
     micro_batch_size: int | None = None
     """rollouts per forward/backward inside a minibatch; gradients accumulate to one step (less memory,
-    same update up to per-micro-batch loss averaging). None = auto: on a GPU, and in full mode, the whole minibatch; on CPU in shared-base mode as
-    many rollouts as keep one forward's saved activations under ~256 MiB (estimated from the model shape
-    and sequence length) — the whole minibatch for the sandbox model, 4 of 16 for a 100M-param Llama,
-    where CPU matmuls are as fast at 4 rows as at 16 and the peak memory drops by ~1.2 GB"""
+    same update up to per-micro-batch loss averaging). None = auto: on a GPU, and in full mode, the whole
+    minibatch; on CPU in shared-base mode as many rollouts as keep one forward's saved activations under
+    ~256 MiB (estimated from the model shape and sequence length) — the whole minibatch for the sandbox
+    model, 4 of 16 for a 100M-param Llama, where CPU matmuls are as fast at 4 rows as at 16 and the peak
+    memory drops by ~1.2 GB"""
     ppo_epochs: int = 4
     """passes over each batch of rollouts"""
     learning_rate: float = 3e-4
