@@ -91,7 +91,8 @@ class SharedBackbone(nn.Module):
     def __init__(self, base: PreTrainedModel | PeftModel, lora: LoraConfig,
                  activation_checkpointing: bool = False, value_layers: int | None = None) -> None:
         super().__init__()
-        stack = base.get_base_model().base_model if isinstance(base, PeftModel) else base.base_model
+        # the decoder stack without the LM head (PEFT wraps the model in place: it stays this module)
+        self._stack = stack = base.get_base_model().base_model if isinstance(base, PeftModel) else base.base_model
         n_layers = len(stack.layers)
         if value_layers is not None and not 0 < value_layers <= n_layers:
             raise ValueError(f"SharedBackbone: value_layers={value_layers} must be in 1..{n_layers} (the model's "
@@ -176,8 +177,7 @@ class SharedBackbone(nn.Module):
         captured: list[torch.Tensor] = []
         hook = None
         if return_trunk and self.value_start and not self.has_reference_adapter:
-            stack = self.peft.get_base_model().base_model
-            hook = stack.layers[self.value_start - 1].register_forward_hook(
+            hook = self._stack.layers[self.value_start - 1].register_forward_hook(
                 lambda _module, _args, output: captured.append(output[0] if isinstance(output, tuple) else output))
         try:
             with ctx:
@@ -199,7 +199,7 @@ class SharedBackbone(nn.Module):
         if self.value_start == 0:
             return None
         self._activate(VALUE)  # no value LoRA below value_start: these layers are the plain base
-        stack = self.peft.get_base_model().base_model
+        stack = self._stack
         with _run_layers(stack, slice(0, self.value_start), final_norm=False):
             trunk = stack(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False).last_hidden_state
@@ -210,7 +210,7 @@ class SharedBackbone(nn.Module):
         if self.value_start and trunk is None:
             trunk = self.value_trunk(input_ids, attention_mask, position_ids)
         self._activate(VALUE)
-        stack = self.peft.get_base_model().base_model  # the decoder stack without the LM head
+        stack = self._stack
         with self._graph_mode():
             if trunk is None:
                 hidden = stack(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,

@@ -10,7 +10,7 @@ are averaged across processes before every optimizer step, so the replicas stay 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import math
 import random
 import threading
@@ -96,8 +96,9 @@ class TrainingControl:
 
 
 class SampledLogprobs(LogitsProcessor):
-    """Keeps log softmax(logits / T) of every token `generate` samples: the rollout's "old" log-probs
-    without a second policy forward over the batch (TRL's PPO read them from its generation logits too).
+    """Keeps the log-prob under softmax(logits / T) of every token `generate` samples: the rollout's "old"
+    log-probs without a second policy forward over the batch (TRL's PPO read them from its generation
+    logits too), computed by the same `core.logprobs_from_logits` as the training forwards.
 
     Called once per generated token with that step's logits; the token sampled from them is only known at
     the next call (or, for the last one, from the output), so one (B, V) step is held at a time. It returns
@@ -110,10 +111,13 @@ class SampledLogprobs(LogitsProcessor):
         self._pending: torch.Tensor | None = None
         self._picked: list[torch.Tensor] = []
 
+    def _pick(self, tokens: torch.Tensor) -> torch.Tensor:
+        return core.logprobs_from_logits(self._pending.unsqueeze(1), tokens.unsqueeze(1), self.temperature)
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self._pending is not None:
-            self._picked.append(self._pending.gather(1, input_ids[:, -1:]))
-        self._pending = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+            self._picked.append(self._pick(input_ids[:, -1]))
+        self._pending = scores.detach().clone()  # later processors may work in place
         return scores
 
     def logprobs(self, responses: torch.Tensor) -> torch.Tensor:
@@ -121,19 +125,15 @@ class SampledLogprobs(LogitsProcessor):
         if self._pending is None or len(self._picked) + 1 != responses.shape[1]:
             raise RuntimeError(f"SampledLogprobs saw {len(self._picked) + int(self._pending is not None)} "
                                f"generation steps for {responses.shape[1]} response tokens")
-        return torch.cat([*self._picked, self._pending.gather(1, responses[:, -1:])], dim=1)
+        return torch.cat([*self._picked, self._pick(responses[:, -1])], dim=1)
 
 
-def _load_libc():
-    name = ctypes.util.find_library("c")
+@functools.cache
+def _malloc_trim():
     try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        libc = None
-    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
-
-
-_LIBC = _load_libc()
+        return ctypes.CDLL(None).malloc_trim  # glibc; absent elsewhere (macOS, musl)
+    except (OSError, AttributeError):
+        return None
 
 
 def release_freed_memory() -> None:
@@ -143,8 +143,9 @@ def release_freed_memory() -> None:
     forwards, each minibatch's graph) the sizes differ enough that the kept pages pile up: at the 100M-param
     benchmark shape RSS grew ~1.5 GB above the working set. Called between phases; it costs milliseconds.
     """
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _score_to_tensor(scores) -> torch.Tensor:
