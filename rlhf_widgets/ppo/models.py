@@ -4,11 +4,11 @@
     policy    = adapter "policy"                     (trainable)
     reference = the same model with adapters disabled (`with peft.disable_adapter()`), or a frozen
                 copy of the SFT adapter ("reference") when the SFT model itself is an adapter
-    value     = adapter "value" + a scalar head on the last hidden state (trainable). The value adapter
-                sits on the top `value_layers` decoder layers only (PPOConfig.value_layers_fraction, default
-                half): below them the value network is the frozen base, so that "trunk" is computed once per
+    value     = adapter "value" + a scalar head on the last hidden state (trainable). Optionally the value
+                adapter sits on the top `value_layers` decoder layers only (PPOConfig.value_layers_fraction
+                < 1): below them the value network is the frozen base, so that "trunk" is computed once per
                 rollout (`value_trunk`) and every value forward/backward of the PPO epochs runs the top
-                layers alone — about half the value network's cost and activation memory.
+                layers alone — at half the layers, about half the value network's cost and memory.
 `SeparateModels` — plain mode: full trainable policy, a frozen reference copy, a separate value
     network. Simple and exact, at ~3x the memory.
 
