@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeAlias, overload
 
 import datasets
+import numpy as np
 import pyarrow.parquet as pq
 
 Messages: TypeAlias = list[dict[str, str]]
@@ -75,6 +76,28 @@ def last_user_content(prompt: str | list[dict[str, str]]) -> str:
         if message.get("role") == "user":
             return message["content"]
     raise ValueError("prompt has no user message")
+
+
+def split_by_prompt(dataset: datasets.Dataset, test_size: float, seed: int = 0) -> datasets.DatasetDict:
+    """Hold out `test_size` of the *prompts* with all their pairs: `DatasetDict(train=…, test=…)`.
+
+    With several pairs per prompt (K answers, pairs among them, as in InstructGPT) a row-wise split
+    would evaluate on answers the model was trained on; this keeps every prompt on one side. A dataset
+    without a `prompt` column (or with fewer than two distinct prompts) is split by row, as
+    `Dataset.train_test_split` does. The prompts are drawn at random with `seed`; order is kept.
+    """
+    if not 0 < test_size < 1:
+        raise ValueError(f"split_by_prompt: test_size={test_size} must be in (0, 1)")
+    keys = [json.dumps(p, sort_keys=True) for p in dataset["prompt"]] if "prompt" in dataset.column_names else []
+    unique = sorted(set(keys))
+    if len(unique) < 2:
+        return dataset.train_test_split(test_size=test_size, seed=seed)
+    n_test = min(max(1, round(test_size * len(unique))), len(unique) - 1)
+    order = np.random.default_rng(seed).permutation(len(unique))
+    held = {unique[i] for i in order[:n_test]}
+    test = [i for i, key in enumerate(keys) if key in held]
+    train = [i for i, key in enumerate(keys) if key not in held]
+    return datasets.DatasetDict(train=dataset.select(train), test=dataset.select(test))
 
 
 # ------------------------------------------------------------------------------------ errors and report

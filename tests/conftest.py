@@ -95,21 +95,30 @@ def sft_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def sft_pair_rows(sft_model_dir: Path) -> list[dict]:
+def sft_ranked_pair_rows(sft_model_dir: Path) -> list[dict]:
+    """All pairs (up to 6) among 4 SFT answers per prompt, on 600 prompts (the quickstart's pairs stage)."""
     from rlhf_widgets.labeling.pairs import generate_pairs
     from rlhf_widgets.models import load_causal_lm
 
     model, tok = load_causal_lm(str(sft_model_dir))
-    return generate_pairs(model, tok, sandbox_prompts(600, seed=11), seed=3, show_progress=False)
+    return generate_pairs(model, tok, sandbox_prompts(600, seed=11), k=4, max_pairs_per_prompt=6, seed=3,
+                          show_progress=False)
 
 
 @pytest.fixture(scope="session")
-def trained_reward(sft_model_dir: Path, sft_pair_rows: list[dict], tmp_path_factory: pytest.TempPathFactory):
-    """A reward model trained on simulated-annotator labels (noise on) of SFT sample pairs."""
+def sft_pair_rows(sft_ranked_pair_rows: list[dict]) -> list[dict]:
+    """One pair per prompt: the first of each prompt's pairs."""
+    seen: set[str] = set()
+    return [row for row in sft_ranked_pair_rows if not (row["prompt"] in seen or seen.add(row["prompt"]))]
+
+
+@pytest.fixture(scope="session")
+def trained_reward(sft_model_dir: Path, sft_ranked_pair_rows: list[dict], tmp_path_factory: pytest.TempPathFactory):
+    """A reward model trained on simulated-annotator labels (noise on) of all pairs among 4 SFT answers per prompt."""
     from rlhf_widgets.reward import RewardStageConfig, train_reward_model
     from rlhf_widgets.sandbox import SimulatedAnnotator
 
-    pairs = label_rows(sft_pair_rows, SimulatedAnnotator(temperature=1.0, seed=0))
+    pairs = label_rows(sft_ranked_pair_rows, SimulatedAnnotator(temperature=1.0, seed=0))
     out = tmp_path_factory.mktemp("reward")
     return train_reward_model(pairs, RewardStageConfig(output_dir=str(out)), model=str(sft_model_dir))
 

@@ -24,6 +24,7 @@ from rlhf_widgets.data import (
     last_user_content,
     load_preferences,
     save_preferences,
+    split_by_prompt,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "preferences"
@@ -351,3 +352,19 @@ def test_as_messages_and_last_user_content() -> None:
     assert last_user_content(conversation) == "c"
     with pytest.raises(ValueError, match="no user message"):
         last_user_content(assistant("only me"))
+
+
+def test_split_by_prompt_keeps_each_prompt_on_one_side() -> None:
+    rows = [{"prompt": f"question {i // 3}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(60)]
+    dataset = load_preferences(rows)  # 20 prompts, 3 pairs each
+    split = split_by_prompt(dataset, 0.25, seed=1)
+    train = {m[0]["content"] for m in split["train"]["prompt"]}
+    test = {m[0]["content"] for m in split["test"]["prompt"]}
+    assert len(test) == 5 and len(train) == 15 and not train & test
+    assert len(split["test"]) == 15 and len(split["train"]) == 45
+    assert split_by_prompt(dataset, 0.25, seed=1)["test"]["chosen"] == split["test"]["chosen"]  # seeded
+    assert split_by_prompt(dataset, 0.25, seed=2)["test"]["chosen"] != split["test"]["chosen"]
+    # no prompt column: a row split; a bad fraction names itself
+    assert len(split_by_prompt(dataset.remove_columns("prompt"), 0.25)["test"]) == 15
+    with pytest.raises(ValueError, match="test_size=1.5"):
+        split_by_prompt(dataset, 1.5)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from pathlib import Path
+
+import pytest
 
 from rlhf_widgets.labeling import PreferenceStore, prepare_pairs
 from rlhf_widgets.sandbox import (
@@ -38,3 +41,18 @@ def test_gold_preference_picks_the_higher_gold_score() -> None:
     assert gold_preference(prompt, good, bad) == "a"
     assert gold_preference(prompt, bad, good) == "b"
     assert gold_preference(prompt.text, good, good) == "tie"
+
+
+def test_several_pairs_per_prompt_among_k_answers(tmp_path: Path) -> None:
+    model = str(base_model_path())
+    with prepare_pairs(model, tmp_path / "labels.sqlite", n_prompts=6, k=4, pairs_per_prompt=3,
+                       show_progress=False) as store:
+        pairs = store.pairs()
+    per_prompt = Counter(pair.prompt for pair in pairs)
+    assert max(per_prompt.values()) == 3 and len(per_prompt) == 6, per_prompt
+    assert len({frozenset((p.prompt, p.response_a, p.response_b)) for p in pairs}) == len(pairs)  # all distinct
+    for prompt in per_prompt:  # the pairs of a prompt are drawn among (at most) 4 answers
+        answers = {a for p in pairs if p.prompt == prompt for a in (p.response_a, p.response_b)}
+        assert 2 <= len(answers) <= 4
+    with pytest.raises(ValueError, match="max_pairs_per_prompt=0"):
+        prepare_pairs(model, tmp_path / "other.sqlite", n_prompts=2, pairs_per_prompt=0, show_progress=False)

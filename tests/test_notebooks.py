@@ -20,7 +20,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 TOUR = {
     "01_sft": "DEMOS = 256",
-    "02_label_preferences": "N_PROMPTS = 120",
+    "02_label_preferences": "N_PROMPTS = 48",
     "03_reward_model": "EPOCHS = 1",
     "04_ppo": "NUM_UPDATES = 3\nWAIT = True",
     "05_dpo": "",

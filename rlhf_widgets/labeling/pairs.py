@@ -42,6 +42,8 @@ def generate_pairs(
     """
     if k < 2:
         raise ValueError(f"generate_pairs: k={k}; need at least 2 responses per prompt to make a pair")
+    if max_pairs_per_prompt < 1:
+        raise ValueError(f"generate_pairs: max_pairs_per_prompt={max_pairs_per_prompt}; need at least 1")
     if not sides:
         raise ValueError("generate_pairs: `sides` is empty")
     samples: list[list] = [[] for _ in prompts]
@@ -81,6 +83,7 @@ def prepare_pairs(
     split: str = "train",
     seed: int = 0,
     k: int = 2,
+    pairs_per_prompt: int = 1,
     show_progress: bool = True,
 ) -> PreferenceStore:
     """Fill `store` with pairs of `model`'s samples on `n_prompts` sandbox prompts, unless it has pairs.
@@ -94,11 +97,13 @@ def prepare_pairs(
             `rlhf_widgets.models.load_causal_lm`.
         store: a `PreferenceStore`, or the path of its SQLite file (created, with its parent directory,
             if missing).
-        n_prompts: how many prompts from `rlhf_widgets.sandbox.make_prompts` (default 64); at most one
-            pair per prompt, fewer when both samples come out identical or empty.
+        n_prompts: how many prompts from `rlhf_widgets.sandbox.make_prompts` (default 64).
         split: prompt split, "train" (default) or "test".
         seed: seeds the prompts and the sampling (default 0).
         k: samples per prompt (default 2), see `generate_pairs`.
+        pairs_per_prompt: pairs per prompt among its k samples, at most (default 1; up to k·(k−1)/2).
+            Fewer when samples come out identical or empty. Several comparisons per prompt (InstructGPT
+            ranked 4–9 answers) teach a reward model more per sampled answer.
         show_progress: show generation progress bars (default True).
     """
     if not isinstance(store, PreferenceStore):
@@ -109,7 +114,7 @@ def prepare_pairs(
     policy, tokenizer = load_causal_lm(model)
     prompts = [prompt.text for prompt in make_prompts(n_prompts, seed=seed, split=split)]
     rows = generate_pairs(policy, tokenizer, prompts, k=k, model_name=_short_name(model), seed=seed,
-                          show_progress=show_progress)
+                          max_pairs_per_prompt=pairs_per_prompt, show_progress=show_progress)
     store.add_pairs(rows)
     return store
 
