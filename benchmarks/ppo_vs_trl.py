@@ -142,7 +142,7 @@ def run_worker(python: Path, impl: str, mode: str, built: dict, prompts: Path, u
     return result
 
 
-def _fmt_table(shape: str, built: dict, results: list[dict], updates: int, threads: int) -> str:
+def _fmt_table(shape: str, built: dict, runs: list, results: list[dict], updates: int, threads: int) -> str:
     trl = next(r for r in results if r["impl"] == "trl")
     lines = [
         f"\n== shape {shape}: {built['params'] / 1e6:.2f}M params (hidden {built['hidden']}, {built['layers']} layers, "
@@ -151,7 +151,7 @@ def _fmt_table(shape: str, built: dict, results: list[dict], updates: int, threa
         f"{'run':<38} {'s/update':>9} {'min-max':>13} {'warm-up':>8} {'CPU s/upd':>9} {'peak RSS':>10} "
         f"{'RSS@load':>9} {'trainable':>11} {'load s':>7} {'time/TRL':>9} {'CPU/TRL':>8} {'RSS/TRL':>8} {'load1':>10}",
     ]
-    for (impl, _mode, label), r in zip(RUNS, results, strict=True):
+    for (impl, _mode, label), r in zip(runs, results, strict=True):
         if "error" in r:
             lines.append(f"{label:<38} FAILED ({r['error']})")
             continue
@@ -176,12 +176,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per worker (0 = torch's default, one per core). Default 1: on a shared "
                              "2-core machine torch's default collapses under other jobs' load")
+    parser.add_argument("--runs", default=",".join(m for i, m, _ in RUNS if i == "ours"),
+                        help="comma-separated modes of ours to run beside TRL (default: all)")
     parser.add_argument("--workdir", default=None, help="parent of the temp dir for checkpoints (default: system tmp)")
     args = parser.parse_args(argv)
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown or args.updates < 1 or args.threads < 0:
         parser.error(f"unknown shapes {unknown} (choose from {sorted(SHAPES)}) or --updates < 1")
+    modes = {m.strip() for m in args.runs.split(",") if m.strip()}
+    if bad := modes - {m for i, m, _ in RUNS if i == "ours"}:
+        parser.error(f"--runs: unknown modes {sorted(bad)}")
+    runs = [run for run in RUNS if run[0] == "trl" or run[1] in modes]
 
     sys.path.insert(0, str(ROOT))
     venv = ensure_bench_venv()
@@ -203,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
             built = build_shape(shape, shape_dir)
             print(f"[{shape}] random-init Llama: {built['params']:,} parameters", flush=True)
             results = []
-            for impl, mode, label in RUNS:
+            for impl, mode, label in runs:
                 python = _venv_python(BENCH_VENV) if impl == "trl" else Path(sys.executable)
                 print(f"[{shape}] running {label} ...", flush=True)
                 r = run_worker(python, impl, mode, built, prompts_file, args.updates, args.threads, shape_dir)
@@ -214,12 +220,12 @@ def main(argv: list[str] | None = None) -> dict:
                           f"{r['update_cpu_s']}; torch threads {r['torch_threads']}), "
                           f"peak RSS {r['peak_rss_mib']:.0f} MiB, wall {r['wall_s']:.0f} s", flush=True)
                 results.append(r)
-            print(_fmt_table(shape, built, results, args.updates, args.threads), flush=True)
+            print(_fmt_table(shape, built, runs, results, args.updates, args.threads), flush=True)
             trl = results[0]
             entry = {"params": built["params"], "trl_s_per_update": round(trl.get("s_per_update", -1), 3),
                      "trl_cpu_s_per_update": round(trl.get("cpu_s_per_update", -1), 3),
                      "trl_peak_rss_mib": round(trl.get("peak_rss_mib", -1))}
-            for (_impl, mode, _), r in zip(RUNS[1:], results[1:], strict=True):
+            for (_impl, mode, _), r in zip(runs[1:], results[1:], strict=True):
                 if "error" in r or "error" in trl:
                     entry[mode] = {"error": r.get("error") or "TRL failed"}
                     continue

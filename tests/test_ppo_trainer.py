@@ -6,12 +6,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import sandbox_prompts
-from peft import LoraConfig
+from peft import LoraConfig, get_peft_model
 
 from rlhf_widgets.generation import encode_prompts
 from rlhf_widgets.models import load_causal_lm
 from rlhf_widgets.ppo import PPOConfig, PPOTrainer
-from rlhf_widgets.ppo.models import VALUE, SharedBackbone
+from rlhf_widgets.ppo.models import POLICY, VALUE, SharedBackbone
 from rlhf_widgets.sandbox import gold_score
 
 PROMPTS = sandbox_prompts(64, seed=21)
@@ -97,6 +97,47 @@ def test_value_adapter_on_top_layers_with_a_cached_trunk_equals_the_full_forward
     _, trunk_from_reference = backbone.reference_logits(**inputs, return_trunk=True)
     torch.testing.assert_close(trunk_from_reference, trunk, rtol=0, atol=0)
     assert len(stack.layers) == 4 and not isinstance(stack.norm, torch.nn.Identity)  # the stack is put back
+
+
+def test_adapter_switches_keep_exactly_our_trainable_set_and_route_like_peft() -> None:
+    """Our cached adapter switch (not PeftModel.set_adapter) gives the same logits as PEFT's own switch, and
+    after every kind of forward exactly the policy and value weights require grad (an SFT adapter is the
+    frozen reference)."""
+    model, tok = load_causal_lm("sandbox")
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    sft = get_peft_model(model, lora)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in sft.named_parameters():
+            if "lora_" in name:
+                p.add_(0.05 * torch.randn_like(p))
+    batch = encode_prompts(tok, sandbox_prompts(4, seed=5))
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+              "position_ids": (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)}
+    with torch.no_grad():
+        sft_logits = sft(**inputs, use_cache=False).logits
+    backbone = SharedBackbone(sft, lora, value_layers=2)
+    assert backbone.has_reference_adapter
+    with torch.no_grad():  # the policy starts as a copy of the SFT adapter: move it away from the reference
+        for p in backbone.policy_parameters:
+            p.add_(0.05 * torch.randn_like(p))
+    ours = {id(p) for p in backbone.policy_parameters + backbone.value_parameters}
+
+    def trainable() -> set[int]:
+        return {id(p) for p in backbone.parameters() if p.requires_grad}
+
+    assert trainable() == ours
+    for call in (backbone.policy_logits, backbone.values, backbone.reference_logits, backbone.values,
+                 backbone.policy_logits):
+        call(**inputs)
+        assert trainable() == ours, call.__name__
+    torch.testing.assert_close(backbone.reference_logits(**inputs), sft_logits, rtol=0, atol=0)
+    policy = backbone.policy_logits(**inputs).detach()
+    assert not torch.allclose(policy, sft_logits, atol=1e-3)
+    backbone.values(**inputs)  # leaves the value adapter active
+    backbone.peft.set_adapter(POLICY)  # PEFT's own switch
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.peft(**inputs, use_cache=False).logits, policy, rtol=0, atol=0)
 
 
 def test_metric_names_follow_trl(tmp_path: Path) -> None:

@@ -71,13 +71,14 @@ class PPOConfig:
     """LoRA rank of the policy and value adapters (shared-base mode)"""
     lora_alpha: int = 32
     """LoRA alpha"""
-    value_layers_fraction: float = 1.0
+    value_layers_fraction: float = 0.5
     """shared-base mode: the share of the top decoder layers that carry the value adapter (rounded up). Below
-    them the value network is the frozen base, computed once per rollout, so each value forward/backward of
-    the PPO epochs runs only the top layers: at 0.5 about half the value network's time and activation
-    memory (135M benchmark: 0.67x of TRL's time instead of ~0.85x). Not the default: on the sandbox, 0.5
-    made the last updates of a 40-update run unstable (KL jumped from ~5 to 13-40 nats while gold fell);
-    1.0 = the value adapter on every layer"""
+    them the value network is the frozen base, computed once per rollout (read off the reference forward), so
+    each value forward/backward of the PPO epochs runs only the top layers: about half the value network's
+    time and activation memory (135M benchmark: 0.67x of TRL's time instead of ~0.85x). 1.0 = the value
+    adapter on every layer. On the sandbox both give the same gold score and KL (40-update runs, 4 seeds /
+    thread counts each); with an earlier, weaker reward model (one labeled pair per prompt) one run at 0.5 went
+    unstable in its last updates (KL 5 -> 13-40 nats) — if KL climbs late, try 1.0"""
     shared_base: bool = True
     """one base model for policy (adapter), reference (adapters off) and value (adapter + head);
     False = separate full models (plain mode)"""
