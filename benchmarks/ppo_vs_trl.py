@@ -13,9 +13,11 @@ loaded separately, the classifier as reward_model and a second copy of it as val
 
 Every run is its own subprocess — ours in this .venv, TRL in `.bench/trl-1.9.2` (made here on first use with
 `python3 -m venv`: torch 2.13.0, trl 1.9.2 and this .venv's transformers / peft / accelerate / datasets) — with
-one warm-up update and `--updates` timed ones; it reports the mean seconds per timed update and its peak RSS
-(`ru_maxrss`, the whole process: loading included); updates are also timed in process CPU seconds, which
-other jobs on the machine disturb less than wall time. `--threads` (default 1) fixes torch's threads per worker.
+one warm-up update and `--updates` timed ones. The runs of a shape alternate (TRL, ours, TRL, ours, …) for
+`--repeats` rounds — by default 3 at the tiny shape, whose seconds-long updates vary by ±20% from minute to
+minute on a shared machine, and 1 at 100m — and each run reports the median seconds per timed update over
+all its rounds and its peak RSS (`ru_maxrss`, the whole process: loading included); updates are also timed in
+process CPU seconds, which other jobs on the machine disturb less than wall time. `--threads` (default 1) fixes torch's threads per worker.
 Prints one table per shape, then one JSON line with the
 ratios ours/TRL. A benchmark that prints figures, not a test.
 """
@@ -27,6 +29,7 @@ import importlib.metadata as md
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +42,7 @@ BENCH_VENV = ROOT / ".bench" / "trl-1.9.2"
 READY = "bench-ready.json"
 PINNED = {"torch": "2.13.0", "trl": "1.9.2"}
 SAME_AS_VENV = ("transformers", "peft", "accelerate", "datasets")
+DEFAULT_REPEATS = {"tiny": 3, "100m": 1}
 SHAPES = {
     "tiny": {},  # the sandbox shape: rlhf_widgets.sandbox.pretrain.model_config
     "100m": dict(hidden_size=1024, num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=16,
@@ -142,12 +146,31 @@ def run_worker(python: Path, impl: str, mode: str, built: dict, prompts: Path, u
     return result
 
 
+def _merge_rounds(rounds: list[dict]) -> dict:
+    """One run's rounds as one result: the median over every timed update, the highest peak RSS."""
+    if failed := [r for r in rounds if "error" in r]:
+        return failed[0]
+    timed = [t for r in rounds for t in r["update_s"][1:]]
+    cpu = [t for r in rounds for t in r["update_cpu_s"][1:]]
+    merged = dict(rounds[0])
+    merged.update(
+        rounds=len(rounds), update_s=timed, update_cpu_s=cpu, s_per_update=statistics.median(timed),
+        cpu_s_per_update=statistics.median(cpu), s_min=min(timed), s_max=max(timed),
+        warmup_s=statistics.median(r["warmup_s"] for r in rounds),
+        peak_rss_mib=max(r["peak_rss_mib"] for r in rounds),
+        peak_rss_after_load_mib=max(r["peak_rss_after_load_mib"] for r in rounds),
+        load1_after=rounds[-1]["load1_after"],
+    )
+    return merged
+
+
 def _fmt_table(shape: str, built: dict, runs: list, results: list[dict], updates: int, threads: int) -> str:
     trl = next(r for r in results if r["impl"] == "trl")
     lines = [
         f"\n== shape {shape}: {built['params'] / 1e6:.2f}M params (hidden {built['hidden']}, {built['layers']} layers, "
         f"{built['heads']} heads, MLP {built['mlp']}, vocab {built['vocab']}) — batch 16, 24 new tokens, 4 PPO epochs, "
-        f"1 minibatch, CPU fp32, torch threads {threads or 'default'}; 1 warm-up + {updates} timed updates ==",
+        f"1 minibatch, CPU fp32, torch threads {threads or 'default'}; 1 warm-up + {updates} timed updates per run, "
+        f"{trl.get('rounds', 1)} alternating round(s); s/update = median ==",
         f"{'run':<38} {'s/update':>9} {'min-max':>13} {'warm-up':>8} {'CPU s/upd':>9} {'peak RSS':>10} "
         f"{'RSS@load':>9} {'trainable':>11} {'load s':>7} {'time/TRL':>9} {'CPU/TRL':>8} {'RSS/TRL':>8} {'load1':>10}",
     ]
@@ -176,6 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per worker (0 = torch's default, one per core). Default 1: on a shared "
                              "2-core machine torch's default collapses under other jobs' load")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="alternating rounds of the runs per shape (default: 3 at tiny, 1 at 100m)")
     parser.add_argument("--runs", default=",".join(m for i, m, _ in RUNS if i == "ours"),
                         help="comma-separated modes of ours to run beside TRL (default: all)")
     parser.add_argument("--workdir", default=None, help="parent of the temp dir for checkpoints (default: system tmp)")
@@ -208,18 +233,21 @@ def main(argv: list[str] | None = None) -> dict:
             shape_dir = Path(tmp) / shape
             built = build_shape(shape, shape_dir)
             print(f"[{shape}] random-init Llama: {built['params']:,} parameters", flush=True)
-            results = []
-            for impl, mode, label in runs:
-                python = _venv_python(BENCH_VENV) if impl == "trl" else Path(sys.executable)
-                print(f"[{shape}] running {label} ...", flush=True)
-                r = run_worker(python, impl, mode, built, prompts_file, args.updates, args.threads, shape_dir)
-                if "error" in r:
-                    print(f"[{shape}] {label} FAILED ({r['error']}):\n{r['log_tail']}", flush=True)
-                else:
-                    print(f"[{shape}]   {r['s_per_update']:.2f} s/update (each: {r['update_s']}; CPU s: "
-                          f"{r['update_cpu_s']}; torch threads {r['torch_threads']}), "
-                          f"peak RSS {r['peak_rss_mib']:.0f} MiB, wall {r['wall_s']:.0f} s", flush=True)
-                results.append(r)
+            rounds = args.repeats or DEFAULT_REPEATS.get(shape, 1)
+            per_run: list[list[dict]] = [[] for _ in runs]
+            for round_ in range(rounds):
+                for (impl, mode, label), got in zip(runs, per_run, strict=True):
+                    python = _venv_python(BENCH_VENV) if impl == "trl" else Path(sys.executable)
+                    print(f"[{shape}] running {label} (round {round_ + 1}/{rounds}) ...", flush=True)
+                    r = run_worker(python, impl, mode, built, prompts_file, args.updates, args.threads, shape_dir)
+                    if "error" in r:
+                        print(f"[{shape}] {label} FAILED ({r['error']}):\n{r['log_tail']}", flush=True)
+                    else:
+                        print(f"[{shape}]   {r['s_per_update']:.2f} s/update mean (each: {r['update_s']}; CPU s: "
+                              f"{r['update_cpu_s']}; torch threads {r['torch_threads']}), "
+                              f"peak RSS {r['peak_rss_mib']:.0f} MiB, wall {r['wall_s']:.0f} s", flush=True)
+                    got.append(r)
+            results = [_merge_rounds(got) for got in per_run]
             print(_fmt_table(shape, built, runs, results, args.updates, args.threads), flush=True)
             trl = results[0]
             entry = {"params": built["params"], "trl_s_per_update": round(trl.get("s_per_update", -1), 3),
