@@ -17,9 +17,9 @@ one warm-up update and `--updates` timed ones. The runs of a shape alternate (TR
 `--repeats` rounds — by default 3 at the tiny shape, whose seconds-long updates vary by ±20% from minute to
 minute on a shared machine, and 1 at 100m — and each run reports the median seconds per timed update over
 all its rounds and its peak RSS (`ru_maxrss`, the whole process: loading included); updates are also timed in
-process CPU seconds, which other jobs on the machine disturb less than wall time. `--threads` (default 1) fixes torch's threads per worker.
-Prints one table per shape, then one JSON line with the
-ratios ours/TRL. A benchmark that prints figures, not a test.
+process CPU seconds, which other jobs on the machine disturb less than wall time. `--threads` (default 1) fixes
+torch's threads per worker. Prints one table per shape, then one JSON line with the ratios ours/TRL. A benchmark
+that prints figures, not a test.
 """
 
 from __future__ import annotations

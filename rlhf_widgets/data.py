@@ -100,6 +100,20 @@ def split_by_prompt(dataset: datasets.Dataset, test_size: float, seed: int = 0) 
     return datasets.DatasetDict(train=dataset.select(train), test=dataset.select(test))
 
 
+def one_pair_per_prompt(dataset: datasets.Dataset) -> datasets.Dataset:
+    """The first pair of each prompt, in order (a dataset without a `prompt` column is returned as is)."""
+    if "prompt" not in dataset.column_names:
+        return dataset
+    seen: set[str] = set()
+    keep = []
+    for i, prompt in enumerate(dataset["prompt"]):
+        key = json.dumps(prompt, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return dataset.select(keep)
+
+
 # ------------------------------------------------------------------------------------ errors and report
 @dataclass(frozen=True)
 class RowProblem:

@@ -119,10 +119,13 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
             trainer.train(show_progress=False)
             state["ppo_path"], logs["ppo"] = trainer.output_dir / "last" / "policy", trainer.metrics
         elif stage == "dpo":
+            from rlhf_widgets.data import one_pair_per_prompt
             from rlhf_widgets.dpo import DPOStageConfig, train_dpo
 
-            dpo = train_dpo(state["pairs"], DPOStageConfig(output_dir=str(out / "dpo"), seed=config.seed),
-                            model=str(state["sft_path"]))
+            # one pair per prompt: on all 6 pairs among 4 answers (each answer in 3 of them) DPO did worse, at
+            # 2.4x the time (gold win rate over SFT 0.59 after 1 or 2 epochs, against 0.63)
+            dpo = train_dpo(one_pair_per_prompt(state["pairs"]),
+                            DPOStageConfig(output_dir=str(out / "dpo"), seed=config.seed), model=str(state["sft_path"]))
             state["dpo_path"], logs["dpo"] = dpo.model_path, dpo.metrics
         elif stage == "evaluate":
             result.numbers["comparison"] = _compare(state, config)

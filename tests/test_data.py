@@ -23,6 +23,7 @@ from rlhf_widgets.data import (
     as_messages,
     last_user_content,
     load_preferences,
+    one_pair_per_prompt,
     save_preferences,
     split_by_prompt,
 )
@@ -368,3 +369,5 @@ def test_split_by_prompt_keeps_each_prompt_on_one_side() -> None:
     assert len(split_by_prompt(dataset.remove_columns("prompt"), 0.25)["test"]) == 15
     with pytest.raises(ValueError, match="test_size=1.5"):
         split_by_prompt(dataset, 1.5)
+    firsts = one_pair_per_prompt(dataset)
+    assert firsts["chosen"] == [[{"role": "assistant", "content": f"good {i}"}] for i in range(0, 60, 3)]

@@ -6,9 +6,10 @@
                 copy of the SFT adapter ("reference") when the SFT model itself is an adapter
     value     = adapter "value" + a scalar head on the last hidden state (trainable). The value adapter
                 may sit on the top `value_layers` decoder layers only (PPOConfig.value_layers_fraction, by
-                default 0.5: the top half): below them the value network is the frozen base, so that "trunk" is computed once per
-                rollout (`value_trunk`) and every value forward/backward of the PPO epochs runs the top
-                layers alone — at half the layers, about half the value network's cost and memory.
+                default 0.5: the top half): below them the value network is the frozen base, so that "trunk"
+                is computed once per rollout (`value_trunk`) and every value forward/backward of the PPO
+                epochs runs the top layers alone — at half the layers, about half the value network's cost
+                and memory.
 `SeparateModels` — plain mode: full trainable policy, a frozen reference copy, a separate value
     network. Simple and exact, at ~3x the memory.
 
