@@ -49,7 +49,8 @@ pytestmark = [
 # Arm before an action: resolves with ms from the next click / keydown to the first change of the
 # prompt or left response (or rejects if nothing changes within the timeout).
 ARM = """(timeoutMs) => {
-  const targets = document.querySelectorAll('.rlhfw-prompt, .rlhfw-left');
+  // pairs of one prompt can share the prompt and the left answer: the pair header always changes
+  const targets = document.querySelectorAll('.rlhfw-pair, .rlhfw-prompt, .rlhfw-left, .rlhfw-right');
   window.__rlhfwChange = new Promise((resolve, reject) => {
     let t0 = null;
     const start = () => { if (t0 === null) t0 = performance.now(); };
@@ -214,15 +215,18 @@ def _wait_for_notebook(page) -> dict:
         time.sleep(1)
 
 
-def _shown(page) -> tuple[str, str]:
-    return (_normalised(page.inner_text(".rlhfw-left .rlhfw-text")),
+def _shown(page) -> tuple[int, str, str]:
+    """(pair id in the panel's header, left text, right text) as displayed."""
+    header = re.match(r"Pair (\d+)\b", _normalised(page.inner_text(".rlhfw-pair")))
+    assert header, f"no pair id in the header {page.inner_text('.rlhfw-pair')!r}"
+    return (int(header.group(1)), _normalised(page.inner_text(".rlhfw-left .rlhfw-text")),
             _normalised(page.inner_text(".rlhfw-right .rlhfw-text")))
 
 
 def _act(page, name: str, action) -> float:
     """Do `action()` and return ms until the panel changed; then wait until the panel has settled."""
     status_before = page.inner_text(".rlhfw-status")
-    assert page.evaluate(ARM, CHANGE_TIMEOUT_MS) == 2, "prompt or left response missing from the panel"
+    assert page.evaluate(ARM, CHANGE_TIMEOUT_MS) == 4, "pair header, prompt or a response missing from the panel"
     action()
     try:
         ms = page.evaluate("() => window.__rlhfwChange")
@@ -253,11 +257,11 @@ def _pairs(db: Path) -> dict[int, tuple[str, str]]:
     return {pair_id: (_normalised(a), _normalised(b)) for pair_id, a, b in rows}
 
 
-def _which_pair(pairs: dict[int, tuple[str, str]], left: str, right: str) -> tuple[int, bool]:
-    """(pair id, swapped) of the pair displayed with these texts."""
-    found = [(pid, (a, b) == (right, left)) for pid, (a, b) in pairs.items() if {a, b} == {left, right}]
-    assert len(found) == 1, f"{len(found)} stored pairs match the displayed texts {left!r} / {right!r}"
-    return found[0]
+def _which_pair(pairs: dict[int, tuple[str, str]], pair_id: int, left: str, right: str) -> tuple[int, bool]:
+    """(pair id, swapped) of the displayed pair, after checking its texts are that stored pair's."""
+    a, b = pairs[pair_id]
+    assert {a, b} == {left, right}, f"pair {pair_id} is {a!r} / {b!r} but the panel shows {left!r} / {right!r}"
+    return pair_id, (a, b) == (right, left)
 
 
 @pytest.mark.timeout(900)

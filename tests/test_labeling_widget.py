@@ -66,7 +66,7 @@ def choices(store: PreferenceStore, annotator: str = "human") -> list[tuple[int,
 def test_every_part_has_a_stable_class(store: PreferenceStore) -> None:
     panel = LabelingPanel(store)
     assert "rlhfw-panel" in panel._dom_classes
-    for css_class in ("rlhfw-prompt", "rlhfw-left", "rlhfw-right", "rlhfw-choices", "rlhfw-btn-a",
+    for css_class in ("rlhfw-pair", "rlhfw-prompt", "rlhfw-left", "rlhfw-right", "rlhfw-choices", "rlhfw-btn-a",
                       "rlhfw-btn-b", "rlhfw-btn-tie", "rlhfw-btn-skip", "rlhfw-btn-undo", "rlhfw-key-target",
                       "rlhfw-progress", "rlhfw-count", "rlhfw-annotator", "rlhfw-note", "rlhfw-legend",
                       "rlhfw-done", "rlhfw-status"):
@@ -85,6 +85,26 @@ def test_keys_record_through_the_store(store: PreferenceStore, key: str, stored:
     assert by_class(panel, "rlhfw-count").value == "1 / 3 labeled"
     assert by_class(panel, "rlhfw-progress").value == 1
     panel.close()
+
+
+def test_pair_header_tells_a_new_pair_of_the_same_prompt_apart(tmp_path: Path) -> None:
+    """Pairs among several answers share a prompt and often the side shown: the header must change."""
+    with PreferenceStore(tmp_path / "shared.sqlite") as store:
+        store.add_pairs([{"prompt": "p", "response_a": "x", "response_b": "y"},
+                         {"prompt": "p", "response_a": "x", "response_b": "z"},
+                         {"prompt": "q", "response_a": "x", "response_b": "y"}])
+        panel = LabelingPanel(store)
+        header = by_class(panel, "rlhfw-pair")
+        assert header.value == "<b>Pair 1</b>"
+        panel._handle_keystroke({"key": "1"})
+        assert header.value == "<b>Pair 2</b> — same prompt, other answers"
+        panel._on_annotator({"old": "human", "new": "human"})  # a re-render of the same pair keeps it
+        assert header.value == "<b>Pair 2</b> — same prompt, other answers"
+        panel._handle_keystroke({"key": "1"})
+        assert header.value == "<b>Pair 3</b>"
+        panel._handle_keystroke({"key": "Backspace"})
+        assert header.value == "<b>Pair 2</b>"  # came back from another prompt
+        panel.close()
 
 
 def test_other_keys_do_nothing(store: PreferenceStore) -> None:

@@ -154,6 +154,7 @@ class LabelingPanel(widgets.VBox):
         self._owns_store = owns_store
         self._session_options = {"seed": seed, "evaluation": evaluation, "source_key": source_key}
         self.session = LabelingSession(self.store, annotator, **self._session_options)
+        self._shown_prompt: tuple[int, Prompt] | None = None  # (pair id, prompt) last rendered
 
         self._annotator = widgets.Text(value=annotator, description="Annotator", continuous_update=False)
         self._annotator.add_class("rlhfw-annotator")
@@ -162,6 +163,8 @@ class LabelingPanel(widgets.VBox):
         self._progress.add_class("rlhfw-progress")
         self._count = widgets.HTML()
         self._count.add_class("rlhfw-count")
+        self._pair = widgets.HTML()
+        self._pair.add_class("rlhfw-pair")
         self._prompt = widgets.HTML()
         self._prompt.add_class("rlhfw-prompt")
         self._left = widgets.HTML(layout=widgets.Layout(flex="1 1 0", min_width="0"))
@@ -196,6 +199,7 @@ class LabelingPanel(widgets.VBox):
 
         super().__init__([
             widgets.HBox([self._annotator, self._progress, self._count]),
+            self._pair,
             self._prompt,
             self._responses,
             self._done,
@@ -252,7 +256,7 @@ class LabelingPanel(widgets.VBox):
         self._progress.value = done
         self._count.value = f"{done} / {total} labeled"
         shown: ShownPair | None = self.session.current
-        for part in (self._prompt, self._responses, self._choices):
+        for part in (self._pair, self._prompt, self._responses, self._choices):
             _hide(part, shown is None)
         _hide(self._done, shown is not None)
         if shown is None:
@@ -261,6 +265,12 @@ class LabelingPanel(widgets.VBox):
                 "Export with <code>store.to_dataset()</code>; Undo brings back your last pair."
             )
             return
+        # several pairs may share a prompt (and one answer): say so, or a new pair can look unchanged
+        last = self._shown_prompt
+        if last is None or last[0] != shown.id:
+            same = last is not None and last[1] == shown.prompt
+            self._pair.value = f"<b>Pair {shown.id}</b>" + (" — same prompt, other answers" if same else "")
+            self._shown_prompt = (shown.id, shown.prompt)
         self._prompt.value = prompt_html(shown.prompt)
         self._left.value = _side_html("A", shown.left_source, shown.left)
         self._right.value = _side_html("B", shown.right_source, shown.right)
