@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import sandbox_prompts
 from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import Linear as LoraLinear
 
 from rlhf_widgets.generation import encode_prompts
 from rlhf_widgets.models import load_causal_lm
@@ -138,6 +139,60 @@ def test_adapter_switches_keep_exactly_our_trainable_set_and_route_like_peft() -
     backbone.peft.set_adapter(POLICY)  # PEFT's own switch
     with torch.no_grad():
         torch.testing.assert_close(backbone.peft(**inputs, use_cache=False).logits, policy, rtol=0, atol=0)
+
+
+def _perturbed_backbone(model, lora: LoraConfig, **kwargs) -> SharedBackbone:
+    backbone = SharedBackbone(model, lora, value_layers=2, **kwargs)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a fresh policy adapter is a no-op (B = 0): give it a delta that matters
+        for p in backbone.policy_parameters:
+            p.add_(0.05 * torch.randn_like(p))
+    return backbone
+
+
+def test_merged_generation_samples_like_the_adapter_path_and_never_writes_the_base() -> None:
+    model, tok = load_causal_lm("sandbox")
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    backbone = _perturbed_backbone(model, lora)
+    assert backbone.merge_for_generation  # float32 and tiny: on by default
+    frozen = {n: (p, p.detach().clone()) for n, p in backbone.peft.named_parameters() if "lora_" not in n}
+    trainable = {n for n, p in backbone.named_parameters() if p.requires_grad}
+    batch = encode_prompts(tok, sandbox_prompts(6, seed=8))
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+              "position_ids": (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)}
+    with torch.no_grad():
+        adapter_logits = backbone.policy_logits(**inputs)
+        with backbone._merged_policy():
+            merged_logits = backbone.peft(**inputs, use_cache=False).logits
+        reference_logits = backbone.reference_logits(**inputs)
+    assert not torch.allclose(adapter_logits, reference_logits, atol=1e-2)  # the delta matters…
+    torch.testing.assert_close(merged_logits, adapter_logits, rtol=1e-5, atol=1e-5)  # …and is applied once
+
+    def greedy() -> torch.Tensor:
+        with torch.no_grad():
+            return backbone.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                     do_sample=False, max_new_tokens=16, pad_token_id=tok.pad_token_id)
+
+    merged = greedy()
+    backbone.merge_for_generation = False
+    torch.testing.assert_close(greedy(), merged, rtol=0, atol=0)
+    for name, (param, before) in frozen.items():  # the same tensors, bit for bit: the reference is intact
+        assert dict(backbone.peft.named_parameters())[name] is param
+        torch.testing.assert_close(param.detach(), before, rtol=0, atol=0, msg=name)
+    assert {n for n, p in backbone.named_parameters() if p.requires_grad} == trainable
+    assert sum(isinstance(m, LoraLinear) for m in backbone.peft.modules()) == len(backbone._policy_linears) > 0
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.policy_logits(**inputs), adapter_logits, rtol=0, atol=0)
+
+
+def test_merge_for_generation_is_automatic_for_float32_only(monkeypatch) -> None:
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    model, _ = load_causal_lm("sandbox")
+    assert not SharedBackbone(model.to(torch.bfloat16), lora).merge_for_generation
+    with pytest.raises(ValueError, match=r"merge_for_generation=True needs float32 base weights.*bfloat16"):
+        SharedBackbone(load_causal_lm("sandbox")[0].to(torch.bfloat16), lora, merge_for_generation=True)
+    monkeypatch.setattr("rlhf_widgets.ppo.models.MERGE_AUTO_MAX_BYTES", 1024)  # too big to copy: off
+    assert not SharedBackbone(load_causal_lm("sandbox")[0], lora).merge_for_generation
 
 
 def test_metric_names_follow_trl(tmp_path: Path) -> None:

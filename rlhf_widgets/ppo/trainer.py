@@ -191,7 +191,8 @@ class PPOTrainer:
             lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
                               target_modules="all-linear", task_type="CAUSAL_LM")
             self.backend = SharedBackbone(base, lora, activation_checkpointing=config.use_activation_checkpointing,
-                                          value_layers=config.value_layers(base.config.num_hidden_layers))
+                                          value_layers=config.value_layers(base.config.num_hidden_layers),
+                                          merge_for_generation=config.merge_for_generation)
         else:
             self.backend = SeparateModels(base)
         self.backend.value_head.to(self.accelerator.device)
