@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
         result = {
             "shape": args.shape, "device": torch.cuda.get_device_name() if cuda else "cpu",
             "parameters_billion": round(n_params / 1e9, 3),
-            "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size, "new_tokens": args.new_tokens, "ppo_epochs": args.ppo_epochs,
+            "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size, "new_tokens": args.new_tokens,
+            "ppo_epochs": args.ppo_epochs,
             "seconds_per_update": round(sum(times) / len(times), 2),
             "generated_tokens_per_s": round(tokens / sum(times), 1),
             "peak_gpu_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,

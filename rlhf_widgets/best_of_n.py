@@ -74,7 +74,8 @@ class BestOfNSampler:
                  seed: int = 0) -> None:
         if n < 1:
             raise ValueError(f"BestOfNSampler: n={n} must be >= 1")
-        self.model_path, self.reward_model, self.n, self.settings, self.seed = model_path, reward_model, n, settings, seed
+        self.model_path, self.reward_model, self.n = model_path, reward_model, n
+        self.settings, self.seed = settings, seed
         self.last: BestOfN | None = None
 
     @property

@@ -128,7 +128,8 @@ def win_rate(
     ties = sum(x == y for x, y in zip(a, b, strict=True))
     n = len(a)
     return {"win_rate": (wins + ties / 2) / n if n else float("nan"), "wins": wins, "ties": ties,
-            "losses": n - wins - ties, "n": n, "mean_score": float(np.mean(a)), "baseline_mean_score": float(np.mean(b))}
+            "losses": n - wins - ties, "n": n, "mean_score": float(np.mean(a)),
+            "baseline_mean_score": float(np.mean(b))}
 
 
 @torch.no_grad()

@@ -37,7 +37,8 @@ def gold_reward(prompts: list, completions: list, **_: object) -> list[float]:
 
 
 class SampleRecorder:
-    """Wraps a TRL reward function; on the first and every `every`-th call logs a few (prompt, completion, reward) rows."""
+    """Wraps a TRL reward function; on the first and every `every`-th call logs a few (prompt, completion,
+    reward) rows."""
 
     def __init__(self, reward_fn: RewardFn, metrics: MetricsLog, every: int = 5, rows: int = 4) -> None:
         self.reward_fn, self.metrics, self.every, self.rows = reward_fn, metrics, every, rows

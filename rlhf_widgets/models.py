@@ -164,7 +164,8 @@ def _from_pretrained(auto_cls: Any, path: str, cfg: ModelConfig, device: torch.d
     quant = quantization_config(cfg, device, dtype)
     if quant is not None:
         check_4bit_supported(_load_hf_config(path), device)
-        kwargs.update(quantization_config=quant, device_map={"": device.index or 0} if device.type == "cuda" else {"": "cpu"})
+        device_map = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
+        kwargs.update(quantization_config=quant, device_map=device_map)
     try:
         model = auto_cls.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation, **kwargs)
     except OSError as err:

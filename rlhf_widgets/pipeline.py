@@ -173,7 +173,8 @@ def write_report(out: Path, config: QuickstartConfig, result: QuickstartResult, 
                      "<th>policy</th>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>")
         for name, row in comparison.items():
             cells = "".join(
-                f"<td>{row[c]:.3f}</td>" if isinstance(row.get(c), float) else f"<td>{html.escape(str(row.get(c, '')))}</td>"
+                f"<td>{row[c]:.3f}</td>" if isinstance(row.get(c), float)
+                else f"<td>{html.escape(str(row.get(c, '')))}</td>"
                 for c in cols
             )
             parts.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")

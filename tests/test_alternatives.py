@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import label_rows, sandbox_prompts
+
 from rlhf_widgets.best_of_n import BestOfNSampler, best_of_n
 from rlhf_widgets.config import ModelConfig
 from rlhf_widgets.evaluate import best_of_n_curve, best_of_n_kl, compare_policies, evaluation_store, win_rate
@@ -120,7 +120,8 @@ def test_compare_policies_table_and_blind_store(sft_model_dir: Path, tmp_path: P
 def test_report_figures_draw_the_numbers() -> None:
     report = {"chosen_scores": [1.0, 2.0], "rejected_scores": [0.0, 0.5], "accuracy": 1.0, "mean_margin": 1.25,
               "n_pairs": 2, "expected_calibration_error": 0.1,
-              "calibration": [{"predicted": 0.3, "observed": 0.0, "count": 2}, {"predicted": 0.7, "observed": 1.0, "count": 2}],
+              "calibration": [{"predicted": 0.3, "observed": 0.0, "count": 2},
+                              {"predicted": 0.7, "observed": 1.0, "count": 2}],
               "length": {"bins": [{"low": -math.inf, "high": -10, "accuracy": 0.4, "count": 3},
                                   {"low": 3, "high": 10, "accuracy": 0.9, "count": 5}],
                          "prefers_longer": 0.8, "gold_prefers_longer": 0.5}}

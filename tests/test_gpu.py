@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import label_rows, sandbox_prompts
+
 from rlhf_widgets.config import ModelConfig
 from rlhf_widgets.generation import generate
 from rlhf_widgets.models import load_causal_lm

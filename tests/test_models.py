@@ -36,7 +36,8 @@ def test_reward_backbone_has_one_score_and_right_padding(hub_like_model_dir: Pat
 
 
 def test_unknown_hub_id_offline_gives_clear_error() -> None:
-    with pytest.raises(ModelLoadError, match="not a local directory.*no-such-org/no-such-model|no-such-org/no-such-model.*not a local"):
+    with pytest.raises(ModelLoadError,
+                       match="not a local directory.*no-such-org/no-such-model|no-such-org/no-such-model.*not a local"):
         load_causal_lm("no-such-org/no-such-model")
 
 

@@ -74,7 +74,8 @@ def test_tour_runs_headless(tmp_path: Path) -> None:
     # 01: a live dashboard (FigureWidget) and a trained model that beats the base model on gold
     assert "loss" in figure_trace_names(books["01_sft"])  # the live dashboard drew the training loss
     assert (runs / "sft" / "final" / "model.safetensors").is_file()
-    table = next(o for o in outputs(books["01_sft"]) if "text/html" in o.get("data", {}) and "gold_win_rate" in o["data"]["text/html"])
+    table = next(o for o in outputs(books["01_sft"])
+                 if "text/html" in o.get("data", {}) and "gold_win_rate" in o["data"]["text/html"])
     assert table is not None
     # 02: labels in the store from the simulated annotator and gold; an export
     with sqlite3.connect(runs / "labels.sqlite") as conn:

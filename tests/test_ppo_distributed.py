@@ -15,7 +15,8 @@ def test_two_cpu_processes_keep_identical_replicas(tmp_path: Path) -> None:
            "PYTHONPATH": os.pathsep.join([str(WORKER.parents[1]), os.environ.get("PYTHONPATH", "")])}
     # `--multi_gpu` selects accelerate's torchrun launcher; with no GPU the processes train on CPU over gloo
     # (`--cpu` alone would start a single process)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533", str(WORKER),
            str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

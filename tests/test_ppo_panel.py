@@ -4,8 +4,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import sandbox_prompts
+
 from rlhf_widgets.ppo import PPOConfig, PPOPanel, PPOTrainer
 from rlhf_widgets.sandbox import gold_score
 

@@ -7,8 +7,8 @@ as KL to the SFT model grows, the proxy keeps rising while the gold score peaks 
 from pathlib import Path
 
 import pytest
-
 from conftest import sandbox_prompts
+
 from rlhf_widgets.best_of_n import best_of_n
 from rlhf_widgets.evaluate import best_of_n_curve, ppo_overoptimization_curve, sample_policy, win_rate
 from rlhf_widgets.models import load_causal_lm

@@ -19,7 +19,7 @@ PROMPTS = sandbox_prompts(64, seed=21)
 
 
 def gold_reward(prompts, responses):
-    return [gold_score(p, r) for p, r in zip(prompts, responses)]
+    return [gold_score(p, r) for p, r in zip(prompts, responses, strict=True)]
 
 
 def small_config(tmp_path: Path, **overrides) -> PPOConfig:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import label_rows, sandbox_prompts
+
 from rlhf_widgets.config import ModelConfig
 from rlhf_widgets.evaluate import reward_report
 from rlhf_widgets.reward import RewardModel, RewardStageConfig, train_reward_model
@@ -45,7 +45,7 @@ def test_scores_are_deterministic_batched_and_normalisable(trained_reward) -> No
     rm = trained_reward.reward_model
     prompts = ["My order #12345 hasn't arrived. What should I do?"] * 3
     responses = ["Check your tracking number.", "That is not my problem.", "Hello! I'm sorry. Check your tracking."]
-    one_by_one = torch.cat([rm.score([p], [r], normalize=False) for p, r in zip(prompts, responses)])
+    one_by_one = torch.cat([rm.score([p], [r], normalize=False) for p, r in zip(prompts, responses, strict=True)])
     batched = rm.score(prompts, responses, normalize=False)
     assert torch.allclose(one_by_one, batched, atol=1e-5)
     rm_copy = RewardModel(rm.model, rm.tokenizer)
@@ -73,7 +73,8 @@ def test_verbosity_biased_labels_show_in_the_length_report(biased_reward, traine
     held_out = label_rows(sft_pair_rows[-120:], SimulatedAnnotator(temperature=0.5, seed=5))
     rep_b = reward_report(biased_reward.reward_model, held_out, gold=gold_score)
     rep_f = reward_report(trained_reward.reward_model, held_out, gold=gold_score)
-    assert rep_b["length"]["prefers_longer"] > rep_f["length"]["prefers_longer"] + 0.1, (rep_b["length"], rep_f["length"])
+    assert rep_b["length"]["prefers_longer"] > rep_f["length"]["prefers_longer"] + 0.1, \
+        (rep_b["length"], rep_f["length"])
     assert rep_b["length"]["prefers_longer"] > rep_b["length"]["gold_prefers_longer"]
 
 

@@ -3,8 +3,8 @@
 from pathlib import Path
 
 import torch
-
 from conftest import sandbox_prompts
+
 from rlhf_widgets.config import ModelConfig
 from rlhf_widgets.generation import SamplingSettings, generate
 from rlhf_widgets.metrics import MetricsLog
@@ -16,7 +16,7 @@ from rlhf_widgets.sft import SFTStageConfig, train_sft
 def _gold_and_eos(model_path: str, prompts: list[str]) -> tuple[float, float]:
     model, tok = load_causal_lm(model_path)
     outs = generate(model, tok, prompts, SamplingSettings(max_new_tokens=64), seed=0)
-    gold = sum(gold_score(p, o.text) for p, o in zip(prompts, outs)) / len(prompts)
+    gold = sum(gold_score(p, o.text) for p, o in zip(prompts, outs, strict=True)) / len(prompts)
     return gold, sum(o.ended_with_eos for o in outs) / len(outs)
 
 

@@ -118,7 +118,8 @@ class PPOConfig:
             "mini_batch_size": 0 < self.mini_batch_size <= self.batch_size
             and self.batch_size % self.mini_batch_size == 0,
             "micro_batch_size": self.micro_batch_size is None
-            or (0 < self.micro_batch_size <= self.mini_batch_size and self.mini_batch_size % self.micro_batch_size == 0),
+            or (0 < self.micro_batch_size <= self.mini_batch_size
+                and self.mini_batch_size % self.micro_batch_size == 0),
             "ppo_epochs": self.ppo_epochs > 0,
             "learning_rate": self.learning_rate > 0 and math.isfinite(self.learning_rate),
             "max_new_tokens": self.max_new_tokens > 0,

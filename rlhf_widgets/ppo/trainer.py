@@ -149,7 +149,9 @@ def release_freed_memory() -> None:
 
 
 def _score_to_tensor(scores) -> torch.Tensor:
-    return scores.detach().float().cpu() if isinstance(scores, torch.Tensor) else torch.tensor(scores, dtype=torch.float)
+    if isinstance(scores, torch.Tensor):
+        return scores.detach().float().cpu()
+    return torch.tensor(scores, dtype=torch.float)
 
 
 class PPOTrainer:
@@ -312,7 +314,8 @@ class PPOTrainer:
         trunks = torch.cat(trunks) if trunks[0] is not None else None
 
         # 4. score the decoded responses; penalise those cut off before EOS
-        texts = [tok.decode(r[m.bool()], skip_special_tokens=True).strip() for r, m in zip(responses, r_mask)]
+        texts = [tok.decode(r[m.bool()], skip_special_tokens=True).strip()
+                 for r, m in zip(responses, r_mask, strict=True)]
         prompt_texts = [last_user_content(p) if not isinstance(p, str) else p for p in prompts]
         scores = _score_to_tensor(self.score_fn(prompts, texts)).to(dev)
         if cfg.missing_eos_penalty:
@@ -407,7 +410,7 @@ class PPOTrainer:
         })
         gold_scores = None
         if self.gold is not None:
-            gold_scores = [self.gold(p, t) for p, t in zip(prompt_texts, texts)]
+            gold_scores = [self.gold(p, t) for p, t in zip(prompt_texts, texts, strict=True)]
             metrics["gold/score"] = sum(gold_scores) / len(gold_scores)
         metrics = self._average_across_processes(metrics)
         metrics["eps"] = n_episodes / (time.perf_counter() - start)
@@ -428,7 +431,8 @@ class PPOTrainer:
         total = num_updates if num_updates is not None else self.config.num_updates
         control = self.control
         control.state = "running"
-        bar = tqdm(total=total, initial=min(self.update, total), desc="PPO", disable=not (show_progress and self.is_main))
+        bar = tqdm(total=total, initial=min(self.update, total), desc="PPO",
+                   disable=not (show_progress and self.is_main))
         try:
             while self.update < total:
                 if not control._resume.is_set():
@@ -511,7 +515,7 @@ class PPOTrainer:
         keys = sorted(metrics)
         values = torch.tensor([metrics[k] for k in keys], device=self.accelerator.device, dtype=torch.float64)
         values = self.accelerator.reduce(values, reduction="mean")
-        return dict(zip(keys, values.tolist()))
+        return dict(zip(keys, values.tolist(), strict=True))
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, path: str | Path) -> Path:
