@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import sandbox_prompts
 from peft import LoraConfig, get_peft_model
-from peft.tuners.lora import Linear as LoraLinear
+from peft.tuners.lora import LoraLayer
+from transformers import LogitsProcessorList
 
 from rlhf_widgets.generation import encode_prompts
 from rlhf_widgets.models import load_causal_lm
@@ -163,24 +164,41 @@ def test_merged_generation_samples_like_the_adapter_path_and_never_writes_the_ba
     with torch.no_grad():
         adapter_logits = backbone.policy_logits(**inputs)
         with backbone._merged_policy():
+            assert not any(isinstance(m, LoraLayer) for m in backbone.peft.modules())  # plain linears now
             merged_logits = backbone.peft(**inputs, use_cache=False).logits
         reference_logits = backbone.reference_logits(**inputs)
     assert not torch.allclose(adapter_logits, reference_logits, atol=1e-2)  # the delta matters…
     torch.testing.assert_close(merged_logits, adapter_logits, rtol=1e-5, atol=1e-5)  # …and is applied once
 
-    def greedy() -> torch.Tensor:
+    adapters_seen: list[bool] = []  # per generated token: were the LoRA layers in the model?
+
+    def watch(_ids, scores):
+        adapters_seen.append(any(isinstance(m, LoraLayer) for m in backbone.peft.modules()))
+        return scores
+
+    def greedy(fail: bool = False) -> torch.Tensor:
+        def processor(ids, scores):
+            if fail and len(adapters_seen) > 3:
+                raise RuntimeError("stop mid-generation")
+            return watch(ids, scores)
         with torch.no_grad():
             return backbone.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                     do_sample=False, max_new_tokens=16, pad_token_id=tok.pad_token_id)
+                                     do_sample=False, max_new_tokens=16, pad_token_id=tok.pad_token_id,
+                                     logits_processor=LogitsProcessorList([processor]))
 
     merged = greedy()
+    assert adapters_seen and not any(adapters_seen)  # sampled on merged weights
+    with pytest.raises(RuntimeError, match="stop mid-generation"):
+        greedy(fail=True)  # …and a generate that fails half-way still puts everything back (checked below)
+    adapters_seen.clear()
     backbone.merge_for_generation = False
     torch.testing.assert_close(greedy(), merged, rtol=0, atol=0)
+    assert all(adapters_seen)
     for name, (param, before) in frozen.items():  # the same tensors, bit for bit: the reference is intact
         assert dict(backbone.peft.named_parameters())[name] is param
         torch.testing.assert_close(param.detach(), before, rtol=0, atol=0, msg=name)
     assert {n for n, p in backbone.named_parameters() if p.requires_grad} == trainable
-    assert sum(isinstance(m, LoraLinear) for m in backbone.peft.modules()) == len(backbone._policy_linears) > 0
+    assert sum(isinstance(m, LoraLayer) for m in backbone.peft.modules()) == len(backbone._policy_linears) > 0
     with torch.no_grad():
         torch.testing.assert_close(backbone.policy_logits(**inputs), adapter_logits, rtol=0, atol=0)
 
@@ -189,8 +207,14 @@ def test_merge_for_generation_is_automatic_for_float32_only(monkeypatch) -> None
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     model, _ = load_causal_lm("sandbox")
     assert not SharedBackbone(model.to(torch.bfloat16), lora).merge_for_generation
-    with pytest.raises(ValueError, match=r"merge_for_generation=True needs float32 base weights.*bfloat16"):
+    with pytest.raises(ValueError, match=r"=True: needs float32 base weights.*holds torch.bfloat16"):
         SharedBackbone(load_causal_lm("sandbox")[0].to(torch.bfloat16), lora, merge_for_generation=True)
+    for extra in ({"use_dora": True}, {"lora_bias": True}):  # the merged weight would leave these out
+        variant = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM",
+                             **extra)
+        assert not SharedBackbone(load_causal_lm("sandbox")[0], variant).merge_for_generation
+        with pytest.raises(ValueError, match="uses DoRA or a LoRA bias"):
+            SharedBackbone(load_causal_lm("sandbox")[0], variant, merge_for_generation=True)
     monkeypatch.setattr("rlhf_widgets.ppo.models.MERGE_AUTO_MAX_BYTES", 1024)  # too big to copy: off
     assert not SharedBackbone(load_causal_lm("sandbox")[0], lora).merge_for_generation
 
@@ -213,6 +237,10 @@ def test_metric_names_follow_trl(tmp_path: Path) -> None:
 def test_4bit_shared_base_runs_on_cpu(tmp_path: Path) -> None:
     trainer = PPOTrainer(small_config(tmp_path, load_in_4bit=True), "sandbox", gold_reward, PROMPTS)
     assert getattr(trainer.backend.peft.get_base_model(), "is_loaded_in_4bit", False)
+    assert not trainer.backend.merge_for_generation  # 4-bit weights can't hold W + ΔW
+    with pytest.raises(ValueError, match=r"merge_for_generation=True: .*Linear4bit, not a plain LoRA linear"):
+        PPOTrainer(small_config(tmp_path, load_in_4bit=True, merge_for_generation=True), "sandbox", gold_reward,
+                   PROMPTS)
     before = {k: v.clone() for k, v in trainer.backend.trainable_state().items()}
     metrics = trainer.step()
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())

@@ -90,9 +90,10 @@ class PPOConfig:
     merge_for_generation: bool | None = None
     """shared-base mode: sample from merged weights (W + the policy's LoRA delta, in a transient copy; the
     base tensors are never written) instead of running the adapter beside every linear at each generated
-    token (sandbox generation ~25% faster). True needs float32 base weights (the logits then match the adapter
-    path to rounding); None = on for float32 bases whose adapted weights take <= 64 MiB, off otherwise (at
-    135M params it saved no time and added the copy, +200 MB, to peak memory)"""
+    token (sandbox generation ~25% faster). True needs plain LoRA (no DoRA, no LoRA bias) on float32 linears —
+    not 4-bit, bf16 or fp16 — where the logits match the adapter path to rounding, and says which layer stops
+    it otherwise; None = on where True would be allowed and the adapted weights take <= 64 MiB (at 135M params
+    it saved no time and added the copy, +200 MB, to peak memory), and off under TF32 matmuls on CUDA"""
     rollout_logprobs: str = "generate"
     """where the rollout's policy log-probs come from: "generate" (recorded while sampling, as TRL's PPO did;
     saves one policy forward per update) or "forward" (a separate no-cache forward over the sampled batch,

@@ -32,6 +32,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from peft.tuners.lora import Linear as LoraLinear
+from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers import PreTrainedModel
@@ -137,19 +138,34 @@ class SharedBackbone(nn.Module):
         for p in self.peft.parameters():
             p.requires_grad_(False)
         self._tuner_layers = [m for m in self.peft.modules() if isinstance(m, BaseTunerLayer)]
-        self._policy_linears = [(parent, name, child) for parent in self.peft.modules()
+        self._policy_linears = [(f"{qualname}.{name}".lstrip("."), parent, name, child)
+                                for qualname, parent in self.peft.named_modules()
                                 for name, child in parent.named_children()
-                                if isinstance(child, LoraLinear) and POLICY in child.lora_A]
-        weights = [layer.get_base_layer().weight for _, _, layer in self._policy_linears]
-        unmergeable = [w.dtype for w in weights if w.dtype != torch.float32]
+                                if isinstance(child, LoraLayer) and POLICY in child.lora_A]
+        why_not = self._why_not_mergeable()
         if merge_for_generation is None:  # auto: where it is exact to rounding and the copy is cheap
-            merge_for_generation = not unmergeable and sum(w.nbytes for w in weights) <= MERGE_AUTO_MAX_BYTES
-        elif merge_for_generation and unmergeable:
-            raise ValueError("merge_for_generation=True needs float32 base weights (not 4-bit, bf16 or fp16): "
-                             f"{len(unmergeable)} adapted layers hold {unmergeable[0]}")
+            tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32  # would round ΔW away
+            merge_for_generation = why_not is None and not tf32 and sum(
+                layer.get_base_layer().weight.nbytes for *_, layer in self._policy_linears) <= MERGE_AUTO_MAX_BYTES
+        elif merge_for_generation and why_not is not None:
+            raise ValueError(f"merge_for_generation=True: {why_not}")
         self.merge_for_generation = merge_for_generation
         self._active: str | None = None
         self._activate(POLICY)
+
+    def _why_not_mergeable(self) -> str | None:
+        """Why sampling can't run exactly on merged weights (None: it can) — plain LoRA on float32 linears only."""
+        if not self._policy_linears:
+            return "no layer carries the policy adapter"
+        for qualname, _, _, layer in self._policy_linears:
+            if not isinstance(layer, LoraLinear):  # bitsandbytes 4/8-bit, embeddings, convolutions
+                return f"{qualname} is a {type(layer).__module__}.{type(layer).__name__}, not a plain LoRA linear"
+            dtype = layer.get_base_layer().weight.dtype
+            if dtype != torch.float32:
+                return f"needs float32 base weights (not 4-bit, bf16 or fp16); {qualname} holds {dtype}"
+            if layer.lora_variant.get(POLICY) is not None or layer.lora_bias.get(POLICY):
+                return f"{qualname} uses DoRA or a LoRA bias, which the merged weight leaves out"
+        return None
 
     def _activate(self, adapter: str) -> None:
         if adapter == self._active:
@@ -189,12 +205,12 @@ class SharedBackbone(nn.Module):
         swapped = []
         try:
             with torch.no_grad():
-                for parent, name, layer in self._policy_linears:
+                for _, parent, name, layer in self._policy_linears:
                     base = layer.get_base_layer()
-                    original = base.weight
-                    base.weight = nn.Parameter(original + layer.get_delta_weight(POLICY), requires_grad=False)
+                    merged = nn.Parameter(base.weight + layer.get_delta_weight(POLICY), requires_grad=False)
+                    swapped.append((parent, name, layer, base, base.weight))  # listed before changed: restorable
+                    base.weight = merged
                     setattr(parent, name, base)
-                    swapped.append((parent, name, layer, base, original))
             yield
         finally:
             for parent, name, layer, base, original in swapped:
