@@ -151,6 +151,74 @@ def _perturbed_backbone(model, lora: LoraConfig, **kwargs) -> SharedBackbone:
     return backbone
 
 
+def test_plain_lora_forwards_equal_peft_without_its_layers() -> None:
+    """Policy and value forwards run each adapted linear as `_PlainLoRALinear`, not PEFT's LoRA layer, to PEFT's
+    logits, values and gradients; PEFT's layers are back after every forward (also one that fails), and with
+    activation checkpointing (which recomputes forwards during backward) PEFT's own forward runs."""
+    model, tok = load_causal_lm("sandbox")
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    backbone = _perturbed_backbone(model, lora)
+    with torch.no_grad():
+        for p in backbone.value_parameters:
+            p.add_(0.05 * torch.randn_like(p))
+    stack = backbone.peft.get_base_model().base_model
+    batch = encode_prompts(tok, sandbox_prompts(5, seed=11))
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+              "position_ids": (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)}
+    n_lora = sum(isinstance(m, LoraLayer) for m in backbone.peft.modules())
+    trainable = {n for n, p in backbone.named_parameters() if p.requires_grad}
+    lora_in_top_layer: list[bool] = []  # per forward through the top decoder layer: did it hold LoRA layers?
+    hook = stack.layers[-1].register_forward_pre_hook(
+        lambda module, _args: lora_in_top_layer.append(any(isinstance(m, LoraLayer) for m in module.modules())))
+
+    def run(forward, params) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        backbone.peft.zero_grad()
+        backbone.value_head.zero_grad()
+        out = forward()
+        (out.float().square() * batch["attention_mask"][..., None]).mean().backward()
+        return out.detach(), [p.grad.clone() for p in params]
+
+    def peft_policy() -> torch.Tensor:
+        backbone._activate(POLICY)
+        return backbone.peft(**inputs, use_cache=False).logits
+
+    def peft_values() -> torch.Tensor:
+        backbone._activate(VALUE)
+        return backbone.value_head(stack(**inputs, use_cache=False).last_hidden_state).squeeze(-1)[..., None]
+
+    for ours, theirs, params in ((lambda: backbone.policy_logits(**inputs), peft_policy, backbone.policy_parameters),
+                                 (lambda: backbone.values(**inputs)[..., None], peft_values,
+                                  backbone.value_parameters)):
+        lora_in_top_layer.clear()
+        expected, expected_grads = run(theirs, params)
+        assert lora_in_top_layer == [True]
+        got, got_grads = run(ours, params)
+        assert lora_in_top_layer == [True, False]  # the plain path ran…
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)  # …to PEFT's outputs and gradients
+        for a, b in zip(got_grads, expected_grads, strict=True):
+            assert b.abs().sum() > 0
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        assert sum(isinstance(m, LoraLayer) for m in backbone.peft.modules()) == n_lora
+        assert {n for n, p in backbone.named_parameters() if p.requires_grad} == trainable
+
+    def fail(*_):
+        raise RuntimeError("stop mid-forward")
+    failing = stack.layers[1].register_forward_pre_hook(fail)
+    with pytest.raises(RuntimeError, match="stop mid-forward"):
+        backbone.policy_logits(**inputs)
+    failing.remove()
+    assert sum(isinstance(m, LoraLayer) for m in backbone.peft.modules()) == n_lora  # put back after a failure
+    hook.remove()
+
+    checkpointed = _perturbed_backbone(load_causal_lm("sandbox")[0], lora, activation_checkpointing=True)
+    seen: list[bool] = []
+    checkpointed.peft.get_base_model().base_model.layers[-1].register_forward_pre_hook(
+        lambda module, _args: seen.append(any(isinstance(m, LoraLayer) for m in module.modules())))
+    checkpointed.policy_logits(**inputs).square().mean().backward()
+    assert seen and all(seen)  # PEFT's forward, also when recomputed in backward
+    assert all(p.grad is not None for p in checkpointed.policy_parameters)
+
+
 def test_merged_generation_samples_like_the_adapter_path_and_never_writes_the_base() -> None:
     model, tok = load_causal_lm("sandbox")
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")

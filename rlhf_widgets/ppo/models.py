@@ -11,7 +11,9 @@
                 epochs runs the top layers alone — at half the layers, about half the value network's cost
                 and memory.
     Sampling may run on merged weights (`merge_for_generation`, on by default for small float32 bases): a
-    transient `W + ΔW` per adapted linear, swapped in for the rollout only.
+    transient `W + ΔW` per adapted linear, swapped in for the rollout only. The other forwards of an adapter
+    (policy, value, an SFT reference adapter) swap each plain LoRA linear for `_PlainLoRALinear`: the same
+    arithmetic as PEFT's forward, without its per-call Python — a third of a sandbox forward.
 `SeparateModels` — plain mode: full trainable policy, a frozen reference copy, a separate value
     network. Simple and exact, at ~3x the memory.
 
@@ -89,6 +91,42 @@ def _on_layers(lora: LoraConfig, stack: nn.Module, layers: range) -> LoraConfig:
     return dataclasses.replace(lora, target_modules=list(targets), layers_to_transform=list(layers))
 
 
+class _PlainLoRALinear(nn.Module):
+    """`base(x) + s · (x Aᵀ) Bᵀ` for one plain LoRA adapter (no DoRA, no LoRA bias; eval mode: no dropout): PEFT's
+    `lora.Linear.forward`, without its per-call Python (adapter loop, dtype casts, dispatch through the
+    lora_A / lora_B / dropout modules) and with the scale-and-add fused into one `addmm`. On the sandbox model
+    that is a policy forward in 0.10 s instead of 0.13 s and a backward in 0.12 s instead of 0.13 s, to the same
+    logits and gradients (bit-identical on CPU). Holds the layer's own parameters: gradients land where PEFT's
+    would."""
+
+    def __init__(self, layer: LoraLinear, adapter: str) -> None:
+        super().__init__()
+        self.base_layer = layer.get_base_layer()
+        self.lora_A = layer.lora_A[adapter].weight
+        self.lora_B = layer.lora_B[adapter].weight
+        self._scaling, self._adapter = layer.scaling, adapter  # a plain dict: read per call, as PEFT does
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        down = torch.nn.functional.linear(x, self.lora_A)
+        out = torch.addmm(y.reshape(-1, y.shape[-1]), down.reshape(-1, down.shape[-1]), self.lora_B.t(),
+                          alpha=self._scaling[self._adapter])
+        return out.view(y.shape)
+
+
+def _why_not_plain(layer: nn.Module, adapter: str) -> str | None:
+    """Why `layer` can't run `adapter` as `_PlainLoRALinear` (or as a merged weight); None when it can."""
+    if not isinstance(layer, LoraLinear):  # bitsandbytes 4/8-bit, embeddings, convolutions
+        return f"is a {type(layer).__module__}.{type(layer).__name__}, not a plain LoRA linear"
+    if layer.lora_variant.get(adapter) is not None or layer.lora_bias.get(adapter):
+        return "uses DoRA or a LoRA bias"
+    dtypes = {layer.get_base_layer().weight.dtype, layer.lora_A[adapter].weight.dtype,
+              layer.lora_B[adapter].weight.dtype}
+    if len(dtypes) > 1:
+        return f"mixes dtypes {sorted(map(str, dtypes))} (PEFT casts between them)"
+    return None
+
+
 class SharedBackbone(nn.Module):
     """One base model with "policy" and "value" LoRA adapters (see module docstring).
 
@@ -138,10 +176,8 @@ class SharedBackbone(nn.Module):
         for p in self.peft.parameters():
             p.requires_grad_(False)
         self._tuner_layers = [m for m in self.peft.modules() if isinstance(m, BaseTunerLayer)]
-        self._policy_linears = [(f"{qualname}.{name}".lstrip("."), parent, name, child)
-                                for qualname, parent in self.peft.named_modules()
-                                for name, child in parent.named_children()
-                                if isinstance(child, LoraLayer) and POLICY in child.lora_A]
+        self._policy_linears = self._adapted_linears(POLICY)
+        self._plain: dict[str, list] = {}  # adapter -> [(parent, name, LoRA layer, _PlainLoRALinear)], built lazily
         why_not = self._why_not_mergeable()
         if merge_for_generation is None:  # auto: where it is exact to rounding and the copy is cheap
             tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32  # would round ΔW away
@@ -153,19 +189,49 @@ class SharedBackbone(nn.Module):
         self._active: str | None = None
         self._activate(POLICY)
 
+    def _adapted_linears(self, adapter: str) -> list[tuple[str, nn.Module, str, LoraLayer]]:
+        """(qualified name, parent, attribute name, LoRA layer) of every layer that carries `adapter`."""
+        return [(f"{qualname}.{name}".lstrip("."), parent, name, child)
+                for qualname, parent in self.peft.named_modules() for name, child in parent.named_children()
+                if isinstance(child, LoraLayer) and adapter in child.lora_A]
+
     def _why_not_mergeable(self) -> str | None:
         """Why sampling can't run exactly on merged weights (None: it can) — plain LoRA on float32 linears only."""
         if not self._policy_linears:
             return "no layer carries the policy adapter"
         for qualname, _, _, layer in self._policy_linears:
-            if not isinstance(layer, LoraLinear):  # bitsandbytes 4/8-bit, embeddings, convolutions
-                return f"{qualname} is a {type(layer).__module__}.{type(layer).__name__}, not a plain LoRA linear"
-            dtype = layer.get_base_layer().weight.dtype
-            if dtype != torch.float32:
+            if isinstance(layer, LoraLinear) and layer.get_base_layer().weight.dtype != torch.float32:
+                dtype = layer.get_base_layer().weight.dtype
                 return f"needs float32 base weights (not 4-bit, bf16 or fp16); {qualname} holds {dtype}"
-            if layer.lora_variant.get(POLICY) is not None or layer.lora_bias.get(POLICY):
-                return f"{qualname} uses DoRA or a LoRA bias, which the merged weight leaves out"
+            why = _why_not_plain(layer, POLICY)
+            if why is not None:
+                return f"{qualname} {why}" + (", which the merged weight leaves out" if "DoRA" in why else "")
         return None
+
+    @contextmanager
+    def _plain_lora(self, adapter: str):
+        """Run `adapter`'s plain LoRA linears as `_PlainLoRALinear` (see there) for the forwards inside; layers
+        it can't cover (4-bit, DoRA, mixed dtypes) keep PEFT's forward. Off in train mode, which is how forwards
+        that build a graph run under activation checkpointing (`_graph_mode`): a checkpointed layer recomputes its
+        forward during backward, after the swap is undone — and LoRA dropout would be live."""
+        if self.peft.training:
+            yield
+            return
+        if adapter not in self._plain:
+            self._plain[adapter] = [(parent, name, layer, _PlainLoRALinear(layer, adapter))
+                                    for _, parent, name, layer in self._adapted_linears(adapter)
+                                    if _why_not_plain(layer, adapter) is None]
+        swapped = []
+        try:
+            for parent, name, layer, plain in self._plain[adapter]:
+                if layer.disable_adapters or layer.merged or _why_not_plain(layer, adapter) is not None:
+                    continue
+                swapped.append((parent, name, layer))  # listed before changed: restorable
+                setattr(parent, name, plain)
+            yield
+        finally:
+            for parent, name, layer in swapped:
+                setattr(parent, name, layer)
 
     def _activate(self, adapter: str) -> None:
         if adapter == self._active:
@@ -225,7 +291,7 @@ class SharedBackbone(nn.Module):
 
     def policy_logits(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0) -> torch.Tensor:
         self._activate(POLICY)
-        with self._graph_mode():
+        with self._graph_mode(), self._plain_lora(POLICY):
             return self.peft(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              use_cache=False, logits_to_keep=logits_to_keep).logits
 
@@ -236,7 +302,7 @@ class SharedBackbone(nn.Module):
         when the reference is the plain base (its lower layers are exactly the value network's trunk)."""
         if self.has_reference_adapter:
             self._activate(REFERENCE)
-            ctx = nullcontext()
+            ctx = self._plain_lora(REFERENCE)
         else:
             ctx = self.peft.disable_adapter()
         captured: list[torch.Tensor] = []
@@ -276,7 +342,7 @@ class SharedBackbone(nn.Module):
             trunk = self.value_trunk(input_ids, attention_mask, position_ids)
         self._activate(VALUE)
         stack = self._stack
-        with self._graph_mode():
+        with self._graph_mode(), self._plain_lora(VALUE):
             if trunk is None:
                 hidden = stack(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                use_cache=False).last_hidden_state
