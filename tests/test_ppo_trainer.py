@@ -153,23 +153,32 @@ def _perturbed_backbone(model, lora: LoraConfig, **kwargs) -> SharedBackbone:
 
 def test_plain_lora_forwards_equal_peft_without_its_layers() -> None:
     """Policy and value forwards run each adapted linear as `_PlainLoRALinear`, not PEFT's LoRA layer, to PEFT's
-    logits, values and gradients; PEFT's layers are back after every forward (also one that fails), and with
-    activation checkpointing (which recomputes forwards during backward) PEFT's own forward runs."""
+    logits, values and gradients bit for bit (the policy at scale 2, fused; the value at scale 1.75, unfused);
+    PEFT's layers are back after every forward (also one that fails, and one nested in merged generation), the
+    trainable state reads whole mid-forward, and with activation checkpointing (which recomputes forwards during
+    backward) PEFT's own forward runs."""
     model, tok = load_causal_lm("sandbox")
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     backbone = _perturbed_backbone(model, lora)
     with torch.no_grad():
         for p in backbone.value_parameters:
             p.add_(0.05 * torch.randn_like(p))
+    for layer in backbone.peft.modules():
+        if isinstance(layer, LoraLayer) and VALUE in layer.scaling:
+            layer.scaling[VALUE] = 1.75  # not a power of two (lora_alpha / r = 2 for the policy)
     stack = backbone.peft.get_base_model().base_model
     batch = encode_prompts(tok, sandbox_prompts(5, seed=11))
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
               "position_ids": (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)}
     n_lora = sum(isinstance(m, LoraLayer) for m in backbone.peft.modules())
     trainable = {n for n, p in backbone.named_parameters() if p.requires_grad}
+    state_keys = set(backbone.trainable_state())
     lora_in_top_layer: list[bool] = []  # per forward through the top decoder layer: did it hold LoRA layers?
-    hook = stack.layers[-1].register_forward_pre_hook(
-        lambda module, _args: lora_in_top_layer.append(any(isinstance(m, LoraLayer) for m in module.modules())))
+
+    def watch(module, _args):
+        lora_in_top_layer.append(any(isinstance(m, LoraLayer) for m in module.modules()))
+        assert set(backbone.trainable_state()) == state_keys  # whole, whatever is swapped in
+    hook = stack.layers[-1].register_forward_pre_hook(watch)
 
     def run(forward, params) -> tuple[torch.Tensor, list[torch.Tensor]]:
         backbone.peft.zero_grad()
@@ -194,10 +203,10 @@ def test_plain_lora_forwards_equal_peft_without_its_layers() -> None:
         assert lora_in_top_layer == [True]
         got, got_grads = run(ours, params)
         assert lora_in_top_layer == [True, False]  # the plain path ran…
-        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)  # …to PEFT's outputs and gradients
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)  # …to PEFT's outputs and gradients
         for a, b in zip(got_grads, expected_grads, strict=True):
             assert b.abs().sum() > 0
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
         assert sum(isinstance(m, LoraLayer) for m in backbone.peft.modules()) == n_lora
         assert {n for n, p in backbone.named_parameters() if p.requires_grad} == trainable
 
@@ -208,6 +217,12 @@ def test_plain_lora_forwards_equal_peft_without_its_layers() -> None:
         backbone.policy_logits(**inputs)
     failing.remove()
     assert sum(isinstance(m, LoraLayer) for m in backbone.peft.modules()) == n_lora  # put back after a failure
+    with torch.no_grad():
+        adapter_logits = backbone.policy_logits(**inputs)
+        with backbone._merged_policy():  # a forward nested in merged sampling: ΔW applied once, nothing re-swapped
+            torch.testing.assert_close(backbone.policy_logits(**inputs), adapter_logits, rtol=1e-5, atol=1e-5)
+            assert not any(isinstance(m, LoraLayer) for m in backbone.peft.modules())
+    assert sum(isinstance(m, LoraLayer) for m in backbone.peft.modules()) == n_lora
     hook.remove()
 
     checkpointed = _perturbed_backbone(load_causal_lm("sandbox")[0], lora, activation_checkpointing=True)
@@ -217,6 +232,28 @@ def test_plain_lora_forwards_equal_peft_without_its_layers() -> None:
     checkpointed.policy_logits(**inputs).square().mean().backward()
     assert seen and all(seen)  # PEFT's forward, also when recomputed in backward
     assert all(p.grad is not None for p in checkpointed.policy_parameters)
+
+
+def test_trainable_state_restores_in_place_and_refuses_other_adapters() -> None:
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    backbone = _perturbed_backbone(load_causal_lm("sandbox")[0], lora)
+    saved = {k: v.clone() for k, v in backbone.trainable_state().items()}
+    with torch.no_grad():
+        for p in backbone.policy_parameters + backbone.value_parameters:
+            p.add_(1.0)
+    backbone.load_trainable_state(saved)
+    for k, v in backbone.trainable_state().items():
+        torch.testing.assert_close(v, saved[k], rtol=0, atol=0, msg=k)  # restored
+    other = SharedBackbone(load_causal_lm("sandbox")[0], lora, value_layers=4)  # value adapter on every layer
+    with pytest.raises(ValueError, match=r"lacks \d+ weight\(s\) such as peft\..*layers\.0\..*\.value\."):
+        other.load_trainable_state(saved)
+    wider = _perturbed_backbone(load_causal_lm("sandbox")[0],
+                                LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    before = {k: v.clone() for k, v in wider.trainable_state().items()}
+    with pytest.raises(ValueError, match=r"has shape \(4, 256\), the model's \(8, 256\).*another LoRA rank"):
+        wider.load_trainable_state(saved)
+    for k, v in wider.trainable_state().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0, msg=k)  # refused before anything was written
 
 
 def test_merged_generation_samples_like_the_adapter_path_and_never_writes_the_base() -> None:

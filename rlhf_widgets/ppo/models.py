@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -94,10 +95,12 @@ def _on_layers(lora: LoraConfig, stack: nn.Module, layers: range) -> LoraConfig:
 class _PlainLoRALinear(nn.Module):
     """`base(x) + s · (x Aᵀ) Bᵀ` for one plain LoRA adapter (no DoRA, no LoRA bias; eval mode: no dropout): PEFT's
     `lora.Linear.forward`, without its per-call Python (adapter loop, dtype casts, dispatch through the
-    lora_A / lora_B / dropout modules) and with the scale-and-add fused into one `addmm`. On the sandbox model
-    that is a policy forward in 0.10 s instead of 0.13 s and a backward in 0.12 s instead of 0.13 s, to the same
-    logits and gradients (bit-identical on CPU). Holds the layer's own parameters: gradients land where PEFT's
-    would."""
+    lora_A / lora_B / dropout modules). When s is a power of two (the default lora_alpha = 2r, and rsLoRA at
+    r = 4, 16, 64) the scale-and-add is one fused `addmm`: scaling by 2^k is exact, so it rounds as PEFT's
+    `y + (·) * s` does; other scales take PEFT's own three steps. On the sandbox model a policy forward takes
+    0.10 s instead of 0.13 s and its backward 0.12 s instead of 0.13 s, to the same logits and gradients
+    (bit-identical on this CPU). Holds the layer's own parameters: gradients land where PEFT's would. Forward
+    hooks registered on the PEFT layer itself do not run while it is swapped out."""
 
     def __init__(self, layer: LoraLinear, adapter: str) -> None:
         super().__init__()
@@ -108,9 +111,11 @@ class _PlainLoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
+        scale = self._scaling[self._adapter]
         down = torch.nn.functional.linear(x, self.lora_A)
-        out = torch.addmm(y.reshape(-1, y.shape[-1]), down.reshape(-1, down.shape[-1]), self.lora_B.t(),
-                          alpha=self._scaling[self._adapter])
+        if abs(math.frexp(scale)[0]) != 0.5:  # not a power of two: PEFT's order of roundings
+            return y + torch.nn.functional.linear(down, self.lora_B) * scale
+        out = torch.addmm(y.reshape(-1, y.shape[-1]), down.reshape(-1, down.shape[-1]), self.lora_B.t(), alpha=scale)
         return out.view(y.shape)
 
 
@@ -175,6 +180,10 @@ class SharedBackbone(nn.Module):
         self._frozen_adapter_params = [p for n, p in self.peft.named_parameters() if f".{REFERENCE}." in n]
         for p in self.peft.parameters():
             p.requires_grad_(False)
+        # what PPO changes, by state-dict name — held here, so reading or restoring it does not depend on which
+        # layers a forward (merged generation, plain LoRA) has swapped into the module tree at that moment
+        self._trainable_named = {n: p for n, p in self.peft.named_parameters()
+                                 if f".{POLICY}." in n or f".{VALUE}." in n}
         self._tuner_layers = [m for m in self.peft.modules() if isinstance(m, BaseTunerLayer)]
         self._policy_linears = self._adapted_linears(POLICY)
         self._plain: dict[str, list] = {}  # adapter -> [(parent, name, LoRA layer, _PlainLoRALinear)], built lazily
@@ -224,14 +233,16 @@ class SharedBackbone(nn.Module):
         swapped = []
         try:
             for parent, name, layer, plain in self._plain[adapter]:
-                if layer.disable_adapters or layer.merged or _why_not_plain(layer, adapter) is not None:
+                if (getattr(parent, name) is not layer  # already swapped out (e.g. a forward inside generate)
+                        or layer.disable_adapters or layer.merged or _why_not_plain(layer, adapter) is not None):
                     continue
-                swapped.append((parent, name, layer))  # listed before changed: restorable
+                swapped.append((parent, name, layer, plain))  # listed before changed: restorable
                 setattr(parent, name, plain)
             yield
         finally:
-            for parent, name, layer in swapped:
-                setattr(parent, name, layer)
+            for parent, name, layer, plain in swapped:
+                if getattr(parent, name) is plain:
+                    setattr(parent, name, layer)
 
     def _activate(self, adapter: str) -> None:
         if adapter == self._active:
@@ -272,6 +283,8 @@ class SharedBackbone(nn.Module):
         try:
             with torch.no_grad():
                 for _, parent, name, layer in self._policy_linears:
+                    if getattr(parent, name) is not layer:  # swapped out by another context: leave it be
+                        continue
                     base = layer.get_base_layer()
                     merged = nn.Parameter(base.weight + layer.get_delta_weight(POLICY), requires_grad=False)
                     swapped.append((parent, name, layer, base, base.weight))  # listed before changed: restorable
@@ -281,7 +294,8 @@ class SharedBackbone(nn.Module):
         finally:
             for parent, name, layer, base, original in swapped:
                 base.weight = original
-                setattr(parent, name, layer)
+                if getattr(parent, name) is base:
+                    setattr(parent, name, layer)
 
     def _graph_mode(self):
         """Train mode while a graph is built with checkpointing on (HF checkpoints only then), else a no-op."""
@@ -354,12 +368,28 @@ class SharedBackbone(nn.Module):
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Adapter + value-head weights: everything PPO changes (what checkpoints hold)."""
-        state = {f"peft.{k}": v for k, v in self.peft.state_dict().items() if f".{POLICY}." in k or f".{VALUE}." in k}
+        state = {f"peft.{k}": p.detach() for k, p in self._trainable_named.items()}
         state.update({f"value_head.{k}": v for k, v in self.value_head.state_dict().items()})
         return state
 
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.peft.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("peft.")}, strict=False)
+        """Restore `trainable_state()`'s weights in place; a state for other adapters (another LoRA rank, target
+        modules or value_layers_fraction) is refused, naming a weight it lacks or has extra, before any is written."""
+        ours = {f"peft.{k}" for k in self._trainable_named}
+        given = {k for k in state if k.startswith("peft.")}
+        if given != ours:
+            lacks, extra = sorted(ours - given), sorted(given - ours)
+            raise ValueError(f"this trainable state does not fit the model's adapters: it lacks {len(lacks)} "
+                             f"weight(s){' such as ' + lacks[0] if lacks else ''} and has {len(extra)} extra"
+                             f"{' such as ' + extra[0] if extra else ''} — was it saved with other LoRA / value "
+                             "settings?")
+        for k, p in self._trainable_named.items():
+            if state[f"peft.{k}"].shape != p.shape:
+                raise ValueError(f"trainable state: {k} has shape {tuple(state[f'peft.{k}'].shape)}, the model's "
+                                 f"{tuple(p.shape)} — was it saved with another LoRA rank?")
+        with torch.no_grad():
+            for k, p in self._trainable_named.items():
+                p.copy_(state[f"peft.{k}"])
         self.value_head.load_state_dict({k[11:]: v for k, v in state.items() if k.startswith("value_head.")})
 
     def save_policy(self, path) -> None:
