@@ -13,7 +13,7 @@
     Sampling may run on merged weights (`merge_for_generation`, on by default for small float32 bases): a
     transient `W + ΔW` per adapted linear, swapped in for the rollout only. The other forwards of an adapter
     (policy, value, an SFT reference adapter) swap each plain LoRA linear for `_PlainLoRALinear`: the same
-    arithmetic as PEFT's forward, without its per-call Python — a third of a sandbox forward.
+    arithmetic as PEFT's forward, without its per-call Python — about a quarter of a sandbox policy forward.
 `SeparateModels` — plain mode: full trainable policy, a frozen reference copy, a separate value
     network. Simple and exact, at ~3x the memory.
 
@@ -124,7 +124,7 @@ def _why_not_plain(layer: nn.Module, adapter: str) -> str | None:
     if not isinstance(layer, LoraLinear):  # bitsandbytes 4/8-bit, embeddings, convolutions
         return f"is a {type(layer).__module__}.{type(layer).__name__}, not a plain LoRA linear"
     if layer.lora_variant.get(adapter) is not None or layer.lora_bias.get(adapter):
-        return "uses DoRA or a LoRA bias"
+        return "uses DoRA or a LoRA bias, which plain LoRA arithmetic (and a merged weight) leaves out"
     dtypes = {layer.get_base_layer().weight.dtype, layer.lora_A[adapter].weight.dtype,
               layer.lora_B[adapter].weight.dtype}
     if len(dtypes) > 1:
@@ -174,16 +174,16 @@ class SharedBackbone(nn.Module):
         self.peft.eval()
         device = next(self.peft.parameters()).device
         self.value_head = _value_head(self.peft.get_base_model().config.hidden_size, device)
-        self._policy_params = [p for n, p in self.peft.named_parameters() if f".{POLICY}." in n]
-        self._value_params = [p for n, p in self.peft.named_parameters() if f".{VALUE}." in n]
-        self._value_params += list(self.value_head.parameters())
-        self._frozen_adapter_params = [p for n, p in self.peft.named_parameters() if f".{REFERENCE}." in n]
-        for p in self.peft.parameters():
-            p.requires_grad_(False)
         # what PPO changes, by state-dict name — held here, so reading or restoring it does not depend on which
         # layers a forward (merged generation, plain LoRA) has swapped into the module tree at that moment
         self._trainable_named = {n: p for n, p in self.peft.named_parameters()
                                  if f".{POLICY}." in n or f".{VALUE}." in n}
+        self._policy_params = [p for n, p in self._trainable_named.items() if f".{POLICY}." in n]
+        self._value_params = [p for n, p in self._trainable_named.items() if f".{VALUE}." in n]
+        self._value_params += list(self.value_head.parameters())
+        self._frozen_adapter_params = [p for n, p in self.peft.named_parameters() if f".{REFERENCE}." in n]
+        for p in self.peft.parameters():
+            p.requires_grad_(False)
         self._tuner_layers = [m for m in self.peft.modules() if isinstance(m, BaseTunerLayer)]
         self._policy_linears = self._adapted_linears(POLICY)
         self._plain: dict[str, list] = {}  # adapter -> [(parent, name, LoRA layer, _PlainLoRALinear)], built lazily
@@ -214,7 +214,7 @@ class SharedBackbone(nn.Module):
                 return f"needs float32 base weights (not 4-bit, bf16 or fp16); {qualname} holds {dtype}"
             why = _why_not_plain(layer, POLICY)
             if why is not None:
-                return f"{qualname} {why}" + (", which the merged weight leaves out" if "DoRA" in why else "")
+                return f"{qualname} {why}"
         return None
 
     @contextmanager
