@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-
 from rlhf_widgets.evaluate import best_of_n_kl
 from rlhf_widgets.generation import SamplingSettings, generate
+from rlhf_widgets.models import ModelLike, load_causal_lm
+from rlhf_widgets.rewards import RewardFunction, as_reward_function, score_responses
 
 
 @dataclass
@@ -40,21 +40,27 @@ class BestOfN:
 
 
 def best_of_n(
-    model, tokenizer, prompts: Sequence, reward_model, n: int = 8,
+    prompts: Sequence, *, model: ModelLike, reward: RewardFunction, n: int = 8,
     settings: SamplingSettings | None = None, seed: int = 0, batch_size: int = 64, show_progress: bool = False,
 ) -> BestOfN:
-    """Sample `n` responses per prompt with `settings` and pick the highest-scoring under `reward_model`."""
+    """Sample `n` responses per prompt from `model` with `settings` and pick the one `reward` scores highest.
+
+    `reward` is a reward function `(prompts, responses) -> scores` (a `RewardModel`, a saved reward-model
+    directory, `sandbox.gold_reward`, a `rewards.JudgeReward`, …).
+    """
     if n < 1:
         raise ValueError(f"best_of_n: n={n} must be >= 1")
+    loaded, tokenizer = load_causal_lm(model)
+    reward = as_reward_function(reward)
     prompts = list(prompts)
     candidates: list[list[str]] = [[] for _ in prompts]
     for i in range(n):
-        for j, g in enumerate(generate(model, tokenizer, prompts, settings, batch_size=batch_size, seed=seed + i,
+        for j, g in enumerate(generate(loaded, tokenizer, prompts, settings, batch_size=batch_size, seed=seed + i,
                                        show_progress=show_progress)):
             candidates[j].append(g.text)
     flat_prompts = [p for p in prompts for _ in range(n)]
     flat = [c for cs in candidates for c in cs]
-    scores = torch.as_tensor(reward_model.score(flat_prompts, flat)).view(len(prompts), n).tolist()
+    scores = score_responses(reward, flat_prompts, flat).view(len(prompts), n).tolist()
     picks = [max(range(n), key=lambda i: s[i]) for s in scores]
     return BestOfN(
         responses=[c[i] for c, i in zip(candidates, picks, strict=True)],
@@ -64,17 +70,17 @@ def best_of_n(
 
 
 class BestOfNSampler:
-    """`callable(prompts) -> responses`: best-of-N of a model directory under a reward model.
+    """`callable(prompts) -> responses`: best-of-N of a model under a reward function.
 
-    Plugs into `evaluate.compare_policies` as a policy; `last` keeps the latest `BestOfN` (all
-    candidates and scores), from which `evaluate.best_of_n_curve` reads best-of-m for every m ≤ N.
+    Plugs into `evaluate.compare_policies` as a policy; `last` keeps the latest `BestOfN` (all candidates and
+    scores), from which `evaluate.best_of_n_curve` reads best-of-m for every m ≤ N.
     """
 
-    def __init__(self, model_path, reward_model, n: int = 8, settings: SamplingSettings | None = None,
-                 seed: int = 0) -> None:
+    def __init__(self, *, model: ModelLike, reward: RewardFunction, n: int = 8,
+                 settings: SamplingSettings | None = None, seed: int = 0) -> None:
         if n < 1:
             raise ValueError(f"BestOfNSampler: n={n} must be >= 1")
-        self.model_path, self.reward_model, self.n = model_path, reward_model, n
+        self.model, self.reward, self.n = model, reward, n
         self.settings, self.seed = settings, seed
         self.last: BestOfN | None = None
 
@@ -84,9 +90,6 @@ class BestOfNSampler:
         return best_of_n_kl(self.n)
 
     def __call__(self, prompts: Sequence) -> list[str]:
-        from rlhf_widgets.models import load_causal_lm
-
-        model, tokenizer = load_causal_lm(str(self.model_path))
-        self.last = best_of_n(model, tokenizer, prompts, self.reward_model, n=self.n, settings=self.settings,
+        self.last = best_of_n(prompts, model=self.model, reward=self.reward, n=self.n, settings=self.settings,
                               seed=self.seed)
         return self.last.responses

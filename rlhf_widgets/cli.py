@@ -1,65 +1,319 @@
-"""Command line: `python -m rlhf_widgets quickstart` (and stage runs for scripts / accelerate launch)."""
+"""Command line: one subcommand per stage, its options generated from the stage's config dataclasses.
+
+    python -m rlhf_widgets <stage> [options]        # or `rlhf-widgets <stage> ...`
+    python -m rlhf_widgets <stage> --help           # every field, with its help text and default
+    accelerate launch -m rlhf_widgets <stage> ...   # several processes / GPUs
+
+Stages: sft, label, reward, dpo, grpo, rloo, ppo, evaluate, quickstart. Each training stage takes its
+config (`SFTStageConfig`, …, `PPOConfig`) and `ModelConfig` (`--model_name_or_path`, `--use_peft`,
+`--load_in_4bit`, `--lora_r`, …) as options, and prints a JSON summary of its `StageResult` at the end.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SANDBOX = "sandbox"
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class DemonstrationArguments:
+    """Where SFT's demonstrations come from."""
+
+    data: str | None = field(default=None, metadata=_help(
+        "Demonstrations: a .jsonl / .json / .parquet file, a dataset directory or a hub id, in a format TRL's "
+        "SFTTrainer reads (prompt/completion, messages, text). Default: the sandbox's (sandbox model only)."))
+
+
+@dataclass
+class PreferenceArguments:
+    """Where a preference stage's pairs come from."""
+
+    data: str = field(metadata=_help(
+        "Preference pairs: a file, a dataset directory or a hub id, in any format `load_preferences` reads "
+        "(TRL standard / conversational / implicit prompt, HH-RLHF transcripts)."))
+
+
+@dataclass
+class PromptArguments:
+    """An RL stage's prompts and reward."""
+
+    reward_model: str = field(metadata=_help(
+        "The reward: a directory written by a reward-model stage (`.../reward/final`), or 'gold' for the "
+        "sandbox's gold scorer."))
+    prompts: str = field(default=SANDBOX, metadata=_help(
+        "Training prompts: 'sandbox', or a .jsonl file with a 'prompt' field (a string or chat messages)."))
+    n_prompts: int = field(default=1000, metadata=_help("How many sandbox prompts to draw (with 'sandbox')."))
+    log_gold: bool = field(default=False, metadata=_help(
+        "Also log the sandbox's gold score of every rollout (PPO; sandbox prompts only)."))
+
+
+@dataclass
+class LabelArguments:
+    """Candidate pairs from a policy, labeled by an AI labeler, exported as a preference dataset."""
+
+    model: str = field(metadata=_help("The policy whose answers are compared (the SFT model's directory, a hub id)."))
+    store: str = field(default="runs/labels.sqlite", metadata=_help(
+        "The label store (SQLite file); pairs are made only when it has none."))
+    prompts: str = field(default=SANDBOX, metadata=_help("'sandbox', or a .jsonl file with a 'prompt' field."))
+    n_prompts: int = field(default=64, metadata=_help("How many sandbox prompts (with 'sandbox')."))
+    answers_per_prompt: int = field(default=4, metadata=_help("Answers sampled per prompt."))
+    pairs_per_prompt: int = field(default=3, metadata=_help("Pairs labeled per prompt, among its answers."))
+    labeler: str = field(default="simulated", metadata=_help(
+        "Who labels: 'simulated' (the sandbox's noisy annotator), 'gold' (the sandbox's gold scorer), or a reward "
+        "model directory."))
+    annotator: str | None = field(default=None, metadata=_help(
+        "The name the labels are recorded under (default: the labeler's)."))
+    export: str | None = field(default="runs/preferences.jsonl", metadata=_help(
+        "Write the labeled pairs here (.jsonl / .jsonl.gz / .parquet); empty to skip."))
+    seed: int = field(default=0, metadata=_help("Seed of the prompts, the sampling and the simulated annotator."))
+
+
+@dataclass
+class EvaluateArguments:
+    """Policies compared on held-out prompts."""
+
+    policies: list[str] = field(metadata=_help(
+        "name=model pairs, e.g. SFT=runs/sft/final PPO=runs/ppo/final; the first is the baseline."))
+    reward_model: str | None = field(default=None, metadata=_help(
+        "A reward-model directory: adds RM win rates and scores."))
+    prompts: str = field(default=SANDBOX, metadata=_help(
+        "Held-out prompts: 'sandbox' (its test split, judged by gold too) or a .jsonl file with a 'prompt' field."))
+    n_prompts: int = field(default=128, metadata=_help("How many sandbox prompts (with 'sandbox')."))
+    kl_reference: str | None = field(default=None, metadata=_help(
+        "The model KL is measured against (default: the baseline's)."))
+    output: str | None = field(default=None, metadata=_help("Also write the table here as JSON."))
+    seed: int = field(default=0, metadata=_help("Sampling seed."))
+
+
+# ---------------------------------------------------------------------------------------------- data
+def _prompts(source: str, n: int, seed: int, split: str = "train") -> list:
+    if source == SANDBOX:
+        from rlhf_widgets.sandbox import make_prompts
+
+        return [p.text for p in make_prompts(n, seed=seed, split=split)]
+    from rlhf_widgets.data import load_prompts
+
+    return load_prompts(source)
+
+
+def _demonstrations(source: str):
+    import datasets
+
+    path = Path(source)
+    if path.is_dir():
+        return datasets.load_from_disk(str(path)) if (path / "state.json").exists() else \
+            datasets.load_dataset(str(path), split="train")
+    if path.is_file():
+        kind = "parquet" if path.suffix == ".parquet" else "json"
+        return datasets.load_dataset(kind, data_files=str(path), split="train")
+    return datasets.load_dataset(source, split="train")
+
+
+def _reward(source: str):
+    if source == "gold":
+        from rlhf_widgets.sandbox import gold_reward
+
+        return gold_reward
+    from rlhf_widgets.reward import RewardModel
+
+    return RewardModel.load(source)
+
+
+def _summary(result) -> dict[str, Any]:
+    return {"stage": result.stage, "model_path": str(result.model_path), "status": result.status,
+            "reason": result.reason, "train_seconds": round(result.train_seconds, 1)}
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def _sft(config, model, args: DemonstrationArguments) -> dict:
+    from rlhf_widgets.sft import train_sft
+
+    data = _demonstrations(args.data) if args.data else None
+    return _summary(train_sft(data, config, model=model))
+
+
+def _reward_stage(config, model, args: PreferenceArguments) -> dict:
+    from rlhf_widgets.data import load_preferences
+    from rlhf_widgets.reward import train_reward_model
+
+    return _summary(train_reward_model(load_preferences(args.data), config, model=model))
+
+
+def _dpo(config, model, args: PreferenceArguments) -> dict:
+    from rlhf_widgets.data import load_preferences
+    from rlhf_widgets.dpo import train_dpo
+
+    return _summary(train_dpo(load_preferences(args.data), config, model=model))
+
+
+def _online(trainer: str) -> Callable[..., dict]:
+    """GRPO / RLOO: `rlhf_widgets.grpo.<trainer>` on the prompts against the reward."""
+
+    def run(config, model, args: PromptArguments) -> dict:
+        from rlhf_widgets import grpo
+
+        prompts = _prompts(args.prompts, args.n_prompts, config.seed)
+        return _summary(getattr(grpo, trainer)(prompts, config, model=model, reward=_reward(args.reward_model)))
+
+    return run
+
+
+def _ppo(config, model, args: PromptArguments) -> dict:
+    from rlhf_widgets.ppo import train_ppo
+
+    gold = None
+    if args.log_gold:
+        if args.prompts != SANDBOX:
+            raise ValueError("--log_gold: the gold scorer exists only for the sandbox's prompts")
+        from rlhf_widgets.sandbox import gold_reward as gold
+    prompts = _prompts(args.prompts, args.n_prompts, config.seed)
+    return _summary(train_ppo(prompts, config, model=model, reward=_reward(args.reward_model), gold=gold))
+
+
+def _label(args: LabelArguments) -> dict:
+    from rlhf_widgets.labeling import RewardModelLabeler, label_with, prepare_pairs
+    from rlhf_widgets.sandbox import SimulatedAnnotator, gold_preference
+
+    prompts = SANDBOX if args.prompts == SANDBOX else _prompts(args.prompts, args.n_prompts, args.seed)
+    store = prepare_pairs(prompts, args.store, model=args.model, n_prompts=args.n_prompts, seed=args.seed,
+                          k=args.answers_per_prompt, pairs_per_prompt=args.pairs_per_prompt)
+    if args.labeler == "simulated":
+        labeler, default_name = SimulatedAnnotator(seed=args.seed), "simulated"
+    elif args.labeler == "gold":
+        labeler, default_name = gold_preference, "gold"
+    else:
+        labeler, default_name = RewardModelLabeler(_reward(args.labeler)), Path(args.labeler).name
+    annotator = args.annotator or default_name
+    new = label_with(store, labeler, annotator)
+    summary = {"store": str(args.store), "pairs": len(store), "new_labels": new, "annotator": annotator}
+    if args.export:
+        from rlhf_widgets.data import save_preferences
+
+        dataset, counts = store.to_dataset(annotator=annotator, return_counts=True)
+        summary["exported"] = str(save_preferences(dataset, args.export))
+        summary["export_counts"] = vars(counts)
+    return summary
+
+
+def _evaluate(args: EvaluateArguments) -> dict:
+    from rlhf_widgets.evaluate import compare_policies
+
+    policies = {}
+    for item in args.policies:
+        name, sep, model = item.partition("=")
+        if not sep or not name or not model:
+            raise ValueError(f"--policies: {item!r} is not name=model (e.g. PPO=runs/ppo/final)")
+        policies[name] = model
+    baseline = next(iter(policies))
+    prompts = _prompts(args.prompts, args.n_prompts, args.seed, split="test")
+    gold = None
+    if args.prompts == SANDBOX:
+        from rlhf_widgets.sandbox import gold_reward as gold
+    table = compare_policies(policies, prompts, baseline=baseline, gold=gold,
+                             reward_model=_reward(args.reward_model) if args.reward_model else None,
+                             kl_reference=args.kl_reference or policies[baseline], seed=args.seed)
+    rows = json.loads(table.to_json(orient="index"))
+    if args.output:
+        Path(args.output).write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def _quickstart(config) -> dict:
+    from rlhf_widgets.pipeline import run_quickstart
+
+    result = run_quickstart(config)
+    return {"seconds": result.seconds, "numbers": result.numbers, "output_dir": str(result.output_dir.resolve()),
+            "report": str(result.report_path.resolve()) if result.report_path else None}
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    dataclasses: Callable[[], tuple[type, ...]]
+    """the dataclasses whose fields are the options (imported lazily: `--help` of one stage loads only it)"""
+    run: Callable[..., dict]
+
+
+def _classes(config_path: str, *extra: type, model: bool = True) -> Callable[[], tuple[type, ...]]:
+    """The option dataclasses of a command: its config class (by dotted path, imported when needed), then
+    `ModelConfig` for training stages, then `extra`."""
+
+    def classes() -> tuple[type, ...]:
+        import importlib
+
+        from rlhf_widgets.config import ModelConfig
+
+        module, name = config_path.rsplit(".", 1)
+        config = getattr(importlib.import_module(module), name)
+        return (config, ModelConfig, *extra) if model else (config, *extra)
+
+    return classes
+
+
+COMMANDS: dict[str, Command] = {
+    "sft": Command("supervised fine-tuning (TRL SFTTrainer)",
+                   _classes("rlhf_widgets.sft.SFTStageConfig", DemonstrationArguments), _sft),
+    "label": Command("candidate pairs from a policy, labeled by an AI labeler, exported",
+                     lambda: (LabelArguments,), _label),
+    "reward": Command("reward model on preference pairs (TRL RewardTrainer)",
+                      _classes("rlhf_widgets.reward.RewardStageConfig", PreferenceArguments), _reward_stage),
+    "dpo": Command("direct preference optimisation (TRL DPOTrainer)",
+                   _classes("rlhf_widgets.dpo.DPOStageConfig", PreferenceArguments), _dpo),
+    "grpo": Command("GRPO against a reward model (TRL GRPOTrainer)",
+                    _classes("rlhf_widgets.grpo.GRPOStageConfig", PromptArguments), _online("train_grpo")),
+    "rloo": Command("RLOO against a reward model (TRL RLOOTrainer)",
+                    _classes("rlhf_widgets.grpo.RLOOStageConfig", PromptArguments), _online("train_rloo")),
+    "ppo": Command("PPO with a KL penalty against a reward model",
+                   _classes("rlhf_widgets.ppo.config.PPOConfig", PromptArguments), _ppo),
+    "evaluate": Command("compare policies on held-out prompts (win rates, KL, length)",
+                        lambda: (EvaluateArguments,), _evaluate),
+    "quickstart": Command("the whole loop on the offline sandbox, with a report",
+                          _classes("rlhf_widgets.pipeline.QuickstartConfig", model=False), _quickstart),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {cmd.help}" for name, cmd in COMMANDS.items()]
+    return ("usage: python -m rlhf_widgets <stage> [options]   (--help after a stage lists its options)\n\n"
+            "stages:\n" + "\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rlhf-widgets", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    qs = sub.add_parser("quickstart", help="run the whole RLHF loop on the offline sandbox and write a report")
-    qs.add_argument("--output-dir", default="runs/quickstart")
-    qs.add_argument("--seed", type=int, default=0)
-    qs.add_argument("--ppo-updates", type=int, default=None)
-    qs.add_argument("--stages", default=None, help="comma-separated subset, e.g. sft,pairs,reward")
-    ppo = sub.add_parser("ppo", help="PPO from an SFT model against a saved reward model (accelerate-launchable)")
-    ppo.add_argument("--policy", required=True, help="SFT model directory or hub id")
-    ppo.add_argument("--reward-model", required=True, help="directory written by RewardModel.save")
-    ppo.add_argument("--prompts", default="sandbox", help="'sandbox' or a .jsonl file with a 'prompt' field")
-    ppo.add_argument("--output-dir", default="runs/ppo")
-    ppo.add_argument("--num-updates", type=int, default=60)
-    ppo.add_argument("--batch-size", type=int, default=32)
-    ppo.add_argument("--mini-batch-size", type=int, default=16)
-    ppo.add_argument("--seed", type=int, default=0)
-    ppo.add_argument("--load-in-4bit", action="store_true")
-    args = parser.parse_args(argv)
+    """Parse `argv` (default `sys.argv[1:]`), run the stage, print its JSON summary; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"rlhf-widgets: unknown stage {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    from transformers import HfArgumentParser
 
-    if args.command == "quickstart":
-        from rlhf_widgets.pipeline import QuickstartConfig, run_quickstart
+    command = COMMANDS[name]
+    parser = HfArgumentParser(command.dataclasses(), prog=f"rlhf-widgets {name}", description=command.help)
+    parsed = parser.parse_args_into_dataclasses(rest)
+    summary = command.run(*parsed)
+    if _is_main_process():
+        print(json.dumps(summary, indent=2, default=str))
+    return 0
 
-        cfg = QuickstartConfig(output_dir=args.output_dir, seed=args.seed)
-        if args.ppo_updates is not None:
-            cfg.ppo_updates = args.ppo_updates
-        if args.stages:
-            cfg.stages = tuple(s.strip() for s in args.stages.split(","))
-        result = run_quickstart(cfg)
-        print(json.dumps({"seconds": result.seconds, "numbers": result.numbers}, indent=2, default=str))
-        print(f"\nArtifacts in {result.output_dir.resolve()}")
-        if result.report_path:
-            print(f"Report: {result.report_path.resolve()}")
-        return 0
-    if args.command == "ppo":
-        from rlhf_widgets.ppo import PPOConfig, PPOTrainer
-        from rlhf_widgets.reward import RewardModel
 
-        if args.prompts == "sandbox":
-            from rlhf_widgets.sandbox import make_prompts
+def _is_main_process() -> bool:
+    import os
 
-            prompts = [p.text for p in make_prompts(1000, seed=args.seed)]
-        else:
-            with open(args.prompts, encoding="utf-8") as fh:
-                prompts = [json.loads(line)["prompt"] for line in fh if line.strip()]
-        cfg = PPOConfig(output_dir=args.output_dir, num_updates=args.num_updates, batch_size=args.batch_size,
-                        mini_batch_size=args.mini_batch_size, seed=args.seed, load_in_4bit=args.load_in_4bit)
-        trainer = PPOTrainer(cfg, policy=args.policy, reward=RewardModel.load(args.reward_model), prompts=prompts)
-        trainer.train()
-        if trainer.is_main:
-            print(f"PPO finished ({trainer.control.state}); checkpoint in {trainer.output_dir / 'last'}")
-        return 0
-    return 1
+    return os.environ.get("RANK", "0") == "0"
 
 
 if __name__ == "__main__":

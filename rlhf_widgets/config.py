@@ -6,6 +6,8 @@ this module holds what every stage shares: which model to load and how (LoRA, 4-
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import asdict, dataclass, field
 
 import trl
@@ -37,9 +39,9 @@ class ModelConfig(trl.ModelConfig):
         default=0.0,
         metadata={"help": "LoRA dropout; 0 because RL needs identical forwards for old and new log-probs."},
     )
-    lora_target_modules: list[str] | str | None = field(
-        default="all-linear",
-        metadata={"help": "Modules that get LoRA adapters ('all-linear' = every linear layer but the head)."},
+    lora_target_modules: list[str] | None = field(
+        default_factory=lambda: ["all-linear"],  # a one-name list becomes the string (TRL's __post_init__)
+        metadata={"help": "Module names that get LoRA adapters, or 'all-linear' (every linear layer but the head)."},
     )
     use_bnb_nested_quant: bool = field(
         default=True,
@@ -68,6 +70,17 @@ class ModelConfig(trl.ModelConfig):
         return asdict(self)
 
 
+def as_model_config(model: str | os.PathLike | ModelConfig, **changes: object) -> ModelConfig:
+    """The one conversion of a stage's `model=` argument into a `ModelConfig`: a hub id, a local path or
+    'sandbox' becomes `ModelConfig(model_name_or_path=...)`; a `ModelConfig` is copied. `changes` override
+    fields of the copy. The caller's object is never modified."""
+    if isinstance(model, ModelConfig):
+        return dataclasses.replace(model, **changes)
+    if isinstance(model, (str, os.PathLike)):
+        return ModelConfig(model_name_or_path=str(model), **changes)
+    raise TypeError(f"model must be a hub id, a local path, 'sandbox' or a ModelConfig, got {type(model).__name__}")
+
+
 @dataclass
 class TrainingDefaults:
     """Defaults every stage's TRL config shares; mix in before the TRL config class.
@@ -77,7 +90,7 @@ class TrainingDefaults:
     CUDA `use_cpu=True` with bf16 off (CPU trainers need both).
     """
 
-    report_to: str | list[str] | None = field(
+    report_to: None | str | list[str] = field(
         default="none", metadata={"help": "Remote loggers (wandb, …); the MetricsLog always records."}
     )
     activation_checkpointing: bool | None = field(

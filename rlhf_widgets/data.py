@@ -78,6 +78,16 @@ def last_user_content(prompt: str | list[dict[str, str]]) -> str:
     raise ValueError("prompt has no user message")
 
 
+def message_text(response: str | list[dict[str, str]]) -> str:
+    """The text of a response: a string as is; of a message list (a conversational completion), the last
+    message's content."""
+    if isinstance(response, str):
+        return response
+    if not response:
+        raise ValueError("an empty message list has no text")
+    return response[-1]["content"]
+
+
 def split_by_prompt(dataset: datasets.Dataset, test_size: float, seed: int = 0) -> datasets.DatasetDict:
     """Hold out `test_size` of the *prompts* with all their pairs: `DatasetDict(train=…, test=…)`.
 

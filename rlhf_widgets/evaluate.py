@@ -18,13 +18,10 @@ import datasets
 import numpy as np
 import torch
 
-from rlhf_widgets.data import last_user_content
-
-
-def _text(message_list_or_str) -> str:
-    if isinstance(message_list_or_str, str):
-        return message_list_or_str
-    return message_list_or_str[-1]["content"]
+from rlhf_widgets.data import last_user_content, message_text
+from rlhf_widgets.models import ModelLike
+from rlhf_widgets.ppo.core import logprobs_from_logits
+from rlhf_widgets.rewards import RewardFunction, score_responses
 
 
 def _words(text: str) -> int:
@@ -34,7 +31,7 @@ def _words(text: str) -> int:
 def reward_report(
     reward_model,
     pairs: datasets.Dataset,
-    gold: Callable[[str, str], float] | None = None,
+    gold: RewardFunction | None = None,
     bins: int = 10,
 ) -> dict:
     """Evaluate a reward model on held-out preference pairs (`prompt` / `chosen` / `rejected` columns).
@@ -47,8 +44,8 @@ def reward_report(
     the two responses as the gold scorer does; gold ties excluded) and gold's own `prefers_longer`.
     """
     prompts = [last_user_content(p) for p in pairs["prompt"]]
-    chosen = [_text(c) for c in pairs["chosen"]]
-    rejected = [_text(r) for r in pairs["rejected"]]
+    chosen = [message_text(c) for c in pairs["chosen"]]
+    rejected = [message_text(r) for r in pairs["rejected"]]
     rc = reward_model.score(prompts, chosen, normalize=False).numpy().astype(float)
     rr = reward_model.score(prompts, rejected, normalize=False).numpy().astype(float)
     margin = rc - rr
@@ -93,8 +90,8 @@ def reward_report(
         },
     }
     if gold is not None:
-        gc = np.array([gold(p_, c) for p_, c in zip(prompts, chosen, strict=True)])
-        gr = np.array([gold(p_, r) for p_, r in zip(prompts, rejected, strict=True)])
+        gc = score_responses(gold, prompts, chosen).numpy()
+        gr = score_responses(gold, prompts, rejected).numpy()
         decided = gc != gr
         report["gold_agreement"] = float(((margin > 0) == (gc > gr))[decided].mean())
         report["label_gold_agreement"] = float((gc > gr)[decided].mean())
@@ -108,22 +105,17 @@ def win_rate(
     prompts: Sequence[str],
     responses: Sequence[str],
     baseline: Sequence[str],
-    judge: Callable[[str, str], float] | object,
+    judge: RewardFunction,
 ) -> dict:
     """Share of prompts where `responses` beat `baseline` under `judge` (ties count ½).
 
-    `judge` is a `score(prompt, response) -> float` function (e.g. `gold_score`) or an object with
-    `score(prompts, responses) -> tensor` (a `RewardModel`). Returns win_rate, wins, ties, losses, n,
-    and the mean judge score of each side.
+    `judge` is a reward function `(prompts, responses) -> scores` (`sandbox.gold_reward`, a `RewardModel`, …).
+    Returns win_rate, wins, ties, losses, n, and the mean judge score of each side.
     """
     if not len(prompts) == len(responses) == len(baseline):
         raise ValueError(f"win_rate: {len(prompts)} prompts, {len(responses)} responses, {len(baseline)} baseline")
-    if hasattr(judge, "score"):
-        a = judge.score(list(prompts), list(responses)).tolist()
-        b = judge.score(list(prompts), list(baseline)).tolist()
-    else:
-        a = [judge(p, r) for p, r in zip(prompts, responses, strict=True)]
-        b = [judge(p, r) for p, r in zip(prompts, baseline, strict=True)]
+    a = score_responses(judge, prompts, responses).tolist()
+    b = score_responses(judge, prompts, baseline).tolist()
     wins = sum(x > y for x, y in zip(a, b, strict=True))
     ties = sum(x == y for x, y in zip(a, b, strict=True))
     n = len(a)
@@ -161,15 +153,10 @@ def sequence_kl(policy, reference, tokenizer, prompts: Sequence, responses: Sequ
             mask[i, : len(row)] = 1
             resp[i, q : len(row)] = 1
         ids, mask, resp = ids.to(device), mask.to(device), resp.to(device)
-        lp = _token_logprobs(policy, ids, mask)
-        lr = _token_logprobs(reference, ids, mask)
+        lp = logprobs_from_logits(policy(input_ids=ids, attention_mask=mask).logits[:, :-1], ids[:, 1:])
+        lr = logprobs_from_logits(reference(input_ids=ids, attention_mask=mask).logits[:, :-1], ids[:, 1:])
         out.append(((lp - lr) * resp[:, 1:]).sum(1).float().cpu())
     return torch.cat(out)
-
-
-def _token_logprobs(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-    return torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
 
 
 def best_of_n_kl(n: int) -> float:
@@ -204,7 +191,7 @@ def ppo_overoptimization_curve(metrics, window: int = 5) -> list[dict]:
     return points
 
 
-def best_of_n_curve(result, prompts: Sequence, gold: Callable[[str, str], float],
+def best_of_n_curve(result, prompts: Sequence, gold: RewardFunction,
                     ns: Sequence[int] | None = None) -> list[dict]:
     """Points `{"n", "sqrt_kl", "proxy", "gold"}` of best-of-m for m in `ns` (default 1, 2, 4, … ≤ N).
 
@@ -215,23 +202,29 @@ def best_of_n_curve(result, prompts: Sequence, gold: Callable[[str, str], float]
     points = []
     for m in ns:
         responses, scores = result.best_of(m)
-        golds = [gold(p, r) for p, r in zip(prompts, responses, strict=True)]
+        golds = score_responses(gold, prompts, responses).tolist()
         points.append({"n": m, "sqrt_kl": math.sqrt(best_of_n_kl(m)), "proxy": float(np.mean(scores)),
                        "gold": float(np.mean(golds))})
     return points
 
 
-def sample_policy(policy, prompts: Sequence, seed: int = 0, settings=None, batch_size: int = 32) -> list[str]:
-    """Responses of `policy` to `prompts`: a model directory / hub id (sampled at the model's defaults,
-    temperature 1) or any `callable(prompts) -> list[str]` (e.g. a best-of-N sampler)."""
-    if callable(policy):
+def sample_policy(policy: ModelLike | Callable[[list], Sequence[str]], prompts: Sequence, seed: int = 0,
+                  settings=None, batch_size: int = 32) -> list[str]:
+    """Responses of `policy` to `prompts`: a model (anything `models.ModelLike` names; sampled at temperature 1)
+    or any `callable(prompts) -> list[str]` (e.g. a `BestOfNSampler`)."""
+    if _is_sampler(policy):
         out = list(policy(list(prompts)))
         if len(out) != len(prompts):
             raise ValueError(f"sample_policy: the callable returned {len(out)} responses for {len(prompts)} prompts")
         return out
     from rlhf_widgets.models import load_causal_lm
 
-    return _sample_loaded(*load_causal_lm(str(policy)), prompts, seed, settings, batch_size)
+    return _sample_loaded(*load_causal_lm(policy), prompts, seed, settings, batch_size)
+
+
+def _is_sampler(policy: object) -> bool:
+    """A `callable(prompts) -> responses` rather than a model (a loaded torch model is callable too)."""
+    return callable(policy) and not isinstance(policy, (torch.nn.Module, tuple))
 
 
 def _sample_loaded(model, tokenizer, prompts: Sequence, seed: int, settings=None, batch_size: int = 32) -> list[str]:
@@ -244,22 +237,22 @@ def compare_policies(
     policies: dict,
     prompts: Sequence[str],
     baseline: str,
-    gold: Callable[[str, str], float] | None = None,
-    reward_model=None,
-    kl_reference: str | None = None,
+    gold: RewardFunction | None = None,
+    reward_model: RewardFunction | None = None,
+    kl_reference: ModelLike | None = None,
     seed: int = 0,
 ):
     """A comparison table (pandas DataFrame, one row per policy) on the same held-out prompts.
 
     Args:
-        policies: name → model directory / hub id, or `callable(prompts) -> responses`.
+        policies: name → a model (`models.ModelLike`: a directory, hub id, `ModelConfig`, loaded model) or a
+            `callable(prompts) -> responses` (e.g. a `BestOfNSampler`).
         prompts: held-out prompts.
         baseline: the name in `policies` every win rate is measured against (e.g. "SFT").
-        gold: the sandbox's `gold_score` (adds `gold_win_rate`, `gold_mean`).
-        reward_model: a `RewardModel` (adds `rm_win_rate`, `rm_mean`).
-        kl_reference: a model directory; adds `kl_to_reference`, the mean sequence KL of each
-            model-directory policy's own samples to it (nats); a callable reports its `kl`
-            attribute if it has one (best-of-N: log N − (N−1)/N), else NaN.
+        gold: a held-out reward function, e.g. the sandbox's `gold_reward` (adds `gold_win_rate`, `gold_mean`).
+        reward_model: the reward function trained on (a `RewardModel`; adds `rm_win_rate`, `rm_mean`).
+        kl_reference: a model; adds `kl_to_reference`, the mean sequence KL of each model policy's own samples to
+            it (nats); a callable reports its `kl` attribute if it has one (best-of-N: log N − (N−1)/N), else NaN.
         seed: sampling seed (the baseline is sampled with `seed`, the others with `seed + 1`).
 
     Columns: gold/RM win rate over the baseline (ties ½), mean scores, KL, mean words, the share of
@@ -273,16 +266,16 @@ def compare_policies(
     from rlhf_widgets.models import load_causal_lm
 
     prompts = list(prompts)
-    ref = load_causal_lm(str(kl_reference)) if kl_reference is not None else None
+    ref = load_causal_lm(kl_reference) if kl_reference is not None else None
     # one pass per policy: load it once, sample, and measure its KL while it is in memory
     responses, kls = {}, {}
     for name, policy in policies.items():
         policy_seed = seed if name == baseline else seed + 1
-        if callable(policy):  # e.g. best-of-N: its analytic KL when it knows one
+        if _is_sampler(policy):  # e.g. best-of-N: its analytic KL when it knows one
             responses[name] = sample_policy(policy, prompts, seed=policy_seed)
             kls[name] = float(getattr(policy, "kl", float("nan")))
             continue
-        model, tokenizer = load_causal_lm(str(policy))
+        model, tokenizer = load_causal_lm(policy)
         responses[name] = _sample_loaded(model, tokenizer, prompts, policy_seed)
         if ref is not None:
             kls[name] = float(sequence_kl(model, ref[0], ref[1], prompts, responses[name]).mean())

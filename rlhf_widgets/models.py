@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import transformers
 from peft import LoraConfig, PeftModel
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -30,7 +31,13 @@ from transformers import (
 )
 from trl import get_peft_config
 
-from rlhf_widgets.config import SANDBOX, ModelConfig
+from rlhf_widgets.config import SANDBOX, ModelConfig, as_model_config
+
+ModelLike = (str | os.PathLike | ModelConfig | PreTrainedModel | PeftModel
+             | tuple[PreTrainedModel | PeftModel, PreTrainedTokenizerBase])
+"""What every stage's `model=` takes: a hub id, a local directory, 'sandbox', a `ModelConfig` (LoRA, 4-bit,
+dtype, device), or an already loaded model — alone (its tokenizer is loaded from where the model came from)
+or as a `(model, tokenizer)` pair."""
 
 PAD_TOKEN = "<|pad|>"
 """Pad token added to tokenizers that have none, or whose pad token is their EOS token."""
@@ -186,42 +193,70 @@ def _match_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> 
 
 
 def load_causal_lm(
-    cfg: ModelConfig | str = SANDBOX, *, merge_adapter: bool = True
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer (left padding, pad ≠ EOS) on the configured device.
+    model: ModelLike = SANDBOX, *, merge_adapter: bool = True
+) -> tuple[PreTrainedModel | PeftModel, PreTrainedTokenizerBase]:
+    """The one place that turns a `model=` argument (see `ModelLike`) into a loaded causal LM and tokenizer
+    (left padding, pad ≠ EOS) on the configured device.
 
-    The model comes back without a *new* LoRA adapter (trainers add `lora_config(cfg)` themselves); if
-    `cfg.model_name_or_path` is a saved adapter directory, its base is loaded and the adapter attached —
-    merged into the weights when `merge_adapter` and the base is not quantized, else as a `PeftModel`.
-    Dropout is off (`eval()`); trainers switch to train mode themselves.
+    The model comes back without a *new* LoRA adapter (trainers add `lora_config(cfg)` themselves); if the
+    path is a saved adapter directory, its base is loaded and the adapter attached — merged into the weights
+    when `merge_adapter` and the base is not quantized, else as a `PeftModel`. Dropout is off (`eval()`);
+    trainers switch to train mode themselves. A loaded model is returned as it is, with its tokenizer.
     """
-    cfg = ModelConfig(model_name_or_path=cfg) if isinstance(cfg, str) else cfg
+    if isinstance(model, tuple):
+        return model
+    if isinstance(model, nn.Module):
+        return model, _tokenizer_of(model)
+    cfg = as_model_config(model)
     device = choose_device(cfg.device)
     path = resolve_model_path(cfg.model_name_or_path)
     tokenizer = load_tokenizer(path)
     if _is_adapter_dir(path):
         base = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
-        model = _from_pretrained(AutoModelForCausalLM, resolve_model_path(base), cfg, device)
-        _match_vocab(model, tokenizer)
-        model = PeftModel.from_pretrained(model, path)
+        loaded = _from_pretrained(AutoModelForCausalLM, resolve_model_path(base), cfg, device)
+        _match_vocab(loaded, tokenizer)
+        loaded = PeftModel.from_pretrained(loaded, path)
         if merge_adapter and not (cfg.load_in_4bit or cfg.load_in_8bit):
-            model = model.merge_and_unload()
+            loaded = loaded.merge_and_unload()
     else:
-        model = _from_pretrained(AutoModelForCausalLM, path, cfg, device)
-        _match_vocab(model, tokenizer)
-    return model.eval(), tokenizer
+        loaded = _from_pretrained(AutoModelForCausalLM, path, cfg, device)
+        _match_vocab(loaded, tokenizer)
+    return loaded.eval(), tokenizer
+
+
+def _tokenizer_of(model: nn.Module) -> PreTrainedTokenizerBase:
+    """The tokenizer saved where a loaded model came from (its `name_or_path`)."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    source = getattr(base, "name_or_path", "") or getattr(getattr(base, "config", None), "_name_or_path", "")
+    if not source:
+        raise ValueError("a loaded model without a name_or_path: pass model=(model, tokenizer) so the stage knows "
+                         "its tokenizer")
+    return load_tokenizer(source)
+
+
+def model_name(model: ModelLike) -> str:
+    """A short name for a `model=` argument, as tables and the labeling panel show it: a hub id as is, a local
+    path by its last two parts, a loaded model by its `name_or_path`."""
+    if isinstance(model, tuple):
+        model = model[0]
+    if isinstance(model, nn.Module):
+        base = model.get_base_model() if isinstance(model, PeftModel) else model
+        return str(getattr(base, "name_or_path", "") or type(base).__name__)
+    name = str(model.model_name_or_path if isinstance(model, ModelConfig) else model)
+    path = Path(name)
+    return "/".join(path.parts[-2:]) if path.exists() else name
 
 
 def load_reward_backbone(
-    cfg: ModelConfig | str = SANDBOX, num_labels: int = 1
+    cfg: ModelConfig | str | os.PathLike = SANDBOX, num_labels: int = 1
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a sequence classifier (`num_labels` scores read at the last real token) and its tokenizer."""
-    cfg = ModelConfig(model_name_or_path=cfg) if isinstance(cfg, str) else cfg
+    cfg = as_model_config(cfg)
     device = choose_device(cfg.device)
     path = resolve_model_path(cfg.model_name_or_path)
     tokenizer = load_tokenizer(path, padding_side="right")
     if _is_adapter_dir(path):  # an SFT LoRA adapter: merge it into a plain causal LM first, then reuse the weights
-        merged, _ = load_causal_lm(ModelConfig(**{**cfg.to_dict(), "load_in_4bit": False, "use_peft": False}))
+        merged, _ = load_causal_lm(as_model_config(cfg, load_in_4bit=False, use_peft=False))
         with_head = AutoModelForSequenceClassification.from_config(merged.config, num_labels=num_labels)
         with_head.load_state_dict(merged.state_dict(), strict=False)
         model = with_head.to(device)
@@ -229,3 +264,19 @@ def load_reward_backbone(
         model = _from_pretrained(AutoModelForSequenceClassification, path, cfg, device, num_labels=num_labels)
     _match_vocab(model, tokenizer)
     return model.eval(), tokenizer
+
+
+# known decoder layouts: (the attribute holding the blocks, the attribute holding the final norm) of the stack
+_DECODER_LAYOUTS = (("layers", "norm"), ("h", "ln_f"), ("layers", "final_layer_norm"))
+
+
+def decoder_layout(stack: nn.Module) -> tuple[str, str]:
+    """`(layers attribute, final-norm attribute)` of a decoder stack (`model.base_model` of a causal LM):
+    `layers` + `norm` (Llama, Qwen, Gemma, Mistral, Phi-3), `h` + `ln_f` (GPT-2), `layers` + `final_layer_norm`
+    (GPT-NeoX). Raises ValueError naming the class for any other layout."""
+    for layers, norm in _DECODER_LAYOUTS:
+        blocks, final_norm = getattr(stack, layers, None), getattr(stack, norm, None)
+        if isinstance(blocks, nn.ModuleList) and isinstance(final_norm, nn.Module):
+            return layers, norm
+    raise ValueError(f"{type(stack).__name__}: unknown decoder layout (expected one of {_DECODER_LAYOUTS} as "
+                     "(layers, final norm) attributes)")

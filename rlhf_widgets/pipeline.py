@@ -7,7 +7,6 @@ comparison table. Every number in the report comes from this run (`report.json` 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +15,10 @@ from tqdm.auto import tqdm
 
 from rlhf_widgets.config import SANDBOX
 from rlhf_widgets.metrics import MetricsLog
+from rlhf_widgets.report import write_report
+
+STAGES = ("sft", "pairs", "reward", "ppo", "dpo", "evaluate")
+"""The quickstart's stages, in order."""
 
 
 @dataclass
@@ -33,9 +36,8 @@ class QuickstartConfig:
     answers_per_prompt: int = 4
     """SFT answers sampled per prompt; pairs are drawn among them (InstructGPT ranked 4–9 per prompt)"""
     pairs_per_prompt: int = 6
-    """labeled pairs per prompt, at most (answers_per_prompt choose 2; 6 = all of them). More comparisons per
-    prompt teach the reward model more per sampled answer: held-out gold agreement ~0.89 with all 6 pairs
-    among 4 answers vs ~0.84 with one pair per prompt (600 prompts, noisy simulated labels)"""
+    """labeled pairs per prompt, at most (answers_per_prompt choose 2; 6 = all of them); more comparisons per
+    prompt teach the reward model more per sampled answer (README: "Reward model")"""
     annotator_temperature: float = 1.0
     """simulated annotator's Bradley–Terry temperature (label noise)"""
     verbosity_bias: float = 0.0
@@ -46,7 +48,7 @@ class QuickstartConfig:
     """held-out prompts for the final comparison"""
     best_of: int = 8
     """N of the best-of-N baseline in the comparison (1 = leave it out)"""
-    stages: tuple[str, ...] = ("sft", "pairs", "reward", "ppo", "dpo", "evaluate")
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
     """stages to run, in order (later ones need earlier ones)"""
 
 
@@ -65,6 +67,9 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
     from rlhf_widgets import sandbox
 
     config = config or QuickstartConfig()
+    unknown = [s for s in config.stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"run_quickstart: unknown stage(s) {unknown}; known: {list(STAGES)}")
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = QuickstartResult(output_dir=out, report_path=None)
@@ -77,17 +82,15 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
         if stage == "sft":
             from rlhf_widgets.sft import SFTStageConfig, train_sft
 
-            sft = train_sft(SFTStageConfig(output_dir=str(out / "sft"), sandbox_demos=config.sft_demos,
-                                           seed=config.seed), model=SANDBOX)
+            sft = train_sft(config=SFTStageConfig(output_dir=str(out / "sft"), sandbox_demos=config.sft_demos,
+                                                  seed=config.seed), model=SANDBOX)
             state["sft_path"], logs["sft"] = sft.model_path, sft.metrics
         elif stage == "pairs":
             from rlhf_widgets.labeling import PreferenceStore, label_with
             from rlhf_widgets.labeling.pairs import generate_pairs
-            from rlhf_widgets.models import load_causal_lm
 
-            model, tok = load_causal_lm(str(state["sft_path"]))
             prompts = [p.text for p in sandbox.make_prompts(config.pair_prompts, seed=config.seed + 1)]
-            rows = generate_pairs(model, tok, prompts, k=config.answers_per_prompt, model_name="sft",
+            rows = generate_pairs(prompts, model=state["sft_path"], k=config.answers_per_prompt, name="sft",
                                   max_pairs_per_prompt=config.pairs_per_prompt, seed=config.seed)
             store = PreferenceStore(out / "labels.sqlite")
             store.add_pairs(rows)
@@ -101,9 +104,8 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
             from rlhf_widgets.reward import RewardStageConfig, train_reward_model
 
             rm = train_reward_model(state["pairs"], RewardStageConfig(output_dir=str(out / "reward"),
-                                                                      seed=config.seed),
-                                    model=str(state["sft_path"]))
-            report = reward_report(rm.reward_model, rm.eval_dataset, gold=sandbox.gold_score)
+                                                                      seed=config.seed), model=state["sft_path"])
+            report = reward_report(rm.reward_model, rm.eval_dataset, gold=sandbox.gold_reward)
             state["reward_model"], logs["reward"] = rm.reward_model, rm.metrics
             result.numbers["reward"] = {k: report[k] for k in ("accuracy", "gold_agreement", "mean_margin",
                                                                "expected_calibration_error")}
@@ -112,27 +114,23 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
 
             # the reward model is already normalised on SFT samples (its training pairs)
             train_prompts = [p.text for p in sandbox.make_prompts(1000, seed=config.seed + 2)]
-            trainer = PPOTrainer(PPOConfig(output_dir=str(out / "ppo"), num_updates=config.ppo_updates,
-                                           seed=config.seed),
-                                 policy=str(state["sft_path"]), reward=state["reward_model"],
-                                 prompts=train_prompts, gold=sandbox.gold_score)
-            trainer.train(show_progress=False)
-            state["ppo_path"], logs["ppo"] = trainer.output_dir / "last" / "policy", trainer.metrics
+            trainer = PPOTrainer(train_prompts, PPOConfig(output_dir=str(out / "ppo"), num_updates=config.ppo_updates,
+                                                          seed=config.seed),
+                                 model=state["sft_path"], reward=state["reward_model"], gold=sandbox.gold_reward)
+            ppo = trainer.train(show_progress=False)
+            state["ppo_path"], logs["ppo"] = ppo.model_path, ppo.metrics
         elif stage == "dpo":
             from rlhf_widgets.data import one_pair_per_prompt
             from rlhf_widgets.dpo import DPOStageConfig, train_dpo
 
-            # one pair per prompt: on all 6 pairs among 4 answers (each answer in 3 of them) DPO did worse, at
-            # 2.4x the time (gold win rate over SFT 0.59 after 1 or 2 epochs, against 0.63)
+            # one pair per prompt: on all pairs among 4 answers DPO did worse, at 2.4x the time (README)
             dpo = train_dpo(one_pair_per_prompt(state["pairs"]),
-                            DPOStageConfig(output_dir=str(out / "dpo"), seed=config.seed), model=str(state["sft_path"]))
+                            DPOStageConfig(output_dir=str(out / "dpo"), seed=config.seed), model=state["sft_path"])
             state["dpo_path"], logs["dpo"] = dpo.model_path, dpo.metrics
         elif stage == "evaluate":
             result.numbers["comparison"] = _compare(state, config)
-        else:
-            raise ValueError(f"run_quickstart: unknown stage {stage!r}; known: {QuickstartConfig.stages}")
         result.seconds[stage] = round(time.perf_counter() - start, 1)
-    result.report_path = write_report(out, config, result, logs)
+    result.report_path = write_report(out, asdict(config), result.numbers, result.seconds, logs)
     return result
 
 
@@ -145,49 +143,11 @@ def _compare(state: dict, config: QuickstartConfig) -> dict:
     prompts = [p.text for p in sandbox.make_prompts(config.eval_prompts, seed=config.seed + 3, split="test")]
     policies = {"SFT": state["sft_path"]}
     if "reward_model" in state and config.best_of > 1:
-        policies[f"best-of-{config.best_of}"] = BestOfNSampler(state["sft_path"], state["reward_model"],
+        policies[f"best-of-{config.best_of}"] = BestOfNSampler(model=state["sft_path"], reward=state["reward_model"],
                                                                n=config.best_of, seed=config.seed)
     policies.update({name: state[key] for name, key in (("PPO", "ppo_path"), ("DPO", "dpo_path")) if key in state})
-    table = compare_policies(policies, prompts, baseline="SFT", gold=sandbox.gold_score,
-                             reward_model=state.get("reward_model"), kl_reference=str(state["sft_path"]),
+    table = compare_policies(policies, prompts, baseline="SFT", gold=sandbox.gold_reward,
+                             reward_model=state.get("reward_model"), kl_reference=state["sft_path"],
                              seed=config.seed + 7)
     return {name: {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
             for name, row in table.to_dict(orient="index").items()}
-
-
-def write_report(out: Path, config: QuickstartConfig, result: QuickstartResult, logs: dict[str, MetricsLog]) -> Path:
-    """report.json (every number) and report.html (plots + comparison table); returns the HTML path."""
-    import html
-
-    from rlhf_widgets.plots import figure_from_log
-
-    numbers = {"config": asdict(config), "numbers": result.numbers, "seconds": result.seconds}
-    (out / "report.json").write_text(json.dumps(numbers, indent=2, default=str))
-    parts = ["<html><head><meta charset='utf-8'><title>rlhf-widgets quickstart</title></head><body>",
-             "<h1>rlhf-widgets quickstart</h1>",
-             f"<p>Stages and seconds: {html.escape(json.dumps(result.seconds))}</p>"]
-    comparison = result.numbers.get("comparison")
-    if comparison:
-        cols = ["gold_win_rate", "rm_win_rate", "gold_mean", "kl_to_reference", "mean_words", "example"]
-        parts.append("<h2>Comparison on held-out prompts (vs SFT)</h2><table border='1' cellpadding='4'><tr>"
-                     "<th>policy</th>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>")
-        for name, row in comparison.items():
-            cells = "".join(
-                f"<td>{row[c]:.3f}</td>" if isinstance(row.get(c), float)
-                else f"<td>{html.escape(str(row.get(c, '')))}</td>"
-                for c in cols
-            )
-            parts.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
-        parts.append("</table>")
-    if "reward" in result.numbers:
-        parts.append(f"<h2>Reward model</h2><pre>{html.escape(json.dumps(result.numbers['reward'], indent=2))}</pre>")
-    first = True
-    for stage, log in logs.items():
-        fig = figure_from_log(log, title=f"{stage} metrics")
-        parts.append(f"<h2>{html.escape(stage)}</h2>")
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=first))
-        first = False
-    parts.append("</body></html>")
-    path = out / "report.html"
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path

@@ -1,16 +1,16 @@
 """Reward model stage: train on preference pairs with TRL's RewardTrainer, then score responses.
 
-`RewardModel` is the scoring API everything downstream uses (PPO, best-of-N, GRPO/RLOO, evaluation,
-AI labeling): `score(prompts, responses)` formats each (prompt, response) as a chat conversation exactly
-as TRL's RewardTrainer did during training, reads the score at the last real token (the EOS), in eval
-mode, batched, optionally normalised so that a reference set of responses (e.g. SFT samples) scores
-mean 0 / std 1. It is also a TRL reward function: `GRPOTrainer(reward_funcs=[reward_model], …)`.
+`RewardModel` is a reward function in the project's protocol (`rlhf_widgets.rewards`): calling it — or its
+`score` — on (prompts, responses) formats each pair as a chat conversation exactly as TRL's RewardTrainer did
+during training, reads the score at the last real token (the EOS), in eval mode, batched, normalised so that a
+reference set of responses (e.g. SFT samples) scores mean 0 / std 1. PPO, GRPO/RLOO, best-of-N, AI labelers
+and evaluation all take it.
 """
 
 from __future__ import annotations
 
 import json
-import time
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +21,11 @@ import trl
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhf_widgets.callbacks import MetricsCallback
-from rlhf_widgets.config import SANDBOX, ModelConfig, TrainingDefaults
-from rlhf_widgets.data import as_messages, last_user_content, split_by_prompt
+from rlhf_widgets.config import SANDBOX, ModelConfig, TrainingDefaults, as_model_config
+from rlhf_widgets.data import as_messages, message_text, split_by_prompt
 from rlhf_widgets.metrics import MetricsLog
-from rlhf_widgets.models import choose_device, load_reward_backbone, load_tokenizer, lora_config
+from rlhf_widgets.models import choose_device, load_reward_backbone, load_tokenizer
+from rlhf_widgets.stages import FINAL, StageResult, copied, run_trl_trainer, stage_metrics
 
 REWARD_META = "rlhf_widgets_reward.json"
 """File beside the saved weights with what is needed to reload: normalisation, base model, adapter flag."""
@@ -39,9 +39,8 @@ class RewardStageConfig(TrainingDefaults, trl.RewardConfig):
     learning_rate: float = field(default=3e-4, metadata={"help": "AdamW peak learning rate."})
     num_train_epochs: float = field(
         default=1.0,
-        metadata={"help": "Passes over the training pairs. One, as InstructGPT: with several pairs per prompt each "
-                  "answer recurs in several pairs, and further passes overfit (sandbox, 600 prompts × 6 pairs: "
-                  "gold agreement 0.886 after 1 epoch, 0.886 after 2, at twice the time)."},
+        metadata={"help": "Passes over the training pairs (one, as InstructGPT: with several pairs per prompt each "
+                  "answer recurs in several pairs)."},
     )
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Preference pairs per step."})
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Pairs per evaluation batch."})
@@ -73,7 +72,7 @@ def _conversations(prompts: Sequence, responses: Sequence[str | list]) -> list[l
         raise ValueError(f"score(): {len(prompts)} prompts but {len(responses)} responses")
     convs = []
     for prompt, response in zip(prompts, responses, strict=True):
-        reply = response if isinstance(response, list) else [{"role": "assistant", "content": response}]
+        reply = [{"role": "assistant", "content": message_text(response)}]
         convs.append(as_messages(prompt) + reply)
     return convs
 
@@ -142,14 +141,9 @@ class RewardModel:
         self.bias, self.scale = raw.mean().item(), max(raw.std().item(), 1e-6)
         return self.bias, self.scale
 
-    def prefer(self, prompt: str | list, a: str, b: str) -> str:
-        """AI-labeler protocol: "a" or "b", whichever this model scores higher (ties go to "a")."""
-        s = self.raw_score([prompt, prompt], [a, b])
-        return "a" if s[0] >= s[1] else "b"
-
-    def __call__(self, prompts: list, completions: list, **_: object) -> list[float]:
-        """TRL reward-function protocol (GRPO/RLOO): one float per completion."""
-        return self.score([last_user_content(p) if isinstance(p, list) else p for p in prompts], completions).tolist()
+    def __call__(self, prompts: Sequence, responses: Sequence) -> torch.Tensor:
+        """The reward protocol (`rlhf_widgets.rewards`): normalised scores, shape (N,)."""
+        return self.score(prompts, responses)
 
     def save(self, path: str | Path) -> Path:
         """Write the weights (PEFT adapter incl. score head, or full model), tokenizer and normalisation."""
@@ -192,19 +186,14 @@ class RewardModel:
 
 
 @dataclass
-class RewardResult:
-    """What a reward-model run produced."""
+class RewardModelResult(StageResult):
+    """A reward-model stage's result: the `StageResult` fields, plus the model ready to score and the held-out
+    pairs (for `evaluate.reward_report`)."""
 
-    reward_model: RewardModel
-    """the trained model, ready to score"""
-    model_path: Path
-    """where it was saved (`RewardModel.load(model_path)`)"""
-    eval_dataset: datasets.Dataset | None
-    """held-out pairs (for `evaluate.reward_report`)"""
-    metrics: MetricsLog
-    """every logged metric of the run"""
-    train_seconds: float
-    """wall time of `trainer.train()`"""
+    reward_model: RewardModel | None = None
+    """the trained model, ready to score (the same one `RewardModel.load(model_path)` gives)"""
+    eval_dataset: datasets.Dataset | None = None
+    """the held-out pairs (by prompt), None when `eval_fraction=0`"""
 
 
 def _adapters_to_compute_dtype(model: PreTrainedModel, only: str = "") -> None:
@@ -224,53 +213,52 @@ def _fit_normalization_on(reward_model: RewardModel, pairs: datasets.Dataset, n:
 
 
 def train_reward_model(
-    dataset: datasets.Dataset,
+    data: datasets.Dataset,
     config: RewardStageConfig | None = None,
-    model: ModelConfig | str = SANDBOX,
+    *,
+    model: ModelConfig | str | os.PathLike = SANDBOX,
     metrics: MetricsLog | None = None,
-) -> RewardResult:
-    """Train a reward model on preference pairs (`load_preferences` / `PreferenceStore.to_dataset` format).
+) -> RewardModelResult:
+    """Train a reward model on preference pairs `data` (`load_preferences` / `PreferenceStore.to_dataset` format)
+    and save it under `<output_dir>/final` (`RewardModel.load` reads it back).
 
-    `model` is the backbone: usually the SFT model's directory; LoRA / 4-bit via `ModelConfig`. With
-    LoRA the score head is trained in full (`modules_to_save=["score"]`).
+    `model` is the backbone: usually the SFT model's directory; LoRA / 4-bit via `ModelConfig`. With LoRA the
+    score head is trained in full (`modules_to_save=["score"]`). `config.eval_fraction` of the prompts, with
+    all their pairs, are held out (`split_by_prompt`) and evaluated each epoch.
     """
-    config = config or RewardStageConfig()
-    model_cfg = ModelConfig(model_name_or_path=model) if isinstance(model, str) else model
+    config = copied(config or RewardStageConfig())
+    model_cfg = as_model_config(model)
     # held out by prompt: with several pairs per prompt no held-out answer is also trained on
-    split = split_by_prompt(dataset, config.eval_fraction, seed=config.seed) if config.eval_fraction else None
-    train_ds, eval_ds = (split["train"], split["test"]) if split else (dataset, None)
-    out = Path(config.output_dir)
-    metrics = metrics if metrics is not None else MetricsLog(out / "metrics.jsonl", run_name="reward")
+    split = split_by_prompt(data, config.eval_fraction, seed=config.seed) if config.eval_fraction else None
+    train_ds, eval_ds = (split["train"], split["test"]) if split else (data, None)
+    metrics = stage_metrics(metrics, config.output_dir, "reward")
     torch.manual_seed(config.seed)  # the score head is initialised at random
     backbone, tokenizer = load_reward_backbone(model_cfg)
-    peft_config = lora_config(model_cfg, task_type="SEQ_CLS")
-    if peft_config is not None:
-        peft_config.modules_to_save = ["score"]
     if eval_ds is not None and config.eval_strategy == "no":
         config.eval_strategy = "epoch"
-    trainer = trl.RewardTrainer(
-        model=backbone,
-        args=config,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[MetricsCallback(metrics, stage="reward")],
-    )
-    if model_cfg.load_in_4bit:
-        # TRL casts every trainable parameter of a quantized model to bf16 (QLoRA's recipe). LoRA layers cast
-        # their input, but the fully trained score head would then see hidden states of the compute dtype
-        # (fp32 on CPU) — keep the head in that dtype.
-        _adapters_to_compute_dtype(trainer.model, only=".score.")
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
+    trainer, seconds = run_trl_trainer(
+        "reward", _RewardTrainer, config, backbone, tokenizer, model_cfg, metrics, task_type="SEQ_CLS",
+        peft_overrides={"modules_to_save": ["score"]}, train_dataset=train_ds, eval_dataset=eval_ds)
     if model_cfg.load_in_4bit:  # score with the adapter dtype `RewardModel.load` will use
         _adapters_to_compute_dtype(trainer.model)
     reward_model = RewardModel(trainer.model, tokenizer, max_length=config.max_length or 512)
     if config.normalize_on:
         _fit_normalization_on(reward_model, train_ds, config.normalize_on)
-    final = reward_model.save(out / "final")
-    metrics.log_event("saved", f"reward model saved to {final}", step=trainer.state.global_step)
-    return RewardResult(reward_model, final, eval_ds, metrics, seconds)
+    final = reward_model.save(Path(config.output_dir) / FINAL)
+    metrics.log_event("saved", f"reward model saved to {final}", step=trainer.state.global_step, stage="reward")
+    return RewardModelResult(stage="reward", model_path=final, metrics=metrics, train_seconds=seconds,
+                             reward_model=reward_model, eval_dataset=eval_ds)
 
+
+class _RewardTrainer(trl.RewardTrainer):
+    """TRL's RewardTrainer, keeping a fully trained score head of a 4-bit model in the compute dtype.
+
+    TRL casts every trainable parameter of a quantized model to bf16 (QLoRA's recipe). LoRA layers cast their
+    input, but the score head would then see hidden states of the compute dtype (fp32 on CPU).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        if getattr(base, "is_loaded_in_4bit", False):
+            _adapters_to_compute_dtype(self.model, only=".score.")

@@ -6,17 +6,15 @@ template. On the sandbox the default data are the world's curt-but-correct demon
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import datasets
 import trl
 
-from rlhf_widgets.callbacks import MetricsCallback
-from rlhf_widgets.config import SANDBOX, ModelConfig, TrainingDefaults
+from rlhf_widgets.config import SANDBOX, TrainingDefaults
 from rlhf_widgets.metrics import MetricsLog
-from rlhf_widgets.models import load_causal_lm, lora_config
+from rlhf_widgets.models import ModelLike, model_name
+from rlhf_widgets.stages import StageResult, run_policy_stage
 
 
 @dataclass
@@ -40,59 +38,27 @@ class SFTStageConfig(TrainingDefaults, trl.SFTConfig):
             raise ValueError(f"SFTStageConfig.sandbox_demos={self.sandbox_demos}: must be positive")
 
 
-@dataclass
-class SFTResult:
-    """What an SFT run produced."""
-
-    model_path: Path
-    """directory of the final model: full weights, or a LoRA adapter when the base was quantized"""
-    metrics: MetricsLog
-    """every logged metric of the run"""
-    train_seconds: float
-    """wall time of `trainer.train()`"""
-
-
 def train_sft(
+    data: datasets.Dataset | None = None,
     config: SFTStageConfig | None = None,
-    model: ModelConfig | str = SANDBOX,
-    dataset: datasets.Dataset | None = None,
+    *,
+    model: ModelLike = SANDBOX,
     metrics: MetricsLog | None = None,
-) -> SFTResult:
-    """Fine-tune `model` on `dataset` (default: the sandbox's demonstrations) and save the result.
+) -> StageResult:
+    """Fine-tune `model` on demonstrations `data` and save the result under `<output_dir>/final`.
 
-    `dataset` is any format TRL's SFTTrainer takes (prompt/completion, messages, text). A LoRA run on an
-    unquantized base saves the merged model (so later stages load plain weights) and the adapter under
-    `adapter/`; a 4-bit run saves the adapter, which `load_causal_lm` re-attaches to its base.
+    `data` is any format TRL's SFTTrainer takes (prompt/completion, messages, text); None (default) takes
+    `config.sandbox_demos` of the sandbox's demonstrations, which exist only for the sandbox model. A LoRA
+    run on an unquantized base saves the merged model in `final/` and the adapter in `adapter/`; a 4-bit run
+    saves the adapter, which `load_causal_lm` re-attaches to its base.
     """
     config = config or SFTStageConfig()
-    model_cfg = ModelConfig(model_name_or_path=model) if isinstance(model, str) else model
-    if dataset is None:
-        if model_cfg.model_name_or_path != SANDBOX:
-            raise ValueError(f"train_sft: no dataset given for model '{model_cfg.model_name_or_path}' "
-                             "(the default demonstrations exist only for the sandbox)")
+    if data is None:
+        if model_name(model) != SANDBOX:
+            raise ValueError(f"train_sft: no demonstrations given for model {model_name(model)!r} (the default "
+                             "demonstrations exist only for the sandbox); pass data=<a prompt/completion or "
+                             "messages dataset>")
         from rlhf_widgets.sandbox import sft_dataset
 
-        dataset = sft_dataset(config.sandbox_demos, seed=config.seed)
-    out = Path(config.output_dir)
-    metrics = metrics if metrics is not None else MetricsLog(out / "metrics.jsonl", run_name="sft")
-    policy, tokenizer = load_causal_lm(model_cfg)
-    trainer = trl.SFTTrainer(
-        model=policy,
-        args=config,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(model_cfg),
-        callbacks=[MetricsCallback(metrics, stage="sft")],
-    )
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    final = out / "final"
-    trained = trainer.model
-    if model_cfg.use_peft and not model_cfg.load_in_4bit:
-        trained.save_pretrained(out / "adapter")
-        trained = trained.merge_and_unload()
-    trained.save_pretrained(final)
-    tokenizer.save_pretrained(final)
-    metrics.log_event("saved", f"SFT model saved to {final}", step=trainer.state.global_step)
-    return SFTResult(model_path=final, metrics=metrics, train_seconds=seconds)
+        data = sft_dataset(config.sandbox_demos, seed=config.seed)
+    return run_policy_stage("sft", trl.SFTTrainer, config, model, metrics, train_dataset=data)

@@ -6,41 +6,37 @@ the sandbox's `SimulatedAnnotator` is one, `RewardModelLabeler` wraps any reward
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
 from rlhf_widgets.labeling.store import Choice, PreferenceStore, Prompt
 
 if TYPE_CHECKING:
-    import torch
+    from rlhf_widgets.rewards import RewardFunction
 
 Labeler = Callable[[Prompt, str, str], str]
 
 
-class Scorer(Protocol):
-    """Anything with `score(prompts, responses) -> Tensor` (N,), e.g. `rlhf_widgets.reward.RewardModel`."""
-
-    def score(self, prompts: Sequence, responses: Sequence) -> torch.Tensor: ...
-
-
 class RewardModelLabeler:
-    """Labels a pair by comparing reward scores of both responses to the prompt.
+    """Labels a pair by comparing the reward of both responses to the prompt.
 
     Args:
-        reward_model: has `score(prompts, responses) -> Tensor` (N,).
+        reward_model: a reward function `(prompts, responses) -> scores` (a `RewardModel`, `sandbox.gold_reward`).
         tie_margin: score differences at or below this are a "tie" (default 0.0: only exact equality).
     """
 
-    def __init__(self, reward_model: Scorer, tie_margin: float = 0.0) -> None:
+    def __init__(self, reward_model: RewardFunction, tie_margin: float = 0.0) -> None:
         if tie_margin < 0:
             raise ValueError(f"tie_margin must be >= 0, got {tie_margin}")
         self.reward_model = reward_model
         self.tie_margin = tie_margin
 
     def __call__(self, prompt: Prompt, a: str, b: str) -> Choice:
-        score_a, score_b = self.reward_model.score([prompt, prompt], [a, b]).tolist()
+        from rlhf_widgets.rewards import score_responses  # torch: loaded only when a reward model labels
+
+        score_a, score_b = score_responses(self.reward_model, [prompt, prompt], [a, b]).tolist()
         if abs(score_a - score_b) <= self.tie_margin:
             return "tie"
         return "a" if score_a > score_b else "b"

@@ -1,11 +1,14 @@
-"""PPO with a KL penalty: pure tensor functions (`core`), the trainer, and its notebook panel."""
+"""PPO with a KL penalty: the recipe (`trainer`), its pieces (`rollout`, `core`, `backbone`, `fastpaths`,
+`control`, `memory`), its knobs (`config`) and its notebook panel (`panel`)."""
 
 from typing import Any
 
 from rlhf_widgets.ppo.config import PPOConfig
-from rlhf_widgets.ppo.trainer import PPOTrainer, TrainingControl, TrainingStopped
+from rlhf_widgets.ppo.control import TrainingControl
+from rlhf_widgets.ppo.rollout import Rollout, TrainingStopped
+from rlhf_widgets.ppo.trainer import PPOTrainer, train_ppo
 
-__all__ = ["PPOConfig", "PPOPanel", "PPOTrainer", "TrainingControl", "TrainingStopped"]
+__all__ = ["PPOConfig", "PPOPanel", "PPOTrainer", "Rollout", "TrainingControl", "TrainingStopped", "train_ppo"]
 
 
 def __getattr__(name: str) -> Any:

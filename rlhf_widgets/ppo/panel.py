@@ -12,7 +12,7 @@ import math
 
 import ipywidgets as w
 
-from rlhf_widgets.plots import LiveDashboard, SamplesTable
+from rlhf_widgets.views import LiveDashboard, SamplesTable
 
 DEFAULT_METRICS = [
     "objective/rlhf_reward", "objective/scores", "gold/score", "objective/kl", "objective/kl_coef",
@@ -76,13 +76,11 @@ class PPOPanel:
 
     def apply_settings(self) -> None:
         """Queue the sliders' values; they take effect at the next update (and are logged as events)."""
-        t = self.trainer
-        current = {"learning_rate": t.optimizer.param_groups[0]["lr"], "kl_coef": t.kl_ctl.value,
-                   "temperature": t.temperature}
+        current = self.trainer.settings
         wanted = {"learning_rate": self.lr.value, "kl_coef": self.kl.value, "temperature": self.temperature.value}
         changed = {k: v for k, v in wanted.items() if not math.isclose(v, current[k], rel_tol=1e-9)}
         if changed:
-            t.control.set(**changed)
+            self.trainer.control.set(**changed)
         self.refresh()
 
     def wait(self, timeout: float | None = None) -> None:
@@ -94,11 +92,11 @@ class PPOPanel:
 
     def refresh(self) -> None:
         c, t = self.trainer.control, self.trainer
-        paused = not c._resume.is_set() and c.state == "running"
+        paused = c.paused and c.state == "running"
         state = "pause requested" if paused else c.state
         reason = f" — {html.escape(c.reason)}" if c.reason else ""
         self.status.value = (f"<b>{html.escape(state)}</b>{reason} · update {t.update}/{t.config.num_updates}"
-                             f" · β {t.kl_ctl.value:.4f}")
+                             f" · β {t.settings['kl_coef']:.4f}")
         running = c.state in ("running", "paused")
         self.start_button.disabled = running
         self.pause_button.disabled = not running or paused

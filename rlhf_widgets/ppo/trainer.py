@@ -1,211 +1,98 @@
-"""PPOTrainer: rollout → score → KL-shaped rewards → GAE → epochs of clipped minibatch updates.
+"""PPOTrainer: the recipe — rollout → score → KL-shaped rewards → GAE → epochs of clipped minibatch updates.
 
-One readable `step()` (numbered comments follow the N+ Implementation Details of RLHF with PPO,
-Huang et al. 2024). Control from the notebook goes through `TrainingControl` (pause / resume / stop /
-change lr, β, temperature between updates); every change and every stop lands in the MetricsLog.
-Built on `accelerate`: under `accelerate launch` each process rolls out its own prompts and gradients
-are averaged across processes before every optimizer step, so the replicas stay identical.
+One readable `step()`, numbered after "The N+ Implementation Details of RLHF with PPO" (Huang et al. 2024);
+the pieces live beside it: `rollout` (steps 1–6 and the `Rollout` they fill), `core` (the math), `backbone`
+(where policy, reference and value live), `control` (pause / resume / stop / settings from the notebook),
+`memory` (micro-batch size, heap trimming). Built on `accelerate`: under `accelerate launch` each process rolls
+out its own prompts and gradients are averaged across processes before every optimizer step, so the replicas
+stay identical.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import math
+import os
 import random
+import shutil
 import threading
 import time
+import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from peft import LoraConfig
 from tqdm.auto import tqdm
-from transformers import LogitsProcessor, LogitsProcessorList
 
-from rlhf_widgets.config import ModelConfig
-from rlhf_widgets.data import last_user_content
-from rlhf_widgets.generation import encode_prompts
+from rlhf_widgets.config import SANDBOX, ModelConfig, as_model_config
 from rlhf_widgets.metrics import MetricsLog
-from rlhf_widgets.models import load_causal_lm
+from rlhf_widgets.models import ModelLike, load_causal_lm, lora_config, model_name
 from rlhf_widgets.ppo import core
+from rlhf_widgets.ppo.backbone import SeparateModels, SharedBackbone
 from rlhf_widgets.ppo.config import PPOConfig
-from rlhf_widgets.ppo.models import SeparateModels, SharedBackbone
+from rlhf_widgets.ppo.control import TrainingControl
+from rlhf_widgets.ppo.memory import auto_micro_batch_size, release_freed_memory
+from rlhf_widgets.ppo.rollout import Rollout, TrainingStopped, forward_inputs, make_rollout, shape_rewards
+from rlhf_widgets.rewards import RewardFunction, as_reward_function, score_responses
+from rlhf_widgets.stages import FINAL, StageResult, is_quantized
 
-ScoreFn = Callable[[list, list[str]], "torch.Tensor | Sequence[float]"]
 STATE_FILE = "trainer_state.pt"
-CPU_ACTIVATION_BUDGET = 256 * 2**20
-"""bytes of saved activations per forward that `micro_batch_size=None` aims for on CPU"""
-
-
-class TrainingStopped(RuntimeError):
-    """Raised inside `step()` when a safety rail trips; the message is the diagnosis."""
-
-
-@dataclass
-class TrainingControl:
-    """Thread-safe remote control, used by the notebook's control panel while `train()` runs.
-
-    Changes requested with `set(...)` are applied between updates and logged as events.
-    """
-
-    state: str = "idle"
-    """idle | running | paused | stopped | finished | failed"""
-    reason: str = ""
-    """why the run stopped or failed"""
-    _resume: threading.Event = field(default_factory=threading.Event, repr=False)
-    _stop: bool = False
-    _pending: dict = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def __post_init__(self) -> None:
-        self._resume.set()
-
-    def pause(self) -> None:
-        self._resume.clear()
-
-    def resume(self) -> None:
-        self._resume.set()
-
-    def stop(self) -> None:
-        """Finish the current update, save, and end the run."""
-        self._stop = True
-        self._resume.set()
-
-    def set(self, **changes: float) -> None:
-        """Queue changes of `learning_rate`, `kl_coef` or `temperature` for the next update."""
-        allowed = {"learning_rate", "kl_coef", "temperature"}
-        unknown = set(changes) - allowed
-        if unknown:
-            raise ValueError(f"TrainingControl.set: cannot change {sorted(unknown)}; allowed: {sorted(allowed)}")
-        for name, value in changes.items():
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"TrainingControl.set: {name}={value!r} must be a finite number >= 0")
-            if name in ("learning_rate", "temperature") and value == 0:
-                raise ValueError(f"TrainingControl.set: {name} must be > 0")
-        with self._lock:
-            self._pending.update(changes)
-
-    def take_pending(self) -> dict:
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        return pending
-
-
-class SampledLogprobs(LogitsProcessor):
-    """Keeps the log-prob under softmax(logits / T) of every token `generate` samples: the rollout's "old"
-    log-probs without a second policy forward over the batch (TRL's PPO read them from its generation
-    logits too), computed by the same `core.logprobs_from_logits` as the training forwards.
-
-    Called once per generated token with that step's logits; the token sampled from them is only known at
-    the next call (or, for the last one, from the output), so one (B, V) step is held at a time. It returns
-    the logits unchanged and runs before the temperature warper, so the distribution it records is the
-    one sampled from.
-    """
-
-    def __init__(self, temperature: float) -> None:
-        self.temperature = temperature
-        self._pending: torch.Tensor | None = None
-        self._picked: list[torch.Tensor] = []
-
-    def _pick(self, tokens: torch.Tensor) -> torch.Tensor:
-        return core.logprobs_from_logits(self._pending.unsqueeze(1), tokens.unsqueeze(1), self.temperature)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self._pending is not None:
-            self._picked.append(self._pick(input_ids[:, -1]))
-        self._pending = scores.detach().clone()  # later processors may work in place
-        return scores
-
-    def logprobs(self, responses: torch.Tensor) -> torch.Tensor:
-        """(B, T_new) sampled tokens → (B, T_new) their log-probs."""
-        if self._pending is None or len(self._picked) + 1 != responses.shape[1]:
-            raise RuntimeError(f"SampledLogprobs saw {len(self._picked) + int(self._pending is not None)} "
-                               f"generation steps for {responses.shape[1]} response tokens")
-        return torch.cat([*self._picked, self._pick(responses[:, -1])], dim=1)
-
-
-@functools.cache
-def _malloc_trim():
-    try:
-        return ctypes.CDLL(None).malloc_trim  # glibc; absent elsewhere (macOS, musl)
-    except (OSError, AttributeError):
-        return None
-
-
-def release_freed_memory() -> None:
-    """Hand the heap pages freed since the last call back to the OS (glibc `malloc_trim(0)`; no-op elsewhere).
-
-    glibc keeps freed CPU tensor memory mapped for reuse, and between PPO phases (generation, the rollout
-    forwards, each minibatch's graph) the sizes differ enough that the kept pages pile up: at the 100M-param
-    benchmark shape RSS grew ~1.5 GB above the working set. Called between phases; it costs milliseconds.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-def _score_to_tensor(scores) -> torch.Tensor:
-    if isinstance(scores, torch.Tensor):
-        return scores.detach().float().cpu()
-    return torch.tensor(scores, dtype=torch.float)
+METRICS_FILE = "metrics.jsonl"
 
 
 class PPOTrainer:
-    """PPO-RLHF on one (optionally 4-bit) base model; see `rlhf_widgets.ppo.models` for the roles.
+    """PPO-RLHF from an SFT model against a reward function; see `rlhf_widgets.ppo.backbone` for the roles.
 
     Args:
-        config: the PPO knobs.
-        policy: the SFT model (directory, hub id, or a `ModelConfig`); policy and reference start from it.
-        reward: a `RewardModel`, or any `score(prompts, responses) -> (N,)` callable.
-        prompts: training prompts (strings or chat messages).
-        metrics: where metrics, events and samples go (default: `output_dir/metrics.jsonl`).
-        gold: optional `gold(prompt, response) -> float` logged as `gold/score` (sandbox only; never trained on).
-        resume_from: a checkpoint directory written by `save_checkpoint`.
+        prompts: training prompts (strings or chat messages), drawn in a shuffled order per epoch.
+        config: PPO's knobs (default `PPOConfig()`).
+        model: the SFT model (see `models.ModelLike`); policy and reference start from it. LoRA rank, alpha and
+            targets and 4-bit come from its `ModelConfig` (a loaded model is wrapped and trained in place).
+        reward: a reward function `(prompts, responses) -> scores` — a `RewardModel`, a saved reward-model
+            directory, `sandbox.gold_reward`, …
+        metrics: where metrics, events and samples go (default: `output_dir/metrics.jsonl`, continued on resume).
+        gold: an optional held-out reward function logged as `gold/score`, never trained on (the sandbox's gold).
+        resume_from: a checkpoint directory written by `save_checkpoint` (`checkpoint-N/`, `last/`).
     """
 
     def __init__(
         self,
-        config: PPOConfig,
-        policy: str | ModelConfig,
-        reward,
         prompts: Sequence,
+        config: PPOConfig | None = None,
+        *,
+        model: ModelLike = SANDBOX,
+        reward: RewardFunction | str | os.PathLike,
         metrics: MetricsLog | None = None,
-        gold: Callable[[str, str], float] | None = None,
+        gold: RewardFunction | None = None,
         resume_from: str | Path | None = None,
     ) -> None:
         if len(prompts) == 0:
             raise ValueError("PPOTrainer: no prompts given")
+        config = config or PPOConfig()
         self.config = config
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.is_main = self.accelerator.is_main_process
         torch.manual_seed(config.seed)  # identical adapter init on every process
-        model_cfg = ModelConfig(model_name_or_path=policy) if isinstance(policy, str) else policy
-        model_cfg.load_in_4bit = config.load_in_4bit
-        model_cfg.use_peft = config.load_in_4bit or model_cfg.use_peft
-        model_cfg.device = "cuda" if self.accelerator.device.type == "cuda" else "cpu"
-        base, self.tokenizer = load_causal_lm(model_cfg, merge_adapter=not config.shared_base)
+        base, self.tokenizer, self.model_settings = self._load(model)
         self.model_config = base.config
+        quantized = is_quantized(base)
         if config.shared_base:
-            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                              target_modules="all-linear", task_type="CAUSAL_LM")
-            self.backend = SharedBackbone(base, lora, activation_checkpointing=config.use_activation_checkpointing,
-                                          value_layers=config.value_layers(base.config.num_hidden_layers),
-                                          merge_for_generation=config.merge_for_generation)
+            self.backend = SharedBackbone(
+                base, _ppo_lora(self.model_settings),
+                activation_checkpointing=config.uses_activation_checkpointing(quantized),
+                value_layers=config.value_layers(base.config.num_hidden_layers),
+                fast_paths=config.fast_paths, merge_for_generation=config.merge_for_generation)
+        elif quantized:
+            raise ValueError("PPOConfig(shared_base=False) trains full models, which a 4-bit base cannot: use "
+                             "shared_base=True (LoRA adapters on the quantized base) or load without load_in_4bit")
         else:
             self.backend = SeparateModels(base)
         self.backend.value_head.to(self.accelerator.device)
-        self.score_fn = reward.score if hasattr(reward, "score") else reward
+        self.reward = as_reward_function(reward)
         self.gold = gold
         self.prompts = list(prompts)
-        out = Path(config.output_dir)
-        self.output_dir = out
-        if metrics is None:
-            metrics = MetricsLog(out / "metrics.jsonl" if self.is_main else None, run_name="ppo")
-        self.metrics = metrics
+        self.output_dir = Path(config.output_dir)
         self.optimizer = torch.optim.AdamW(
             [{"params": self.backend.policy_parameters}, {"params": self.backend.value_parameters}],
             lr=config.learning_rate, eps=1e-5,
@@ -217,7 +104,9 @@ class PPOTrainer:
         self.temperature = config.temperature
         self.control = TrainingControl()
         self.update = 0
+        """updates done so far"""
         self.episode = 0
+        """rollouts done so far, all processes together"""
         # per-process streams: prompt order and sampling differ across data-parallel replicas
         rank_seed = config.seed + 1000 * self.accelerator.process_index
         self.prompt_rng = torch.Generator().manual_seed(rank_seed)
@@ -226,8 +115,53 @@ class PPOTrainer:
         self._order: list[int] = []
         self.last_micro_batch_size: int | None = None
         self._last_good: dict[str, torch.Tensor] | None = None
+        self.metrics = metrics if metrics is not None else self._run_metrics(resume_from)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
+
+    def _load(self, model: ModelLike):
+        """(base model, tokenizer, ModelConfig) on this process's device; the caller's ModelConfig is not touched."""
+        if isinstance(model, (str, os.PathLike, ModelConfig)):
+            device = "cuda" if self.accelerator.device.type == "cuda" else "cpu"
+            settings = as_model_config(model, device=device)
+            # a shared base keeps an SFT adapter as an adapter: it becomes the policy's start and the reference
+            base, tokenizer = load_causal_lm(settings, merge_adapter=not self.config.shared_base)
+            return base, tokenizer, settings
+        base, tokenizer = load_causal_lm(model)
+        return base, tokenizer, ModelConfig(model_name_or_path=model_name(model))
+
+    def _run_metrics(self, resume_from: str | Path | None) -> MetricsLog:
+        """The run's log at `output_dir/metrics.jsonl`: new, or — resuming — the checkpoint's history continued.
+
+        A checkpoint keeps a copy of the log as it was when it was written, so the resumed log holds exactly the
+        updates up to the checkpoint; a longer log already in `output_dir` (updates after the checkpoint, about
+        to be redone) is kept beside it as `metrics.before-resume-N.jsonl`, never deleted.
+        """
+        path = self.output_dir / METRICS_FILE
+        if not self.is_main:
+            return MetricsLog(None, run_name="ppo")
+        if resume_from is None:
+            return MetricsLog(path, run_name="ppo")
+        snapshot = Path(resume_from) / METRICS_FILE
+        if snapshot.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_file() and path.read_bytes() != snapshot.read_bytes():
+                n = 1
+                while (kept := path.with_name(f"metrics.before-resume-{n}.jsonl")).exists():
+                    n += 1
+                path.rename(kept)
+            if not path.is_file():
+                shutil.copyfile(snapshot, path)
+        if path.is_file():
+            return MetricsLog.load(path, resume=True)
+        return MetricsLog(path, run_name="ppo")
+
+    # ---------------------------------------------------------------- public state
+    @property
+    def settings(self) -> dict[str, float]:
+        """The settings the next update uses: `learning_rate`, `kl_coef` (β) and `temperature`."""
+        return {"learning_rate": self.optimizer.param_groups[0]["lr"], "kl_coef": self.kl_ctl.value,
+                "temperature": self.temperature}
 
     # ---------------------------------------------------------------- data
     def _next_prompts(self) -> list:
@@ -245,119 +179,77 @@ class PPOTrainer:
             return cfg.micro_batch_size
         if self.accelerator.device.type != "cpu" or not cfg.shared_base:
             return cfg.mini_batch_size  # (full mode: every micro-batch adds a pass over all weight gradients)
-        c = self.model_config
-        hidden = c.hidden_size
-        mlp = getattr(c, "intermediate_size", None) or 4 * hidden
-        # fp32 tensors a Llama-style block keeps for backward, per token: ~12 of hidden size, ~4 of MLP size
-        per_row = seq_len * c.num_hidden_layers * (12 * hidden + 4 * mlp) * 4
-        fit = max(1, min(cfg.mini_batch_size, CPU_ACTIVATION_BUDGET // per_row))
-        return max(d for d in range(1, fit + 1) if cfg.mini_batch_size % d == 0)
-
-    def _forward_inputs(self, seq: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        # position ids from the mask: left padding must not shift positions of the real tokens
-        return {"input_ids": seq, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+        return auto_micro_batch_size(self.model_config, seq_len, cfg.mini_batch_size)
 
     # ---------------------------------------------------------------- one update
     def step(self) -> dict[str, float]:
         """Run one PPO update and return its metrics (also logged)."""
-        cfg, dev, tok = self.config, self.accelerator.device, self.tokenizer
+        cfg = self.config
         start = time.perf_counter()
         self._last_good = {k: v.detach().clone() for k, v in self.backend.trainable_state().items()}
 
-        # 1. rollout: sample responses from the current policy (left-padded queries, stop at EOS)
-        prompts = self._next_prompts()
-        query = encode_prompts(tok, prompts, dev)
-        q_ids, q_mask = query["input_ids"], query["attention_mask"]
-        context = q_ids.shape[1]
-        sampled = SampledLogprobs(self.temperature) if cfg.rollout_logprobs == "generate" else None
-        with torch.no_grad():
-            out = self.backend.generate(
-                input_ids=q_ids, attention_mask=q_mask, do_sample=True, temperature=self.temperature,
-                top_k=0, top_p=1.0, max_new_tokens=cfg.max_new_tokens,
-                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                logits_processor=LogitsProcessorList([sampled] if sampled else []),
-            )
-        responses = out[:, context:]
-        # 2. truncate after the first EOS; the mask covers the response up to and including it
-        is_eos = responses == tok.eos_token_id
-        contains_eos = is_eos.any(dim=1)
-        last = torch.where(contains_eos, is_eos.int().argmax(dim=1), responses.shape[1] - 1)
-        positions = torch.arange(responses.shape[1], device=dev).unsqueeze(0)
-        r_mask = (positions <= last.unsqueeze(1)).long()
-        rollout_logprobs = sampled.logprobs(responses) if sampled else None
-        responses = torch.where(r_mask.bool(), responses, torch.full_like(responses, tok.pad_token_id))
-        seq = torch.cat([q_ids, responses], dim=1)
-        mask = torch.cat([q_mask, r_mask], dim=1)
-        resp_mask = r_mask.float()
-        keep = responses.shape[1] + 1  # LM head on positions context-1 … end: the ones that predict the response
-        del out, sampled
-
-        # 3. log-probs of policy (from the sampling step, or one more forward) and reference, and values —
-        #    logits / temperature, in chunks
-        logprobs, ref_logprobs, values, trunks = [], [], [], []
-        with torch.no_grad():
-            for i in range(0, len(seq), cfg.rollout_batch_size):
-                inputs = self._forward_inputs(seq[i : i + cfg.rollout_batch_size], mask[i : i + cfg.rollout_batch_size])
-                labels = responses[i : i + cfg.rollout_batch_size]
-                if rollout_logprobs is None:
-                    logits = self.backend.policy_logits(**inputs, logits_to_keep=keep)[:, :-1]
-                    logprobs.append(core.logprobs_from_logits(logits, labels, self.temperature))
-                    del logits
-                # + the frozen lower layers of the value network (None when the value adapter spans them all)
-                ref, trunk = self.backend.reference_logits(**inputs, logits_to_keep=keep, return_trunk=True)
-                ref_logprobs.append(core.logprobs_from_logits(ref[:, :-1], labels, self.temperature))
-                del ref
-                trunks.append(trunk)
-                values.append(self.backend.values(**inputs, trunk=trunk)[:, context - 1 : -1])
-        logprobs = torch.cat(logprobs) if rollout_logprobs is None else rollout_logprobs
-        ref_logprobs, values = torch.cat(ref_logprobs), torch.cat(values)
-        trunks = torch.cat(trunks) if trunks[0] is not None else None
-
-        # 4. score the decoded responses; penalise those cut off before EOS
-        texts = [tok.decode(r[m.bool()], skip_special_tokens=True).strip()
-                 for r, m in zip(responses, r_mask, strict=True)]
-        prompt_texts = [last_user_content(p) if not isinstance(p, str) else p for p in prompts]
-        scores = _score_to_tensor(self.score_fn(prompts, texts)).to(dev)
-        if cfg.missing_eos_penalty:
-            scores = core.apply_missing_eos_penalty(scores, contains_eos, cfg.missing_eos_penalty)
-        for name, t in (("log-probs", logprobs), ("reference log-probs", ref_logprobs), ("values", values),
-                        ("reward scores", scores)):
-            if not torch.isfinite(t).all():
-                raise TrainingStopped(f"non-finite {name} in the rollout of update {self.update + 1}")
-
-        # 5. KL-shaped per-token rewards: −β·KL everywhere, the score at the EOS slot
+        # 1–4. rollout: sample from the current policy, truncate after EOS, log-probs of policy and reference,
+        #      values, and reward scores (the missing-EOS penalty applied)
+        try:
+            rollout = make_rollout(
+                self.backend, self.tokenizer, self._next_prompts(), self.reward, temperature=self.temperature,
+                max_new_tokens=cfg.max_new_tokens, missing_eos_penalty=cfg.missing_eos_penalty,
+                recorded_logprobs=cfg.rollout_logprobs == "generate", forward_batch_size=cfg.rollout_batch_size,
+                device=self.accelerator.device)
+        except TrainingStopped as err:
+            raise TrainingStopped(f"{err} of update {self.update + 1}") from None
+        # 5–6. KL-shaped per-token rewards (−β·KL, the score at EOS), GAE, advantage whitening
         kl_coef = self.kl_ctl.value
-        rewards, non_score, kl = core.compute_rewards(scores, logprobs, ref_logprobs, resp_mask, kl_coef,
-                                                      kind=cfg.kl_estimator)
-        if cfg.whiten_rewards:
-            rewards = core.masked_whiten(rewards, resp_mask, shift_mean=False)
-        # 6. GAE (γ=1, λ=0.95) and advantage whitening
-        advantages, returns = core.gae(rewards, values, resp_mask, gamma=cfg.gamma, lam=cfg.lam)
-        if cfg.whiten_advantages:
-            advantages = core.masked_whiten(advantages, resp_mask)
-        mean_kl = (kl * resp_mask).sum(1).mean()
-        if mean_kl.item() < cfg.min_kl:
-            raise TrainingStopped(f"mean KL {mean_kl.item():.3f} < {cfg.min_kl} at update {self.update + 1}: the "
+        shape_rewards(rollout, kl_coef=kl_coef, kl_estimator=cfg.kl_estimator, gamma=cfg.gamma, lam=cfg.lam,
+                      whiten_rewards=cfg.whiten_rewards, whiten_advantages=cfg.whiten_advantages)
+        mask = rollout.response_mask
+        mean_kl = (rollout.kl * mask).sum(1).mean().item()
+        mean_k1 = ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1).mean().item()
+        if mean_k1 < cfg.min_kl:
+            raise TrainingStopped(f"mean k1 KL {mean_k1:.3f} < {cfg.min_kl} at update {self.update + 1}: the "
                                   "policy is scored as more likely than the reference everywhere it samples — "
                                   "check the reference model and the temperature")
+        rollout_seconds = time.perf_counter() - start
 
-        # 7. PPO epochs of clipped minibatch updates (policy, then value; one optimizer step)
+        # 7. PPO epochs of clipped minibatch updates (policy, then value; one optimizer step per minibatch)
         release_freed_memory()
+        stats = self._ppo_epochs(rollout)
+
+        # 8. adapt β and report
+        n_episodes = len(rollout) * self.accelerator.num_processes
+        self.kl_ctl.update(mean_kl, n_episodes)
+        self.update += 1
+        self.episode += n_episodes
+        metrics = self._report(rollout, stats, mean_kl, kl_coef)
+        metrics["time/rollout"] = rollout_seconds
+        metrics["time/update"] = time.perf_counter() - start - rollout_seconds
+        metrics["eps"] = n_episodes / (time.perf_counter() - start)
+        metrics["episode"] = self.episode
+        if self.is_main:
+            self.metrics.log(metrics, step=self.update, stage="ppo")
+        return metrics
+
+    def _ppo_epochs(self, rollout: Rollout) -> dict[str, list[float]]:
+        """Step 7: `num_ppo_epochs` passes over the rollout in shuffled minibatches (gradients accumulated over
+        micro-batches, averaged across processes, clipped, one AdamW step each); returns per-micro-batch stats."""
+        cfg = self.config
+        dev = rollout.sequences.device
+        context, keep = rollout.context_length, rollout.responses.shape[1] + 1
         stats: dict[str, list[float]] = defaultdict(list)
-        micro = self.last_micro_batch_size = self._micro_batch_size(seq.shape[1])
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(len(seq), generator=self.prompt_rng).tolist()
-            for mb_start in range(0, len(seq), cfg.mini_batch_size):
+        micro = self.last_micro_batch_size = self._micro_batch_size(rollout.sequences.shape[1])
+        for _ in range(cfg.num_ppo_epochs):
+            order = torch.randperm(len(rollout), generator=self.prompt_rng).tolist()
+            for mb_start in range(0, len(rollout), cfg.mini_batch_size):
                 minibatch = order[mb_start : mb_start + cfg.mini_batch_size]
-                # micro-batches accumulate gradients: the same step, less activation/logit memory
                 for mc_start in range(0, len(minibatch), micro):
                     idx = torch.tensor(minibatch[mc_start : mc_start + micro], device=dev)
                     weight = len(idx) / len(minibatch)
-                    inputs = self._forward_inputs(seq[idx], mask[idx])
+                    inputs = forward_inputs(rollout.sequences[idx], rollout.attention_mask[idx])
+                    resp_mask = rollout.response_mask[idx]
                     logits = self.backend.policy_logits(**inputs, logits_to_keep=keep)[:, :-1]
-                    new_logprobs = core.logprobs_from_logits(logits, responses[idx], self.temperature)
-                    pg_loss, pg_stats = core.ppo_policy_loss(new_logprobs, logprobs[idx], advantages[idx],
-                                                             resp_mask[idx], cfg.cliprange)
+                    new_logprobs = core.logprobs_from_logits(logits, rollout.responses[idx], self.temperature)
+                    pg_loss, pg_stats = core.ppo_policy_loss(new_logprobs, rollout.logprobs[idx],
+                                                             rollout.advantages[idx], resp_mask, cfg.cliprange)
                     ratio = pg_stats["ratio_mean"]
                     if not math.isfinite(pg_loss.item()) or not (1 / cfg.max_ratio < ratio < cfg.max_ratio):
                         raise TrainingStopped(f"policy ratio {ratio:.3g} / loss {pg_loss.item():.3g} at update "
@@ -365,12 +257,12 @@ class PPOTrainer:
                     (weight * pg_loss).backward()
                     with torch.no_grad():
                         entropy = core.masked_mean(core.entropy_from_logits(logits.detach() / self.temperature),
-                                                   resp_mask[idx])
+                                                   resp_mask)
                     del logits, new_logprobs
-                    new_values = self.backend.values(**inputs, trunk=None if trunks is None else trunks[idx])
-                    new_values = new_values[:, context - 1 : -1]
-                    vf_loss, vf_stats = core.ppo_value_loss(new_values, values[idx], returns[idx], resp_mask[idx],
-                                                            cfg.cliprange_value)
+                    trunk = None if rollout.value_trunk is None else rollout.value_trunk[idx]
+                    new_values = self.backend.values(**inputs, trunk=trunk)[:, context - 1 : -1]
+                    vf_loss, vf_stats = core.ppo_value_loss(new_values, rollout.values[idx], rollout.returns[idx],
+                                                            resp_mask, cfg.cliprange_value)
                     if not math.isfinite(vf_loss.item()):
                         raise TrainingStopped(f"non-finite value loss at update {self.update + 1}")
                     (weight * cfg.vf_coef * vf_loss).backward()
@@ -386,63 +278,63 @@ class PPOTrainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 release_freed_memory()
+        return stats
 
-        # 8. adapt β and report
-        n_episodes = len(seq) * self.accelerator.num_processes
-        self.kl_ctl.update(mean_kl.item(), n_episodes)
-        self.update += 1
-        self.episode += n_episodes
+    def _report(self, rollout: Rollout, stats: dict[str, list[float]], mean_kl: float,
+                kl_coef: float) -> dict[str, float]:
+        """Step 8's metrics (TRL's PPO names), averaged across processes; logs the sample table."""
+        mask, scores, non_score = rollout.response_mask, rollout.scores, rollout.non_score_rewards
         with torch.no_grad():
-            returns_var = core.masked_var(returns, resp_mask)
-            var_explained = 1 - core.masked_var(returns - values, resp_mask) / returns_var.clamp(min=1e-8)
+            returns_var = core.masked_var(rollout.returns, mask)
+            residual_var = core.masked_var(rollout.returns - rollout.values, mask)
+            var_explained = 1 - residual_var / returns_var.clamp(min=1e-8)
         metrics = {k: sum(v) / len(v) for k, v in stats.items()}
         metrics.update({
-            "objective/kl": mean_kl.item(),
-            "objective/entropy": (-logprobs * resp_mask).sum(1).mean().item(),
-            "objective/non_score_reward": (non_score * resp_mask).sum(1).mean().item(),
-            "objective/rlhf_reward": (scores + (non_score * resp_mask).sum(1)).mean().item(),
+            "objective/kl": mean_kl,
+            "objective/entropy": (-rollout.logprobs * mask).sum(1).mean().item(),
+            "objective/non_score_reward": (non_score * mask).sum(1).mean().item(),
+            "objective/rlhf_reward": (scores + (non_score * mask).sum(1)).mean().item(),
             "objective/scores": scores.mean().item(),
             "objective/kl_coef": kl_coef,
-            "val/num_eos_tokens": contains_eos.sum().item(),
+            "val/num_eos_tokens": rollout.contains_eos.sum().item(),
             "val/var_explained": var_explained.item(),
-            "val/response_length": resp_mask.sum(1).mean().item(),
+            "val/response_length": mask.sum(1).mean().item(),
             "lr": self.optimizer.param_groups[0]["lr"],
         })
         gold_scores = None
         if self.gold is not None:
-            gold_scores = [self.gold(p, t) for p, t in zip(prompt_texts, texts, strict=True)]
+            gold_scores = score_responses(self.gold, rollout.prompts, rollout.texts).tolist()
             metrics["gold/score"] = sum(gold_scores) / len(gold_scores)
         metrics = self._average_across_processes(metrics)
-        metrics["eps"] = n_episodes / (time.perf_counter() - start)
-        metrics["episode"] = self.episode
-        if self.is_main:
-            self.metrics.log(metrics, step=self.update, stage="ppo")
-            if cfg.sample_every and self.update % cfg.sample_every == 0:
-                seq_kl = (kl * resp_mask).sum(1)
-                rows = [{"prompt": prompt_texts[i], "response": texts[i], "score": scores[i].item(),
-                         "kl": seq_kl[i].item(), **({"gold": gold_scores[i]} if gold_scores else {})}
-                        for i in range(min(cfg.samples_to_log, len(texts)))]
-                self.metrics.log_samples(rows, step=self.update)
+        cfg = self.config
+        if self.is_main and cfg.sample_every and self.update % cfg.sample_every == 0:
+            seq_kl = (rollout.kl * mask).sum(1)
+            rows = [{"prompt": rollout.prompt_texts[i], "response": rollout.texts[i], "score": scores[i].item(),
+                     "kl": seq_kl[i].item(), **({"gold": gold_scores[i]} if gold_scores else {})}
+                    for i in range(min(cfg.samples_to_log, len(rollout)))]
+            self.metrics.log_samples(rows, step=self.update, stage="ppo")
         return metrics
 
     # ---------------------------------------------------------------- the loop
-    def train(self, num_updates: int | None = None, show_progress: bool = True) -> MetricsLog:
-        """Run updates until `num_updates` (default `config.num_updates`) or a stop; checkpoint at the end."""
+    def train(self, num_updates: int | None = None, show_progress: bool = True) -> StageResult:
+        """Run updates until `num_updates` (default `config.num_updates`) or a stop; then checkpoint to `last/`
+        and save the policy to `final/` (the result's `model_path`)."""
         total = num_updates if num_updates is not None else self.config.num_updates
         control = self.control
         control.state = "running"
         bar = tqdm(total=total, initial=min(self.update, total), desc="PPO",
                    disable=not (show_progress and self.is_main))
+        start = time.perf_counter()
         try:
             while self.update < total:
-                if not control._resume.is_set():
+                if control.paused:
                     control.state = "paused"
                     self._event("paused", "training paused")
-                    control._resume.wait()
-                    if not control._stop:
+                    control.wait_while_paused()
+                    if not control.stop_requested:
                         control.state = "running"
                         self._event("resumed", "training resumed")
-                if control._stop:
+                if control.stop_requested:
                     control.state, control.reason = "stopped", "stopped by the user"
                     self._event("stopped", "stopped by the user")
                     break
@@ -466,8 +358,12 @@ class PPOTrainer:
             raise
         finally:
             bar.close()
+        seconds = time.perf_counter() - start
         self.save_checkpoint(self.output_dir / "last")
-        return self.metrics
+        final = self.save_policy(self.output_dir / FINAL)
+        self._event("saved", f"PPO policy saved to {final}")
+        return StageResult(stage="ppo", model_path=final, metrics=self.metrics, train_seconds=seconds,
+                           status=control.state, reason=control.reason)
 
     def start(self, num_updates: int | None = None) -> threading.Thread:
         """Train in a background thread so the notebook's widgets stay responsive; returns the thread."""
@@ -479,19 +375,19 @@ class PPOTrainer:
 
     def _apply(self, changes: dict) -> None:
         for name, value in changes.items():
+            old = self.settings[name]
             if name == "learning_rate":
-                old = self.optimizer.param_groups[0]["lr"]
                 for group in self.optimizer.param_groups:
                     group["lr"] = value
             elif name == "kl_coef":
-                old, self.kl_ctl.value = self.kl_ctl.value, value
+                self.kl_ctl.value = value
             else:
-                old, self.temperature = self.temperature, value
+                self.temperature = value
             self._event("setting", f"{name} changed {old:g} → {value:g}", name=name, old=old, new=value)
 
     def _event(self, kind: str, message: str, **data) -> None:
         if self.is_main:
-            self.metrics.log_event(kind, message, step=self.update, **data)
+            self.metrics.log_event(kind, message, step=self.update, stage="ppo", **data)
 
     # ---------------------------------------------------------------- data parallel
     def _trainable(self) -> list[torch.nn.Parameter]:
@@ -517,9 +413,19 @@ class PPOTrainer:
         values = self.accelerator.reduce(values, reduction="mean")
         return dict(zip(keys, values.tolist(), strict=True))
 
-    # ---------------------------------------------------------------- checkpoints
+    # ---------------------------------------------------------------- saving
+    def save_policy(self, path: str | Path) -> Path:
+        """Save the current policy (and tokenizer) into `path`: a directory `load_causal_lm` loads."""
+        path = Path(path)
+        if self.is_main:
+            self.backend.save_policy(path)
+            self.tokenizer.save_pretrained(path)
+        self.accelerator.wait_for_everyone()
+        return path
+
     def save_checkpoint(self, path: str | Path) -> Path:
-        """Save everything needed to resume exactly: trainable weights, optimizer, β, RNG streams, counters."""
+        """Save everything needed to resume exactly — trainable weights, optimizer, β, RNG streams, counters, and
+        the metrics log up to here — plus the policy in `path/policy`."""
         path = Path(path)
         if self.is_main:
             path.mkdir(parents=True, exist_ok=True)
@@ -535,13 +441,18 @@ class PPOTrainer:
                 "torch_rng": torch.get_rng_state(),
                 "python_rng": random.getstate(),
                 "config": self.config.to_dict(),
+                "metrics_entries": len(self.metrics.records) + len(self.metrics.events())
+                + len(self.metrics.samples()),
             }, path / STATE_FILE)
-            self.backend.save_policy(path)
-            self.tokenizer.save_pretrained(path)
+            if self.metrics.path is not None and self.metrics.path.is_file():
+                shutil.copyfile(self.metrics.path, path / METRICS_FILE)
+            self.backend.save_policy(path / "policy")
+            self.tokenizer.save_pretrained(path / "policy")
         self.accelerator.wait_for_everyone()
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
+        """Restore a `save_checkpoint` state (the metrics log is continued by the constructor)."""
         state = torch.load(Path(path) / STATE_FILE, weights_only=False)
         self.backend.load_trainable_state(state["trainable"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -551,4 +462,32 @@ class PPOTrainer:
         self.prompt_rng.set_state(state["prompt_rng"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
-        self._event("resumed", f"resumed from {path} at update {self.update}")
+        self._event("resumed", f"resumed from {path} at update {self.update}", checkpoint=str(path))
+
+
+def _ppo_lora(settings: ModelConfig):
+    """PPO's adapters: the LoRA rank, alpha and targets of `settings`, with dropout 0 — the rollout's and the
+    update's forwards must compute the same function."""
+    if settings.lora_dropout:
+        warnings.warn(f"ModelConfig.lora_dropout={settings.lora_dropout} is not used for PPO's adapters: they run "
+                      "without dropout, so the rollout's log-probs and the update's describe the same policy",
+                      stacklevel=3)
+    lora = lora_config(as_model_config(settings, use_peft=True))
+    lora.lora_dropout = 0.0
+    return lora
+
+
+def train_ppo(
+    prompts: Sequence,
+    config: PPOConfig | None = None,
+    *,
+    model: ModelLike = SANDBOX,
+    reward: RewardFunction | str | os.PathLike,
+    metrics: MetricsLog | None = None,
+    gold: RewardFunction | None = None,
+    resume_from: str | Path | None = None,
+) -> StageResult:
+    """PPO in one call, the same shape as every other stage: `PPOTrainer(...).train()`."""
+    trainer = PPOTrainer(prompts, config, model=model, reward=reward, metrics=metrics, gold=gold,
+                         resume_from=resume_from)
+    return trainer.train()

@@ -3,7 +3,7 @@ tiny tokenizer + Llama base model pretrained on the world's text (see ``world`` 
 means here)."""
 
 from rlhf_widgets.sandbox.annotator import SimulatedAnnotator, gold_preference
-from rlhf_widgets.sandbox.gold import GOLD_WEIGHTS, WORD_BUDGET, gold_features, gold_score
+from rlhf_widgets.sandbox.gold import GOLD_WEIGHTS, WORD_BUDGET, gold_features, gold_reward, gold_score
 from rlhf_widgets.sandbox.pretrain import base_model_path, build_base_model
 from rlhf_widgets.sandbox.tokenizer import CHAT_TEMPLATE, EOS_TOKEN, PAD_TOKEN, build_tokenizer
 from rlhf_widgets.sandbox.world import (
@@ -34,6 +34,7 @@ __all__ = [
     "curt_demo",
     "gold_features",
     "gold_preference",
+    "gold_reward",
     "gold_score",
     "ideal_response",
     "make_prompts",

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 
 from rlhf_widgets.sandbox.tokenizer import EOS_TOKEN
 from rlhf_widgets.sandbox.world import ACTIONS, CLAUSES, PRODUCTS, PromptLike, parse_prompt
@@ -149,3 +150,9 @@ def gold_features(prompt: PromptLike, response: Response) -> dict[str, float]:
 def gold_score(prompt: PromptLike, response: Response) -> float:
     """The gold reward of ``response`` to ``prompt`` (≈ +5 ideal, ≈ +2.7 curt, ≈ 0 random, −1.5 empty)."""
     return float(sum(gold_features(prompt, response).values()))
+
+
+def gold_reward(prompts: Sequence[PromptLike], responses: Sequence[Response]) -> list[float]:
+    """`gold_score` over a batch: the sandbox's gold scorer in the project's reward protocol
+    (`reward(prompts, responses) -> scores`), for evaluation, best-of-N, GRPO/RLOO or PPO's `gold=` column."""
+    return [gold_score(p, r) for p, r in zip(prompts, responses, strict=True)]

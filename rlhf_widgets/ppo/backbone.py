@@ -1,4 +1,4 @@
-"""Where PPO's four roles live: policy, reference, value and (optionally) reward.
+"""Where PPO's roles live: policy, reference and value (the reward is a separate reward function).
 
 `SharedBackbone` — the memory-lean default: ONE base model (optionally 4-bit) with LoRA adapters.
     policy    = adapter "policy"                     (trainable)
@@ -6,42 +6,38 @@
                 copy of the SFT adapter ("reference") when the SFT model itself is an adapter
     value     = adapter "value" + a scalar head on the last hidden state (trainable). The value adapter
                 may sit on the top `value_layers` decoder layers only (PPOConfig.value_layers_fraction, by
-                default 0.5: the top half): below them the value network is the frozen base, so that "trunk"
-                is computed once per rollout (`value_trunk`) and every value forward/backward of the PPO
-                epochs runs the top layers alone — at half the layers, about half the value network's cost
-                and memory.
-    Sampling may run on merged weights (`merge_for_generation`, on by default for small float32 bases): a
-    transient `W + ΔW` per adapted linear, swapped in for the rollout only. The other forwards of an adapter
-    (policy, value, an SFT reference adapter) swap each plain LoRA linear for `_PlainLoRALinear`: the same
-    arithmetic as PEFT's forward, without its per-call Python — about a quarter of a sandbox policy forward.
-`SeparateModels` — plain mode: full trainable policy, a frozen reference copy, a separate value
-    network. Simple and exact, at ~3x the memory.
+                default the top half): below them the value network is the frozen base, so that "trunk" is
+                computed once per rollout (`value_trunk`) and every value forward/backward of the PPO epochs
+                runs the top layers alone.
+    The PEFT fast paths (adapter switching, plain-LoRA forwards, merged sampling) live in `fastpaths`.
+`SeparateModels` — full trainable policy, a frozen reference copy, a separate value network. Simple and
+    exact, at ~3x the memory.
 
-Both expose the same calls, so the trainer does not know which one it drives. All forwards take
-explicit position ids derived from the attention mask (left padding), and the models stay in eval
-mode (dropout off) even while training — except, with activation checkpointing, during forwards
-that build a graph (HF checkpoints only in train mode; Llama and our LoRA adapters have no dropout,
-so train mode changes nothing else). `logits_to_keep=n` computes the LM head on the last n
-positions only (the response), which saves a (batch × prompt × vocab) tensor per forward.
+Both expose the same calls, so the trainer does not know which one it drives. All forwards take explicit
+position ids derived from the attention mask (left padding), and the models stay in eval mode (dropout off)
+even while training — except, with activation checkpointing, during forwards that build a graph (HF
+checkpoints only in train mode; PPO's adapters have no dropout). `logits_to_keep=n` computes the LM head on the
+last n positions only (the response), which saves a (batch × prompt × vocab) tensor per forward.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
+import shutil
+import tempfile
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-from peft.tuners.lora import Linear as LoraLinear
-from peft.tuners.lora import LoraLayer
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers import PreTrainedModel
 
+from rlhf_widgets.models import decoder_layout
+from rlhf_widgets.ppo.fastpaths import FastPaths
+
 POLICY, VALUE, REFERENCE = "policy", "value", "reference"
-MERGE_AUTO_MAX_BYTES = 64 << 20  # merge_for_generation=None merges float32 adapted weights up to this size
 
 
 def _value_head(hidden_size: int, device: torch.device) -> nn.Linear:
@@ -66,85 +62,54 @@ class _TrainMode:
 
 @contextmanager
 def _run_layers(stack: nn.Module, layers: slice, final_norm: bool):
-    """Let a decoder stack (`model.model` of a Llama-style causal LM) run only `layers[layers]`, and skip its
-    final norm unless `final_norm`: its forward then maps the hidden state entering the first of those layers
-    (passed as `inputs_embeds`) to the one leaving the last — mask and rotary positions are built as usual."""
-    all_layers, norm = stack.layers, stack.norm
-    stack.layers = nn.ModuleList(list(all_layers)[layers])
+    """Let a decoder stack run only `layers[layers]`, and skip its final norm unless `final_norm`: its forward then
+    maps the hidden state entering the first of those layers (passed as `inputs_embeds`) to the one leaving the
+    last — mask and rotary positions are built as usual."""
+    layers_attr, norm_attr = decoder_layout(stack)
+    all_layers, norm = getattr(stack, layers_attr), getattr(stack, norm_attr)
+    setattr(stack, layers_attr, nn.ModuleList(list(all_layers)[layers]))
     if not final_norm:
-        stack.norm = nn.Identity()
+        setattr(stack, norm_attr, nn.Identity())
     try:
         yield
     finally:
-        stack.layers, stack.norm = all_layers, norm
+        setattr(stack, layers_attr, all_layers)
+        setattr(stack, norm_attr, norm)
 
 
 def _on_layers(lora: LoraConfig, stack: nn.Module, layers: range) -> LoraConfig:
     """`lora` restricted to some decoder layers (PEFT's `layers_to_transform` needs explicit module names)."""
     targets = lora.target_modules
+    blocks = getattr(stack, decoder_layout(stack)[0])
     if targets == "all-linear":  # the linear layers of a decoder block (PEFT's wrappers hold the original)
-        names = [n.removesuffix(".base_layer") for n, m in stack.layers[0].named_modules()
+        names = [n.removesuffix(".base_layer") for n, m in blocks[0].named_modules()
                  if isinstance(m, nn.Linear) and "lora_" not in n]
         targets = sorted({n.rsplit(".", 1)[-1] for n in names})
     elif isinstance(targets, str):
-        raise ValueError(f"value_layers: cannot restrict target_modules={targets!r} (a regex) to some layers; "
-                         "give a list of module names, or value_layers=None")
+        raise ValueError(f"value_layers_fraction < 1 cannot restrict lora_target_modules={targets!r} (a regex) to "
+                         "some layers; give ModelConfig.lora_target_modules as a list of module names, or set "
+                         "value_layers_fraction=1.0")
     return dataclasses.replace(lora, target_modules=list(targets), layers_to_transform=list(layers))
-
-
-class _PlainLoRALinear(nn.Module):
-    """`base(x) + s · (x Aᵀ) Bᵀ` for one plain LoRA adapter (no DoRA, no LoRA bias; eval mode: no dropout): PEFT's
-    `lora.Linear.forward`, without its per-call Python (adapter loop, dtype casts, dispatch through the
-    lora_A / lora_B / dropout modules). When s is a power of two (the default lora_alpha = 2r, and rsLoRA at
-    r = 4, 16, 64) the scale-and-add is one fused `addmm`: scaling by 2^k is exact, so it rounds as PEFT's
-    `y + (·) * s` does; other scales take PEFT's own three steps. On the sandbox model a policy forward takes
-    0.10 s instead of 0.13 s and its backward 0.12 s instead of 0.13 s, to the same logits and gradients
-    (bit-identical on this CPU). Holds the layer's own parameters: gradients land where PEFT's would. Forward
-    hooks registered on the PEFT layer itself do not run while it is swapped out."""
-
-    def __init__(self, layer: LoraLinear, adapter: str) -> None:
-        super().__init__()
-        self.base_layer = layer.get_base_layer()
-        self.lora_A = layer.lora_A[adapter].weight
-        self.lora_B = layer.lora_B[adapter].weight
-        self._scaling, self._adapter = layer.scaling, adapter  # a plain dict: read per call, as PEFT does
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
-        scale = self._scaling[self._adapter]
-        down = torch.nn.functional.linear(x, self.lora_A)
-        if abs(math.frexp(scale)[0]) != 0.5:  # not a power of two: PEFT's order of roundings
-            return y + torch.nn.functional.linear(down, self.lora_B) * scale
-        out = torch.addmm(y.reshape(-1, y.shape[-1]), down.reshape(-1, down.shape[-1]), self.lora_B.t(), alpha=scale)
-        return out.view(y.shape)
-
-
-def _why_not_plain(layer: nn.Module, adapter: str) -> str | None:
-    """Why `layer` can't run `adapter` as `_PlainLoRALinear` (or as a merged weight); None when it can."""
-    if not isinstance(layer, LoraLinear):  # bitsandbytes 4/8-bit, embeddings, convolutions
-        return f"is a {type(layer).__module__}.{type(layer).__name__}, not a plain LoRA linear"
-    if layer.lora_variant.get(adapter) is not None or layer.lora_bias.get(adapter):
-        return "uses DoRA or a LoRA bias, which plain LoRA arithmetic (and a merged weight) leaves out"
-    dtypes = {layer.get_base_layer().weight.dtype, layer.lora_A[adapter].weight.dtype,
-              layer.lora_B[adapter].weight.dtype}
-    if len(dtypes) > 1:
-        return f"mixes dtypes {sorted(map(str, dtypes))} (PEFT casts between them)"
-    return None
 
 
 class SharedBackbone(nn.Module):
     """One base model with "policy" and "value" LoRA adapters (see module docstring).
 
-    `value_layers`: how many of the top decoder layers carry the value adapter (None = all of them).
+    Args:
+        base: the SFT model (a plain model, or a `PeftModel` when the SFT model is an adapter).
+        lora: the adapters' LoRA config (rank, alpha, targets from `ModelConfig`; dropout 0).
+        activation_checkpointing: recompute activations in backward.
+        value_layers: how many of the top decoder layers carry the value adapter (None = all of them).
+        fast_paths, merge_for_generation: see `fastpaths.FastPaths`.
     """
 
     def __init__(self, base: PreTrainedModel | PeftModel, lora: LoraConfig,
                  activation_checkpointing: bool = False, value_layers: int | None = None,
-                 merge_for_generation: bool | None = None) -> None:
+                 fast_paths: bool = True, merge_for_generation: bool | None = None) -> None:
         super().__init__()
         # the decoder stack without the LM head (PEFT wraps the model in place: it stays this module)
         self._stack = stack = base.get_base_model().base_model if isinstance(base, PeftModel) else base.base_model
-        n_layers = len(stack.layers)
+        n_layers = len(getattr(stack, decoder_layout(stack)[0]))
         if value_layers is not None and not 0 < value_layers <= n_layers:
             raise ValueError(f"SharedBackbone: value_layers={value_layers} must be in 1..{n_layers} (the model's "
                              "decoder layers)")
@@ -175,89 +140,23 @@ class SharedBackbone(nn.Module):
         device = next(self.peft.parameters()).device
         self.value_head = _value_head(self.peft.get_base_model().config.hidden_size, device)
         # what PPO changes, by state-dict name — held here, so reading or restoring it does not depend on which
-        # layers a forward (merged generation, plain LoRA) has swapped into the module tree at that moment
+        # layers a fast path has swapped into the module tree at that moment
         self._trainable_named = {n: p for n, p in self.peft.named_parameters()
                                  if f".{POLICY}." in n or f".{VALUE}." in n}
         self._policy_params = [p for n, p in self._trainable_named.items() if f".{POLICY}." in n]
         self._value_params = [p for n, p in self._trainable_named.items() if f".{VALUE}." in n]
-        self._value_params += list(self.value_head.parameters())
-        self._frozen_adapter_params = [p for n, p in self.peft.named_parameters() if f".{REFERENCE}." in n]
+        frozen = [p for n, p in self.peft.named_parameters() if f".{REFERENCE}." in n]
         for p in self.peft.parameters():
             p.requires_grad_(False)
-        self._tuner_layers = [m for m in self.peft.modules() if isinstance(m, BaseTunerLayer)]
-        self._policy_linears = self._adapted_linears(POLICY)
-        self._plain: dict[str, list] = {}  # adapter -> [(parent, name, LoRA layer, _PlainLoRALinear)], built lazily
-        why_not = self._why_not_mergeable()
-        if merge_for_generation is None:  # auto: where it is exact to rounding and the copy is cheap
-            tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32  # would round ΔW away
-            merge_for_generation = why_not is None and not tf32 and sum(
-                layer.get_base_layer().weight.nbytes for *_, layer in self._policy_linears) <= MERGE_AUTO_MAX_BYTES
-        elif merge_for_generation and why_not is not None:
-            raise ValueError(f"merge_for_generation=True: {why_not}")
-        self.merge_for_generation = merge_for_generation
-        self._active: str | None = None
-        self._activate(POLICY)
+        self.fast = FastPaths(self.peft, self._policy_params + self._value_params, frozen, merge_adapter=POLICY,
+                              enabled=fast_paths, merge_for_generation=merge_for_generation)
+        self._value_params += list(self.value_head.parameters())
+        self.fast.activate(POLICY)
 
-    def _adapted_linears(self, adapter: str) -> list[tuple[str, nn.Module, str, LoraLayer]]:
-        """(qualified name, parent, attribute name, LoRA layer) of every layer that carries `adapter`."""
-        return [(f"{qualname}.{name}".lstrip("."), parent, name, child)
-                for qualname, parent in self.peft.named_modules() for name, child in parent.named_children()
-                if isinstance(child, LoraLayer) and adapter in child.lora_A]
-
-    def _why_not_mergeable(self) -> str | None:
-        """Why sampling can't run exactly on merged weights (None: it can) — plain LoRA on float32 linears only."""
-        if not self._policy_linears:
-            return "no layer carries the policy adapter"
-        for qualname, _, _, layer in self._policy_linears:
-            if isinstance(layer, LoraLinear) and layer.get_base_layer().weight.dtype != torch.float32:
-                dtype = layer.get_base_layer().weight.dtype
-                return f"needs float32 base weights (not 4-bit, bf16 or fp16); {qualname} holds {dtype}"
-            why = _why_not_plain(layer, POLICY)
-            if why is not None:
-                return f"{qualname} {why}"
-        return None
-
-    @contextmanager
-    def _plain_lora(self, adapter: str):
-        """Run `adapter`'s plain LoRA linears as `_PlainLoRALinear` (see there) for the forwards inside; layers
-        it can't cover (4-bit, DoRA, mixed dtypes) keep PEFT's forward. Off in train mode, which is how forwards
-        that build a graph run under activation checkpointing (`_graph_mode`): a checkpointed layer recomputes its
-        forward during backward, after the swap is undone — and LoRA dropout would be live."""
-        if self.peft.training:
-            yield
-            return
-        if adapter not in self._plain:
-            self._plain[adapter] = [(parent, name, layer, _PlainLoRALinear(layer, adapter))
-                                    for _, parent, name, layer in self._adapted_linears(adapter)
-                                    if _why_not_plain(layer, adapter) is None]
-        swapped = []
-        try:
-            for parent, name, layer, plain in self._plain[adapter]:
-                if (getattr(parent, name) is not layer  # already swapped out (e.g. a forward inside generate)
-                        or layer.disable_adapters or layer.merged or _why_not_plain(layer, adapter) is not None):
-                    continue
-                swapped.append((parent, name, layer, plain))  # listed before changed: restorable
-                setattr(parent, name, plain)
-            yield
-        finally:
-            for parent, name, layer, plain in swapped:
-                if getattr(parent, name) is plain:
-                    setattr(parent, name, layer)
-
-    def _activate(self, adapter: str) -> None:
-        if adapter == self._active:
-            return
-        # What PeftModel.set_adapter does, minus its walks over every module and parameter (~5% of a sandbox
-        # update, which switches adapters ~10 times): switch the cached adapter layers, then put back exactly our
-        # trainable set (each layer's set_adapter leaves only the active adapter's weights requiring grad)
-        self._active = adapter
-        for layer in self._tuner_layers:
-            layer.set_adapter(adapter)
-        self.peft.base_model.active_adapter = adapter
-        for p in self._policy_params + self._value_params:
-            p.requires_grad_(True)
-        for p in self._frozen_adapter_params:
-            p.requires_grad_(False)
+    @property
+    def merge_for_generation(self) -> bool:
+        """Whether sampling runs on merged weights (see `FastPaths`)."""
+        return self.fast.merge_for_generation
 
     @property
     def policy_parameters(self) -> list[nn.Parameter]:
@@ -268,34 +167,9 @@ class SharedBackbone(nn.Module):
         return self._value_params
 
     def generate(self, **kwargs) -> torch.Tensor:
-        self._activate(POLICY)
-        with self._merged_policy() if self.merge_for_generation else nullcontext():
+        self.fast.activate(POLICY)
+        with self.fast.merged():
             return self.peft.generate(**kwargs)
-
-    @contextmanager
-    def _merged_policy(self):
-        """Sample from merged weights: each policy-adapted linear is swapped out of its parent for its base layer
-        holding a fresh `W + ΔW` (the base tensor is never written, so the reference and the value trunk stay
-        bit-exact). In float32 the logits match the adapter path to rounding, and a generated token costs one
-        matmul per linear instead of three plus PEFT's per-layer Python (~25% of the sandbox's generation
-        time), for a transient copy of the adapted weights."""
-        swapped = []
-        try:
-            with torch.no_grad():
-                for _, parent, name, layer in self._policy_linears:
-                    if getattr(parent, name) is not layer:  # swapped out by another context: leave it be
-                        continue
-                    base = layer.get_base_layer()
-                    merged = nn.Parameter(base.weight + layer.get_delta_weight(POLICY), requires_grad=False)
-                    swapped.append((parent, name, layer, base, base.weight))  # listed before changed: restorable
-                    base.weight = merged
-                    setattr(parent, name, base)
-            yield
-        finally:
-            for parent, name, layer, base, original in swapped:
-                base.weight = original
-                if getattr(parent, name) is base:
-                    setattr(parent, name, layer)
 
     def _graph_mode(self):
         """Train mode while a graph is built with checkpointing on (HF checkpoints only then), else a no-op."""
@@ -304,8 +178,8 @@ class SharedBackbone(nn.Module):
         return _TrainMode(self.peft)
 
     def policy_logits(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0) -> torch.Tensor:
-        self._activate(POLICY)
-        with self._graph_mode(), self._plain_lora(POLICY):
+        self.fast.activate(POLICY)
+        with self._graph_mode(), self.fast.plain_lora(POLICY):
             return self.peft(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              use_cache=False, logits_to_keep=logits_to_keep).logits
 
@@ -315,14 +189,15 @@ class SharedBackbone(nn.Module):
         """Reference logits; with `return_trunk`, `(logits, value_trunk(...))` — read off the same forward
         when the reference is the plain base (its lower layers are exactly the value network's trunk)."""
         if self.has_reference_adapter:
-            self._activate(REFERENCE)
-            ctx = self._plain_lora(REFERENCE)
+            self.fast.activate(REFERENCE)
+            ctx = self.fast.plain_lora(REFERENCE)
         else:
             ctx = self.peft.disable_adapter()
         captured: list[torch.Tensor] = []
         hook = None
         if return_trunk and self.value_start and not self.has_reference_adapter:
-            hook = self._stack.layers[self.value_start - 1].register_forward_hook(
+            blocks = getattr(self._stack, decoder_layout(self._stack)[0])
+            hook = blocks[self.value_start - 1].register_forward_hook(
                 lambda _module, _args, output: captured.append(output[0] if isinstance(output, tuple) else output))
         try:
             with ctx:
@@ -331,7 +206,7 @@ class SharedBackbone(nn.Module):
         finally:
             if hook is not None:
                 hook.remove()
-        self._active = None  # re-enabling adapters resets requires_grad flags: the next _activate redoes ours
+        self.fast.forget_active()  # re-enabling adapters resets requires_grad flags: the next activate redoes ours
         if not return_trunk:
             return logits
         trunk = captured[0] if captured else self.value_trunk(input_ids, attention_mask, position_ids)
@@ -343,7 +218,7 @@ class SharedBackbone(nn.Module):
         value adapter covers every layer. Constant while PPO trains: compute it once per rollout."""
         if self.value_start == 0:
             return None
-        self._activate(VALUE)  # no value LoRA below value_start: these layers are the plain base
+        self.fast.activate(VALUE)  # no value LoRA below value_start: these layers are the plain base
         stack = self._stack
         with _run_layers(stack, slice(0, self.value_start), final_norm=False):
             trunk = stack(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -354,9 +229,9 @@ class SharedBackbone(nn.Module):
         """V(s) at every position, (B, T). `trunk` (from `value_trunk`) skips the frozen lower layers."""
         if self.value_start and trunk is None:
             trunk = self.value_trunk(input_ids, attention_mask, position_ids)
-        self._activate(VALUE)
+        self.fast.activate(VALUE)
         stack = self._stack
-        with self._graph_mode(), self._plain_lora(VALUE):
+        with self._graph_mode(), self.fast.plain_lora(VALUE):
             if trunk is None:
                 hidden = stack(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                use_cache=False).last_hidden_state
@@ -392,13 +267,23 @@ class SharedBackbone(nn.Module):
                 p.copy_(state[f"peft.{k}"])
         self.value_head.load_state_dict({k[11:]: v for k, v in state.items() if k.startswith("value_head.")})
 
-    def save_policy(self, path) -> None:
-        """Save the policy adapter (PEFT format under `path/policy`) — reload with `load_causal_lm(path/'policy')`."""
-        self.peft.save_pretrained(path, selected_adapters=[POLICY])
+    def save_policy(self, path: str | Path) -> Path:
+        """Save the policy adapter (PEFT format, recording its base) into `path`; `load_causal_lm(path)` loads it."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+        try:  # PEFT writes a non-default adapter into a sub-folder named after it
+            self.peft.save_pretrained(staging, selected_adapters=[POLICY])
+            if path.exists():
+                shutil.rmtree(path)
+            (staging / POLICY).rename(path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return path
 
 
 class SeparateModels(nn.Module):
-    """Plain mode: full policy, frozen reference copy, separate value network."""
+    """Full policy, frozen reference copy, separate value network."""
 
     def __init__(self, base: PreTrainedModel) -> None:
         super().__init__()
@@ -448,5 +333,7 @@ class SeparateModels(nn.Module):
                                ("value_head.", self.value_head)):
             module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
 
-    def save_policy(self, path) -> None:
+    def save_policy(self, path: str | Path) -> Path:
+        """Save the full policy into `path`; `load_causal_lm(path)` loads it."""
         self.policy.save_pretrained(path)
+        return Path(path)

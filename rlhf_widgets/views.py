@@ -1,14 +1,20 @@
-"""Live and static plots of a MetricsLog: dashboards, sample tables, report figures.
+"""Every figure of the workbench, in one place: static plotly figures, and the live widgets built on them.
 
-Views only: they subscribe to a `MetricsLog` and draw what it holds; they never touch training state.
+Views only: they read a `MetricsLog` (or the plain numbers `evaluate` computes) and draw; they never touch
+training state, and training modules never import this one.
 
-Panels group metrics by the prefix before the first "/" (`objective/kl`, `objective/scores` →
-"objective"; `loss/policy_avg`, `loss/value_avg` → "loss"). An evaluation metric joins its training
-twin, drawn dashed (`eval_loss` → "loss", `eval_rewards/margins` → "rewards"). Other un-prefixed keys
-(`grad_norm`, `learning_rate`, `entropy`, PPO's `lr`, `eps`) get one panel each: they have different
-units, so sharing an axis would flatten all but the largest. Trainer bookkeeping (`epoch`, runtimes,
-throughputs, `total_flos`, the end-of-run `train_loss` average) is hidden unless asked for by name.
-Events (lr changes, stops, checkpoints) are dotted vertical lines in every panel, labelled in the first.
+- **Static figures** (`go.Figure`; the report embeds them, a notebook shows them): `figure_from_log` (a run's
+  metrics), `reward_report_figures`, `overoptimization_figure`.
+- **Live widgets** (ipywidgets / `FigureWidget`, following a `MetricsLog` while a trainer writes to it):
+  `LiveDashboard` (built from the same figure as `figure_from_log`), `SamplesTable`.
+
+Metric panels group metrics by the prefix before the first "/" (`objective/kl`, `objective/scores` →
+"objective"; `loss/policy_avg`, `loss/value_avg` → "loss"). An evaluation metric joins its training twin,
+drawn dashed (`eval_loss` → "loss", `eval_rewards/margins` → "rewards"). Other un-prefixed keys (`grad_norm`,
+`learning_rate`, `entropy`, PPO's `lr`, `eps`) get one panel each: they have different units, so sharing an
+axis would flatten all but the largest. Trainer bookkeeping (`epoch`, runtimes, throughputs, `total_flos`, the
+end-of-run `train_loss` average) is hidden unless asked for by name. Events (lr changes, stops, checkpoints)
+are dotted vertical lines in every panel, labelled in the first.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import html
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +46,7 @@ Series = dict[str, tuple[list[int], list[float]]]
 """metric name → (steps, values)"""
 
 
+# ---------------------------------------------------------------------------------------------- static figures
 def panel_of(name: str) -> str:
     """Panel a metric is drawn in: its prefix before "/", with a leading "eval_" ignored."""
     return name.removeprefix("eval_").split("/", 1)[0]
@@ -138,6 +145,85 @@ def figure_from_log(
     return _build_figure(panels(names, metrics), series, log.events(), max_cols, title or log.run_name)
 
 
+CHOSEN, REJECTED = "#1f77b4", "#d62728"
+PROXY, GOLD = "#ff7f0e", "#2ca02c"
+
+
+def _bin_label(low: float, high: float) -> str:
+    if math.isinf(low):
+        return f"< {high:g}"
+    if math.isinf(high):
+        return f"≥ {low:g}"
+    return f"[{low:g}, {high:g})"
+
+
+def reward_report_figures(report: Mapping) -> dict[str, go.Figure]:
+    """Figures of an `evaluate.reward_report` dict.
+
+    Returns `{"scores": …, "calibration": …, "length": …}`: histograms of chosen vs rejected rewards,
+    predicted P(chosen ≻ rejected) against the observed rate (the diagonal is perfect calibration;
+    marker size = pairs in the bin), and held-out accuracy per bin of word-count difference
+    (chosen − rejected) with the share of pairs where the RM picks the longer response in the title.
+    """
+    scores = go.Figure()
+    scores.add_histogram(x=report["chosen_scores"], name="chosen", marker_color=CHOSEN, opacity=0.6)
+    scores.add_histogram(x=report["rejected_scores"], name="rejected", marker_color=REJECTED, opacity=0.6)
+    scores.update_layout(barmode="overlay", title=(
+        f"Reward of chosen vs rejected (accuracy {report['accuracy']:.1%}, mean margin "
+        f"{report['mean_margin']:.2f}, n={report['n_pairs']})"),
+        xaxis_title="reward (raw)", yaxis_title="pairs")
+
+    cal = report["calibration"]
+    calibration = go.Figure()
+    calibration.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect", line={"dash": "dot", "color": "gray"})
+    biggest = max((c["count"] for c in cal), default=1)
+    calibration.add_scatter(
+        x=[c["predicted"] for c in cal], y=[c["observed"] for c in cal], mode="lines+markers", name="reward model",
+        marker={"size": [6 + 18 * c["count"] / biggest for c in cal]},
+        text=[f"{c['count']} comparisons" for c in cal],
+    )
+    calibration.update_layout(
+        title=f"Calibration (ECE {report['expected_calibration_error']:.3f})",
+        xaxis_title="predicted P(first ≻ second) = σ(r₁ − r₂)", yaxis_title="observed rate",
+        xaxis_range=[0, 1], yaxis_range=[0, 1],
+    )
+
+    length_info = report["length"]
+    bins = length_info["bins"]
+    length = go.Figure()
+    length.add_bar(x=[_bin_label(b["low"], b["high"]) for b in bins], y=[b["accuracy"] for b in bins],
+                   text=[f"n={b['count']}" for b in bins], name="accuracy")
+    title = f"Accuracy by length difference — RM picks the longer response {length_info['prefers_longer']:.0%}"
+    if "gold_prefers_longer" in length_info:
+        title += f" (gold: {length_info['gold_prefers_longer']:.0%})"
+    length.update_layout(title=title, xaxis_title="words(chosen) − words(rejected)",
+                         yaxis_title="held-out accuracy", yaxis_range=[0, 1])
+    return {"scores": scores, "calibration": calibration, "length": length}
+
+
+def overoptimization_figure(curves: Mapping[str, Sequence[Mapping[str, float]]]) -> go.Figure:
+    """Proxy and gold reward against √KL, one pair of lines per method (Gao et al. 2022).
+
+    `curves` maps a method name ("PPO", "best-of-N") to points `{"sqrt_kl", "proxy", "gold"}` as
+    `evaluate.ppo_overoptimization_curve` / `best_of_n_curve` return them. Proxy and gold have
+    different units, so each gets its own axis: proxy on the left panel, gold on the right.
+    """
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("proxy reward (reward model)", "gold reward"),
+                        horizontal_spacing=0.12)
+    dashes = ["solid", "dash", "dot", "dashdot"]
+    for i, (name, points) in enumerate(curves.items()):
+        x = [p["sqrt_kl"] for p in points]
+        dash = dashes[i % len(dashes)]
+        fig.add_scatter(x=x, y=[p["proxy"] for p in points], mode="lines+markers", name=f"{name} proxy",
+                        line={"color": PROXY, "dash": dash}, row=1, col=1)
+        fig.add_scatter(x=x, y=[p["gold"] for p in points], mode="lines+markers", name=f"{name} gold",
+                        line={"color": GOLD, "dash": dash}, row=1, col=2)
+    fig.update_xaxes(title_text="√KL(policy ‖ SFT)  [√nats]")
+    fig.update_layout(title="Overoptimization: the proxy keeps rising while gold peaks and falls")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- live widgets
 class LiveDashboard:
     """Live plotly dashboard of a MetricsLog, updated in place while a trainer logs.
 

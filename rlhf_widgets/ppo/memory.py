@@ -1,0 +1,40 @@
+"""Memory on CPU: the automatic micro-batch size, and handing freed heap pages back to the OS between phases."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+CPU_ACTIVATION_BUDGET = 256 * 2**20
+"""bytes of saved activations per forward that the automatic micro-batch size aims for on CPU"""
+
+
+def auto_micro_batch_size(model_config, seq_len: int, mini_batch_size: int) -> int:
+    """Rollouts per forward/backward on CPU: as many as keep one forward's saved activations under
+    `CPU_ACTIVATION_BUDGET`, estimated from the model shape, and dividing `mini_batch_size`."""
+    hidden = model_config.hidden_size
+    mlp = getattr(model_config, "intermediate_size", None) or 4 * hidden
+    # fp32 tensors a decoder block keeps for backward, per token: ~12 of hidden size, ~4 of MLP size
+    per_row = seq_len * model_config.num_hidden_layers * (12 * hidden + 4 * mlp) * 4
+    fit = max(1, min(mini_batch_size, CPU_ACTIVATION_BUDGET // per_row))
+    return max(d for d in range(1, fit + 1) if mini_batch_size % d == 0)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc; absent elsewhere (macOS, musl)
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand the heap pages freed since the last call back to the OS (glibc `malloc_trim(0)`; no-op elsewhere).
+
+    glibc keeps freed CPU tensor memory mapped for reuse, and between PPO phases (generation, the rollout
+    forwards, each minibatch's graph) the sizes differ enough that the kept pages pile up (at a 100M-param shape
+    RSS grew ~1.5 GB above the working set). Called between phases; it costs milliseconds.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -1,0 +1,116 @@
+"""One reward protocol, batched: `reward(prompts, responses) -> scores`.
+
+A reward function takes N prompts (strings or chat-message lists) and N response texts and returns N floats
+(a list or a (N,) tensor); higher is better. Everything that scores responses speaks it: PPO, GRPO / RLOO,
+best-of-N, AI labelers and evaluation. A trained `RewardModel` is one (call it), and so is the sandbox's
+`gold_reward`.
+
+Adapters, for what does not speak it yet:
+- `as_reward_function(x)`: a reward function as is; a saved reward-model directory → `RewardModel.load`.
+- `pointwise(fn)`: a per-item scorer `fn(prompt, response) -> float`.
+- `trl_reward_function(reward)`: TRL's reward-function signature `f(prompts, completions, **kwargs) -> list`
+  (GRPO / RLOO), whose prompts and completions may be conversational.
+- `JudgeReward(judge, reference)`: a pairwise judge `(prompt, a, b) -> "a" | "b" | "tie"` scores each response
+  against a reference answer to the same prompt (win 1, tie ½, loss 0).
+The other direction, a reward function as a pairwise judge, is `labeling.RewardModelLabeler`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from rlhf_widgets.data import message_text
+
+Prompt = str | list[dict[str, str]]
+RewardFunction = Callable[[Sequence[Prompt], Sequence[str]], "Sequence[float] | torch.Tensor"]
+"""`reward(prompts, responses) -> N scores` (a list or a (N,) tensor), higher is better."""
+PairwiseJudge = Callable[[Prompt, str, str], str]
+"""`judge(prompt, response_a, response_b) -> "a" | "b" | "tie" | "skip"` (the labeler protocol)."""
+
+
+def as_reward_function(reward: RewardFunction | str | os.PathLike) -> RewardFunction:
+    """`reward` as a reward function: a directory written by `RewardModel.save` is loaded; a callable is
+    returned as it is. Raises TypeError for anything else, naming what it got."""
+    if isinstance(reward, (str, os.PathLike)):
+        from rlhf_widgets.reward import RewardModel
+
+        return RewardModel.load(reward)
+    if callable(reward):
+        return reward
+    raise TypeError(f"reward must be a reward function `(prompts, responses) -> scores`, a RewardModel or a saved "
+                    f"reward-model directory, got {type(reward).__name__}")
+
+
+def score_responses(reward: RewardFunction, prompts: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor:
+    """`reward(prompts, responses)` as a float32 CPU tensor of shape (N,), checked to hold N scores."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"score_responses: {len(prompts)} prompts but {len(responses)} responses")
+    scores = reward(list(prompts), list(responses))
+    scores = (scores.detach().float().cpu() if isinstance(scores, torch.Tensor)
+              else torch.tensor(list(scores), dtype=torch.float32))
+    if scores.shape != (len(responses),):
+        raise ValueError(f"the reward function {_name(reward)} returned scores of shape {tuple(scores.shape)} for "
+                         f"{len(responses)} responses; it must return one float per response")
+    return scores
+
+
+class pointwise:  # noqa: N801 - used like a function decorator
+    """A per-item scorer `fn(prompt, response) -> float` as a batched reward function."""
+
+    def __init__(self, fn: Callable[[Prompt, str], float]) -> None:
+        self.fn = fn
+        self.__name__ = _name(fn)
+
+    def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        return [float(self.fn(p, r)) for p, r in zip(prompts, responses, strict=True)]
+
+
+class trl_reward_function:  # noqa: N801 - used like a function
+    """A reward function in TRL's signature `f(prompts, completions, **kwargs) -> list[float]` (GRPO / RLOO).
+
+    Conversational completions (message lists) are reduced to their last message's text; prompts are passed
+    on as they are (strings or message lists). TRL names the metric after `__name__`.
+    """
+
+    def __init__(self, reward: RewardFunction) -> None:
+        self.reward = reward
+        self.__name__ = _name(reward)
+
+    def __call__(self, prompts: list, completions: list, **_: Any) -> list[float]:
+        return score_responses(self.reward, prompts, [message_text(c) for c in completions]).tolist()
+
+
+class JudgeReward:
+    """A pairwise judge as a reward function: each response is judged against a reference answer to the same
+    prompt — 1 if the judge prefers it, ½ for a tie or a skip, 0 if it prefers the reference.
+
+    Args:
+        judge: `(prompt, response_a, response_b) -> "a" | "b" | "tie" | "skip"`; the response under test is
+            always shown as "a" (a judge that cancels position bias asks both orders itself).
+        reference: `reference(prompts) -> answers`, e.g. an SFT policy's sampler, called once per batch.
+    """
+
+    def __init__(self, judge: PairwiseJudge, reference: Callable[[list[Prompt]], Sequence[str]]) -> None:
+        self.judge, self.reference = judge, reference
+        self.__name__ = f"judge_{_name(judge)}"
+
+    def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        references = list(self.reference(list(prompts)))
+        if len(references) != len(prompts):
+            raise ValueError(f"JudgeReward: the reference gave {len(references)} answers for {len(prompts)} prompts")
+        value = {"a": 1.0, "b": 0.0, "tie": 0.5, "skip": 0.5}
+        scores = []
+        for prompt, response, ref in zip(prompts, responses, references, strict=True):
+            verdict = self.judge(prompt, response, ref)
+            if verdict not in value:
+                raise ValueError(f"JudgeReward: the judge answered {verdict!r}; expected 'a', 'b', 'tie' or 'skip'")
+            scores.append(value[verdict])
+        return scores
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__
