@@ -81,11 +81,11 @@ def run_ours(args: argparse.Namespace) -> dict:
     reward = RewardModel(rm, load_tokenizer(args.reward, padding_side="right"))
     config = PPOConfig(
         output_dir=str(Path(args.workdir) / f"ours-{args.mode}"), seed=SEED, num_updates=args.updates + 1,
-        batch_size=BATCH, mini_batch_size=BATCH, rollout_batch_size=BATCH, ppo_epochs=PPO_EPOCHS,
+        batch_size=BATCH, mini_batch_size=BATCH, rollout_batch_size=BATCH, num_ppo_epochs=PPO_EPOCHS,
         max_new_tokens=NEW_TOKENS, temperature=1.0, missing_eos_penalty=1.0, sample_every=0,
         shared_base=args.mode != "full", micro_batch_size=BATCH if args.mode == "shared-whole" else None,
     )
-    trainer = PPOTrainer(config, policy=args.model, reward=reward, prompts=prompts)
+    trainer = PPOTrainer(prompts, config, model=args.model, reward=reward)
     load_s = time.perf_counter() - t0
     rss_after_load = _peak_rss_mib()
     assert trainer.accelerator.device.type == "cpu"

@@ -30,6 +30,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rlhf_widgets.config import ModelConfig  # noqa: E402
 from rlhf_widgets.ppo import PPOConfig, PPOTrainer  # noqa: E402
 
 SHAPES = {
@@ -93,11 +94,12 @@ def main(argv: list[str] | None = None) -> dict:
         config = PPOConfig(output_dir=str(Path(tmp) / "ppo"), batch_size=args.batch_size,
                            mini_batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
                            rollout_batch_size=args.micro_batch_size,
-                           ppo_epochs=args.ppo_epochs, max_new_tokens=args.new_tokens, load_in_4bit=True,
+                           num_ppo_epochs=args.ppo_epochs, max_new_tokens=args.new_tokens,
                            missing_eos_penalty=0.0, sample_every=0, num_updates=args.updates + 1,
                            learning_rate=1e-6, max_ratio=1e9)  # random weights: measure the cost, not learning
         t0 = time.perf_counter()
-        trainer = PPOTrainer(config, policy=str(model_dir), reward=length_reward, prompts=prompts)
+        trainer = PPOTrainer(prompts, config, reward=length_reward,
+                             model=ModelConfig(model_name_or_path=str(model_dir), use_peft=True, load_in_4bit=True))
         load_s = time.perf_counter() - t0
         trainer.step()  # warm-up (CUDA kernels, allocator)
         if cuda:

@@ -91,17 +91,15 @@ def sft_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rlhf_widgets.sft import SFTStageConfig, train_sft
 
     out = tmp_path_factory.mktemp("sft")
-    return train_sft(SFTStageConfig(output_dir=str(out), sandbox_demos=SFT_DEMOS)).model_path
+    return train_sft(config=SFTStageConfig(output_dir=str(out), sandbox_demos=SFT_DEMOS)).model_path
 
 
 @pytest.fixture(scope="session")
 def sft_ranked_pair_rows(sft_model_dir: Path) -> list[dict]:
     """All pairs (up to 6) among 4 SFT answers per prompt, on 600 prompts (the quickstart's pairs stage)."""
     from rlhf_widgets.labeling.pairs import generate_pairs
-    from rlhf_widgets.models import load_causal_lm
 
-    model, tok = load_causal_lm(str(sft_model_dir))
-    return generate_pairs(model, tok, sandbox_prompts(600, seed=11), k=4, max_pairs_per_prompt=6, seed=3,
+    return generate_pairs(sandbox_prompts(600, seed=11), model=sft_model_dir, k=4, max_pairs_per_prompt=6, seed=3,
                           show_progress=False)
 
 
@@ -120,7 +118,7 @@ def trained_reward(sft_model_dir: Path, sft_ranked_pair_rows: list[dict], tmp_pa
 
     pairs = label_rows(sft_ranked_pair_rows, SimulatedAnnotator(temperature=1.0, seed=0))
     out = tmp_path_factory.mktemp("reward")
-    return train_reward_model(pairs, RewardStageConfig(output_dir=str(out)), model=str(sft_model_dir))
+    return train_reward_model(pairs, RewardStageConfig(output_dir=str(out)), model=sft_model_dir)
 
 
 @pytest.fixture(scope="session")
@@ -132,4 +130,4 @@ def biased_reward(sft_model_dir: Path, sft_pair_rows: list[dict], tmp_path_facto
     pairs = label_rows(sft_pair_rows, SimulatedAnnotator(temperature=0.5, verbosity_bias=0.6, seed=0))
     out = tmp_path_factory.mktemp("reward_biased")
     return train_reward_model(pairs, RewardStageConfig(output_dir=str(out), num_train_epochs=2, eval_fraction=0.2),
-                              model=str(sft_model_dir))
+                              model=sft_model_dir)

@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from rlhf_widgets.ppo import PPOConfig, PPOTrainer  # noqa: E402
-from rlhf_widgets.sandbox import gold_score, make_prompts  # noqa: E402
+from rlhf_widgets.sandbox import gold_reward, make_prompts  # noqa: E402
 
 
 def main(out: Path) -> None:
@@ -21,12 +21,12 @@ def main(out: Path) -> None:
 
     def reward(prompts, responses):
         seen.extend(prompts)
-        return [gold_score(p, r) for p, r in zip(prompts, responses, strict=True)]
+        return gold_reward(prompts, responses)
 
     prompts = [p.text for p in make_prompts(64, seed=21)]
-    cfg = PPOConfig(output_dir=str(out / "run"), num_updates=2, batch_size=4, mini_batch_size=2, ppo_epochs=1,
+    cfg = PPOConfig(output_dir=str(out / "run"), num_updates=2, batch_size=4, mini_batch_size=2, num_ppo_epochs=1,
                     max_new_tokens=12, sample_every=0)
-    trainer = PPOTrainer(cfg, "sandbox", reward, prompts)
+    trainer = PPOTrainer(prompts, cfg, reward=reward)
     trainer.train(show_progress=False)
     rank = trainer.accelerator.process_index
     torch.save({"state": trainer.backend.trainable_state(), "prompts": seen,

@@ -6,22 +6,14 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import label_rows, sandbox_prompts
 
 from rlhf_widgets.best_of_n import BestOfNSampler, best_of_n
 from rlhf_widgets.config import ModelConfig
 from rlhf_widgets.evaluate import best_of_n_curve, best_of_n_kl, compare_policies, evaluation_store, win_rate
-from rlhf_widgets.figures import overoptimization_figure, reward_report_figures
 from rlhf_widgets.models import load_causal_lm
-from rlhf_widgets.sandbox import SimulatedAnnotator, gold_score
-
-
-class GoldJudge:
-    """The gold scorer behind the RewardModel interface (score(prompts, responses) -> tensor)."""
-
-    def score(self, prompts, responses, normalize: bool = True) -> torch.Tensor:
-        return torch.tensor([gold_score(p, r) for p, r in zip(prompts, responses, strict=True)])
+from rlhf_widgets.sandbox import SimulatedAnnotator, gold_reward
+from rlhf_widgets.views import overoptimization_figure, reward_report_figures
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +25,16 @@ def test_dpo_learns_the_labeled_preferences(sft_model_dir: Path, gold_pairs, tmp
     from rlhf_widgets.dpo import DPOStageConfig, train_dpo
 
     result = train_dpo(gold_pairs, DPOStageConfig(output_dir=str(tmp_path), num_train_epochs=2, logging_steps=2),
-                       model=str(sft_model_dir))
+                       model=sft_model_dir)
+    assert result.stage == "dpo" and result.model_path == tmp_path / "final"
     _, margins = result.metrics.series("rewards/margins")
     _, acc = result.metrics.series("rewards/accuracies")
     assert len(margins) >= 4
     assert sum(margins[-3:]) / 3 > max(0.0, margins[0]), margins
     assert acc[-1] > 0.6, acc
-    model, tok = load_causal_lm(str(result.model_path))  # a plain causal LM, loadable like any other
+    model, tok = load_causal_lm(result.model_path)  # a plain causal LM, loadable like any other
     assert model.config.vocab_size == len(tok)
+    assert any(e.kind == "saved" for e in result.metrics.events())
 
 
 def test_dpo_4bit_lora_runs_on_cpu(sft_model_dir: Path, gold_pairs, tmp_path: Path) -> None:
@@ -55,13 +49,14 @@ def test_dpo_4bit_lora_runs_on_cpu(sft_model_dir: Path, gold_pairs, tmp_path: Pa
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 def test_online_rl_with_kl_runs_and_logs(sft_model_dir: Path, tmp_path: Path, algorithm: str) -> None:
-    from rlhf_widgets.grpo import GRPOStageConfig, RLOOStageConfig, gold_reward, train_online
+    from rlhf_widgets.grpo import GRPOStageConfig, RLOOStageConfig, train_grpo, train_rloo
 
-    cls = GRPOStageConfig if algorithm == "grpo" else RLOOStageConfig
+    cls, train = (GRPOStageConfig, train_grpo) if algorithm == "grpo" else (RLOOStageConfig, train_rloo)
     cfg = cls(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8, num_generations=4,
               max_completion_length=24)
-    result = train_online(sandbox_prompts(32, seed=4), gold_reward, cfg, model=str(sft_model_dir),
-                          algorithm=algorithm)
+    result = train(sandbox_prompts(32, seed=4), cfg, model=sft_model_dir, reward=gold_reward)
+    assert result.stage == algorithm
+    assert any(e.kind == "saved" for e in result.metrics.events())
     names = result.metrics.names()
     assert any(n.startswith("reward") for n in names), names
     assert "kl" in names, names  # β > 0: the KL to the reference is measured and logged
@@ -72,34 +67,34 @@ def test_online_rl_with_kl_runs_and_logs(sft_model_dir: Path, tmp_path: Path, al
 
 
 def test_best_of_n_raises_the_judged_score_and_knows_its_kl(sft_model_dir: Path) -> None:
-    model, tok = load_causal_lm(str(sft_model_dir))
     prompts = sandbox_prompts(24, seed=8, split="test")
-    result = best_of_n(model, tok, prompts, GoldJudge(), n=8, seed=1)
+    model = load_causal_lm(sft_model_dir)  # a loaded (model, tokenizer) works as model= too
+    result = best_of_n(prompts, model=model, reward=gold_reward, n=8, seed=1)
     assert result.kl == pytest.approx(math.log(8) - 7 / 8)
     assert best_of_n_kl(1) == 0.0
-    curve = best_of_n_curve(result, prompts, gold_score)
+    curve = best_of_n_curve(result, prompts, gold_reward)
     assert [p["n"] for p in curve] == [1, 2, 4, 8]
     proxies = [p["proxy"] for p in curve]
     assert proxies == sorted(proxies) and proxies[-1] > proxies[0]  # best of more never scores lower
     assert result.best_of(8)[0] == result.responses
     with pytest.raises(ValueError, match="n=0"):
-        best_of_n(model, tok, prompts, GoldJudge(), n=0)
+        best_of_n(prompts, model=model, reward=gold_reward, n=0)
 
 
 def test_compare_policies_table_and_blind_store(sft_model_dir: Path, tmp_path: Path) -> None:
     from rlhf_widgets.labeling import LabelingSession
 
     prompts = sandbox_prompts(16, seed=9, split="test")
-    sampler = BestOfNSampler(sft_model_dir, GoldJudge(), n=4)
+    sampler = BestOfNSampler(model=sft_model_dir, reward=gold_reward, n=4)
     table = compare_policies({"SFT": sft_model_dir, "best-of-4": sampler}, prompts, baseline="SFT",
-                             gold=gold_score, kl_reference=str(sft_model_dir))
+                             gold=gold_reward, kl_reference=sft_model_dir)
     assert list(table.index) == ["SFT", "best-of-4"]
     assert table.loc["SFT", "gold_win_rate"] == 0.5  # against itself: all ties
     assert table.loc["best-of-4", "gold_win_rate"] > 0.5
     assert abs(table.loc["SFT", "kl_to_reference"]) < 1e-4
     assert table.loc["best-of-4", "kl_to_reference"] == pytest.approx(math.log(4) - 3 / 4)
     responses = table.attrs["responses"]
-    assert win_rate(prompts, responses["best-of-4"], responses["SFT"], gold_score)["win_rate"] == \
+    assert win_rate(prompts, responses["best-of-4"], responses["SFT"], gold_reward)["win_rate"] == \
         table.loc["best-of-4", "gold_win_rate"]
     with pytest.raises(ValueError, match="baseline 'PPO'"):
         compare_policies({"SFT": sft_model_dir}, prompts, baseline="PPO")

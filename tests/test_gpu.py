@@ -12,7 +12,7 @@ from conftest import label_rows, sandbox_prompts
 from rlhf_widgets.config import ModelConfig
 from rlhf_widgets.generation import generate
 from rlhf_widgets.models import load_causal_lm
-from rlhf_widgets.sandbox import SimulatedAnnotator, gold_score
+from rlhf_widgets.sandbox import SimulatedAnnotator, gold_reward
 
 pytestmark = pytest.mark.gpu
 
@@ -36,12 +36,11 @@ def test_sft_and_reward_4bit_lora_on_cuda(tmp_path: Path) -> None:
     from rlhf_widgets.sft import SFTStageConfig, train_sft
 
     cfg = ModelConfig(use_peft=True, load_in_4bit=True, lora_r=8)
-    sft = train_sft(SFTStageConfig(output_dir=str(tmp_path / "sft"), max_steps=4, sandbox_demos=64,
-                                   logging_steps=1), model=cfg)
+    sft = train_sft(config=SFTStageConfig(output_dir=str(tmp_path / "sft"), max_steps=4, sandbox_demos=64,
+                                          logging_steps=1), model=cfg)
     _, loss = sft.metrics.series("loss")
     assert loss and all(torch.isfinite(torch.tensor(loss)))
-    model, tok = load_causal_lm(str(sft.model_path))
-    rows = generate_pairs(model, tok, sandbox_prompts(32, seed=2), seed=0, show_progress=False)
+    rows = generate_pairs(sandbox_prompts(32, seed=2), model=sft.model_path, seed=0, show_progress=False)
     pairs = label_rows(rows, SimulatedAnnotator(seed=0))
     rm = train_reward_model(pairs, RewardStageConfig(output_dir=str(tmp_path / "rm"), max_steps=3, eval_fraction=0),
                             model=cfg)
@@ -53,12 +52,10 @@ def test_sft_and_reward_4bit_lora_on_cuda(tmp_path: Path) -> None:
 def test_ppo_4bit_shared_base_on_cuda(tmp_path: Path) -> None:
     from rlhf_widgets.ppo import PPOConfig, PPOTrainer
 
-    def reward(prompts, responses):
-        return [gold_score(q, a) for q, a in zip(prompts, responses, strict=True)]
-
-    cfg = PPOConfig(output_dir=str(tmp_path), num_updates=3, batch_size=16, mini_batch_size=8, ppo_epochs=2,
-                    max_new_tokens=32, load_in_4bit=True, sample_every=1)
-    trainer = PPOTrainer(cfg, "sandbox", reward, sandbox_prompts(64, seed=3), gold=gold_score)
+    cfg = PPOConfig(output_dir=str(tmp_path), num_updates=3, batch_size=16, mini_batch_size=8, num_ppo_epochs=2,
+                    max_new_tokens=32, sample_every=1)
+    trainer = PPOTrainer(sandbox_prompts(64, seed=3), cfg, model=ModelConfig(use_peft=True, load_in_4bit=True),
+                         reward=gold_reward, gold=gold_reward)
     assert trainer.accelerator.device.type == "cuda"
     first = trainer.step()
     assert first["objective/kl"] == pytest.approx(0.0, abs=1e-3)

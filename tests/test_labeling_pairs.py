@@ -21,17 +21,18 @@ from rlhf_widgets.sandbox import (
 def test_prepare_pairs_fills_the_store_once(tmp_path: Path) -> None:
     path = tmp_path / "runs" / "labels.sqlite"  # the parent directory does not exist yet
     model = str(base_model_path())
-    with prepare_pairs(model, path, n_prompts=8, show_progress=False) as store:
+    with prepare_pairs("sandbox", path, model=model, n_prompts=8, show_progress=False) as store:
         first = store.pairs()
     assert 0 < len(first) <= 8
     assert all(pair.response_a.strip() != pair.response_b.strip() for pair in first)
     assert len({(p.prompt, p.response_a, p.response_b) for p in first}) == len(first)
     assert len({pair.prompt for pair in first}) == len(first)  # at most one pair per prompt
 
-    with prepare_pairs(model, path, n_prompts=8, show_progress=False) as store:  # re-running the notebook
+    # re-running the notebook
+    with prepare_pairs("sandbox", path, model=model, n_prompts=8, show_progress=False) as store:
         assert store.pairs() == first
     with PreferenceStore(path) as store:  # a store object works as well as a path, and is returned as is
-        assert prepare_pairs("no/such-model", store, n_prompts=8) is store  # not even loaded
+        assert prepare_pairs("sandbox", store, model="no/such-model", n_prompts=8) is store  # not even loaded
         assert len(store) == len(first)
 
 
@@ -45,7 +46,7 @@ def test_gold_preference_picks_the_higher_gold_score() -> None:
 
 def test_several_pairs_per_prompt_among_k_answers(tmp_path: Path) -> None:
     model = str(base_model_path())
-    with prepare_pairs(model, tmp_path / "labels.sqlite", n_prompts=6, k=4, pairs_per_prompt=3,
+    with prepare_pairs("sandbox", tmp_path / "labels.sqlite", model=model, n_prompts=6, k=4, pairs_per_prompt=3,
                        show_progress=False) as store:
         pairs = store.pairs()
     per_prompt = Counter(pair.prompt for pair in pairs)
@@ -55,4 +56,5 @@ def test_several_pairs_per_prompt_among_k_answers(tmp_path: Path) -> None:
         answers = {a for p in pairs if p.prompt == prompt for a in (p.response_a, p.response_b)}
         assert 2 <= len(answers) <= 4
     with pytest.raises(ValueError, match="max_pairs_per_prompt=0"):
-        prepare_pairs(model, tmp_path / "other.sqlite", n_prompts=2, pairs_per_prompt=0, show_progress=False)
+        prepare_pairs("sandbox", tmp_path / "other.sqlite", model=model, n_prompts=2, pairs_per_prompt=0,
+                      show_progress=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from pathlib import Path
 
@@ -24,6 +25,7 @@ TOUR = {
     "03_reward_model": "EPOCHS = 1",
     "04_ppo": "NUM_UPDATES = 3\nWAIT = True",
     "05_dpo": "",
+    "05b_grpo": "MAX_STEPS = 2",
     "06_evaluate": "EVAL_PROMPTS = 16\nBEST_OF = 4",
 }
 
@@ -65,6 +67,9 @@ def test_notebooks_are_thin_and_parameterised() -> None:
         assert "parameters" in code[1].metadata.get("tags", []), f"{path.name}: second code cell must be tagged"
         assert all(not c.get("outputs") for c in code), f"{path.name}: commit notebooks without outputs"
         assert all(len(c.source.splitlines()) <= 12 for c in code), f"{path.name}: a code cell is not thin"
+        imports = re.findall(r"^from (rlhf_widgets[\w.]*) import", "\n".join(c.source for c in code), re.M)
+        public = {"rlhf_widgets", "rlhf_widgets.sandbox"}
+        assert set(imports) <= public, f"{path.name}: {imports}: use the public surface"
 
 
 def test_tour_runs_headless(tmp_path: Path) -> None:
@@ -90,12 +95,13 @@ def test_tour_runs_headless(tmp_path: Path) -> None:
     log = [json.loads(line) for line in (runs / "ppo" / "metrics.jsonl").read_text().splitlines()]
     updates = {e["step"] for e in log if "objective/kl" in e.get("metrics", {})}
     assert len(updates) == 3, updates
-    assert (runs / "ppo" / "last" / "policy").is_dir()
-    # 05: DPO saved a policy
-    assert (runs / "dpo" / "final").is_dir()
+    assert (runs / "ppo" / "final" / "adapter_config.json").is_file()
+    # 05: DPO and GRPO saved a policy; GRPO's sample table showed scored completions
+    assert (runs / "dpo" / "final").is_dir() and (runs / "grpo" / "final" / "config.json").is_file()
+    assert "reward" in figure_trace_names(books["05b_grpo"]) or "loss" in figure_trace_names(books["05b_grpo"])
     # 06: the comparison table has every policy, the blind panel and the overoptimization figure rendered
     html = json.dumps(outputs(books["06_evaluate"]))
-    for name in ("SFT", "best-of-4", "PPO", "DPO", "gold_win_rate", "kl_to_reference"):
+    for name in ("SFT", "best-of-4", "PPO", "DPO", "GRPO", "gold_win_rate", "kl_to_reference"):
         assert name in html, name
     assert "LabelingPanel" in html or "VBoxModel" in widget_models(books["06_evaluate"])
 
@@ -117,7 +123,7 @@ def test_quickstart_notebook_reports_numbers_from_the_run(tmp_path: Path) -> Non
     assert "gold_win_rate" in json.dumps(outputs(book))
 
     config = QuickstartConfig(output_dir=str(out), **sizes)
-    state = {"sft_path": out / "sft" / "final", "ppo_path": out / "ppo" / "last" / "policy",
+    state = {"sft_path": out / "sft" / "final", "ppo_path": out / "ppo" / "final",
              "dpo_path": out / "dpo" / "final", "reward_model": RewardModel.load(out / "reward" / "final")}
     again = _compare(state, config)
     for name, row in comparison.items():

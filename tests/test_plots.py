@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 from nbclient import NotebookClient
 
 from rlhf_widgets.metrics import MetricsLog
-from rlhf_widgets.plots import LiveDashboard, SamplesTable, figure_from_log, panels, samples_html
+from rlhf_widgets.views import LiveDashboard, SamplesTable, figure_from_log, panels, samples_html
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 REPO = Path(__file__).resolve().parents[1]
@@ -225,7 +225,7 @@ def test_samples_table_follows_the_newest_batch() -> None:
 def test_dashboard_renders_in_a_headless_notebook(tmp_path: Path) -> None:
     cells = [
         "from rlhf_widgets.metrics import MetricsLog\n"
-        "from rlhf_widgets.plots import LiveDashboard\n"
+        "from rlhf_widgets.views import LiveDashboard\n"
         "log = MetricsLog(run_name='nb')\n"
         "dashboard = LiveDashboard(log, min_interval=0.0)\n"
         "dashboard",

@@ -7,7 +7,7 @@ import pytest
 from conftest import sandbox_prompts
 
 from rlhf_widgets.ppo import PPOConfig, PPOPanel, PPOTrainer
-from rlhf_widgets.sandbox import gold_score
+from rlhf_widgets.sandbox import gold_reward
 
 
 def wait_for(condition, timeout: float = 120.0) -> None:
@@ -19,12 +19,9 @@ def wait_for(condition, timeout: float = 120.0) -> None:
 
 
 def test_buttons_pause_resume_change_settings_and_stop(tmp_path: Path) -> None:
-    def reward(prompts, responses):
-        return [gold_score(p, r) for p, r in zip(prompts, responses, strict=True)]
-
-    cfg = PPOConfig(output_dir=str(tmp_path), num_updates=50, batch_size=4, mini_batch_size=4, ppo_epochs=1,
+    cfg = PPOConfig(output_dir=str(tmp_path), num_updates=50, batch_size=4, mini_batch_size=4, num_ppo_epochs=1,
                     max_new_tokens=12, sample_every=1, samples_to_log=2)
-    trainer = PPOTrainer(cfg, "sandbox", reward, sandbox_prompts(32, seed=1), gold=gold_score)
+    trainer = PPOTrainer(sandbox_prompts(32, seed=1), cfg, reward=gold_reward, gold=gold_reward)
     panel = PPOPanel(trainer)
     assert not panel.start_button.disabled and panel.pause_button.disabled
 
@@ -44,8 +41,8 @@ def test_buttons_pause_resume_change_settings_and_stop(tmp_path: Path) -> None:
     panel.apply_button.click()
     panel.resume_button.click()
     wait_for(lambda: trainer.update >= paused_at + 1)
-    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)
-    assert trainer.kl_ctl.value == pytest.approx(0.2)
+    assert trainer.settings["learning_rate"] == pytest.approx(1e-5)
+    assert trainer.settings["kl_coef"] == pytest.approx(0.2)
 
     panel.stop_button.click()
     panel.wait(timeout=120)

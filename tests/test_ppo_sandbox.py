@@ -11,28 +11,27 @@ from conftest import sandbox_prompts
 
 from rlhf_widgets.best_of_n import best_of_n
 from rlhf_widgets.evaluate import best_of_n_curve, ppo_overoptimization_curve, sample_policy, win_rate
-from rlhf_widgets.models import load_causal_lm
 from rlhf_widgets.ppo import PPOConfig, PPOTrainer
-from rlhf_widgets.sandbox import gold_score
+from rlhf_widgets.sandbox import gold_reward
+from rlhf_widgets.stages import StageResult
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ppo_run(sft_model_dir: Path, trained_reward, tmp_path_factory: pytest.TempPathFactory) -> PPOTrainer:
+def ppo_run(sft_model_dir: Path, trained_reward, tmp_path_factory: pytest.TempPathFactory) -> StageResult:
     cfg = PPOConfig(output_dir=str(tmp_path_factory.mktemp("ppo")), num_updates=40, seed=0)
-    trainer = PPOTrainer(cfg, str(sft_model_dir), trained_reward.reward_model, sandbox_prompts(1000, seed=2),
-                         gold=gold_score)
-    trainer.train(show_progress=False)
-    return trainer
+    trainer = PPOTrainer(sandbox_prompts(1000, seed=2), cfg, model=sft_model_dir, reward=trained_reward.reward_model,
+                         gold=gold_reward)
+    return trainer.train(show_progress=False)
 
 
-def test_ppo_beats_sft_on_gold_with_bounded_kl(ppo_run: PPOTrainer, sft_model_dir: Path) -> None:
-    assert ppo_run.control.state == "finished", ppo_run.control.reason
+def test_ppo_beats_sft_on_gold_with_bounded_kl(ppo_run: StageResult, sft_model_dir: Path) -> None:
+    assert ppo_run.status == "finished", ppo_run.reason
     prompts = sandbox_prompts(128, seed=3, split="test")
     sft = sample_policy(sft_model_dir, prompts, seed=7)
-    ppo = sample_policy(ppo_run.output_dir / "last" / "policy", prompts, seed=8)
-    result = win_rate(prompts, ppo, sft, gold_score)
+    ppo = sample_policy(ppo_run.model_path, prompts, seed=8)
+    result = win_rate(prompts, ppo, sft, gold_reward)
     print(f"PPO gold win rate over SFT: {result['win_rate']:.3f} (gold {result['mean_score']:.2f} vs "
           f"{result['baseline_mean_score']:.2f})")
     assert result["win_rate"] >= 0.65, result
@@ -43,10 +42,9 @@ def test_ppo_beats_sft_on_gold_with_bounded_kl(ppo_run: PPOTrainer, sft_model_di
 
 
 def test_overoptimization_best_of_n_with_a_verbosity_biased_proxy(biased_reward, sft_model_dir: Path) -> None:
-    model, tok = load_causal_lm(str(sft_model_dir))
     prompts = sandbox_prompts(48, seed=12, split="test")
-    result = best_of_n(model, tok, prompts, biased_reward.reward_model, n=32, seed=0)
-    curve = best_of_n_curve(result, prompts, gold_score)
+    result = best_of_n(prompts, model=sft_model_dir, reward=biased_reward.reward_model, n=32, seed=0)
+    curve = best_of_n_curve(result, prompts, gold_reward)
     proxy, gold = [p["proxy"] for p in curve], [p["gold"] for p in curve]
     print("best-of-N curve", [(p["n"], round(p["proxy"], 2), round(p["gold"], 2)) for p in curve])
     assert proxy == sorted(proxy)  # the proxy only rises with N
@@ -56,7 +54,7 @@ def test_overoptimization_best_of_n_with_a_verbosity_biased_proxy(biased_reward,
     assert proxy[-1] > proxy[peak] + 0.2, proxy  # ... while the proxy keeps rising: they diverge
 
 
-def test_ppo_overoptimization_curve_reads_the_log(ppo_run: PPOTrainer) -> None:
+def test_ppo_overoptimization_curve_reads_the_log(ppo_run: StageResult) -> None:
     curve = ppo_overoptimization_curve(ppo_run.metrics, window=5)
     assert len(curve) == 8
     assert curve[-1]["sqrt_kl"] > curve[0]["sqrt_kl"]

@@ -10,21 +10,19 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from transformers import LogitsProcessorList
 
+from rlhf_widgets.config import ModelConfig
 from rlhf_widgets.generation import encode_prompts
+from rlhf_widgets.metrics import MetricsLog
 from rlhf_widgets.models import load_causal_lm
 from rlhf_widgets.ppo import PPOConfig, PPOTrainer
-from rlhf_widgets.ppo.models import POLICY, VALUE, SharedBackbone
-from rlhf_widgets.sandbox import gold_score
+from rlhf_widgets.ppo.backbone import POLICY, VALUE, SharedBackbone
+from rlhf_widgets.sandbox import gold_reward
 
 PROMPTS = sandbox_prompts(64, seed=21)
 
 
-def gold_reward(prompts, responses):
-    return [gold_score(p, r) for p, r in zip(prompts, responses, strict=True)]
-
-
 def small_config(tmp_path: Path, **overrides) -> PPOConfig:
-    base = dict(output_dir=str(tmp_path), num_updates=2, batch_size=8, mini_batch_size=8, ppo_epochs=1,
+    base = dict(output_dir=str(tmp_path), num_updates=2, batch_size=8, mini_batch_size=8, num_ppo_epochs=1,
                 max_new_tokens=16, sample_every=1, samples_to_log=2)
     base.update(overrides)
     return PPOConfig(**base)
@@ -32,7 +30,7 @@ def small_config(tmp_path: Path, **overrides) -> PPOConfig:
 
 @pytest.mark.parametrize("shared_base", [True, False], ids=["shared-base", "separate-models"])
 def test_first_minibatch_with_policy_equal_reference(tmp_path: Path, shared_base: bool) -> None:
-    trainer = PPOTrainer(small_config(tmp_path, shared_base=shared_base), "sandbox", gold_reward, PROMPTS)
+    trainer = PPOTrainer(PROMPTS, small_config(tmp_path, shared_base=shared_base), reward=gold_reward)
     metrics = trainer.step()
     assert metrics["objective/kl"] == pytest.approx(0.0, abs=1e-5)
     assert metrics["val/ratio"] == pytest.approx(1.0, abs=1e-5)
@@ -47,8 +45,8 @@ def test_rollout_logprobs_recorded_while_sampling_equal_a_separate_forward(tmp_p
     """The log-probs kept during `generate` (KV cache, temperature 0.7) are the ones a full forward gives."""
     runs = {}
     for source in ("generate", "forward"):
-        trainer = PPOTrainer(small_config(tmp_path / source, temperature=0.7, rollout_logprobs=source),
-                             "sandbox", gold_reward, PROMPTS)
+        trainer = PPOTrainer(PROMPTS, small_config(tmp_path / source, temperature=0.7, rollout_logprobs=source),
+                             reward=gold_reward)
         runs[source] = [trainer.step(), trainer.step()]  # the 2nd rollout comes from a policy ≠ reference
     for step, (gen, fwd) in enumerate(zip(runs["generate"], runs["forward"], strict=True), start=1):
         assert gen["val/response_length"] == fwd["val/response_length"]  # same samples
@@ -82,7 +80,7 @@ def test_value_adapter_on_top_layers_with_a_cached_trunk_equals_the_full_forward
         (values * batch["attention_mask"]).sum().backward()
         return [p.grad.clone() for p in backbone.value_parameters]
 
-    backbone._activate(VALUE)
+    backbone.fast.activate(VALUE)
     stack = backbone.peft.get_base_model().base_model
     hidden = stack(**inputs, use_cache=False).last_hidden_state
     full = backbone.value_head(hidden).squeeze(-1)
@@ -188,11 +186,11 @@ def test_plain_lora_forwards_equal_peft_without_its_layers() -> None:
         return out.detach(), [p.grad.clone() for p in params]
 
     def peft_policy() -> torch.Tensor:
-        backbone._activate(POLICY)
+        backbone.fast.activate(POLICY)
         return backbone.peft(**inputs, use_cache=False).logits
 
     def peft_values() -> torch.Tensor:
-        backbone._activate(VALUE)
+        backbone.fast.activate(VALUE)
         return backbone.value_head(stack(**inputs, use_cache=False).last_hidden_state).squeeze(-1)[..., None]
 
     for ours, theirs, params in ((lambda: backbone.policy_logits(**inputs), peft_policy, backbone.policy_parameters),
@@ -219,7 +217,7 @@ def test_plain_lora_forwards_equal_peft_without_its_layers() -> None:
     assert sum(isinstance(m, LoraLayer) for m in backbone.peft.modules()) == n_lora  # put back after a failure
     with torch.no_grad():
         adapter_logits = backbone.policy_logits(**inputs)
-        with backbone._merged_policy():  # a forward nested in merged sampling: ΔW applied once, nothing re-swapped
+        with backbone.fast.merged():  # a forward nested in merged sampling: ΔW applied once, nothing re-swapped
             torch.testing.assert_close(backbone.policy_logits(**inputs), adapter_logits, rtol=1e-5, atol=1e-5)
             assert not any(isinstance(m, LoraLayer) for m in backbone.peft.modules())
     assert sum(isinstance(m, LoraLayer) for m in backbone.peft.modules()) == n_lora
@@ -268,7 +266,7 @@ def test_merged_generation_samples_like_the_adapter_path_and_never_writes_the_ba
               "position_ids": (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)}
     with torch.no_grad():
         adapter_logits = backbone.policy_logits(**inputs)
-        with backbone._merged_policy():
+        with backbone.fast.merged():
             assert not any(isinstance(m, LoraLayer) for m in backbone.peft.modules())  # plain linears now
             merged_logits = backbone.peft(**inputs, use_cache=False).logits
         reference_logits = backbone.reference_logits(**inputs)
@@ -296,14 +294,14 @@ def test_merged_generation_samples_like_the_adapter_path_and_never_writes_the_ba
     with pytest.raises(RuntimeError, match="stop mid-generation"):
         greedy(fail=True)  # …and a generate that fails half-way still puts everything back (checked below)
     adapters_seen.clear()
-    backbone.merge_for_generation = False
+    backbone.fast.merge_for_generation = False
     torch.testing.assert_close(greedy(), merged, rtol=0, atol=0)
     assert all(adapters_seen)
     for name, (param, before) in frozen.items():  # the same tensors, bit for bit: the reference is intact
         assert dict(backbone.peft.named_parameters())[name] is param
         torch.testing.assert_close(param.detach(), before, rtol=0, atol=0, msg=name)
     assert {n for n, p in backbone.named_parameters() if p.requires_grad} == trainable
-    assert sum(isinstance(m, LoraLayer) for m in backbone.peft.modules()) == len(backbone._policy_linears) > 0
+    assert sum(isinstance(m, LoraLayer) for m in backbone.peft.modules()) == len(backbone.fast._merge_linears) > 0
     with torch.no_grad():
         torch.testing.assert_close(backbone.policy_logits(**inputs), adapter_logits, rtol=0, atol=0)
 
@@ -320,13 +318,13 @@ def test_merge_for_generation_is_automatic_for_float32_only(monkeypatch) -> None
         assert not SharedBackbone(load_causal_lm("sandbox")[0], variant).merge_for_generation
         with pytest.raises(ValueError, match="uses DoRA or a LoRA bias"):
             SharedBackbone(load_causal_lm("sandbox")[0], variant, merge_for_generation=True)
-    monkeypatch.setattr("rlhf_widgets.ppo.models.MERGE_AUTO_MAX_BYTES", 1024)  # too big to copy: off
+    monkeypatch.setattr("rlhf_widgets.ppo.fastpaths.MERGE_AUTO_MAX_BYTES", 1024)  # too big to copy: off
     assert not SharedBackbone(load_causal_lm("sandbox")[0], lora).merge_for_generation
 
 
 def test_metric_names_follow_trl(tmp_path: Path) -> None:
-    trainer = PPOTrainer(small_config(tmp_path), "sandbox", gold_reward, PROMPTS, gold=gold_score)
-    trainer.train(show_progress=False)
+    trainer = PPOTrainer(PROMPTS, small_config(tmp_path), reward=gold_reward, gold=gold_reward)
+    result = trainer.train(show_progress=False)
     names = set(trainer.metrics.names())
     expected = {"objective/kl", "objective/entropy", "objective/non_score_reward", "objective/rlhf_reward",
                 "objective/scores", "objective/kl_coef", "policy/approxkl_avg", "policy/clipfrac_avg",
@@ -337,15 +335,31 @@ def test_metric_names_follow_trl(tmp_path: Path) -> None:
     sample = trainer.metrics.samples()[-1]
     assert {"prompt", "response", "score", "kl", "gold"} <= set(sample.rows[0])
     assert (tmp_path / "last" / "trainer_state.pt").is_file()
+    assert result.stage == "ppo" and result.status == "finished" and result.metrics is trainer.metrics
+    assert result.model_path == tmp_path / "final"
+    reloaded, _ = load_causal_lm(result.model_path)  # the policy, as every stage's model_path
+    assert type(reloaded).__name__ == "LlamaForCausalLM"
 
 
-def test_4bit_shared_base_runs_on_cpu(tmp_path: Path) -> None:
-    trainer = PPOTrainer(small_config(tmp_path, load_in_4bit=True), "sandbox", gold_reward, PROMPTS)
+def test_4bit_and_lora_settings_of_model_config_reach_ppo(tmp_path: Path) -> None:
+    """ModelConfig is the one source of model settings: its 4-bit, LoRA rank / alpha / targets reach PPO's shared
+    base, and the caller's object is not modified."""
+    settings = ModelConfig(use_peft=True, load_in_4bit=True, lora_r=8, lora_alpha=16,
+                           lora_target_modules=["q_proj", "v_proj"])
+    before = settings.to_dict()
+    trainer = PPOTrainer(PROMPTS, small_config(tmp_path), model=settings, reward=gold_reward)
+    assert settings.to_dict() == before
     assert getattr(trainer.backend.peft.get_base_model(), "is_loaded_in_4bit", False)
+    policy = trainer.backend.peft.peft_config[POLICY]
+    assert (policy.r, policy.lora_alpha, set(policy.target_modules)) == (8, 16, {"q_proj", "v_proj"})
+    adapted = {n.rsplit(".", 1)[-1] for n, m in trainer.backend.peft.named_modules() if isinstance(m, LoraLayer)}
+    assert adapted == {"q_proj", "v_proj"}
+    assert trainer.backend.checkpointing  # on by default with a 4-bit base
     assert not trainer.backend.merge_for_generation  # 4-bit weights can't hold W + ΔW
     with pytest.raises(ValueError, match=r"merge_for_generation=True: .*Linear4bit, not a plain LoRA linear"):
-        PPOTrainer(small_config(tmp_path, load_in_4bit=True, merge_for_generation=True), "sandbox", gold_reward,
-                   PROMPTS)
+        PPOTrainer(PROMPTS, small_config(tmp_path, merge_for_generation=True), model=settings, reward=gold_reward)
+    with pytest.raises(ValueError, match=r"shared_base=False.*4-bit"):
+        PPOTrainer(PROMPTS, small_config(tmp_path, shared_base=False), model=settings, reward=gold_reward)
     before = {k: v.clone() for k, v in trainer.backend.trainable_state().items()}
     metrics = trainer.step()
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
@@ -354,18 +368,37 @@ def test_4bit_shared_base_runs_on_cpu(tmp_path: Path) -> None:
 
 
 def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path: Path) -> None:
-    cfg = dict(num_updates=4, save_every=2, ppo_epochs=2, mini_batch_size=4)
-    full = PPOTrainer(small_config(tmp_path / "full", **cfg), "sandbox", gold_reward, PROMPTS)
+    cfg = dict(num_updates=4, save_every=2, num_ppo_epochs=2, mini_batch_size=4)
+    full = PPOTrainer(PROMPTS, small_config(tmp_path / "full", **cfg), reward=gold_reward)
     full.train(show_progress=False)
-    resumed = PPOTrainer(small_config(tmp_path / "resumed", **cfg), "sandbox", gold_reward, PROMPTS,
+    resumed = PPOTrainer(PROMPTS, small_config(tmp_path / "resumed", **cfg), reward=gold_reward,
                          resume_from=tmp_path / "full" / "checkpoint-2")
     resumed.train(show_progress=False)
     a = full.metrics.to_dataframe().set_index("step")
     b = resumed.metrics.to_dataframe().set_index("step")
     cols = [c for c in a.columns if c.startswith(("objective/", "loss/", "policy/", "val/"))]
-    assert list(b.index) == [3, 4]
+    assert list(b.index) == [1, 2, 3, 4]  # the history up to the checkpoint comes along
     for col in cols:
-        assert a.loc[[3, 4], col].tolist() == pytest.approx(b.loc[[3, 4], col].tolist(), rel=1e-4, abs=1e-6), col
+        assert a[col].tolist() == pytest.approx(b[col].tolist(), rel=1e-4, abs=1e-6), col
+
+
+def test_resume_in_place_continues_the_metrics_log(tmp_path: Path) -> None:
+    """Checkpoint at update 2, resume for 1 into the same output_dir without `metrics=`: 3 update rows, the resume
+    marked by an event; a log with updates past the checkpoint is kept beside it, not overwritten."""
+    cfg = dict(num_updates=2, save_every=2)
+    PPOTrainer(PROMPTS, small_config(tmp_path, **cfg), reward=gold_reward).train(show_progress=False)
+    resumed = PPOTrainer(PROMPTS, small_config(tmp_path, **cfg), reward=gold_reward,
+                         resume_from=tmp_path / "checkpoint-2")
+    resumed.train(num_updates=3, show_progress=False)
+    on_disk = MetricsLog.load(tmp_path / "metrics.jsonl")
+    assert [r.step for r in on_disk.records] == [1, 2, 3]
+    assert any(e.kind == "resumed" and e.step == 2 for e in on_disk.events())
+    # resuming again from checkpoint-2 redoes update 3: the 3-update log is kept as metrics.before-resume-1.jsonl
+    again = PPOTrainer(PROMPTS, small_config(tmp_path, **cfg), reward=gold_reward,
+                       resume_from=tmp_path / "checkpoint-2")
+    assert [r.step for r in again.metrics.records] == [1, 2]
+    kept = MetricsLog.load(tmp_path / "metrics.before-resume-1.jsonl")
+    assert [r.step for r in kept.records] == [1, 2, 3]
 
 
 def test_nan_reward_stops_with_a_diagnosis_and_restores_weights(tmp_path: Path) -> None:
@@ -375,7 +408,7 @@ def test_nan_reward_stops_with_a_diagnosis_and_restores_weights(tmp_path: Path) 
         calls["n"] += 1
         return [float("nan")] * len(prompts) if calls["n"] == 2 else gold_reward(prompts, responses)
 
-    trainer = PPOTrainer(small_config(tmp_path, num_updates=3), "sandbox", flaky, PROMPTS)
+    trainer = PPOTrainer(PROMPTS, small_config(tmp_path, num_updates=3), reward=flaky)
     trainer.train(show_progress=False)
     assert trainer.control.state == "failed"
     assert "non-finite reward scores" in trainer.control.reason
@@ -384,18 +417,18 @@ def test_nan_reward_stops_with_a_diagnosis_and_restores_weights(tmp_path: Path) 
 
 
 def test_settings_change_between_updates_and_stop(tmp_path: Path) -> None:
-    trainer = PPOTrainer(small_config(tmp_path, num_updates=5), "sandbox", gold_reward, PROMPTS)
+    trainer = PPOTrainer(PROMPTS, small_config(tmp_path, num_updates=5), reward=gold_reward)
     trainer.step()
     trainer.control.set(learning_rate=1e-5, kl_coef=0.2, temperature=0.8)
     with pytest.raises(ValueError, match="cannot change"):
         trainer.control.set(batch_size=4)
     trainer.control.stop()
-    trainer.train(show_progress=False)
-    assert trainer.control.state == "stopped"
-    trainer.control._stop = False
+    result = trainer.train(show_progress=False)
+    assert trainer.control.state == result.status == "stopped" and trainer.update == 1
+    assert not trainer.control.stop_requested  # the stop ended that run; training again continues it
     trainer.train(num_updates=2, show_progress=False)
-    assert trainer.optimizer.param_groups[0]["lr"] == 1e-5
-    assert trainer.kl_ctl.value == 0.2 and trainer.temperature == 0.8
+    assert trainer.update == 2
+    assert trainer.settings == {"learning_rate": 1e-5, "kl_coef": 0.2, "temperature": 0.8}
     assert trainer.metrics.latest("objective/kl_coef") == 0.2
     messages = [e.message for e in trainer.metrics.events()]
     assert any("learning_rate changed" in m for m in messages)
@@ -406,12 +439,12 @@ def test_config_errors_name_the_setting() -> None:
         PPOConfig(batch_size=8, mini_batch_size=3)
     with pytest.raises(ValueError, match="kl_estimator"):
         PPOConfig(kl_estimator="k2")
-    with pytest.raises(ValueError, match="load_in_4bit"):
-        PPOConfig(shared_base=False, load_in_4bit=True)
+    with pytest.raises(ValueError, match="merge_for_generation.*fast_paths"):
+        PPOConfig(fast_paths=False, merge_for_generation=True)
 
 
 def test_automatic_micro_batch_bounds_cpu_activation_memory(tmp_path: Path) -> None:
-    trainer = PPOTrainer(small_config(tmp_path, batch_size=16, mini_batch_size=16), "sandbox", gold_reward, PROMPTS)
+    trainer = PPOTrainer(PROMPTS, small_config(tmp_path, batch_size=16, mini_batch_size=16), reward=gold_reward)
     assert trainer._micro_batch_size(100) == 16  # the sandbox model: the whole minibatch fits
     trainer.model_config = SimpleNamespace(hidden_size=1024, intermediate_size=4096, num_hidden_layers=8)
     assert trainer._micro_batch_size(59) == 4  # the 100M benchmark shape: ~54 MB per row, 256 MiB budget
@@ -427,8 +460,8 @@ def test_micro_batches_accumulate_to_the_same_step(tmp_path: Path) -> None:
     states = []
     for micro in (None, 2):
         torch.manual_seed(0)
-        trainer = PPOTrainer(small_config(tmp_path / str(micro), micro_batch_size=micro, ppo_epochs=1),
-                             "sandbox", gold_reward, PROMPTS)
+        trainer = PPOTrainer(PROMPTS, small_config(tmp_path / str(micro), micro_batch_size=micro),
+                             reward=gold_reward)
         trainer.step()
         states.append(trainer.backend.trainable_state())
     moved = [k for k in states[0] if "lora_B" in k and states[0][k].abs().sum() > 0]

@@ -9,19 +9,18 @@ from conftest import label_rows, sandbox_prompts
 from rlhf_widgets.config import ModelConfig
 from rlhf_widgets.evaluate import reward_report
 from rlhf_widgets.reward import RewardModel, RewardStageConfig, train_reward_model
-from rlhf_widgets.sandbox import SimulatedAnnotator, gold_score
+from rlhf_widgets.sandbox import SimulatedAnnotator, gold_reward
 
 
 def test_reward_model_agrees_with_gold_on_held_out_pairs(trained_reward, sft_model_dir) -> None:
     # fresh SFT pairs on held-out (test-split) prompts, labeled by a differently seeded noisy annotator:
     # ~350 pairs, so the agreement is measured to about ±0.03 (the 10% eval split alone is too small)
     from rlhf_widgets.labeling.pairs import generate_pairs
-    from rlhf_widgets.models import load_causal_lm
 
-    model, tok = load_causal_lm(str(sft_model_dir))
-    rows = generate_pairs(model, tok, sandbox_prompts(400, seed=99, split="test"), seed=5, show_progress=False)
+    rows = generate_pairs(sandbox_prompts(400, seed=99, split="test"), model=sft_model_dir, seed=5,
+                          show_progress=False)
     held_out = label_rows(rows, SimulatedAnnotator(temperature=1.0, seed=7))
-    report = reward_report(trained_reward.reward_model, held_out, gold=gold_score)
+    report = reward_report(trained_reward.reward_model, held_out, gold=gold_reward)
     print(f"RM on {report['n_pairs']} held-out pairs: gold agreement {report['gold_agreement']:.3f}, "
           f"accuracy vs noisy labels {report['accuracy']:.3f} (labels agree with gold "
           f"{report['label_gold_agreement']:.3f})")
@@ -71,8 +70,8 @@ def test_saved_and_reloaded_reward_model_scores_identically(trained_reward, tmp_
 def test_verbosity_biased_labels_show_in_the_length_report(biased_reward, trained_reward, sft_pair_rows) -> None:
     # judge both on the same fairly labeled pairs (the biased RM's own held-out split)
     held_out = label_rows(sft_pair_rows[-120:], SimulatedAnnotator(temperature=0.5, seed=5))
-    rep_b = reward_report(biased_reward.reward_model, held_out, gold=gold_score)
-    rep_f = reward_report(trained_reward.reward_model, held_out, gold=gold_score)
+    rep_b = reward_report(biased_reward.reward_model, held_out, gold=gold_reward)
+    rep_f = reward_report(trained_reward.reward_model, held_out, gold=gold_reward)
     assert rep_b["length"]["prefers_longer"] > rep_f["length"]["prefers_longer"] + 0.1, \
         (rep_b["length"], rep_f["length"])
     assert rep_b["length"]["prefers_longer"] > rep_b["length"]["gold_prefers_longer"]

@@ -30,8 +30,9 @@ def test_sft_beats_base_on_gold_and_ends_with_eos(sft_model_dir: Path) -> None:
 
 def test_sft_logs_a_falling_loss(tmp_path: Path) -> None:
     log = MetricsLog()
-    train_sft(SFTStageConfig(output_dir=str(tmp_path), sandbox_demos=160, num_train_epochs=1, logging_steps=1),
-              metrics=log)
+    result = train_sft(config=SFTStageConfig(output_dir=str(tmp_path), sandbox_demos=160, num_train_epochs=1,
+                                             logging_steps=1), metrics=log)
+    assert result.metrics is log and result.stage == "sft"
     steps, losses = log.series("loss")
     assert len(losses) == 10  # 160 demos / 16 per step, one logged loss per step
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
@@ -40,7 +41,7 @@ def test_sft_logs_a_falling_loss(tmp_path: Path) -> None:
 def _lora_run(tmp_path: Path, load_in_4bit: bool) -> Path:
     cfg = SFTStageConfig(output_dir=str(tmp_path), sandbox_demos=48, max_steps=3, learning_rate=1e-3)
     model = ModelConfig(use_peft=True, load_in_4bit=load_in_4bit, lora_r=8)
-    return train_sft(cfg, model=model).model_path
+    return train_sft(config=cfg, model=model).model_path
 
 
 def test_lora_sft_saves_merged_weights_that_differ_from_base(tmp_path: Path) -> None:

@@ -77,6 +77,10 @@ class TrainingControl:
         """Block while paused (returns at once when not, and when `stop` is called)."""
         self._resume.wait()
 
+    def consume_stop(self) -> None:
+        """The run ended on the stop request: forget it, so that training again continues the run."""
+        self._stop = False
+
     def take_pending(self) -> dict[str, float]:
         """The queued changes, emptying the queue."""
         with self._lock:

@@ -10,6 +10,7 @@ stay identical.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -133,9 +134,10 @@ class PPOTrainer:
     def _run_metrics(self, resume_from: str | Path | None) -> MetricsLog:
         """The run's log at `output_dir/metrics.jsonl`: new, or — resuming — the checkpoint's history continued.
 
-        A checkpoint keeps a copy of the log as it was when it was written, so the resumed log holds exactly the
-        updates up to the checkpoint; a longer log already in `output_dir` (updates after the checkpoint, about
-        to be redone) is kept beside it as `metrics.before-resume-N.jsonl`, never deleted.
+        A checkpoint keeps a copy of the log as it was when it was written. Resuming continues the log in
+        `output_dir` when it is that copy plus only events (a save, a stop); when it also holds updates after the
+        checkpoint (about to be redone) or is another run's, it is kept beside as `metrics.before-resume-N.jsonl`,
+        never deleted, and the checkpoint's copy continues.
         """
         path = self.output_dir / METRICS_FILE
         if not self.is_main:
@@ -145,7 +147,7 @@ class PPOTrainer:
         snapshot = Path(resume_from) / METRICS_FILE
         if snapshot.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            if path.is_file() and path.read_bytes() != snapshot.read_bytes():
+            if path.is_file() and not _continues(path.read_bytes(), snapshot.read_bytes()):
                 n = 1
                 while (kept := path.with_name(f"metrics.before-resume-{n}.jsonl")).exists():
                     n += 1
@@ -321,7 +323,7 @@ class PPOTrainer:
         and save the policy to `final/` (the result's `model_path`)."""
         total = num_updates if num_updates is not None else self.config.num_updates
         control = self.control
-        control.state = "running"
+        control.state, control.reason = "running", ""
         bar = tqdm(total=total, initial=min(self.update, total), desc="PPO",
                    disable=not (show_progress and self.is_main))
         start = time.perf_counter()
@@ -336,6 +338,7 @@ class PPOTrainer:
                         self._event("resumed", "training resumed")
                 if control.stop_requested:
                     control.state, control.reason = "stopped", "stopped by the user"
+                    control.consume_stop()
                     self._event("stopped", "stopped by the user")
                     break
                 self._apply(control.take_pending())
@@ -463,6 +466,19 @@ class PPOTrainer:
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
         self._event("resumed", f"resumed from {path} at update {self.update}", checkpoint=str(path))
+
+
+def _continues(log: bytes, snapshot: bytes) -> bool:
+    """`log` is `snapshot` followed by events only (no metric records logged after it)."""
+    if not log.startswith(snapshot):
+        return False
+    for line in log[len(snapshot):].splitlines():
+        try:
+            if json.loads(line).get("kind") == "metrics":
+                return False
+        except json.JSONDecodeError:  # a half-written last line (a crash mid-write): MetricsLog.load cuts it
+            continue
+    return True
 
 
 def _ppo_lora(settings: ModelConfig):

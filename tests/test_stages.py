@@ -1,0 +1,145 @@
+"""The stage contract: one call shape and one result for every stage, ModelConfig never modified, the CLI for every
+stage generated from the config dataclasses, and the public surface."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import label_rows, sandbox_prompts
+
+import rlhf_widgets
+from rlhf_widgets import cli
+from rlhf_widgets.config import ModelConfig
+from rlhf_widgets.sandbox import SimulatedAnnotator, gold_reward
+from rlhf_widgets.stages import StageResult
+
+STAGES = ("train_sft", "train_reward_model", "train_dpo", "train_grpo", "train_rloo", "train_ppo")
+
+
+def test_every_stage_has_the_same_call_shape() -> None:
+    for name in STAGES:
+        params = inspect.signature(getattr(rlhf_widgets, name)).parameters
+        (data, config), rest = list(params.values())[:2], list(params.values())[2:]
+        assert data.kind == config.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD, name
+        assert config.name == "config" and config.default is None, name
+        keyword = {p.name for p in rest if p.kind == inspect.Parameter.KEYWORD_ONLY}
+        assert {"model", "metrics"} <= keyword and len(keyword) == len(rest), (name, keyword)
+
+
+@pytest.fixture(scope="module")
+def preference_file(sft_pair_rows, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("prefs") / "preferences.jsonl"
+    label_rows(sft_pair_rows[:48], SimulatedAnnotator(seed=3)).to_json(str(path))
+    return path
+
+
+def test_no_stage_modifies_the_model_config_and_each_returns_a_loadable_model(
+        sft_model_dir: Path, preference_file: Path, tmp_path: Path) -> None:
+    from rlhf_widgets import (
+        DPOStageConfig,
+        GRPOStageConfig,
+        PPOConfig,
+        RewardModel,
+        RewardStageConfig,
+        RLOOStageConfig,
+        SFTStageConfig,
+        load_causal_lm,
+        load_preferences,
+        train_dpo,
+        train_grpo,
+        train_ppo,
+        train_reward_model,
+        train_rloo,
+        train_sft,
+    )
+
+    settings = ModelConfig(model_name_or_path=str(sft_model_dir), use_peft=True, lora_r=4, lora_alpha=8)
+    before = settings.to_dict()
+    pairs = load_preferences(preference_file)
+    prompts = sandbox_prompts(8, seed=2)
+    online = dict(max_steps=1, per_device_train_batch_size=4, num_generations=2, max_completion_length=8)
+    reward_config = RewardStageConfig(output_dir=str(tmp_path / "reward"), max_steps=1, eval_fraction=0.25)
+    reward_before = vars(reward_config).copy()
+    results = [
+        train_sft(config=SFTStageConfig(output_dir=str(tmp_path / "sft"), sandbox_demos=8, max_steps=1),
+                  model=ModelConfig(use_peft=True, lora_r=4)),
+        train_reward_model(pairs, reward_config, model=settings),
+        train_dpo(pairs, DPOStageConfig(output_dir=str(tmp_path / "dpo"), max_steps=1), model=settings),
+        train_grpo(prompts, GRPOStageConfig(output_dir=str(tmp_path / "grpo"), **online), model=settings,
+                   reward=gold_reward),
+        train_rloo(prompts, RLOOStageConfig(output_dir=str(tmp_path / "rloo"), **online), model=settings,
+                   reward=gold_reward),
+        train_ppo(prompts, PPOConfig(output_dir=str(tmp_path / "ppo"), num_updates=1, batch_size=4, mini_batch_size=4,
+                                     max_new_tokens=8), model=settings, reward=gold_reward),
+    ]
+    assert settings.to_dict() == before  # not one field changed, by any stage
+    assert vars(reward_config) == reward_before  # the stage adjusts a copy of its config (eval_strategy)
+    for result, stage in zip(results, ("sft", "reward", "dpo", "grpo", "rloo", "ppo"), strict=True):
+        assert isinstance(result, StageResult) and result.stage == stage
+        assert result.model_path == tmp_path / stage / "final" and result.train_seconds > 0
+        assert result.status == "finished" and result.metrics.path == tmp_path / stage / "metrics.jsonl"
+        assert any(e.kind == "saved" for e in result.metrics.events()), stage
+        if stage == "reward":
+            scores = RewardModel.load(result.model_path)(["Hi"], ["Hello."])
+            assert scores.shape == (1,)
+        else:
+            load_causal_lm(result.model_path)
+    # a LoRA run on an unquantized base keeps the adapter beside the merged model, in every TRL policy stage
+    for stage in ("sft", "dpo", "grpo", "rloo"):
+        assert (tmp_path / stage / "adapter" / "adapter_config.json").is_file(), stage
+        assert (tmp_path / stage / "final" / "model.safetensors").is_file(), stage
+
+
+def test_cli_help_for_every_stage_shows_every_field() -> None:
+    from rlhf_widgets.ppo.config import PPOConfig
+
+    for name, command in cli.COMMANDS.items():
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([name, "--help"])
+        assert exit_info.value.code == 0, name
+        assert command.dataclasses(), name
+    ppo = cli.COMMANDS["ppo"].dataclasses()
+    assert ppo[0] is PPOConfig and ppo[1] is ModelConfig
+    # the module entry point, as `python -m rlhf_widgets` / `accelerate launch -m rlhf_widgets` run it
+    out = subprocess.run([sys.executable, "-m", "rlhf_widgets", "ppo", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for field in ("--kl_coef", "--num_ppo_epochs", "--value_layers_fraction", "--lora_r", "--load_in_4bit",
+                  "--reward_model"):
+        assert field in out, field
+    assert "β, the KL penalty coefficient" in out  # help texts come from the dataclass, not a copy
+    assert cli.main([]) == 2 and cli.main(["no-such-stage"]) == 2
+
+
+def _printed_summary(out: str) -> dict:
+    """The JSON summary the CLI prints last (after the trainer's own log lines)."""
+    return json.loads(out[out.rindex("\n{\n") + 1:] if not out.startswith("{\n") else out)
+
+
+def test_reward_and_dpo_run_from_the_command_line(sft_model_dir: Path, preference_file: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    from rlhf_widgets import RewardModel
+
+    common = ["--model_name_or_path", str(sft_model_dir), "--data", str(preference_file), "--max_steps", "2"]
+    assert cli.main(["reward", *common, "--output_dir", str(tmp_path / "rm"), "--eval_fraction", "0"]) == 0
+    summary = _printed_summary(capsys.readouterr().out)
+    assert summary["stage"] == "reward" and summary["status"] == "finished"
+    assert RewardModel.load(summary["model_path"])(["Hi"], ["Hello."]).shape == (1,)
+    assert cli.main(["dpo", *common, "--output_dir", str(tmp_path / "dpo"), "--beta", "0.2", "--use_peft",
+                     "--lora_r", "4"]) == 0
+    summary = _printed_summary(capsys.readouterr().out)
+    assert summary["model_path"] == str(tmp_path / "dpo" / "final")
+    assert (tmp_path / "dpo" / "adapter" / "adapter_config.json").is_file()  # --use_peft reached the stage
+    adapter = json.loads((tmp_path / "dpo" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 4
+
+
+def test_public_surface_resolves() -> None:
+    for name in rlhf_widgets.__all__:
+        assert getattr(rlhf_widgets, name) is not None, name
+    with pytest.raises(AttributeError, match="no_such_name"):
+        rlhf_widgets.no_such_name  # noqa: B018
