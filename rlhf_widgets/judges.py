@@ -7,8 +7,7 @@ returns "a", "b", "tie" or "skip". Three kinds ship:
   its tokenizer). It asks both orders (A/B, then B/A) to cancel position bias, reads the verdict from the
   next-token log-probs of the verdict letters (or from a greedy reply), and counts ties, parse failures
   and position flips in `judge.stats`.
-- `RewardModelJudge`: compares two reward-model scores (was `labeling.RewardModelLabeler`, still
-  importable under that name).
+- `RewardModelJudge`: compares two reward-model scores (`labeling.RewardModelLabeler` under another name).
 - the sandbox's `gold_preference`: the ground truth, a plain function.
 
 What a judge is used for:
@@ -30,71 +29,35 @@ import os
 import random
 import re
 import string
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from statistics import NormalDist
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 from rlhf_widgets.data import as_messages
+from rlhf_widgets.labeling.labelers import Labeler, RewardModelLabeler
 
-if TYPE_CHECKING:  # rlhf_widgets.labeling imports this module (RewardModelLabeler): no import back at runtime
+if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from rlhf_widgets.generation import SamplingSettings
     from rlhf_widgets.labeling.store import Choice, PreferenceStore, Prompt
 
-Labeler = Callable[["Prompt", str, str], str]
-"""The labeler protocol: `(prompt, response_a, response_b) -> "a" | "b" | "tie" | "skip"`."""
-
 Position = Literal["first", "second", "tie"]
 
-
-class Scorer(Protocol):
-    """Anything with `score(prompts, responses) -> Tensor` (N,), e.g. `rlhf_widgets.reward.RewardModel`."""
-
-    def score(self, prompts: Sequence, responses: Sequence) -> torch.Tensor: ...
-
-
-# ---------------------------------------------------------------------------------------------- reward model
-class RewardModelJudge:
-    """Labels a pair by comparing reward scores of both responses to the prompt.
-
-    Args:
-        reward_model: has `score(prompts, responses) -> Tensor` (N,).
-        tie_margin: score differences at or below this are a "tie" (default 0.0: only exact equality).
-    """
-
-    name = "reward-model"
-
-    def __init__(self, reward_model: Scorer, tie_margin: float = 0.0) -> None:
-        if tie_margin < 0:
-            raise ValueError(f"tie_margin must be >= 0, got {tie_margin}")
-        self.reward_model = reward_model
-        self.tie_margin = tie_margin
-
-    def judge_pairs(self, prompts: Sequence[Prompt], responses_a: Sequence[str],
-                    responses_b: Sequence[str]) -> list[Choice]:
-        """Verdicts for many pairs, scored in one `score` call (all a's, then all b's)."""
-        prompts, responses_a, responses_b = _checked_pairs(prompts, responses_a, responses_b)
-        scores = self.reward_model.score(prompts + prompts, responses_a + responses_b).tolist()
-        n = len(prompts)
-        return [self._verdict(score_a, score_b) for score_a, score_b in zip(scores[:n], scores[n:], strict=True)]
-
-    def __call__(self, prompt: Prompt, a: str, b: str) -> Choice:
-        return self.judge_pairs([prompt], [a], [b])[0]
-
-    def _verdict(self, score_a: float, score_b: float) -> Choice:
-        if abs(score_a - score_b) <= self.tie_margin:
-            return "tie"
-        return "a" if score_a > score_b else "b"
+RewardModelJudge = RewardModelLabeler
+"""A reward model as a judge: `RewardModelJudge(reward_model, tie_margin=0.0)` compares the two responses'
+rewards ("tie" when they differ by at most `tie_margin`). The labeling package's `RewardModelLabeler`, under
+the name the judges go by."""
 
 
 # ---------------------------------------------------------------------------------------------- LLM judge
 @dataclass(frozen=True)
 class JudgeTemplate:
     """The judge's prompt: an optional system message and a user message with the fields `{question}`,
-    `{answer_a}` and `{answer_b}` (each exactly once or more; no other fields).
+    `{answer_a}` and `{answer_b}` (each at least once; no other fields).
 
     The default (`DEFAULT_TEMPLATE`) is an MT-Bench-style pairwise prompt (Zheng et al. 2023, "Judging
     LLM-as-a-judge"): the user's question, the two answers under headed sections, and a one-letter reply —
@@ -218,9 +181,10 @@ class PairwiseJudge:
       (A, B, C by default) has the highest next-token log-prob. It never fails to parse, needs no
       sampling, and gives a probability (`JudgeReply.probs`) as well as a label; its cost is one forward,
       not a generation. It reads a single token, so each verdict word must be one token for the tokenizer
-      (the letters are, for every tokenizer we know). `stats.low_verdict_mass` counts replies where the
-      verdict tokens held less than `min_verdict_mass` of the probability — the model wanted to say
-      something else, and the template does not suit it.
+      (single capital letters are, in byte-level BPE and SentencePiece vocabularies alike; a word that is
+      not raises ValueError). `stats.low_verdict_mass` counts replies where the verdict tokens held less
+      than `min_verdict_mass` of the probability — the model wanted to say something else (a reasoning
+      model opening a thinking block, say), and the template or the mode does not suit it.
     - "generate": a greedy reply of up to `max_new_tokens`, parsed for "[[A]]" / "[[B]]" / "[[C]]"
       anywhere, else a leading A, B, C or "tie" (optionally after "Answer" or "Verdict:"). For judges that
       must write before they decide (raise `max_new_tokens` and ask for "[[A]]" in the template). A reply
@@ -465,10 +429,10 @@ def _verdict_token_ids(tokenizer: PreTrainedTokenizerBase,
                              "tokenizer, and log-prob scoring reads one next token; use single letters, or "
                              "verdict='generate'")
         ids[position] = found
-    shared = set(ids["first"]) & set(ids["second"]) | set(ids["first"]) & set(ids["tie"]) \
-        | set(ids["second"]) & set(ids["tie"])
+    uses = Counter(token for tokens in ids.values() for token in tokens)
+    shared = sorted(token for token, count in uses.items() if count > 1)
     if shared:
-        raise ValueError(f"verdict_words spell two verdicts with the same token ({tokenizer.decode(sorted(shared))!r})")
+        raise ValueError(f"verdict_words spell two verdicts with the same token ({tokenizer.decode(shared)!r})")
     return ids
 
 
@@ -508,20 +472,26 @@ def judge_win_rate(judge: Labeler, prompts: Sequence[Prompt], candidate: Sequenc
                    baseline: Sequence[str], confidence: float = 0.95) -> dict[str, float]:
     """How often `candidate` beats `baseline` under `judge`, ties ½, with a Wilson score interval.
 
-    The candidate is always passed as answer a; a `PairwiseJudge` asks both orders, so position bias cancels.
+    The candidate is shown as answer a on even-numbered prompts and as b on odd ones, so a judge that
+    favours a position (a human, or a `PairwiseJudge` with `both_orders=False`) favours neither side.
     Skips (unparseable replies) are left out of `n` and reported. The Wilson interval treats the score
-    (wins + ties/2)/n as a binomial proportion: exact in the limit for a judge that never ties, and
-    conservative (too wide) with ties, since a ½ outcome varies less than a coin flip.
+    (wins + ties/2)/n as a binomial proportion: the usual interval for a judge that never ties, and
+    conservative (wider than needed) with ties, since a ½ outcome varies less than a coin flip.
 
     Returns `win_rate`, `lower`, `upper` (the interval at `confidence`, default 0.95), `wins`, `ties`,
     `losses`, `skips`, `n` (decided pairs). With n = 0 the rate and bounds are NaN.
     """
     if not 0 < confidence < 1:
         raise ValueError(f"judge_win_rate: confidence={confidence} must be in (0, 1)")
-    decided = verdicts(judge, prompts, candidate, baseline)
+    prompts, candidate, baseline = _checked_pairs(prompts, candidate, baseline)
+    shown_a = [c if i % 2 == 0 else b for i, (c, b) in enumerate(zip(candidate, baseline, strict=True))]
+    shown_b = [b if i % 2 == 0 else c for i, (c, b) in enumerate(zip(candidate, baseline, strict=True))]
+    decided = verdicts(judge, prompts, shown_a, shown_b)
     unknown = sorted(set(decided) - {"a", "b", "tie", "skip"})
     if unknown:
         raise ValueError(f"judge_win_rate: the judge returned {unknown}; a judge returns 'a', 'b', 'tie' or 'skip'")
+    swap = {"a": "b", "b": "a", "tie": "tie", "skip": "skip"}
+    decided = [v if i % 2 == 0 else swap[v] for i, v in enumerate(decided)]  # now "a" = the candidate won
     wins, losses, ties = decided.count("a"), decided.count("b"), decided.count("tie")
     n = wins + losses + ties
     rate = (wins + ties / 2) / n if n else math.nan
@@ -595,22 +565,26 @@ def knockout(judge: Labeler, prompts: Sequence[Prompt], candidates: Sequence[Seq
 
 
 def best_of_n_with_judge(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], judge: Labeler,
-    n: int = 8, settings: SamplingSettings | None = None, seed: int = 0, batch_size: int = 64,
+    prompts: Sequence[Prompt], *, model: Any, judge: Labeler, n: int = 8, settings: SamplingSettings | None = None,
+    seed: int = 0, batch_size: int = 64,
 ) -> JudgedBestOfN:
-    """Best-of-N with a pairwise judge as the reward: sample `n` responses per prompt (as `best_of_n` does:
-    seed + i for the i-th sample) and keep the winner of a `knockout` among them (N − 1 judged pairs per
-    prompt; 2(N − 1) judge prompts with both orders). No reference answer is needed; the judge only
-    ever compares two candidates.
+    """Best-of-N with a pairwise judge as the reward: sample `n` responses per prompt from `model` (as
+    `best_of_n` does: seed + i for the i-th sample) and keep the winner of a `knockout` among them (N − 1
+    judged pairs per prompt; 2(N − 1) judge prompts for a `PairwiseJudge` asking both orders). No reference
+    answer is needed: the judge only ever compares two candidates.
+
+    `model` is a hub id, a local path, a `ModelConfig` or a loaded `(model, tokenizer)` pair; `judge` any
+    labeler (a `PairwiseJudge`, `RewardModelJudge`, `gold_preference`).
     """
     from rlhf_widgets.generation import generate
 
     if n < 1:
         raise ValueError(f"best_of_n_with_judge: n={n} must be >= 1")
+    loaded, tokenizer = load_chat_model(model)
     prompts = list(prompts)
     candidates: list[list[str]] = [[] for _ in prompts]
     for i in range(n):
-        for j, out in enumerate(generate(model, tokenizer, prompts, settings, batch_size=batch_size, seed=seed + i)):
+        for j, out in enumerate(generate(loaded, tokenizer, prompts, settings, batch_size=batch_size, seed=seed + i)):
             candidates[j].append(out.text)
     winners, comparisons = knockout(judge, prompts, candidates)
     return JudgedBestOfN(responses=[c[w] for c, w in zip(candidates, winners, strict=True)], winners=winners,
@@ -657,8 +631,8 @@ class Revision:
 
 
 def critique_and_revise(
-    model: Any, prompts: Sequence[Prompt], responses: Sequence[str], principles: Sequence[str], *,
-    tokenizer: PreTrainedTokenizerBase | None = None, settings: SamplingSettings | None = None, seed: int = 0,
+    prompts: Sequence[Prompt], responses: Sequence[str], principles: Sequence[str], *, model: Any,
+    settings: SamplingSettings | None = None, seed: int = 0,
     batch_size: int = 16, critique_request: str = CRITIQUE_REQUEST, revision_request: str = REVISION_REQUEST,
 ) -> list[Revision]:
     """Constitutional AI's supervised step (Bai et al. 2022): a chat model critiques each answer against a
@@ -674,10 +648,10 @@ def critique_and_revise(
     originals. There the code runs (and tests run it) but shows nothing about Constitutional AI.
 
     Args:
-        model: a hub id, a local path, a `ModelConfig`, a loaded model (with `tokenizer=`) or a
-            `(model, tokenizer)` tuple — see `load_chat_model`.
         prompts, responses: the answers to revise, one per prompt.
         principles: a list of non-empty strings, e.g. "Do not promise what the company cannot do.".
+        model: the chat model that critiques and revises: a hub id, a local path, a `ModelConfig`, or a
+            loaded `(model, tokenizer)` pair — see `load_chat_model`.
         settings: sampling of critiques and revisions (default greedy, up to 256 new tokens).
         seed: sampling seed (default 0).
         batch_size: conversations per generate call (default 16).
@@ -697,7 +671,7 @@ def critique_and_revise(
             raise ValueError(f"critique_and_revise: {name} must use exactly the field {{principle}}, "
                              f"uses {sorted(names)}")
     prompts, responses, _ = _checked_pairs(prompts, responses, responses)
-    model, tokenizer = load_chat_model(model, tokenizer)
+    model, tokenizer = load_chat_model(model)
     settings = settings or SamplingSettings(max_new_tokens=256, temperature=0.0)
     current = list(responses)
     steps: list[list[RevisionStep]] = [[] for _ in prompts]

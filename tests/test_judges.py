@@ -232,22 +232,19 @@ def test_an_overlong_judge_prompt_is_refused_naming_the_pair(tokenizer, verdict:
 
 # ---------------------------------------------------------------- reward-model judge
 class LengthScorer:
-    """A reward model that scores a response by its length; records each call."""
+    """A reward model that scores a response by its length, called as a reward function
+    `(prompts, responses) -> scores` or through `score(prompts, responses)`."""
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[list, list]] = []
-
-    def score(self, prompts: list, responses: list) -> torch.Tensor:
-        self.calls.append((prompts, responses))
+    def __call__(self, prompts: list, responses: list) -> torch.Tensor:
         return torch.tensor([float(len(r)) for r in responses])
 
+    score = __call__
 
-def test_reward_model_judge_scores_all_pairs_in_one_call() -> None:
-    rm = LengthScorer()
-    judge = RewardModelJudge(rm, tie_margin=1)
-    assert judge.judge_pairs(PROMPTS, SHORT, LONG) == ["b", "b", "a", "b"]
-    assert rm.calls == [(PROMPTS + PROMPTS, SHORT + LONG)]
-    assert judge("p", "ab", "abc") == "tie" and RewardModelJudge(rm)("p", "ab", "abc") == "b"
+
+def test_reward_model_judge_compares_rewards_with_a_tie_margin() -> None:
+    judge = RewardModelJudge(LengthScorer(), tie_margin=1)
+    assert judge_win_rate(judge, PROMPTS, LONG, SHORT)["wins"] == 3  # "Hi" loses to "Hello there."
+    assert judge("p", "ab", "abc") == "tie" and RewardModelJudge(LengthScorer())("p", "ab", "abc") == "b"
     assert RewardModelLabeler is RewardModelJudge
 
 
@@ -266,6 +263,9 @@ def test_judge_win_rate_counts_ties_half_and_gives_the_wilson_interval(tokenizer
     assert (result["lower"], result["upper"]) == pytest.approx(roots)
     assert wilson_interval(1.0, 10)[1] == 1.0 and wilson_interval(1.0, 10)[0] == pytest.approx(0.7225, abs=1e-4)
     assert all(math.isnan(v) for v in wilson_interval(math.nan, 0))
+    # the candidate is shown first on half the prompts: a judge that always picks a is at 1/2
+    assert judge_win_rate(lambda *_: "a", PROMPTS, LONG, SHORT)["win_rate"] == 0.5
+    assert judge_win_rate(lambda *_: "a", PROMPTS[:3], LONG[:3], SHORT[:3])["wins"] == 2
     with pytest.raises(ValueError, match="returned \\['maybe'\\]"):
         judge_win_rate(lambda *_: "maybe", ["q"], ["a"], ["b"])
 
@@ -292,10 +292,9 @@ def test_knockout_keeps_the_earlier_candidate_on_ties_and_counts_matches() -> No
 
 
 def test_best_of_n_with_a_judge_samples_n_and_keeps_the_knockout_winner(hub_like_model_dir: Path) -> None:
-    model, tokenizer = load_causal_lm(str(hub_like_model_dir))
     rm = RewardModelJudge(LengthScorer())
-    result = best_of_n_with_judge(model, tokenizer, ["hello", "my order"], rm, n=4,
-                                  settings=SamplingSettings(max_new_tokens=12), seed=1)
+    result = best_of_n_with_judge(["hello", "my order"], model=load_causal_lm(str(hub_like_model_dir)), judge=rm,
+                                  n=4, settings=SamplingSettings(max_new_tokens=12), seed=1)
     assert [len(c) for c in result.candidates] == [4, 4] and result.comparisons == 6
     for response, winner, candidates in zip(result.responses, result.winners, result.candidates, strict=True):
         assert response == candidates[winner] and len(response) == max(map(len, candidates))
@@ -369,7 +368,7 @@ def scripted_reviser(text: str) -> str:
 def test_critique_and_revise_applies_every_principle_to_the_latest_answer(tokenizer, tmp_path: Path) -> None:
     model = ScriptedChatLM(tokenizer, scripted_reviser)
     principles = ["Apologise for trouble.", "Be kind."]
-    revisions = critique_and_revise(model, ["Late order", "silent"], ["Wait.", "Hm."], principles, tokenizer=tokenizer)
+    revisions = critique_and_revise(["Late order", "silent"], ["Wait.", "Hm."], principles, model=(model, tokenizer))
     first, silent = revisions
     assert first.revised == "Wait. Sorry about that. Sorry about that." and first.changed
     assert [(s.principle, s.critique) for s in first.steps] == [(p, "It lacks an apology.") for p in principles]
@@ -393,16 +392,17 @@ def test_critique_and_revise_refuses_bad_principles_and_requests(tokenizer) -> N
     for principles, message in [("Be kind.", "must be a non-empty list of strings"), ([], "non-empty list"),
                                 (["Be kind.", " "], r"principles\[1\] must be a non-empty string")]:
         with pytest.raises(ValueError, match=message):
-            critique_and_revise(model, ["p"], ["a"], principles, tokenizer=tokenizer)
+            critique_and_revise(["p"], ["a"], principles, model=(model, tokenizer))
     with pytest.raises(ValueError, match=r"critique_request must use exactly the field \{principle\}"):
-        critique_and_revise(model, ["p"], ["a"], ["x"], tokenizer=tokenizer, critique_request="Critique it.")
+        critique_and_revise(["p"], ["a"], ["x"], model=(model, tokenizer), critique_request="Critique it.")
     with pytest.raises(ValueError, match=r"revisions\[0\] is a str, not a Revision"):
         record_revisions(None, ["text"])
 
 
 def test_critique_and_revise_runs_on_a_fixture_model_by_path(hub_like_model_dir: Path) -> None:
-    revisions = critique_and_revise(str(hub_like_model_dir), ["my order has not arrived"], ["Check tracking."],
-                                    ["Be polite."], settings=SamplingSettings(max_new_tokens=6, temperature=0.0))
+    revisions = critique_and_revise(["my order has not arrived"], ["Check tracking."], ["Be polite."],
+                                    model=str(hub_like_model_dir),
+                                    settings=SamplingSettings(max_new_tokens=6, temperature=0.0))
     (revision,) = revisions
     assert revision.original == "Check tracking." and [s.principle for s in revision.steps] == ["Be polite."]
     assert revision.revised == (revision.steps[0].revision or revision.original)

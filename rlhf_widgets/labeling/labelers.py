@@ -1,21 +1,49 @@
 """AI labelers: fill a PreferenceStore with labels from any `labeler(prompt, a, b)` instead of a human.
 
 The labeler protocol is a callable `(prompt, response_a, response_b) -> "a" | "b" | "tie" | "skip"`;
-the sandbox's `SimulatedAnnotator` is one; the judges (`rlhf_widgets.judges`: an LLM judge, a reward model,
-the sandbox's gold) are others.
+the sandbox's `SimulatedAnnotator` is one, `RewardModelLabeler` wraps any reward model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
 from tqdm.auto import tqdm
 
-from rlhf_widgets.judges import Labeler, RewardModelJudge, Scorer
-from rlhf_widgets.labeling.store import PreferenceStore
+from rlhf_widgets.labeling.store import Choice, PreferenceStore, Prompt
 
-RewardModelLabeler = RewardModelJudge
-"""The reward-model judge under its earlier name (`rlhf_widgets.judges.RewardModelJudge`)."""
+if TYPE_CHECKING:
+    import torch
 
-__all__ = ["Labeler", "RewardModelLabeler", "Scorer", "label_with"]
+Labeler = Callable[[Prompt, str, str], str]
+
+
+class Scorer(Protocol):
+    """Anything with `score(prompts, responses) -> Tensor` (N,), e.g. `rlhf_widgets.reward.RewardModel`."""
+
+    def score(self, prompts: Sequence, responses: Sequence) -> torch.Tensor: ...
+
+
+class RewardModelLabeler:
+    """Labels a pair by comparing reward scores of both responses to the prompt.
+
+    Args:
+        reward_model: has `score(prompts, responses) -> Tensor` (N,).
+        tie_margin: score differences at or below this are a "tie" (default 0.0: only exact equality).
+    """
+
+    def __init__(self, reward_model: Scorer, tie_margin: float = 0.0) -> None:
+        if tie_margin < 0:
+            raise ValueError(f"tie_margin must be >= 0, got {tie_margin}")
+        self.reward_model = reward_model
+        self.tie_margin = tie_margin
+
+    def __call__(self, prompt: Prompt, a: str, b: str) -> Choice:
+        score_a, score_b = self.reward_model.score([prompt, prompt], [a, b]).tolist()
+        if abs(score_a - score_b) <= self.tie_margin:
+            return "tie"
+        return "a" if score_a > score_b else "b"
 
 
 def label_with(
