@@ -56,11 +56,11 @@ _EXPORTS = {
     "label_with": "rlhf_widgets.labeling",
     "RewardModelLabeler": "rlhf_widgets.labeling",
     # evaluation
-    "compare_policies": "rlhf_widgets.evaluate",
-    "reward_report": "rlhf_widgets.evaluate",
-    "evaluation_store": "rlhf_widgets.evaluate",
-    "ppo_overoptimization_curve": "rlhf_widgets.evaluate",
-    "best_of_n_curve": "rlhf_widgets.evaluate",
+    "compare_policies": "rlhf_widgets.evaluation",
+    "reward_report": "rlhf_widgets.evaluation",
+    "evaluation_store": "rlhf_widgets.evaluation",
+    "ppo_overoptimization_curve": "rlhf_widgets.evaluation",
+    "best_of_n_curve": "rlhf_widgets.evaluation",
     # metrics and views
     "MetricsLog": "rlhf_widgets.metrics",
     "LiveDashboard": "rlhf_widgets.views",

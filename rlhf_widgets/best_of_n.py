@@ -1,7 +1,7 @@
 """Best-of-N: sample N responses per prompt, keep the one the reward model scores highest.
 
 The simplest RLHF baseline; its KL to the sampling policy is known in closed form,
-log N − (N−1)/N (`evaluate.best_of_n_kl`), which places it on the same √KL axis as PPO.
+log N − (N−1)/N (`evaluation.best_of_n_kl`), which places it on the same √KL axis as PPO.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rlhf_widgets.evaluate import best_of_n_kl
+from rlhf_widgets.evaluation import best_of_n_kl
 from rlhf_widgets.generation import SamplingSettings, generate
 from rlhf_widgets.models import ModelLike, load_causal_lm
 from rlhf_widgets.rewards import RewardFunction, as_reward_function, score_responses
@@ -72,8 +72,8 @@ def best_of_n(
 class BestOfNSampler:
     """`callable(prompts) -> responses`: best-of-N of a model under a reward function.
 
-    Plugs into `evaluate.compare_policies` as a policy; `last` keeps the latest `BestOfN` (all candidates and
-    scores), from which `evaluate.best_of_n_curve` reads best-of-m for every m ≤ N.
+    Plugs into `evaluation.compare_policies` as a policy; `last` keeps the latest `BestOfN` (all candidates and
+    scores), from which `evaluation.best_of_n_curve` reads best-of-m for every m ≤ N.
     """
 
     def __init__(self, *, model: ModelLike, reward: RewardFunction, n: int = 8,

@@ -206,7 +206,7 @@ def _label(args: LabelArguments) -> dict:
 
 
 def _evaluate(args: EvaluateArguments) -> dict:
-    from rlhf_widgets.evaluate import compare_policies
+    from rlhf_widgets.evaluation import compare_policies
 
     policies = {}
     for item in args.policies:

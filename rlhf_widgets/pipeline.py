@@ -100,7 +100,7 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
             state["pairs"] = store.to_dataset(annotator=annotator.name)
             result.numbers["pairs"] = len(state["pairs"])
         elif stage == "reward":
-            from rlhf_widgets.evaluate import reward_report
+            from rlhf_widgets.evaluation import reward_report
             from rlhf_widgets.reward import RewardStageConfig, train_reward_model
 
             rm = train_reward_model(state["pairs"], RewardStageConfig(output_dir=str(out / "reward"),
@@ -138,7 +138,7 @@ def _compare(state: dict, config: QuickstartConfig) -> dict:
     """Gold and RM win rates over SFT, KL to SFT and length, for every policy the run produced."""
     from rlhf_widgets import sandbox
     from rlhf_widgets.best_of_n import BestOfNSampler
-    from rlhf_widgets.evaluate import compare_policies
+    from rlhf_widgets.evaluation import compare_policies
 
     prompts = [p.text for p in sandbox.make_prompts(config.eval_prompts, seed=config.seed + 3, split="test")]
     policies = {"SFT": state["sft_path"]}

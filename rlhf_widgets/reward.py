@@ -188,7 +188,7 @@ class RewardModel:
 @dataclass
 class RewardModelResult(StageResult):
     """A reward-model stage's result: the `StageResult` fields, plus the model ready to score and the held-out
-    pairs (for `evaluate.reward_report`)."""
+    pairs (for `evaluation.reward_report`)."""
 
     reward_model: RewardModel | None = None
     """the trained model, ready to score (the same one `RewardModel.load(model_path)` gives)"""

@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from rlhf_widgets.data import message_text
 
+if TYPE_CHECKING:
+    from rlhf_widgets.labeling.labelers import Labeler
+
 Prompt = str | list[dict[str, str]]
 RewardFunction = Callable[[Sequence[Prompt], Sequence[str]], "Sequence[float] | torch.Tensor"]
 """`reward(prompts, responses) -> N scores` (a list or a (N,) tensor), higher is better."""
-PairwiseJudge = Callable[[Prompt, str, str], str]
-"""`judge(prompt, response_a, response_b) -> "a" | "b" | "tie" | "skip"` (the labeler protocol)."""
 
 
 def as_reward_function(reward: RewardFunction | str | os.PathLike) -> RewardFunction:
@@ -94,7 +95,7 @@ class JudgeReward:
         reference: `reference(prompts) -> answers`, e.g. an SFT policy's sampler, called once per batch.
     """
 
-    def __init__(self, judge: PairwiseJudge, reference: Callable[[list[Prompt]], Sequence[str]]) -> None:
+    def __init__(self, judge: Labeler, reference: Callable[[list[Prompt]], Sequence[str]]) -> None:
         self.judge, self.reference = judge, reference
         self.__name__ = f"judge_{_name(judge)}"
 

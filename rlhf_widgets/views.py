@@ -1,6 +1,6 @@
 """Every figure of the workbench, in one place: static plotly figures, and the live widgets built on them.
 
-Views only: they read a `MetricsLog` (or the plain numbers `evaluate` computes) and draw; they never touch
+Views only: they read a `MetricsLog` (or the plain numbers `evaluation` computes) and draw; they never touch
 training state, and training modules never import this one.
 
 - **Static figures** (`go.Figure`; the report embeds them, a notebook shows them): `figure_from_log` (a run's
@@ -158,7 +158,7 @@ def _bin_label(low: float, high: float) -> str:
 
 
 def reward_report_figures(report: Mapping) -> dict[str, go.Figure]:
-    """Figures of an `evaluate.reward_report` dict.
+    """Figures of an `evaluation.reward_report` dict.
 
     Returns `{"scores": …, "calibration": …, "length": …}`: histograms of chosen vs rejected rewards,
     predicted P(chosen ≻ rejected) against the observed rate (the diagonal is perfect calibration;
@@ -205,7 +205,7 @@ def overoptimization_figure(curves: Mapping[str, Sequence[Mapping[str, float]]])
     """Proxy and gold reward against √KL, one pair of lines per method (Gao et al. 2022).
 
     `curves` maps a method name ("PPO", "best-of-N") to points `{"sqrt_kl", "proxy", "gold"}` as
-    `evaluate.ppo_overoptimization_curve` / `best_of_n_curve` return them. Proxy and gold have
+    `evaluation.ppo_overoptimization_curve` / `best_of_n_curve` return them. Proxy and gold have
     different units, so each gets its own axis: proxy on the left panel, gold on the right.
     """
     fig = make_subplots(rows=1, cols=2, subplot_titles=("proxy reward (reward model)", "gold reward"),

@@ -10,7 +10,7 @@ from conftest import label_rows, sandbox_prompts
 
 from rlhf_widgets.best_of_n import BestOfNSampler, best_of_n
 from rlhf_widgets.config import ModelConfig
-from rlhf_widgets.evaluate import best_of_n_curve, best_of_n_kl, compare_policies, evaluation_store, win_rate
+from rlhf_widgets.evaluation import best_of_n_curve, best_of_n_kl, compare_policies, evaluation_store, win_rate
 from rlhf_widgets.models import load_causal_lm
 from rlhf_widgets.sandbox import SimulatedAnnotator, gold_reward
 from rlhf_widgets.views import overoptimization_figure, reward_report_figures

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf_widgets.generation import SamplingSettings
-from rlhf_widgets.judges import (
+from rlhf_widgets.evaluation.judges import (
     CRITIQUE_REQUEST,
     DEFAULT_TEMPLATE,
     JudgeTemplate,
@@ -33,6 +32,7 @@ from rlhf_widgets.judges import (
     record_revisions,
     wilson_interval,
 )
+from rlhf_widgets.generation import SamplingSettings
 from rlhf_widgets.labeling import PreferenceStore, RewardModelLabeler, label_with
 from rlhf_widgets.models import load_causal_lm, load_tokenizer
 from rlhf_widgets.sandbox import curt_demo, gold_preference, ideal_response, make_prompts, random_response

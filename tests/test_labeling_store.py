@@ -334,12 +334,12 @@ def test_label_with_labels_the_remaining_pairs_up_to_the_limit(store: Preference
 
 
 class FakeRewardModel:
-    """Scores a response by its length; records what it was asked."""
+    """A reward function (the protocol of `rlhf_widgets.rewards`) scoring a response by its length; records calls."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[list, list]] = []
 
-    def score(self, prompts: list, responses: list) -> torch.Tensor:
+    def __call__(self, prompts: list, responses: list) -> torch.Tensor:
         self.calls.append((prompts, responses))
         return torch.tensor([float(len(r)) for r in responses])
 

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rlhf_widgets.evaluate import evaluation_store
-from rlhf_widgets.leaderboard import (
+from rlhf_widgets.evaluation import evaluation_store
+from rlhf_widgets.evaluation.leaderboard import (
     fit_bradley_terry,
     judgments_from_responses,
     judgments_from_store,

@@ -10,7 +10,7 @@ import pytest
 from conftest import sandbox_prompts
 
 from rlhf_widgets.best_of_n import best_of_n
-from rlhf_widgets.evaluate import best_of_n_curve, ppo_overoptimization_curve, sample_policy, win_rate
+from rlhf_widgets.evaluation import best_of_n_curve, ppo_overoptimization_curve, sample_policy, win_rate
 from rlhf_widgets.ppo import PPOConfig, PPOTrainer
 from rlhf_widgets.sandbox import gold_reward
 from rlhf_widgets.stages import StageResult

@@ -7,7 +7,7 @@ import torch
 from conftest import label_rows, sandbox_prompts
 
 from rlhf_widgets.config import ModelConfig
-from rlhf_widgets.evaluate import reward_report
+from rlhf_widgets.evaluation import reward_report
 from rlhf_widgets.reward import RewardModel, RewardStageConfig, train_reward_model
 from rlhf_widgets.sandbox import SimulatedAnnotator, gold_reward
 

@@ -1,104 +1,21 @@
-"""Evaluation numbers (no plotting here; `rlhf_widgets.figures` draws them).
-
-- `reward_report`: held-out accuracy, margin, calibration, chosen/rejected score distributions,
-  accuracy against response-length difference (does the RM simply prefer longer?), and agreement
-  with a gold scorer's preferences where one exists (the sandbox).
-- `win_rate`: how often a policy's responses beat a baseline's under a judge (gold, RM, or a human
-  through the labeling store).
-- `sequence_kl`: KL(policy ‖ reference) per response, estimated on the policy's own samples.
-- `best_of_n_kl`: the analytic KL of best-of-N sampling, log N − (N−1)/N.
-"""
+"""Policies against each other on held-out prompts: win rates under a judge (gold, a reward model), KL to a
+reference model on the policy's own samples, length; and blind pairs for a human evaluator."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
-import datasets
 import numpy as np
 import torch
 
-from rlhf_widgets.data import last_user_content, message_text
 from rlhf_widgets.models import ModelLike
 from rlhf_widgets.ppo.core import logprobs_from_logits
 from rlhf_widgets.rewards import RewardFunction, score_responses
 
 
-def _words(text: str) -> int:
+def words(text: str) -> int:
+    """Words in a response (whitespace-separated), the length unit of the tables."""
     return len(text.split())
-
-
-def reward_report(
-    reward_model,
-    pairs: datasets.Dataset,
-    gold: RewardFunction | None = None,
-    bins: int = 10,
-) -> dict:
-    """Evaluate a reward model on held-out preference pairs (`prompt` / `chosen` / `rejected` columns).
-
-    Returns a dict of plain numbers and lists: `accuracy`, `mean_margin`, `n_pairs`,
-    `chosen_scores` / `rejected_scores`, `calibration` (bins of predicted P(chosen ≻ rejected) against
-    the observed rate, both orderings counted so the curve is symmetric), `length` (accuracy per bin of
-    word-count difference, and `prefers_longer`: how often the RM picks the longer response where the
-    lengths differ), and — when `gold` is given — `gold_agreement` (share of pairs where the RM orders
-    the two responses as the gold scorer does; gold ties excluded) and gold's own `prefers_longer`.
-    """
-    prompts = [last_user_content(p) for p in pairs["prompt"]]
-    chosen = [message_text(c) for c in pairs["chosen"]]
-    rejected = [message_text(r) for r in pairs["rejected"]]
-    rc = reward_model.score(prompts, chosen, normalize=False).numpy().astype(float)
-    rr = reward_model.score(prompts, rejected, normalize=False).numpy().astype(float)
-    margin = rc - rr
-    correct = margin > 0
-
-    # calibration: P(first ≻ second) = σ(r1 − r2) over both orderings of every pair
-    p = 1 / (1 + np.exp(-np.concatenate([margin, -margin])))
-    outcome = np.concatenate([np.ones_like(margin), np.zeros_like(margin)])
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(p, edges) - 1, 0, bins - 1)
-    calibration = [
-        {"bin_low": float(edges[b]), "bin_high": float(edges[b + 1]), "predicted": float(p[which == b].mean()),
-         "observed": float(outcome[which == b].mean()), "count": int((which == b).sum())}
-        for b in range(bins) if (which == b).any()
-    ]
-    ece = sum(c["count"] * abs(c["predicted"] - c["observed"]) for c in calibration) / len(p)
-
-    # length: word-count difference chosen − rejected
-    dlen = np.array([_words(c) - _words(r) for c, r in zip(chosen, rejected, strict=True)])
-    length_bins = []
-    for low, high in ((-math.inf, -10), (-10, -3), (-3, 3), (3, 10), (10, math.inf)):
-        sel = (dlen >= low) & (dlen < high)
-        if sel.any():
-            length_bins.append({"low": low, "high": high, "accuracy": float(correct[sel].mean()),
-                                "count": int(sel.sum())})
-    differ = dlen != 0
-    rm_longer = np.where(dlen > 0, margin > 0, margin < 0)
-    report = {
-        "n_pairs": len(margin),
-        "accuracy": float(correct.mean()),
-        "mean_margin": float(margin.mean()),
-        "chosen_scores": rc.tolist(),
-        "rejected_scores": rr.tolist(),
-        "calibration": calibration,
-        "expected_calibration_error": float(ece),
-        "length": {
-            "bins": length_bins,
-            "prefers_longer": float(rm_longer[differ].mean()) if differ.any() else float("nan"),
-            "score_length_corr": float(np.corrcoef(np.concatenate([rc, rr]),
-                                                   np.concatenate([[_words(c) for c in chosen],
-                                                                   [_words(r) for r in rejected]]))[0, 1]),
-        },
-    }
-    if gold is not None:
-        gc = score_responses(gold, prompts, chosen).numpy()
-        gr = score_responses(gold, prompts, rejected).numpy()
-        decided = gc != gr
-        report["gold_agreement"] = float(((margin > 0) == (gc > gr))[decided].mean())
-        report["label_gold_agreement"] = float((gc > gr)[decided].mean())
-        gold_longer = np.where(dlen > 0, gc > gr, gc < gr)
-        both = differ & decided
-        report["length"]["gold_prefers_longer"] = float(gold_longer[both].mean()) if both.any() else float("nan")
-    return report
 
 
 def win_rate(
@@ -157,55 +74,6 @@ def sequence_kl(policy, reference, tokenizer, prompts: Sequence, responses: Sequ
         lr = logprobs_from_logits(reference(input_ids=ids, attention_mask=mask).logits[:, :-1], ids[:, 1:])
         out.append(((lp - lr) * resp[:, 1:]).sum(1).float().cpu())
     return torch.cat(out)
-
-
-def best_of_n_kl(n: int) -> float:
-    """Analytic KL(best-of-N ‖ base) = log N − (N−1)/N (Stiennon et al. 2020; Hilton & Gao 2022)."""
-    if n < 1:
-        raise ValueError(f"best_of_n_kl: n={n} must be >= 1")
-    return math.log(n) - (n - 1) / n
-
-
-def ppo_overoptimization_curve(metrics, window: int = 5) -> list[dict]:
-    """Points `{"step", "sqrt_kl", "proxy", "gold"}` of a PPO run's MetricsLog (needs `gold/score`).
-
-    `proxy` is `objective/scores` (the reward model's score of the policy's samples), `gold` is
-    `gold/score`, the x axis is √ of `objective/kl` (mean sequence KL to the reference, clipped at 0).
-    Each point averages `window` consecutive updates (default 5) to tame rollout noise.
-    """
-    steps, kl = metrics.series("objective/kl")
-    _, proxy = metrics.series("objective/scores")
-    _, gold = metrics.series("gold/score")
-    if not steps or not gold:
-        raise ValueError("ppo_overoptimization_curve: the log has no objective/kl or gold/score "
-                         "(run PPO with gold=... on the sandbox)")
-    if window < 1:
-        raise ValueError(f"ppo_overoptimization_curve: window={window} must be >= 1")
-    n = min(len(kl), len(proxy), len(gold))
-    points = []
-    for start in range(0, n - window + 1, window):
-        sl = slice(start, start + window)
-        points.append({"step": steps[start + window - 1],
-                       "sqrt_kl": math.sqrt(max(0.0, float(np.mean(kl[sl])))),
-                       "proxy": float(np.mean(proxy[sl])), "gold": float(np.mean(gold[sl]))})
-    return points
-
-
-def best_of_n_curve(result, prompts: Sequence, gold: RewardFunction,
-                    ns: Sequence[int] | None = None) -> list[dict]:
-    """Points `{"n", "sqrt_kl", "proxy", "gold"}` of best-of-m for m in `ns` (default 1, 2, 4, … ≤ N).
-
-    Reuses the candidates of one `best_of_n` run (best of the first m); KL is the analytic
-    log m − (m−1)/m.
-    """
-    ns = list(ns) if ns is not None else [m for m in (1, 2, 4, 8, 16, 32, 64, 128) if m <= result.n]
-    points = []
-    for m in ns:
-        responses, scores = result.best_of(m)
-        golds = score_responses(gold, prompts, responses).tolist()
-        points.append({"n": m, "sqrt_kl": math.sqrt(best_of_n_kl(m)), "proxy": float(np.mean(scores)),
-                       "gold": float(np.mean(golds))})
-    return points
 
 
 def sample_policy(policy: ModelLike | Callable[[list], Sequence[str]], prompts: Sequence, seed: int = 0,
@@ -292,7 +160,7 @@ def compare_policies(
             row["rm_win_rate"], row["rm_mean"] = wr["win_rate"], wr["mean_score"]
         if ref is not None:
             row["kl_to_reference"] = kls[name]
-        row["mean_words"] = float(np.mean([_words(r) for r in resp]))
+        row["mean_words"] = float(np.mean([words(r) for r in resp]))
         row["non_empty"] = float(np.mean([bool(r.strip()) for r in resp]))
         row["example"] = resp[0]
         rows[name] = row

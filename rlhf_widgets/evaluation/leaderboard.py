@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from rlhf_widgets.judges import Labeler, verdicts
+from rlhf_widgets.evaluation.judges import Labeler, verdicts
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -90,7 +90,7 @@ def judgments_from_store(store: PreferenceStore, annotator: str | None = None, r
     """Judgments from the labels in a `PreferenceStore` whose pairs name the model of each side.
 
     The model names come from `pair.metadata["a"][key]` and `pair.metadata["b"][key]` (default key
-    "model", as `evaluate.evaluation_store` and `labeling.pairs.generate_pairs` write them; "source" for
+    "model", as `evaluation.evaluation_store` and `labeling.pairs.generate_pairs` write them; "source" for
     `judges.record_revisions`' revised-vs-original pairs). Decisions are `store.decisions(annotator,
     reference)`: one annotator's labels, or all pooled (the reference annotator decides where it
     labeled). Skips and conflicts are left out, and so are pairs whose two sides come from the same model;

@@ -1,0 +1,87 @@
+"""How good is a reward model: held-out accuracy, margin, calibration, score distributions, accuracy against
+response-length difference (does it simply prefer longer answers?), and agreement with a gold scorer's
+preferences where one exists (the sandbox). Numbers only; `views.reward_report_figures` draws them."""
+
+from __future__ import annotations
+
+import math
+
+import datasets
+import numpy as np
+
+from rlhf_widgets.data import last_user_content, message_text
+from rlhf_widgets.evaluation.compare import words
+from rlhf_widgets.rewards import RewardFunction, score_responses
+
+
+def reward_report(
+    reward_model,
+    pairs: datasets.Dataset,
+    gold: RewardFunction | None = None,
+    bins: int = 10,
+) -> dict:
+    """Evaluate a reward model on held-out preference pairs (`prompt` / `chosen` / `rejected` columns).
+
+    Returns a dict of plain numbers and lists: `accuracy`, `mean_margin`, `n_pairs`,
+    `chosen_scores` / `rejected_scores`, `calibration` (bins of predicted P(chosen ≻ rejected) against
+    the observed rate, both orderings counted so the curve is symmetric), `length` (accuracy per bin of
+    word-count difference, and `prefers_longer`: how often the RM picks the longer response where the
+    lengths differ), and — when `gold` is given — `gold_agreement` (share of pairs where the RM orders
+    the two responses as the gold scorer does; gold ties excluded) and gold's own `prefers_longer`.
+    """
+    prompts = [last_user_content(p) for p in pairs["prompt"]]
+    chosen = [message_text(c) for c in pairs["chosen"]]
+    rejected = [message_text(r) for r in pairs["rejected"]]
+    rc = reward_model.score(prompts, chosen, normalize=False).numpy().astype(float)
+    rr = reward_model.score(prompts, rejected, normalize=False).numpy().astype(float)
+    margin = rc - rr
+    correct = margin > 0
+
+    # calibration: P(first ≻ second) = σ(r1 − r2) over both orderings of every pair
+    p = 1 / (1 + np.exp(-np.concatenate([margin, -margin])))
+    outcome = np.concatenate([np.ones_like(margin), np.zeros_like(margin)])
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(p, edges) - 1, 0, bins - 1)
+    calibration = [
+        {"bin_low": float(edges[b]), "bin_high": float(edges[b + 1]), "predicted": float(p[which == b].mean()),
+         "observed": float(outcome[which == b].mean()), "count": int((which == b).sum())}
+        for b in range(bins) if (which == b).any()
+    ]
+    ece = sum(c["count"] * abs(c["predicted"] - c["observed"]) for c in calibration) / len(p)
+
+    # length: word-count difference chosen − rejected
+    dlen = np.array([words(c) - words(r) for c, r in zip(chosen, rejected, strict=True)])
+    length_bins = []
+    for low, high in ((-math.inf, -10), (-10, -3), (-3, 3), (3, 10), (10, math.inf)):
+        sel = (dlen >= low) & (dlen < high)
+        if sel.any():
+            length_bins.append({"low": low, "high": high, "accuracy": float(correct[sel].mean()),
+                                "count": int(sel.sum())})
+    differ = dlen != 0
+    rm_longer = np.where(dlen > 0, margin > 0, margin < 0)
+    report = {
+        "n_pairs": len(margin),
+        "accuracy": float(correct.mean()),
+        "mean_margin": float(margin.mean()),
+        "chosen_scores": rc.tolist(),
+        "rejected_scores": rr.tolist(),
+        "calibration": calibration,
+        "expected_calibration_error": float(ece),
+        "length": {
+            "bins": length_bins,
+            "prefers_longer": float(rm_longer[differ].mean()) if differ.any() else float("nan"),
+            "score_length_corr": float(np.corrcoef(np.concatenate([rc, rr]),
+                                                   np.concatenate([[words(c) for c in chosen],
+                                                                   [words(r) for r in rejected]]))[0, 1]),
+        },
+    }
+    if gold is not None:
+        gc = score_responses(gold, prompts, chosen).numpy()
+        gr = score_responses(gold, prompts, rejected).numpy()
+        decided = gc != gr
+        report["gold_agreement"] = float(((margin > 0) == (gc > gr))[decided].mean())
+        report["label_gold_agreement"] = float((gc > gr)[decided].mean())
+        gold_longer = np.where(dlen > 0, gc > gr, gc < gr)
+        both = differ & decided
+        report["length"]["gold_prefers_longer"] = float(gold_longer[both].mean()) if both.any() else float("nan")
+    return report
