@@ -235,7 +235,7 @@ class LoadReport:
             parts.append(f"Skipped {len(self.skipped)}: {reasons}")
         if self.shortened:
             parts.append(
-                f"{len(self.shortened)} part before their last turn: kept the first answers that differ, "
+                f"{len(self.shortened)} pairs part before their last turn: kept the first answers that differ, "
                 f"dropped the turns after them ({_row_list(list(self.shortened))})"
             )
         if self.duplicates:

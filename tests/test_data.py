@@ -397,7 +397,7 @@ def test_default_call_on_a_messy_hh_file_loads_the_rest_and_warns_what_it_skippe
     assert (report.rows_read, report.kept, report.shortened, report.formats) == (10, 5, (2, 9), {"hh_rlhf": 5})
     message = str(caught[0].message)
     assert message.startswith(f"{MESSY_HH}: kept 5 of 10 rows. Skipped 5: 2× 'chosen' is empty (rows 1, 8); ")
-    assert "2 part before their last turn: kept the first answers that differ, dropped the turns after them " \
+    assert "2 pairs part before their last turn: kept the first answers that differ, dropped the turns after them " \
            "(rows 2, 9)" in message
     assert "on_error='raise'" in message
 
