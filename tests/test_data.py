@@ -17,16 +17,20 @@ from hypothesis import strategies as st
 
 from rlhf_widgets.data import (
     PREFERENCE_FEATURES,
+    DataWarning,
     LoadReport,
     PreferenceDataError,
+    PromptDataError,
     RowProblem,
     as_messages,
     last_user_content,
     load_preferences,
+    load_prompts,
     one_pair_per_prompt,
     save_preferences,
     split_by_prompt,
 )
+from rlhf_widgets.sandbox import make_prompts
 
 FIXTURES = Path(__file__).parent / "fixtures" / "preferences"
 
@@ -121,7 +125,7 @@ def test_format_argument_accepts_its_own_rows_and_rejects_others(row: dict, row_
     assert len(load_preferences([row], format=row_format)) == 1
     other = "hh_rlhf" if row_format == "standard" else "standard"
     with pytest.raises(PreferenceDataError, match=rf"^row 0: in {row_format} format, not {other}"):
-        load_preferences([row], format=other)
+        load_preferences([row], format=other, on_error="raise")
 
 
 # ------------------------------------------------------------------------------------ sources
@@ -257,7 +261,7 @@ MALFORMED = [
 @pytest.mark.parametrize(("row", "reason"), MALFORMED)
 def test_malformed_row_raises_with_its_index_and_field(row: object, reason: str) -> None:
     with pytest.raises(PreferenceDataError) as err:
-        load_preferences([GOOD, GOOD, row, GOOD])
+        load_preferences([GOOD, GOOD, row, GOOD], on_error="raise")
     assert str(err.value).startswith(f"row 2: {reason}")
     assert err.value.index == 2
     assert isinstance(err.value, ValueError)
@@ -266,8 +270,8 @@ def test_malformed_row_raises_with_its_index_and_field(row: object, reason: str)
 def test_invalid_json_line_names_its_row(tmp_path: Path) -> None:
     path = tmp_path / "broken.jsonl"
     path.write_text(json.dumps(GOOD) + "\n\n" + json.dumps(GOOD) + "\n{oops\n", encoding="utf-8")
-    with pytest.raises(PreferenceDataError, match=r"^row 2: not valid JSON \("):
-        load_preferences(path)
+    with pytest.raises(PreferenceDataError, match=r"^row 2: not valid JSON \(.*; line 4 of broken.jsonl\)"):
+        load_preferences(path, on_error="raise")
 
 
 def test_skip_drops_malformed_rows_and_reports_them() -> None:
@@ -282,7 +286,7 @@ def test_skip_drops_malformed_rows_and_reports_them() -> None:
     assert (report.rows_read, report.kept, report.formats) == (6, 3, {"standard": 2, "hh_rlhf": 1})
     assert report.reasons() == {"'rejected' is empty": 2, "'rejected' is missing": 1}
     assert str(report) == (
-        "list: kept 3 of 6 rows, skipped 3 (2× 'rejected' is empty; 1× 'rejected' is missing)"
+        "list: kept 3 of 6 rows. Skipped 3: 2× 'rejected' is empty (rows 3, 4); 1× 'rejected' is missing (row 1)"
     )
 
 
@@ -371,3 +375,300 @@ def test_split_by_prompt_keeps_each_prompt_on_one_side() -> None:
         split_by_prompt(dataset, 1.5)
     firsts = one_pair_per_prompt(dataset)
     assert firsts["chosen"] == [[{"role": "assistant", "content": f"good {i}"}] for i in range(0, 60, 3)]
+
+
+# ------------------------------------------------------------------------------------ the default call on messy data
+MESSY_HH = FIXTURES / "hh_rlhf_messy.jsonl"  # HH transcripts: 5 usable rows, 2 of them parting before the last turn
+
+
+def test_default_call_on_a_messy_hh_file_loads_the_rest_and_warns_what_it_skipped() -> None:
+    with pytest.warns(DataWarning) as caught:
+        dataset, report = load_preferences(MESSY_HH, return_report=True)
+    assert len(caught) == 1
+    assert [row["rejected"][0]["content"] for row in dataset] == [
+        "Parcels are late sometimes.", "Only if they are unworn.", "Eventually.", "Try again later.", "Turn it up.",
+    ]
+    assert [problem.index for problem in report.skipped] == [1, 4, 5, 6, 8]
+    assert report.reasons() == {
+        "'chosen' is empty": 2, "'rejected' is empty": 1, "'rejected' is identical to 'chosen'": 1,
+        "'rejected' continues a different conversation than 'chosen' from message 2 on "
+        "(the two may part only at an assistant answer)": 1,
+    }
+    assert (report.rows_read, report.kept, report.shortened, report.formats) == (10, 5, (2, 9), {"hh_rlhf": 5})
+    message = str(caught[0].message)
+    assert message.startswith(f"{MESSY_HH}: kept 5 of 10 rows. Skipped 5: 2× 'chosen' is empty (rows 1, 8); ")
+    assert "2 pairs part before their last turn: kept the first answers that differ, dropped the turns after them " \
+           "(rows 2, 9)" in message
+    assert "on_error='raise'" in message
+
+
+def test_on_error_raise_stays_strict_and_says_how_to_go_on() -> None:
+    with pytest.raises(PreferenceDataError, match=r"^row 1: 'chosen' is empty — .*on_error='warn'") as err:
+        load_preferences(MESSY_HH, on_error="raise")
+    assert (err.value.index, err.value.field) == (1, "chosen")
+
+
+def test_skip_is_quiet(recwarn: pytest.WarningsRecorder) -> None:
+    assert len(load_preferences(MESSY_HH, on_error="skip")) == 5
+    assert not [w for w in recwarn if issubclass(w.category, DataWarning)]
+
+
+def test_default_call_with_no_usable_row_raises_with_the_summary() -> None:
+    rows = [{"question": "Where is my parcel?", "answer": "On its way."}] * 3
+    with pytest.raises(ValueError, match=r"no preference pairs could be read from list: kept 0 of 3 rows\. "
+                                         r"Skipped 3: 3× 'chosen' is missing \(rows 0, 1, 2\)"):
+        load_preferences(rows)
+
+
+def test_the_summary_lists_the_first_five_rows_per_reason() -> None:
+    rows = [GOOD] + [{"prompt": "p", "chosen": "c", "rejected": ""}] * 7
+    with pytest.warns(DataWarning, match=r"7× 'rejected' is empty \(rows 1, 2, 3, 4, 5, … 2 more\)"):
+        load_preferences(rows)
+
+
+# ------------------------------------------------------------------------------------ conversations that part early
+def hh(*turns: str) -> str:
+    return "".join(f"\n\n{'Human' if i % 2 == 0 else 'Assistant'}: {turn}" for i, turn in enumerate(turns))
+
+
+def chat(*turns: str) -> list[dict]:
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+
+
+@pytest.mark.parametrize(
+    ("chosen", "rejected"),
+    [
+        (chat("q", "a1", "q2", "a2"), chat("q", "b1", "q2b", "b2")),  # part at the first answer
+        (chat("q", "a", "q2", "a2", "q3", "a3"), chat("q", "a", "q2", "b2", "q3", "b3")),  # at a middle answer
+        (chat("q", "a", "q2", "a2"), chat("q", "a", "q2", "b2")),  # at the last answer (the usual case)
+        (chat("q", "a1", "q2", "a2"), chat("q", "b1")),  # one goes on, the other does not
+    ],
+)
+def test_parting_conversations_follow_trls_extract_prompt(chosen: list[dict], rejected: list[dict]) -> None:
+    trl_data_utils = pytest.importorskip("trl.data_utils")
+    expected = trl_data_utils.extract_prompt({"chosen": chosen, "rejected": rejected})
+    for row in ({"chosen": chosen, "rejected": rejected},
+                {"chosen": hh(*(m["content"] for m in chosen)), "rejected": hh(*(m["content"] for m in rejected))}):
+        dataset, report = load_preferences([row], return_report=True)
+        assert dataset[0]["prompt"] == expected["prompt"]
+        assert dataset[0]["chosen"] == expected["chosen"][:1] and dataset[0]["rejected"] == expected["rejected"][:1]
+        assert report.shortened == (() if len(expected["chosen"]) == len(expected["rejected"]) == 1 else (0,))
+
+
+def test_conversations_parting_at_a_user_turn_are_malformed() -> None:
+    row = {"chosen": hh("q", "a", "q2", "a2"), "rejected": hh("q", "a", "other q2", "b2")}
+    with pytest.raises(PreferenceDataError, match="^row 0: 'rejected' continues a different conversation than "
+                                                  "'chosen' from message 2 on"):
+        load_preferences([row], on_error="raise")
+
+
+# ------------------------------------------------------------------------------------ bad files
+def test_non_utf8_line_is_a_row_problem_naming_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.jsonl"
+    good = json.dumps(GOOD).encode()
+    path.write_bytes(good + b"\n\n" + '{"prompt": "caf\u00e9", "chosen": "a", "rejected": "b"}'.encode("latin-1")
+                     + b"\n" + good + b"\n")
+    with pytest.warns(DataWarning, match=r"line 3 is not UTF-8 \(byte 0xe9 at column 16\) of latin1\.jsonl"):
+        assert len(load_preferences(path)) == 2
+    with pytest.raises(PreferenceDataError, match=r"^row 1: line 3 is not UTF-8 \(byte 0xe9 at column 16\) of "
+                                                  r"latin1\.jsonl; re-save the file as UTF-8"):
+        load_preferences(path, on_error="raise")
+
+
+def test_non_utf8_json_file_names_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.json"
+    path.write_bytes(b'[\n{"prompt": "p", "chosen": "na\xefve", "rejected": "b"}\n]')
+    with pytest.raises(ValueError, match=r"latin1\.json: line 2 is not UTF-8 \(byte 0xef at column 30\); re-save"):
+        load_preferences(path)
+
+
+def test_utf8_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n")
+    assert load_preferences(tmp_path / "bom.jsonl").to_list() == load_preferences([GOOD]).to_list()
+
+
+@pytest.mark.parametrize(("name", "content"), [("empty.jsonl", b""), ("blank.jsonl", b"\n \n"),
+                                                ("empty.json", b"[]"), ("empty.jsonl.gz", gzip.compress(b""))])
+def test_empty_file_is_an_error_not_zero_rows(tmp_path: Path, name: str, content: bytes) -> None:
+    (tmp_path / name).write_bytes(content)
+    for load in (load_preferences, load_prompts):
+        with pytest.raises(ValueError, match=rf"{name} holds no rows; check the path"):
+            load(tmp_path / name)
+
+
+def free_local_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_hub_fails_fast_without_retries(monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Online mode, but nothing answers: one refused connection, not ~23 s of retries and HTTP warnings."""
+    import time
+
+    endpoint = f"http://127.0.0.1:{free_local_port()}"  # closed port: connections are refused at once
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+    for load, what in ((load_preferences, "preference"), (load_prompts, "prompt")):
+        start = time.perf_counter()
+        with pytest.raises(ConnectionError, match=rf"could not load {what} dataset 'nobody-here/no-data'.*"
+                                                  "Hub could not be reached") as err:
+            load("nobody-here/no-data")
+        assert time.perf_counter() - start < 1.0
+        assert "HF_HUB_OFFLINE=1" in err.value.__notes__[0]
+    assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
+
+
+# ------------------------------------------------------------------------------------ prompts
+SANDBOX_TRAIN = [p.text for p in make_prompts(1000, seed=0)]
+
+
+def test_prompts_from_a_list_of_strings_and_conversations() -> None:
+    conversation = chat("Hi", "Hello! How can I help?", "Where is order 12?")
+    prompts = load_prompts(["Where is my parcel?", conversation, chat("Only one user turn"),
+                            [{"role": "system", "content": "Be brief."}, *chat("Hi")]])
+    assert prompts == ["Where is my parcel?", conversation, "Only one user turn",
+                       [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]]
+
+
+def test_prompt_only_and_conversational_rows_are_cut_after_the_last_user_turn() -> None:
+    rows = [
+        {"prompt": "plain"},
+        {"prompt": chat("as messages")},
+        {"messages": chat("q1", "a1", "q2", "a2")},  # a whole conversation: up to its last user turn
+        {"prompt": "\n\nHuman: q\n\nAssistant: a\n\nHuman: q2\n\nAssistant:"},  # an HH transcript prompt
+        {"question": "What is RLHF?"},
+        {"instruction": "Summarise this.", "input": "A long text."},
+        {"instruction": "Say hi.", "input": ""},
+        {"query": "shipping costs"},
+    ]
+    prompts, report = load_prompts(rows, return_report=True)
+    assert prompts == ["plain", "as messages", chat("q1", "a1", "q2"), chat("q", "a", "q2"), "What is RLHF?",
+                       "Summarise this.\n\nA long text.", "Say hi.", "shipping costs"]
+    assert report.formats == {"prompt": 3, "messages": 1, "question": 1, "instruction": 2, "query": 1}
+
+
+def test_prompts_of_preference_datasets_in_every_format() -> None:
+    for name in ("standard.jsonl", "implicit_prompt.jsonl", "conversational.jsonl", "conversational_implicit.jsonl",
+                 "hh_rlhf.jsonl", "mixed.json"):
+        prompts = load_prompts(FIXTURES / name)
+        expected = [row["prompt"] for row in EXPECTED[:len(prompts)]]
+        assert [as_messages(p) for p in prompts] == expected, name
+        assert len(prompts) >= 2
+
+
+def test_prompts_of_the_messy_hh_file_include_rows_with_empty_answers() -> None:
+    with pytest.warns(DataWarning, match="kept 7 of 10 rows"):
+        prompts, report = load_prompts(MESSY_HH, return_report=True)
+    assert prompts[:3] == ["My parcel is late. Can you help?", "How do I change my delivery address?",
+                           "Can I return shoes that don't fit?"]
+    assert report.formats == {"preference:hh_rlhf": 7}  # the empty answer of row 1 does not hide its prompt
+    # identical answers; parting at a user turn; no chosen text to read a prompt from
+    assert [p.index for p in report.skipped] == [5, 6, 8]
+
+
+def test_repeated_prompts_are_dropped_unless_asked_to_keep_them() -> None:
+    rows = [{"prompt": "a", "chosen": f"x{i}", "rejected": f"y{i}"} for i in range(3)] + [{"prompt": "b"}]
+    prompts, report = load_prompts(rows, return_report=True)
+    assert (prompts, report.duplicates, report.kept) == (["a", "b"], 2, 2)
+    assert load_prompts(rows, dedupe=False) == ["a", "a", "a", "b"]
+    assert load_prompts(rows, n=1) == ["a"]
+
+
+def test_prompts_from_files_datasets_and_named_columns(tmp_path: Path) -> None:
+    rows = [{"id": i, "text": f"prompt {i}"} for i in range(4)]
+    path = tmp_path / "prompts.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    expected = [f"prompt {i}" for i in range(4)]
+    assert load_prompts(path, column="text") == expected
+    assert load_prompts(datasets.Dataset.from_list(rows), column="text") == expected
+    dataset_dict = datasets.DatasetDict(train=datasets.Dataset.from_list(rows[:1]),
+                                        test=datasets.Dataset.from_list(rows))
+    assert load_prompts(dataset_dict, split="test", column="text") == expected
+    # a transcript in a named column: its turns up to the last Human turn
+    assert load_prompts(fixture_rows("hh_rlhf.jsonl"), column="chosen")[2] == EXPECTED[2]["prompt"]
+
+
+def test_sandbox_prompts_match_the_world_and_take_a_size_and_seed() -> None:
+    assert load_prompts("sandbox") == SANDBOX_TRAIN
+    test = load_prompts("sandbox", split="test")
+    assert len(test) == 200 and test == [p.text for p in make_prompts(200, seed=0, split="test")]
+    assert load_prompts("sandbox", n=8, seed=3) == [p.text for p in make_prompts(8, seed=3)]
+    with pytest.raises(ValueError, match=r"prompt splits \['test', 'train'\], not 'validation'"):
+        load_prompts("sandbox", split="validation")
+
+
+def test_a_row_without_a_prompt_names_its_fields_and_the_fix() -> None:
+    rows = [{"prompt": "ok"}, {"text": "a whole document", "label": 1}]
+    with pytest.raises(PromptDataError, match=r"^row 1: has no prompt field \(fields: 'text', 'label'\); "
+                                              r"load_prompts reads prompt, messages, chosen \+ rejected, question, "
+                                              r"instruction, query — pass column=<name> to read another"):
+        load_prompts(rows, on_error="raise")
+    with pytest.warns(DataWarning, match=r"kept 1 of 2 rows\. Skipped 1: 1× has no prompt field"):
+        assert load_prompts(rows) == ["ok"]
+    with pytest.raises(ValueError, match=r"no prompts could be read from list: kept 0 of 1 rows"):
+        load_prompts(rows[1:])
+
+
+@pytest.mark.parametrize(
+    ("item", "reason"),
+    [
+        ("   ", "'prompt' is empty"),
+        ([], "'prompt' is empty"),
+        (chat("q", "a")[1:], "'prompt' has no user message"),
+        ({"role": "user", "content": "hi"}, "is a single {role, content} message, not a prompt"),
+        ({"messages": [{"role": "user", "content": " "}]}, "'messages' ends with an empty user message"),
+        ({"prompt": 3}, "'prompt' must be a string or a list of messages, got int"),
+        ({"prompt": [{"role": "tool", "content": "{}"}]}, "'prompt' message 0 has role 'tool'"),
+        (4.5, "is not a prompt, a message list or a mapping of fields (got float)"),
+    ],
+)
+def test_unreadable_prompts_name_the_row_and_field(item: object, reason: str) -> None:
+    with pytest.raises(PromptDataError) as err:
+        load_prompts(["fine", item], on_error="raise")
+    assert str(err.value).startswith(f"row 1: {reason}")
+
+
+def test_load_prompts_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="seed=1 applies to source='sandbox' only"):
+        load_prompts(["a"], seed=1)
+    with pytest.raises(ValueError, match="n=0 must be a positive number"):
+        load_prompts(["a"], n=0)
+    with pytest.raises(ValueError, match="on_error"):
+        load_prompts(["a"], on_error="ignore")
+    with pytest.raises(TypeError, match="a list of prompts or dicts, got int"):
+        load_prompts(3)
+
+
+# ------------------------------------------------------------------------------------ the committed data/ folder
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_committed_data_files_are_what_the_script_makes_and_each_loads(tmp_path: Path) -> None:
+    import runpy
+
+    written = runpy.run_path(str(REPO / "scripts" / "make_data.py"))["write_data"](tmp_path)
+    made = sorted(path.relative_to(tmp_path) for path in written)
+    committed = sorted(p.relative_to(REPO / "data") for p in (REPO / "data").rglob("*") if p.suffix != ".md"
+                       and p.is_file())
+    assert made == committed
+    for relative in made:
+        fresh, kept = tmp_path / relative, REPO / "data" / relative
+        if relative.suffix == ".parquet":
+            assert pq.read_table(fresh).equals(pq.read_table(kept)), relative
+        else:
+            assert fresh.read_bytes() == kept.read_bytes(), f"{relative}: rerun python scripts/make_data.py"
+
+    assert load_prompts(REPO / "data/prompts/sandbox_train.jsonl") == SANDBOX_TRAIN[:256]
+    assert load_prompts(REPO / "data/prompts/sandbox_test.jsonl") == load_prompts("sandbox", split="test", n=128)
+    standard = load_preferences(REPO / "data/preferences/standard.jsonl")
+    assert len(standard) == 12
+    for path in (REPO / "data/preferences").iterdir():
+        assert load_preferences(path, on_error="raise").to_list() == standard.to_list(), path.name
+        assert load_prompts(path) == [p[0]["content"] for p in standard["prompt"]]
