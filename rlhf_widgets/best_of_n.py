@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rlhf_widgets.data import prompt_list
 from rlhf_widgets.evaluation import best_of_n_kl
 from rlhf_widgets.generation import SamplingSettings, generate
 from rlhf_widgets.models import ModelLike, load_causal_lm
@@ -52,7 +53,7 @@ def best_of_n(
         raise ValueError(f"best_of_n: n={n} must be >= 1")
     loaded, tokenizer = load_causal_lm(model)
     reward = as_reward_function(reward)
-    prompts = list(prompts)
+    prompts = prompt_list(prompts)
     candidates: list[list[str]] = [[] for _ in prompts]
     for i in range(n):
         for j, g in enumerate(generate(loaded, tokenizer, prompts, settings, batch_size=batch_size, seed=seed + i,

@@ -51,8 +51,10 @@ class PromptArguments:
         "The reward: a directory written by a reward-model stage (`.../reward/final`), or 'gold' for the "
         "sandbox's gold scorer."))
     prompts: str = field(default=SANDBOX, metadata=_help(
-        "Training prompts: 'sandbox', or a .jsonl file with a 'prompt' field (a string or chat messages)."))
-    n_prompts: int = field(default=1000, metadata=_help("How many sandbox prompts to draw (with 'sandbox')."))
+        "Training prompts: 'sandbox', or a file, dataset directory or hub id `load_prompts` reads (prompt-only, "
+        "conversational, or the prompts of a preference dataset)."))
+    n_prompts: int | None = field(default=None, metadata=_help(
+        "Use the first N prompts (default: all; the sandbox makes 1000)."))
     log_gold: bool = field(default=False, metadata=_help(
         "Also log the sandbox's gold score of every rollout (PPO; sandbox prompts only)."))
 
@@ -64,8 +66,9 @@ class LabelArguments:
     model: str = field(metadata=_help("The policy whose answers are compared (the SFT model's directory, a hub id)."))
     store: str = field(default="runs/labels.sqlite", metadata=_help(
         "The label store (SQLite file); pairs are made only when it has none."))
-    prompts: str = field(default=SANDBOX, metadata=_help("'sandbox', or a .jsonl file with a 'prompt' field."))
-    n_prompts: int = field(default=64, metadata=_help("How many sandbox prompts (with 'sandbox')."))
+    prompts: str = field(default=SANDBOX, metadata=_help(
+        "'sandbox', or a file, dataset directory or hub id `load_prompts` reads."))
+    n_prompts: int | None = field(default=64, metadata=_help("Use the first N prompts (0 or empty: all)."))
     answers_per_prompt: int = field(default=4, metadata=_help("Answers sampled per prompt."))
     pairs_per_prompt: int = field(default=3, metadata=_help("Pairs labeled per prompt, among its answers."))
     labeler: str = field(default="simulated", metadata=_help(
@@ -87,8 +90,9 @@ class EvaluateArguments:
     reward_model: str | None = field(default=None, metadata=_help(
         "A reward-model directory: adds RM win rates and scores."))
     prompts: str = field(default=SANDBOX, metadata=_help(
-        "Held-out prompts: 'sandbox' (its test split, judged by gold too) or a .jsonl file with a 'prompt' field."))
-    n_prompts: int = field(default=128, metadata=_help("How many sandbox prompts (with 'sandbox')."))
+        "Held-out prompts: 'sandbox' (its test split, judged by gold too), or a file, dataset directory or hub id "
+        "`load_prompts` reads."))
+    n_prompts: int | None = field(default=128, metadata=_help("Use the first N prompts (default 128)."))
     kl_reference: str | None = field(default=None, metadata=_help(
         "The model KL is measured against (default: the baseline's)."))
     output: str | None = field(default=None, metadata=_help("Also write the table here as JSON."))
@@ -96,14 +100,10 @@ class EvaluateArguments:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def _prompts(source: str, n: int, seed: int, split: str = "train") -> list:
-    if source == SANDBOX:
-        from rlhf_widgets.sandbox import make_prompts
-
-        return [p.text for p in make_prompts(n, seed=seed, split=split)]
+def _prompts(source: str, n: int | None, seed: int, split: str = "train") -> list:
     from rlhf_widgets.data import load_prompts
 
-    return load_prompts(source)
+    return load_prompts(source, split=split, n=n, **({"seed": seed} if source == SANDBOX else {}))
 
 
 def _demonstrations(source: str):
@@ -184,8 +184,7 @@ def _label(args: LabelArguments) -> dict:
     from rlhf_widgets.labeling import RewardModelLabeler, label_with, prepare_pairs
     from rlhf_widgets.sandbox import SimulatedAnnotator, gold_preference
 
-    prompts = SANDBOX if args.prompts == SANDBOX else _prompts(args.prompts, args.n_prompts, args.seed)
-    store = prepare_pairs(prompts, args.store, model=args.model, n_prompts=args.n_prompts, seed=args.seed,
+    store = prepare_pairs(args.prompts, args.store, model=args.model, n_prompts=args.n_prompts or None, seed=args.seed,
                           k=args.answers_per_prompt, pairs_per_prompt=args.pairs_per_prompt)
     if args.labeler == "simulated":
         labeler, default_name = SimulatedAnnotator(seed=args.seed), "simulated"

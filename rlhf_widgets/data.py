@@ -388,6 +388,16 @@ def load_preferences(
 
 
 # ------------------------------------------------------------------------------------ prompts
+def prompt_list(prompts: PromptSource) -> list[Prompt]:
+    """A stage's `prompts` argument as a list: a list or tuple of prompts is used as given (in order, repeats
+    kept); any other source — "sandbox", a file, a directory, a Dataset, a hub id — is read by `load_prompts`."""
+    if isinstance(prompts, (list, tuple)):
+        if not prompts:
+            raise ValueError("no prompts given (an empty list)")
+        return list(prompts)
+    return load_prompts(prompts)
+
+
 @overload
 def load_prompts(
     source: PromptSource, *, split: str = ..., column: str | None = ..., n: int | None = ...,

@@ -14,7 +14,7 @@ import datasets
 import trl
 
 from rlhf_widgets.config import SANDBOX, TrainingDefaults
-from rlhf_widgets.data import as_messages, message_text
+from rlhf_widgets.data import as_messages, message_text, prompt_list
 from rlhf_widgets.metrics import MetricsLog
 from rlhf_widgets.models import ModelLike
 from rlhf_widgets.rewards import RewardFunction, as_reward_function, trl_reward_function
@@ -79,8 +79,7 @@ class RLOOStageConfig(_OnlineDefaults, TrainingDefaults, trl.RLOOConfig):
 
 def _train_online(stage: str, trainer_cls: type, prompts: Sequence, config, model: ModelLike,
                   reward: RewardFunction | Sequence[RewardFunction], metrics: MetricsLog | None) -> StageResult:
-    if len(prompts) == 0:
-        raise ValueError(f"train_{stage}: no prompts given")
+    prompts = prompt_list(prompts)
     metrics = stage_metrics(metrics, config.output_dir, stage)
     rewards = list(reward) if isinstance(reward, (list, tuple)) else [reward]
     funcs = [SampleRecorder(trl_reward_function(as_reward_function(r)), metrics, stage, every=config.sample_every)
@@ -97,9 +96,10 @@ def train_grpo(
     reward: RewardFunction | Sequence[RewardFunction],
     metrics: MetricsLog | None = None,
 ) -> StageResult:
-    """GRPO on `prompts` (strings or chat messages) against `reward` — a reward function `(prompts, responses) ->
-    scores` (a `RewardModel`, `sandbox.gold_reward`, …), a saved reward-model directory, or several of them
-    (their rewards are summed by TRL). The policy is saved under `<output_dir>/final`."""
+    """GRPO on `prompts` (strings or chat messages, or a source `data.load_prompts` reads) against `reward` — a
+    reward function `(prompts, responses) -> scores` (a `RewardModel`, `sandbox.gold_reward`, …), a saved
+    reward-model directory, or several of them (their rewards are summed by TRL). The policy is saved under
+    `<output_dir>/final`."""
     return _train_online("grpo", trl.GRPOTrainer, prompts, config or GRPOStageConfig(), model, reward, metrics)
 
 

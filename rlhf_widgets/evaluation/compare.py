@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from rlhf_widgets.data import prompt_list
 from rlhf_widgets.models import ModelLike
 from rlhf_widgets.ppo.core import logprobs_from_logits
 from rlhf_widgets.rewards import RewardFunction, score_responses
@@ -133,7 +134,7 @@ def compare_policies(
         raise ValueError(f"compare_policies: baseline {baseline!r} is not one of {list(policies)}")
     from rlhf_widgets.models import load_causal_lm
 
-    prompts = list(prompts)
+    prompts = prompt_list(prompts)
     ref = load_causal_lm(kl_reference) if kl_reference is not None else None
     # one pass per policy: load it once, sample, and measure its KL while it is in memory
     responses, kls = {}, {}

@@ -11,6 +11,7 @@ import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
+from rlhf_widgets.data import SANDBOX_SOURCE, PromptSource, load_prompts
 from rlhf_widgets.generation import SamplingSettings, generate
 from rlhf_widgets.labeling.store import PreferenceStore
 from rlhf_widgets.models import ModelLike, load_causal_lm, model_name
@@ -76,11 +77,11 @@ def generate_pairs(
 
 
 def prepare_pairs(
-    prompts: Sequence | str,
+    prompts: PromptSource,
     store: PreferenceStore | str | Path,
     *,
     model: ModelLike,
-    n_prompts: int = 64,
+    n_prompts: int | None = None,
     split: str = "train",
     seed: int = 0,
     k: int = 2,
@@ -93,8 +94,9 @@ def prepare_pairs(
     re-running a notebook never duplicates pairs or orphans labels. To make new pairs, use a new store file.
 
     Args:
-        prompts: your prompts (strings or chat messages), or "sandbox" for `n_prompts` prompts of the sandbox's
-            `split` ("train" or "test"), drawn with `seed`.
+        prompts: your prompts: a list (strings or chat messages), or any source `data.load_prompts` reads — a
+            file, a dataset, a hub id, or "sandbox" (the sandbox's `split`, "train" or "test", drawn with `seed`).
+        n_prompts: use the first `n_prompts` prompts (default None: all; for the sandbox, how many to make).
         store: a `PreferenceStore`, or the path of its SQLite file (created, with its parent directory, if missing).
         model: the policy whose answers are compared, usually the SFT model (`models.ModelLike`).
         seed: seeds the sampling (and the sandbox prompts).
@@ -109,12 +111,11 @@ def prepare_pairs(
         store = PreferenceStore(store)
     if len(store):
         return store
-    if isinstance(prompts, str):
-        if prompts != "sandbox":
-            raise ValueError(f"prepare_pairs: prompts={prompts!r}; pass a list of prompts or 'sandbox'")
-        from rlhf_widgets.sandbox import make_prompts
-
-        prompts = [prompt.text for prompt in make_prompts(n_prompts, seed=seed, split=split)]
+    if isinstance(prompts, (list, tuple)):
+        prompts = list(prompts)[:n_prompts]
+    else:
+        sandbox_seed = {"seed": seed} if prompts == SANDBOX_SOURCE else {}
+        prompts = load_prompts(prompts, split=split, n=n_prompts, **sandbox_seed)
     rows = generate_pairs(prompts, model=model, k=k, seed=seed, max_pairs_per_prompt=pairs_per_prompt,
                           show_progress=show_progress)
     store.add_pairs(rows)

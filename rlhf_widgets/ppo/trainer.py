@@ -27,6 +27,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from rlhf_widgets.config import SANDBOX, ModelConfig, as_model_config
+from rlhf_widgets.data import prompt_list
 from rlhf_widgets.metrics import MetricsLog
 from rlhf_widgets.models import ModelLike, load_causal_lm, lora_config, model_name
 from rlhf_widgets.ppo import core
@@ -46,7 +47,8 @@ class PPOTrainer:
     """PPO-RLHF from an SFT model against a reward function; see `rlhf_widgets.ppo.backbone` for the roles.
 
     Args:
-        prompts: training prompts (strings or chat messages), drawn in a shuffled order per epoch.
+        prompts: training prompts (strings or chat messages), drawn in a shuffled order per epoch; or a source
+            `data.load_prompts` reads ("sandbox", a file, a dataset, a hub id).
         config: PPO's knobs (default `PPOConfig()`).
         model: the SFT model (see `models.ModelLike`); policy and reference start from it. LoRA rank, alpha and
             targets and 4-bit come from its `ModelConfig` (a loaded model is wrapped and trained in place).
@@ -68,8 +70,6 @@ class PPOTrainer:
         gold: RewardFunction | None = None,
         resume_from: str | Path | None = None,
     ) -> None:
-        if len(prompts) == 0:
-            raise ValueError("PPOTrainer: no prompts given")
         config = config or PPOConfig()
         self.config = config
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -92,7 +92,7 @@ class PPOTrainer:
         self.backend.value_head.to(self.accelerator.device)
         self.reward = as_reward_function(reward)
         self.gold = gold
-        self.prompts = list(prompts)
+        self.prompts = prompt_list(prompts)
         self.output_dir = Path(config.output_dir)
         self.optimizer = torch.optim.AdamW(
             [{"params": self.backend.policy_parameters}, {"params": self.backend.value_parameters}],
