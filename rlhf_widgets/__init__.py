@@ -43,8 +43,8 @@ _EXPORTS = {
     "PPOTrainer": "rlhf_widgets.ppo",
     "PPOPanel": "rlhf_widgets.ppo",
     "train_ppo": "rlhf_widgets.ppo",
-    "best_of_n": "rlhf_widgets.best_of_n",
-    "BestOfNSampler": "rlhf_widgets.best_of_n",
+    "best_of_n": "rlhf_widgets.best_of",
+    "BestOfNSampler": "rlhf_widgets.best_of",
     # rewards
     "RewardFunction": "rlhf_widgets.rewards",
     "JudgeReward": "rlhf_widgets.rewards",

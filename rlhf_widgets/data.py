@@ -49,12 +49,10 @@ from pathlib import Path
 from typing import Any, Literal, TypeAlias, overload
 
 import datasets
-import huggingface_hub
-import huggingface_hub.constants
 import numpy as np
 import pyarrow.parquet as pq
-from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
-from huggingface_hub.utils import httpx
+
+from rlhf_widgets import hub
 
 Messages: TypeAlias = list[dict[str, str]]
 Prompt: TypeAlias = str | Messages
@@ -78,8 +76,6 @@ SANDBOX_SOURCE = "sandbox"
 SANDBOX_PROMPTS = {"train": 1000, "test": 200}
 """how many sandbox prompts `load_prompts("sandbox")` makes per split by default: as many as PPO and the
 CLI train on (1000), and the evaluation notebook's test set (200)"""
-HUB_PROBE_TIMEOUT_S = 2.0
-"""seconds one metadata request to the hub may take before a hub id is declared unreachable"""
 _MESSAGES = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
 PREFERENCE_FEATURES = datasets.Features({column: _MESSAGES for column in PREFERENCE_COLUMNS})
 """the features of every dataset `load_preferences` returns (before any `keep_columns`)"""
@@ -354,7 +350,7 @@ def load_preferences(
     `return_report=True` (default False) returns `(dataset, LoadReport)`.
 
     Raises FileNotFoundError for a missing local file or an unknown hub id, ValueError for an empty
-    file or a JSON file that is not UTF-8, and ConnectionError (within about `HUB_PROBE_TIMEOUT_S`)
+    file or a JSON file that is not UTF-8, and ConnectionError (within about `hub.PROBE_TIMEOUT_S`)
     when `source` is neither a local path nor reachable on the hub.
     """
     _check_on_error(on_error)
@@ -593,10 +589,6 @@ def _pick_split(dataset_dict: datasets.DatasetDict, split: str) -> datasets.Data
     return dataset_dict[split]
 
 
-def _hub_offline() -> bool:
-    return bool(huggingface_hub.constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE)
-
-
 def _load_from_hub(dataset_id: str, split: str, what: str) -> datasets.Dataset:
     """`datasets.load_dataset(dataset_id, split=split)`, after one quick metadata request when online.
 
@@ -611,16 +603,12 @@ def _load_from_hub(dataset_id: str, split: str, what: str) -> datasets.Dataset:
         f"{dataset_id!r} is not a local file or directory, and the Hugging Face Hub has no dataset "
         "by that id (or it is private / gated and you are not logged in)"
     )
-    if not _hub_offline():
-        try:
-            huggingface_hub.HfApi().dataset_info(dataset_id, timeout=HUB_PROBE_TIMEOUT_S)
-        except (httpx.ConnectError, httpx.ConnectTimeout):
-            unreachable.add_note("A copy cached by an earlier download loads with HF_HUB_OFFLINE=1.")
-            raise unreachable from None
-        except RepositoryNotFoundError:  # gated repositories included
-            raise not_found from None
-        except (HfHubHTTPError, httpx.TimeoutException):
-            pass  # the hub answered, or is slow: let `datasets` try (and report) itself
+    status = hub.probe(dataset_id, "dataset")
+    if status == "unreachable":
+        unreachable.add_note("A copy cached by an earlier download loads with HF_HUB_OFFLINE=1.")
+        raise unreachable
+    if status == "missing":  # gated repositories included
+        raise not_found
     try:
         return datasets.load_dataset(dataset_id, split=split)
     except ConnectionError:

@@ -1,19 +1,26 @@
 """Batched sampling from a chat model: prompts in, response texts out.
 
 Prompts are chat-formatted with the tokenizer's template (`add_generation_prompt=True`), left-padded,
-and sampled until EOS or `max_new_tokens`. Used by pair generation, best-of-N and evaluation;
-PPO has its own rollout because it needs the token ids and log-probs.
+and sampled until any stop token (`chat.stop_token_ids`: the checkpoint's EOS list and the family's turn end)
+or `max_new_tokens`. Sampling draws from exactly the distribution `SamplingSettings` describes: while it runs,
+the checkpoint's own `generation_config` (a repetition penalty, min-new-tokens, suppressed tokens, top-k/p
+defaults …) is swapped out (`exact_sampling`), and what it would have changed is said once. Used by pair
+generation, best-of-N and evaluation; PPO's rollout samples the same way and also records log-probs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from peft import PeftModel
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhf_widgets.chat import render, stop_token_ids
 from rlhf_widgets.data import as_messages
 
 Prompt = str | list[dict[str, str]]
@@ -55,6 +62,65 @@ class SamplingSettings:
         }
 
 
+NEUTRAL_SAMPLING = {
+    "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_length": 0,
+    "min_new_tokens": None, "bad_words_ids": None, "suppress_tokens": None, "begin_suppress_tokens": None,
+    "forced_bos_token_id": None, "forced_eos_token_id": None, "sequence_bias": None,
+    "exponential_decay_length_penalty": None, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "typical_p": 1.0,
+    "min_p": None, "renormalize_logits": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0, "do_sample": False,
+}
+"""`generation_config` fields that change which tokens are sampled, at the values that change nothing
+(temperature / top-k / top-p / do_sample are set per call from `SamplingSettings`)."""
+
+
+class SamplingOverrideWarning(UserWarning):
+    """A checkpoint's generation_config would have changed the sampled distribution; it was not applied."""
+
+
+_WARNED: set[str] = set()
+
+
+def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def checkpoint_sampling_overrides(model: torch.nn.Module) -> dict:
+    """The fields of the model's own `generation_config` that would change the sampled distribution."""
+    config = getattr(_hf_model(model), "generation_config", None)
+    if config is None:
+        return {}
+    return {k: v for k, v in config.to_dict().items() if k in NEUTRAL_SAMPLING and k not in
+            ("temperature", "top_k", "top_p", "do_sample") and v not in (NEUTRAL_SAMPLING[k], None, [], {})}
+
+
+@contextmanager
+def exact_sampling(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> Iterator[list[int]]:
+    """Inside: the model's `generation_config` is a clean one (stop ids, pad, nothing that bends the
+    distribution), so `generate` samples from exactly softmax(logits / temperature) with the top-k / top-p
+    passed to it — the distribution evaluation's KL and PPO's log-probs assume. Yields the stop ids. What the
+    checkpoint's config would have changed is said once per model and setting."""
+    target = _hf_model(model)
+    original = getattr(target, "generation_config", None)
+    stops = stop_token_ids(tokenizer, original)
+    overrides = checkpoint_sampling_overrides(model)
+    if overrides:
+        name = getattr(target, "name_or_path", "") or type(target).__name__
+        message = (f"{name}: sampling ignores these generation_config settings, which would change the sampled "
+                   f"distribution: {overrides}. Responses are drawn from exactly softmax(logits / temperature) with "
+                   "the top-k / top-p given (SamplingSettings / PPOConfig).")
+        if message not in _WARNED:
+            _WARNED.add(message)
+            warnings.warn(message, SamplingOverrideWarning, stacklevel=3)
+    clean = GenerationConfig(eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
+                             bos_token_id=getattr(original, "bos_token_id", None),
+                             **{k: v for k, v in NEUTRAL_SAMPLING.items() if v is not None})
+    target.generation_config = clean
+    try:
+        yield stops
+    finally:
+        target.generation_config = original
+
+
 @dataclass(frozen=True)
 class Generation:
     """One sampled response: its text (special tokens removed), whether it ended with EOS, its length."""
@@ -68,9 +134,7 @@ def encode_prompts(
     tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], device: torch.device | str = "cpu"
 ) -> dict[str, torch.Tensor]:
     """Chat-format and left-pad prompts → `input_ids`, `attention_mask`, each (B, T_prompt)."""
-    texts = [
-        tokenizer.apply_chat_template(as_messages(p), tokenize=False, add_generation_prompt=True) for p in prompts
-    ]
+    texts = [render(tokenizer, as_messages(p), tokenize=False, add_generation_prompt=True) for p in prompts]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
@@ -81,15 +145,18 @@ def encode_prompts(
 
 
 def decode_responses(
-    tokenizer: PreTrainedTokenizerBase, response_ids: torch.Tensor
+    tokenizer: PreTrainedTokenizerBase, response_ids: torch.Tensor, stop_ids: Sequence[int] | None = None
 ) -> list[Generation]:
-    """Turn generated ids (B, T_new), cut at the first EOS, into `Generation`s."""
+    """Turn generated ids (B, T_new), cut at the first stop token (default: the tokenizer's EOS), into
+    `Generation`s; `ended_with_eos` says a stop token ended the response."""
+    stops = set(stop_ids) if stop_ids is not None else {tokenizer.eos_token_id}
     out = []
     for row in response_ids.tolist():
-        ended = tokenizer.eos_token_id in row
-        row = row[: row.index(tokenizer.eos_token_id)] if ended else row
+        end = next((i for i, t in enumerate(row) if t in stops), None)
+        row = row if end is None else row[:end]
         row = [t for t in row if t != tokenizer.pad_token_id]
-        out.append(Generation(tokenizer.decode(row, skip_special_tokens=True).strip(), ended, len(row) + int(ended)))
+        text = tokenizer.decode(row, skip_special_tokens=True).strip()
+        out.append(Generation(text, end is not None, len(row) + int(end is not None)))
     return out
 
 
@@ -113,14 +180,11 @@ def generate(
     model.eval()
     results: list[Generation] = []
     starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc="generating", disable=not show_progress, unit="batch"):
-        batch = encode_prompts(tokenizer, prompts[start : start + batch_size], device)
-        ids = model.generate(
-            **batch,
-            **settings.generate_kwargs(),
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        results.extend(decode_responses(tokenizer, ids[:, batch["input_ids"].shape[1] :]))
+    with exact_sampling(model, tokenizer) as stops:
+        for start in tqdm(starts, desc="generating", disable=not show_progress, unit="batch"):
+            batch = encode_prompts(tokenizer, prompts[start : start + batch_size], device)
+            ids = model.generate(**batch, **settings.generate_kwargs(), pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=stops)
+            results.extend(decode_responses(tokenizer, ids[:, batch["input_ids"].shape[1] :], stops))
     model.train(was_training)
     return results

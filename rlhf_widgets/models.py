@@ -26,11 +26,14 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BitsAndBytesConfig,
+    GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 from trl import get_peft_config
 
+from rlhf_widgets import hub
+from rlhf_widgets.chat import ensure_chat_template, stop_token_ids
 from rlhf_widgets.config import SANDBOX, ModelConfig, as_model_config
 
 ModelLike = (str | os.PathLike | ModelConfig | PreTrainedModel | PeftModel
@@ -85,9 +88,23 @@ def _is_adapter_dir(path: str) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
 
+def _hub_kwargs(name: str) -> dict[str, Any]:
+    """`from_pretrained` keywords for `name`: none for a local directory or a reachable hub id; `local_files_only`
+    when the hub cannot be reached (a copy cached by an earlier download still loads — in one request, not ~85 s of
+    retries). An id the hub does not have raises ModelLoadError at once."""
+    if Path(name).exists():
+        return {}
+    status = hub.probe(name, "model")
+    if status == "missing":
+        raise ModelLoadError(f"'{name}' is not a local directory, and the Hugging Face hub has no model by that id (or "
+                             "it is private / gated and you are not logged in): check the id, or pass a local model "
+                             "directory, or 'sandbox' for the offline default")
+    return {"local_files_only": True} if status == "unreachable" else {}
+
+
 def _load_hf_config(path: str) -> transformers.PretrainedConfig:
     try:
-        return AutoConfig.from_pretrained(path)
+        return AutoConfig.from_pretrained(path, **_hub_kwargs(path))
     except OSError as err:
         if Path(path).exists():
             raise ModelLoadError(f"'{path}' exists but holds no loadable model config ({err})") from err
@@ -142,28 +159,45 @@ def lora_config(cfg: ModelConfig, task_type: str = "CAUSAL_LM") -> LoraConfig | 
 
 
 def load_tokenizer(name_or_path: str | os.PathLike, padding_side: str = "left") -> PreTrainedTokenizerBase:
-    """Load a tokenizer with a pad token distinct from EOS (added as `<|pad|>` when needed).
+    """Load a tokenizer with a chat format and a pad token distinct from every token that ends a response.
 
-    A tokenizer that gains a token needs `model.resize_token_embeddings(len(tokenizer))`;
-    `load_causal_lm` / `load_reward_backbone` do that.
+    A tokenizer without a chat format gets the documented plain one (`chat.PLAIN_CHAT_TEMPLATE`, or
+    `chat.ENCODER_CHAT_TEMPLATE` for an encoder), said once. The pad token is added as `<|pad|>` when there is
+    none or when it is one of the stop tokens (`chat.stop_token_ids`: the checkpoint's `generation_config` EOS
+    list, the tokenizer's EOS, the turn end) — Qwen ships pad `<|endoftext|>`, which its EOS list names. A
+    tokenizer that gains a token needs `model.resize_token_embeddings(len(tokenizer))`; `load_causal_lm` /
+    `load_reward_backbone` do that.
     """
     path = resolve_model_path(name_or_path)
-    if _is_adapter_dir(path):
-        if (Path(path) / "tokenizer_config.json").is_file():
-            source = path
-        else:
-            source = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
-    else:
-        source = path
+    base = _adapter_base(path)
+    source = path if base is None or (Path(path) / "tokenizer_config.json").is_file() else base
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, **_hub_kwargs(source))
     except OSError as err:
         _load_hf_config(source)  # raises the clear "offline / unknown id" error when that is the cause
         raise ModelLoadError(f"Could not load a tokenizer from '{source}': {err}") from err
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+    ensure_chat_template(tokenizer, str(name_or_path))
+    ends = stop_token_ids(tokenizer, _generation_config(base or path), keep_pad=True)
+    if tokenizer.pad_token is None or tokenizer.pad_token_id in ends:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     tokenizer.padding_side = padding_side
     return tokenizer
+
+
+def _adapter_base(path: str) -> str | None:
+    """The base model a saved PEFT adapter directory records, or None when `path` is not one."""
+    if not _is_adapter_dir(path):
+        return None
+    return json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def _generation_config(path: str) -> GenerationConfig | None:
+    """The checkpoint's `generation_config.json` (None when it has none)."""
+    path = resolve_model_path(path)
+    try:
+        return GenerationConfig.from_pretrained(path, **_hub_kwargs(path))
+    except OSError:
+        return None
 
 
 def _from_pretrained(auto_cls: Any, path: str, cfg: ModelConfig, device: torch.device, **kwargs: Any) -> Any:
@@ -174,7 +208,8 @@ def _from_pretrained(auto_cls: Any, path: str, cfg: ModelConfig, device: torch.d
         device_map = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
         kwargs.update(quantization_config=quant, device_map=device_map)
     try:
-        model = auto_cls.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation, **kwargs)
+        model = auto_cls.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation,
+                                         **_hub_kwargs(path), **kwargs)
     except OSError as err:
         _load_hf_config(path)
         raise ModelLoadError(f"Could not load model weights from '{path}': {err}") from err
@@ -188,8 +223,10 @@ def _match_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> 
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
+        # every token that ends a response (the checkpoint's EOS list, the turn end), so that generate — ours and
+        # TRL's GRPO / RLOO, which read this — stops at the turn end of any family
+        model.generation_config.eos_token_id = stop_token_ids(tokenizer, model.generation_config)
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
 
 
 def load_causal_lm(

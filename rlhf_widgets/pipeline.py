@@ -137,7 +137,7 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
 def _compare(state: dict, config: QuickstartConfig) -> dict:
     """Gold and RM win rates over SFT, KL to SFT and length, for every policy the run produced."""
     from rlhf_widgets import sandbox
-    from rlhf_widgets.best_of_n import BestOfNSampler
+    from rlhf_widgets.best_of import BestOfNSampler
     from rlhf_widgets.evaluation import compare_policies
 
     prompts = [p.text for p in sandbox.make_prompts(config.eval_prompts, seed=config.seed + 3, split="test")]

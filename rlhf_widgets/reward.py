@@ -1,16 +1,23 @@
 """Reward model stage: train on preference pairs with TRL's RewardTrainer, then score responses.
 
 `RewardModel` is a reward function in the project's protocol (`rlhf_widgets.rewards`): calling it — or its
-`score` — on (prompts, responses) formats each pair as a chat conversation exactly as TRL's RewardTrainer did
-during training, reads the score at the last real token (the EOS), in eval mode, batched, normalised so that a
-reference set of responses (e.g. SFT samples) scores mean 0 / std 1. PPO, GRPO/RLOO, best-of-N, AI labelers
-and evaluation all take it.
+`score` — on (prompts, responses) formats each pair as a chat conversation with the same function that made the
+training sequences (`reward_token_ids`), reads the score at the last real token (the turn end), in eval mode,
+batched, normalised so that a reference set of responses (e.g. SFT samples) scores mean 0 / std 1. PPO,
+GRPO/RLOO, best-of-N, AI labelers and evaluation all take it.
+
+A conversation longer than `max_length` tokens keeps its end — the response, where the score is read — and
+loses the start of its prompt (after a leading BOS / [CLS]); training and scoring trim the same way, and both
+count and say how many were trimmed. Any sequence classifier works as the backbone: the SFT model (a decoder
+with a score head) or an encoder (BERT / DeBERTa / MiniLM-style, with the plain encoder chat format of
+`rlhf_widgets.chat`), with its own tokenizer.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +28,7 @@ import trl
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhf_widgets.chat import render
 from rlhf_widgets.config import SANDBOX, ModelConfig, TrainingDefaults, as_model_config
 from rlhf_widgets.data import as_messages, message_text, split_by_prompt
 from rlhf_widgets.metrics import MetricsLog
@@ -67,6 +75,29 @@ class RewardStageConfig(TrainingDefaults, trl.RewardConfig):
             raise ValueError(f"RewardStageConfig.normalize_on={self.normalize_on}: must be >= 0")
 
 
+class TrimmedWarning(UserWarning):
+    """Some (prompt, response) conversations were longer than the reward model's max_length."""
+
+
+def reward_token_ids(tokenizer: PreTrainedTokenizerBase, conversation: list[dict], max_length: int | None
+                     ) -> tuple[list[int], bool]:
+    """The token ids a reward model reads for one conversation (the chat format over prompt + response) and
+    whether they were trimmed: beyond `max_length` the start of the prompt goes (after a leading BOS / [CLS]),
+    never the response's end, where the score is read."""
+    ids = render(tokenizer, conversation, tokenize=True, return_dict=True)["input_ids"]
+    if not max_length or len(ids) <= max_length:
+        return ids, False
+    lead = 1 if ids[0] in (tokenizer.bos_token_id, getattr(tokenizer, "cls_token_id", None)) else 0
+    return ids[:lead] + ids[len(ids) - (max_length - lead):], True
+
+
+def _say_trimmed(trimmed: int, total: int, max_length: int, what: str) -> None:
+    if trimmed:
+        warnings.warn(f"{trimmed} of {total} {what} were longer than max_length={max_length} tokens: their prompts "
+                      "were trimmed from the left, keeping the response's end (raise max_length to keep more)",
+                      TrimmedWarning, stacklevel=3)
+
+
 def _conversations(prompts: Sequence, responses: Sequence[str | list]) -> list[list[dict]]:
     if len(prompts) != len(responses):
         raise ValueError(f"score(): {len(prompts)} prompts but {len(responses)} responses")
@@ -99,18 +130,18 @@ class RewardModel:
         self.scale = scale
         self.batch_size = batch_size
         self.max_length = max_length
+        self.trimmed = 0
+        """conversations scored so far whose prompt was trimmed to fit `max_length`"""
         self.__name__ = "reward_model"  # TRL names reward-function metrics after this
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _encode(self, conversations: list[list[dict]]) -> dict[str, torch.Tensor]:
-        # the same token sequence TRL's RewardTrainer built: the chat template over prompt + response
-        ids = [
-            self.tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"][: self.max_length]
-            for c in conversations
-        ]
+    def _encode(self, conversations: list[list[dict]]) -> tuple[dict[str, torch.Tensor], int]:
+        """Right-padded model inputs (the same token sequences training used) and how many were trimmed."""
+        encoded = [reward_token_ids(self.tokenizer, c, self.max_length) for c in conversations]
+        ids = [row for row, _ in encoded]
         width = max(len(x) for x in ids)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
@@ -118,16 +149,21 @@ class RewardModel:
         for i, row in enumerate(ids):  # right padding: the sequence classifier pools the last non-pad token
             input_ids[i, : len(row)] = torch.tensor(row)
             mask[i, : len(row)] = 1
-        return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+        inputs = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+        return inputs, sum(trimmed for _, trimmed in encoded)
 
     @torch.no_grad()
     def raw_score(self, prompts: Sequence, responses: Sequence) -> torch.Tensor:
-        """Unnormalised scores, float32 on CPU, shape (N,)."""
+        """Unnormalised scores, float32 on CPU, shape (N,). Conversations longer than `max_length` lose the start
+        of their prompt (counted in `trimmed`, and said)."""
         convs = _conversations(prompts, responses)
-        out = []
+        out, trimmed = [], 0
         for start in range(0, len(convs), self.batch_size):
-            logits = self.model(**self._encode(convs[start : start + self.batch_size])).logits
-            out.append(logits[:, 0].float().cpu())
+            inputs, n_trimmed = self._encode(convs[start : start + self.batch_size])
+            out.append(self.model(**inputs).logits[:, 0].float().cpu())
+            trimmed += n_trimmed
+        self.trimmed += trimmed
+        _say_trimmed(trimmed, len(convs), self.max_length, "conversations scored")
         return torch.cat(out) if out else torch.zeros(0)
 
     def score(self, prompts: Sequence, responses: Sequence, normalize: bool = True) -> torch.Tensor:
@@ -196,12 +232,42 @@ class RewardModelResult(StageResult):
     """the held-out pairs (by prompt), None when `eval_fraction=0`"""
 
 
+HEADS = ("score", "classifier")
+"""Names of a sequence classifier's output head: decoders' `score`, encoders' (BERT, DeBERTa) `classifier`."""
+
+
+def score_head(model: torch.nn.Module) -> str:
+    """The name of the model's scoring head (fully trained, beside the LoRA adapters)."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    head = next((name for name in HEADS if isinstance(getattr(base, name, None), torch.nn.Module)), None)
+    if head is None:
+        raise ValueError(f"{type(base).__name__} has none of the scoring heads {HEADS}: load the reward backbone with "
+                         "AutoModelForSequenceClassification (rlhf_widgets.models.load_reward_backbone)")
+    return head
+
+
 def _adapters_to_compute_dtype(model: PreTrainedModel, only: str = "") -> None:
-    """Cast the adapter / score-head parameters (names containing `only`) to the embeddings' dtype."""
+    """Cast the adapter / scoring-head parameters (names containing `only`) to the embeddings' dtype."""
     dtype = model.get_input_embeddings().weight.dtype
+    head = f".{score_head(model)}."
     for name, param in model.named_parameters():
-        if (".lora_" in name or ".score." in f".{name}" or "modules_to_save" in name) and only in f".{name}":
+        if (".lora_" in name or head in f".{name}" or "modules_to_save" in name) and only in f".{name}":
             param.data = param.data.to(dtype)
+
+
+def _tokenized_pairs(pairs: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int | None
+                     ) -> tuple[datasets.Dataset, int]:
+    """`chosen_ids` / `rejected_ids` of every pair, made by `reward_token_ids` — the function scoring uses, so
+    training and scoring read the same tokens and long pairs are trimmed the same way, not dropped — and how many
+    pairs were trimmed."""
+    chosen, rejected, trimmed = [], [], 0
+    for prompt, good, bad in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"], strict=True):
+        (c, cut_c), (r, cut_r) = (reward_token_ids(tokenizer, conv, max_length)
+                                  for conv in _conversations([prompt, prompt], [good, bad]))
+        chosen.append(c)
+        rejected.append(r)
+        trimmed += cut_c or cut_r
+    return datasets.Dataset.from_dict({"chosen_ids": chosen, "rejected_ids": rejected}), trimmed
 
 
 def _fit_normalization_on(reward_model: RewardModel, pairs: datasets.Dataset, n: int) -> None:
@@ -222,9 +288,11 @@ def train_reward_model(
     """Train a reward model on preference pairs `data` (`load_preferences` / `PreferenceStore.to_dataset` format)
     and save it under `<output_dir>/final` (`RewardModel.load` reads it back).
 
-    `model` is the backbone: usually the SFT model's directory; LoRA / 4-bit via `ModelConfig`. With LoRA the
-    score head is trained in full (`modules_to_save=["score"]`). `config.eval_fraction` of the prompts, with
-    all their pairs, are held out (`split_by_prompt`) and evaluated each epoch.
+    `model` is the backbone: usually the SFT model's directory, or any sequence-classifier checkpoint — an
+    encoder too, with its own tokenizer; LoRA / 4-bit via `ModelConfig`. With LoRA the scoring head is trained in
+    full (`modules_to_save`). `config.eval_fraction` of the prompts, with all their pairs, are held out
+    (`split_by_prompt`) and evaluated each epoch. Pairs longer than `config.max_length` tokens keep their
+    responses and lose the start of their prompt (counted in a "trimmed" event), as scoring does.
     """
     config = copied(config or RewardStageConfig())
     model_cfg = as_model_config(model)
@@ -236,9 +304,17 @@ def train_reward_model(
     backbone, tokenizer = load_reward_backbone(model_cfg)
     if eval_ds is not None and config.eval_strategy == "no":
         config.eval_strategy = "epoch"
+    train_ids, trimmed = _tokenized_pairs(train_ds, tokenizer, config.max_length)
+    eval_ids, eval_trimmed = (_tokenized_pairs(eval_ds, tokenizer, config.max_length) if eval_ds is not None
+                              else (None, 0))
+    if trimmed + eval_trimmed:
+        metrics.log_event("trimmed", f"{trimmed + eval_trimmed} of {len(data)} pairs were longer than "
+                          f"max_length={config.max_length}: their prompts were trimmed from the left", step=0,
+                          stage="reward", pairs=trimmed + eval_trimmed)
+        _say_trimmed(trimmed + eval_trimmed, len(data), config.max_length, "training pairs")
     trainer, seconds = run_trl_trainer(
         "reward", _RewardTrainer, config, backbone, tokenizer, model_cfg, metrics, task_type="SEQ_CLS",
-        peft_overrides={"modules_to_save": ["score"]}, train_dataset=train_ds, eval_dataset=eval_ds)
+        peft_overrides={"modules_to_save": [score_head(backbone)]}, train_dataset=train_ids, eval_dataset=eval_ids)
     if model_cfg.load_in_4bit:  # score with the adapter dtype `RewardModel.load` will use
         _adapters_to_compute_dtype(trainer.model)
     reward_model = RewardModel(trainer.model, tokenizer, max_length=config.max_length or 512)
@@ -261,4 +337,4 @@ class _RewardTrainer(trl.RewardTrainer):
         super().__init__(*args, **kwargs)
         base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
         if getattr(base, "is_loaded_in_4bit", False):
-            _adapters_to_compute_dtype(self.model, only=".score.")
+            _adapters_to_compute_dtype(self.model, only=f".{score_head(self.model)}.")

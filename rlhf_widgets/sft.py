@@ -1,7 +1,10 @@
 """SFT stage: TRL's SFTTrainer on conversational prompt–completion data, full / LoRA / 4-bit+LoRA.
 
 Loss is on the assistant completion only (TRL's prompt–completion format), which works with any chat
-template. On the sandbox the default data are the world's curt-but-correct demonstrations.
+format and includes the format's turn end. A `messages` dataset is turned into that format first — the
+conversation up to its last assistant answer is the prompt, that answer the completion — since TRL would
+otherwise train on every token (system and user turns included). On the sandbox the default data are the
+world's curt-but-correct demonstrations.
 """
 
 from __future__ import annotations
@@ -61,4 +64,21 @@ def train_sft(
         from rlhf_widgets.sandbox import sft_dataset
 
         data = sft_dataset(config.sandbox_demos, seed=config.seed)
-    return run_policy_stage("sft", trl.SFTTrainer, config, model, metrics, train_dataset=data)
+    return run_policy_stage("sft", trl.SFTTrainer, config, model, metrics, train_dataset=as_prompt_completion(data))
+
+
+def as_prompt_completion(data: datasets.Dataset) -> datasets.Dataset:
+    """A `messages` dataset as TRL's prompt–completion format (the loss then falls on the last assistant answer
+    and its turn end only); any other format is returned as it is. A conversation that does not end with an
+    assistant answer raises ValueError naming the row."""
+    if "messages" not in data.column_names or "completion" in data.column_names:
+        return data
+
+    def split(row: dict, index: int) -> dict:
+        messages = row["messages"]
+        if not messages or messages[-1].get("role") != "assistant":
+            last = messages[-1].get("role") if messages else "nothing"
+            raise ValueError(f"row {index}: 'messages' must end with an assistant answer to train on, not {last}")
+        return {"prompt": messages[:-1], "completion": messages[-1:]}
+
+    return data.map(split, with_indices=True, remove_columns=["messages"])

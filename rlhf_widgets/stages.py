@@ -24,6 +24,7 @@ from typing import Any
 from peft import PeftModel
 
 from rlhf_widgets.callbacks import MetricsCallback
+from rlhf_widgets.chat import accepts_system_role, fit_messages
 from rlhf_widgets.config import ModelConfig, as_model_config
 from rlhf_widgets.metrics import MetricsLog
 from rlhf_widgets.models import ModelLike, load_causal_lm, lora_config
@@ -117,12 +118,31 @@ def run_trl_trainer(stage: str, trainer_cls: type, config: Any, model: Any, toke
     return trainer, time.perf_counter() - start
 
 
+CONVERSATION_COLUMNS = ("prompt", "messages", "chosen", "rejected", "completion")
+"""Dataset columns that may hold chat messages a chat format must accept."""
+
+
+def fit_to_chat_format(dataset: Any, tokenizer: Any) -> Any:
+    """`dataset` with its conversations as the tokenizer's chat format takes them: where the format rejects system
+    messages (Gemma 2), a leading system message is folded into the first user turn (`chat.fit_messages`)."""
+    columns = [c for c in CONVERSATION_COLUMNS if c in getattr(dataset, "column_names", ())]
+    if not columns or accepts_system_role(tokenizer):
+        return dataset
+
+    def fit(row: dict) -> dict:
+        return {c: fit_messages(tokenizer, row[c]) if isinstance(row[c], list) else row[c] for c in columns}
+
+    return dataset.map(fit)
+
+
 def run_policy_stage(stage: str, trainer_cls: type, config: Any, model: ModelLike, metrics: MetricsLog | None,
                      **trainer_kwargs: Any) -> StageResult:
     """Load `model`, train it with a TRL `trainer_cls`, save the policy (`save_trained_policy`) and return the
     `StageResult`. Used by SFT, DPO, GRPO and RLOO; `trainer_kwargs` carry the data (`train_dataset`, …)."""
     metrics = stage_metrics(metrics, config.output_dir, stage)
     loaded, tokenizer, model_config = load_for_training(model)
+    if "train_dataset" in trainer_kwargs:
+        trainer_kwargs["train_dataset"] = fit_to_chat_format(trainer_kwargs["train_dataset"], tokenizer)
     trainer, seconds = run_trl_trainer(stage, trainer_cls, config, loaded, tokenizer, model_config, metrics,
                                        **trainer_kwargs)
     final = save_trained_policy(trainer.model, tokenizer, config.output_dir)

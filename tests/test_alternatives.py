@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import label_rows, sandbox_prompts
 
-from rlhf_widgets.best_of_n import BestOfNSampler, best_of_n
+from rlhf_widgets.best_of import BestOfNSampler, best_of_n
 from rlhf_widgets.config import ModelConfig
 from rlhf_widgets.evaluation import best_of_n_curve, best_of_n_kl, compare_policies, evaluation_store, win_rate
 from rlhf_widgets.models import load_causal_lm

@@ -65,7 +65,8 @@ class ScriptedChatLM(torch.nn.Module):
 
     def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, eos_token_id, **_):
         replies = [self.tokenizer.encode(self.reply(text), add_special_tokens=False)[: max_new_tokens - 1]
-                   + [eos_token_id] for text in self._texts(input_ids, attention_mask)]
+                   + [eos_token_id[0] if isinstance(eos_token_id, list) else eos_token_id]
+                   for text in self._texts(input_ids, attention_mask)]
         width = max(map(len, replies))
         new = torch.tensor([r + [pad_token_id] * (width - len(r)) for r in replies])
         return torch.cat([input_ids, new], 1)

@@ -59,3 +59,23 @@ def test_model_config_validates_settings() -> None:
         ModelConfig(load_in_4bit=True)
     with pytest.raises(ValueError, match="device='tpu'"):
         ModelConfig(device="tpu")
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_hub_fails_fast_for_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Online mode, nothing answers: one refused request and a clear error, not ~85 s of retries."""
+    import socket
+    import time
+
+    import huggingface_hub.constants
+
+    with socket.socket() as s:  # a closed local port: connections are refused at once
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", False)
+    start = time.perf_counter()
+    with pytest.raises(ModelLoadError, match="hub could not provide it"):
+        load_causal_lm("nobody-here/no-model")
+    assert time.perf_counter() - start < 2.0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import sandbox_prompts
 
-from rlhf_widgets.best_of_n import best_of_n
+from rlhf_widgets.best_of import best_of_n
 from rlhf_widgets.evaluation import best_of_n_curve, ppo_overoptimization_curve, sample_policy, win_rate
 from rlhf_widgets.ppo import PPOConfig, PPOTrainer
 from rlhf_widgets.sandbox import gold_reward

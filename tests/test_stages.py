@@ -139,7 +139,11 @@ def test_reward_and_dpo_run_from_the_command_line(sft_model_dir: Path, preferenc
 
 
 def test_public_surface_resolves() -> None:
+    import rlhf_widgets.best_of  # noqa: F401 - a submodule imported first must not shadow an exported name
+    import rlhf_widgets.evaluation.reward_model  # noqa: F401
+
     for name in rlhf_widgets.__all__:
-        assert getattr(rlhf_widgets, name) is not None, name
+        value = getattr(rlhf_widgets, name)
+        assert value is not None and not inspect.ismodule(value), name
     with pytest.raises(AttributeError, match="no_such_name"):
         rlhf_widgets.no_such_name  # noqa: B018

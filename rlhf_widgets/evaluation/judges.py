@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, fields
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, Literal
 
+from rlhf_widgets.chat import accepts_system_role
 from rlhf_widgets.data import as_messages
 from rlhf_widgets.labeling.labelers import Labeler, RewardModelLabeler
 
@@ -241,7 +242,7 @@ class PairwiseJudge:
         config_max = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         self.max_length = max_length if max_length is not None else config_max
         self.name = name
-        self.fold_system = template.system is not None and not _accepts_system_role(self.tokenizer)
+        self.fold_system = template.system is not None and not accepts_system_role(self.tokenizer)
         self.verdict_token_ids = _verdict_token_ids(self.tokenizer, verdict_words) if verdict == "logprob" else {}
         self.stats = JudgeStats()
 
@@ -395,18 +396,6 @@ def load_chat_model(model: Any, tokenizer: PreTrainedTokenizerBase | None = None
         raise ValueError("the tokenizer has no pad token, so prompts cannot be batched: load the model with "
                          "rlhf_widgets.models.load_causal_lm (it adds one), or set tokenizer.pad_token")
     return model, tokenizer
-
-
-def _accepts_system_role(tokenizer: PreTrainedTokenizerBase) -> bool:
-    """Whether the chat template formats a system message (Gemma 2's raises; it gets it folded instead)."""
-    from jinja2 import TemplateError
-
-    try:
-        tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
-                                      tokenize=False, add_generation_prompt=True)
-    except TemplateError:
-        return False
-    return True
 
 
 def _verdict_token_ids(tokenizer: PreTrainedTokenizerBase,

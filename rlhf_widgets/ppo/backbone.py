@@ -2,13 +2,18 @@
 
 `SharedBackbone` — the memory-lean default: ONE base model (optionally 4-bit) with LoRA adapters.
     policy    = adapter "policy"                     (trainable)
-    reference = the same model with adapters disabled (`with peft.disable_adapter()`), or a frozen
-                copy of the SFT adapter ("reference") when the SFT model itself is an adapter
+    reference = the same model with adapters disabled (`with peft.disable_adapter()`). An SFT model saved as a
+                LoRA adapter is merged into the base first; on a quantized base, where it cannot be, the SFT
+                adapter stays as a frozen "reference" adapter, the policy starts as a copy of it, and the value
+                network runs on it too (adapters "reference" + "value"), so the critic always sees the SFT model
     value     = adapter "value" + a scalar head on the last hidden state (trainable). The value adapter
                 may sit on the top `value_layers` decoder layers only (PPOConfig.value_layers_fraction, by
                 default the top half): below them the value network is the frozen base, so that "trunk" is
                 computed once per rollout (`value_trunk`) and every value forward/backward of the PPO epochs
-                runs the top layers alone.
+                runs the top layers alone. Whether the split forward equals the full one is checked on the
+                model itself when the backbone is built (a stack whose embedding adds positions to
+                `inputs_embeds`, as GPT-2's does, fails it); where it does not, the value adapter covers every
+                layer and a warning says so.
     The PEFT fast paths (adapter switching, plain-LoRA forwards, merged sampling) live in `fastpaths`.
 `SeparateModels` — full trainable policy, a frozen reference copy, a separate value network. Simple and
     exact, at ~3x the memory.
@@ -26,6 +31,7 @@ import copy
 import dataclasses
 import shutil
 import tempfile
+import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -64,10 +70,15 @@ class _TrainMode:
 def _run_layers(stack: nn.Module, layers: slice, final_norm: bool):
     """Let a decoder stack run only `layers[layers]`, and skip its final norm unless `final_norm`: its forward then
     maps the hidden state entering the first of those layers (passed as `inputs_embeds`) to the one leaving the
-    last — mask and rotary positions are built as usual."""
+    last — mask and rotary positions are built as usual. A config's per-layer `layer_types` (sliding / full
+    attention, indexed by position inside the forward) is sliced alongside, so each layer keeps its own type."""
     layers_attr, norm_attr = decoder_layout(stack)
     all_layers, norm = getattr(stack, layers_attr), getattr(stack, norm_attr)
+    config = getattr(stack, "config", None)
+    layer_types = getattr(config, "layer_types", None)
     setattr(stack, layers_attr, nn.ModuleList(list(all_layers)[layers]))
+    if layer_types is not None:
+        config.layer_types = list(layer_types)[layers]
     if not final_norm:
         setattr(stack, norm_attr, nn.Identity())
     try:
@@ -75,6 +86,28 @@ def _run_layers(stack: nn.Module, layers: slice, final_norm: bool):
     finally:
         setattr(stack, layers_attr, all_layers)
         setattr(stack, norm_attr, norm)
+        if layer_types is not None:
+            config.layer_types = layer_types
+
+
+@torch.no_grad()
+def split_forward_error(stack: nn.Module, start: int, vocab_size: int, tokens: int = 12) -> float:
+    """Largest |full − split| of the stack's last hidden state on a probe batch (left padding included), where
+    "split" runs layers [0, start) and then [start, …) from that hidden state, as the value network does."""
+    device = next(stack.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab_size, (2, tokens), generator=generator).to(device)
+    mask = torch.ones_like(ids)
+    mask[1, : tokens // 3] = 0  # a left-padded row
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    inputs = {"attention_mask": mask, "position_ids": position_ids, "use_cache": False}
+    full = stack(input_ids=ids, **inputs).last_hidden_state
+    with _run_layers(stack, slice(0, start), final_norm=False):
+        trunk = stack(input_ids=ids, **inputs).last_hidden_state
+    with _run_layers(stack, slice(start, None), final_norm=True):
+        split = stack(inputs_embeds=trunk, **inputs).last_hidden_state
+    real = mask.bool()
+    return (full[real].float() - split[real].float()).abs().max().item()
 
 
 def _on_layers(lora: LoraConfig, stack: nn.Module, layers: range) -> LoraConfig:
@@ -114,12 +147,23 @@ class SharedBackbone(nn.Module):
             raise ValueError(f"SharedBackbone: value_layers={value_layers} must be in 1..{n_layers} (the model's "
                              "decoder layers)")
         self.value_start = 0 if value_layers is None else n_layers - value_layers
+        if self.value_start:
+            vocab = (base.get_base_model() if isinstance(base, PeftModel) else base).config.vocab_size
+            error = split_forward_error(stack, self.value_start, vocab)
+            if not error <= 1e-3:
+                warnings.warn(f"{type(stack).__name__}: the value network's split forward (layers below "
+                              f"{self.value_start} computed once, the top ones per update) differs from the full "
+                              f"forward by {error:.3g}"
+                              " on this model, so the value adapter covers every layer (value_layers_fraction=1.0; "
+                              "exact, at the full value network's cost)", stacklevel=3)
+                self.value_start = 0
         value_lora = lora if self.value_start == 0 else _on_layers(lora, stack, range(self.value_start, n_layers))
-        if isinstance(base, PeftModel):  # the SFT model is itself an adapter: it becomes policy init + reference
+        if isinstance(base, PeftModel):  # a quantized SFT adapter: the policy's start, the reference, the critic's base
             sft_adapter = base.active_adapter
+            sft_config = dataclasses.replace(base.peft_config[sft_adapter], lora_dropout=0.0)
             sft_state = {k: v.clone() for k, v in base.state_dict().items() if f".{sft_adapter}." in k}
-            base.add_adapter(REFERENCE, base.peft_config[sft_adapter])
-            base.add_adapter(POLICY, base.peft_config[sft_adapter])
+            base.add_adapter(REFERENCE, sft_config)
+            base.add_adapter(POLICY, sft_config)
             for name in (REFERENCE, POLICY):
                 renamed = {k.replace(f".{sft_adapter}.", f".{name}."): v for k, v in sft_state.items()}
                 base.load_state_dict(renamed, strict=False)
@@ -134,8 +178,10 @@ class SharedBackbone(nn.Module):
             self.has_reference_adapter = False
         self.checkpointing = activation_checkpointing
         if activation_checkpointing:
-            self.peft.get_base_model().gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.peft.get_base_model().activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False})
+        # the critic sees the SFT model: with an SFT reference adapter, the value adapter runs on top of it
+        self.value_adapters: str | list[str] = [REFERENCE, VALUE] if self.has_reference_adapter else VALUE
         self.peft.eval()
         device = next(self.peft.parameters()).device
         self.value_head = _value_head(self.peft.get_base_model().config.hidden_size, device)
@@ -152,6 +198,11 @@ class SharedBackbone(nn.Module):
                               enabled=fast_paths, merge_for_generation=merge_for_generation)
         self._value_params += list(self.value_head.parameters())
         self.fast.activate(POLICY)
+
+    @property
+    def sampling_model(self) -> nn.Module:
+        """The model whose `generate` samples the policy (its generation_config is the one sampling uses)."""
+        return self.peft
 
     @property
     def merge_for_generation(self) -> bool:
@@ -186,8 +237,8 @@ class SharedBackbone(nn.Module):
     @torch.no_grad()
     def reference_logits(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0,
                          return_trunk: bool = False):
-        """Reference logits; with `return_trunk`, `(logits, value_trunk(...))` — read off the same forward
-        when the reference is the plain base (its lower layers are exactly the value network's trunk)."""
+        """Reference logits; with `return_trunk`, `(logits, value_trunk(...))` — read off the same forward (the
+        reference's lower layers are exactly the value network's trunk)."""
         if self.has_reference_adapter:
             self.fast.activate(REFERENCE)
             ctx = self.fast.plain_lora(REFERENCE)
@@ -195,7 +246,7 @@ class SharedBackbone(nn.Module):
             ctx = self.peft.disable_adapter()
         captured: list[torch.Tensor] = []
         hook = None
-        if return_trunk and self.value_start and not self.has_reference_adapter:
+        if return_trunk and self.value_start:  # below value_start the value network is exactly the reference
             blocks = getattr(self._stack, decoder_layout(self._stack)[0])
             hook = blocks[self.value_start - 1].register_forward_hook(
                 lambda _module, _args, output: captured.append(output[0] if isinstance(output, tuple) else output))
@@ -218,7 +269,7 @@ class SharedBackbone(nn.Module):
         value adapter covers every layer. Constant while PPO trains: compute it once per rollout."""
         if self.value_start == 0:
             return None
-        self.fast.activate(VALUE)  # no value LoRA below value_start: these layers are the plain base
+        self.fast.activate(self.value_adapters)  # no value LoRA below value_start: the base (+ an SFT adapter)
         stack = self._stack
         with _run_layers(stack, slice(0, self.value_start), final_norm=False):
             trunk = stack(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -229,9 +280,9 @@ class SharedBackbone(nn.Module):
         """V(s) at every position, (B, T). `trunk` (from `value_trunk`) skips the frozen lower layers."""
         if self.value_start and trunk is None:
             trunk = self.value_trunk(input_ids, attention_mask, position_ids)
-        self.fast.activate(VALUE)
+        self.fast.activate(self.value_adapters)
         stack = self._stack
-        with self._graph_mode(), self.fast.plain_lora(VALUE):
+        with self._graph_mode(), self.fast.plain_lora(self.value_adapters):
             if trunk is None:
                 hidden = stack(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                use_cache=False).last_hidden_state
@@ -299,6 +350,11 @@ class SeparateModels(nn.Module):
     @property
     def value_parameters(self) -> list[nn.Parameter]:
         return list(self.value_body.parameters()) + list(self.value_head.parameters())
+
+    @property
+    def sampling_model(self) -> nn.Module:
+        """The model whose `generate` samples the policy."""
+        return self.policy
 
     def generate(self, **kwargs) -> torch.Tensor:
         return self.policy.generate(**kwargs)

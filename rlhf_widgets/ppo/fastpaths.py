@@ -128,8 +128,9 @@ class FastPaths:
         return None
 
     # ---------------------------------------------------------------- adapter switching
-    def activate(self, adapter: str) -> None:
-        """Make `adapter` the one forwards run, keeping exactly the trainable set trainable."""
+    def activate(self, adapter: str | list[str]) -> None:
+        """Make `adapter` (or several, whose deltas add up) the one forwards run, keeping exactly the trainable set
+        trainable."""
         if adapter == self._active:
             return
         self._active = adapter
@@ -151,11 +152,11 @@ class FastPaths:
 
     # ---------------------------------------------------------------- plain-LoRA forwards
     @contextmanager
-    def plain_lora(self, adapter: str) -> Iterator[None]:
+    def plain_lora(self, adapter: str | list[str]) -> Iterator[None]:
         """Run `adapter`'s plain LoRA linears as `_PlainLoRALinear` for the forwards inside; layers it can't cover
         keep PEFT's forward. Off in train mode, which is how forwards that build a graph run under activation
         checkpointing: a checkpointed layer recomputes its forward during backward, after the swap is undone."""
-        if not self.enabled or self.peft.training:
+        if not self.enabled or self.peft.training or not isinstance(adapter, str):  # several adapters: PEFT's
             yield
             return
         if adapter not in self._plain:

@@ -14,7 +14,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from rlhf_widgets.data import last_user_content
-from rlhf_widgets.generation import encode_prompts
+from rlhf_widgets.generation import encode_prompts, exact_sampling
 from rlhf_widgets.ppo import core
 from rlhf_widgets.rewards import RewardFunction, score_responses
 
@@ -40,9 +40,9 @@ class Rollout:
     responses: torch.Tensor
     """(B, T) response ids, pad after the first EOS"""
     response_mask: torch.Tensor
-    """(B, T) float, 1 on response tokens up to and including the first EOS"""
+    """(B, T) float, 1 on response tokens up to and including the first stop token"""
     contains_eos: torch.Tensor
-    """(B,) bool, the response ended with EOS (else it hit max_new_tokens)"""
+    """(B,) bool, a stop token (EOS or the family's turn end) ended the response (else it hit max_new_tokens)"""
     logprobs: torch.Tensor
     """(B, T) log π_old(token) under logits / temperature"""
     ref_logprobs: torch.Tensor
@@ -126,18 +126,21 @@ def make_rollout(backend, tokenizer, prompts: Sequence, reward: RewardFunction, 
         forward_batch_size: rollouts per no-grad forward for log-probs and values.
     Raises `TrainingStopped` on non-finite log-probs, values or scores.
     """
-    # 1. sample responses from the current policy (left-padded queries, stop at EOS)
+    # 1. sample responses from the current policy (left-padded queries, stop at any stop token), from exactly
+    #    softmax(logits / T): the checkpoint's generation_config (e.g. a repetition penalty) is swapped out
     query = encode_prompts(tokenizer, prompts, device)
     context = query["input_ids"].shape[1]
     sampled = SampledLogprobs(temperature) if recorded_logprobs else None
-    out = backend.generate(
-        **query, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        logits_processor=LogitsProcessorList([sampled] if sampled else []),
-    )
+    with exact_sampling(backend.sampling_model, tokenizer) as stops:
+        out = backend.generate(
+            **query, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+            eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
+            logits_processor=LogitsProcessorList([sampled] if sampled else []),
+        )
     responses = out[:, context:]
-    # 2. truncate after the first EOS; the mask covers the response up to and including it
-    is_eos = responses == tokenizer.eos_token_id
+    # 2. truncate after the first stop token (EOS or the turn end); the mask covers the response up to and
+    #    including it — the reward is read there, and only responses without one get the missing-EOS penalty
+    is_eos = torch.isin(responses, torch.tensor(stops, device=responses.device))
     contains_eos = is_eos.any(dim=1)
     last = torch.where(contains_eos, is_eos.int().argmax(dim=1), responses.shape[1] - 1)
     positions = torch.arange(responses.shape[1], device=responses.device).unsqueeze(0)
@@ -178,9 +181,10 @@ def make_rollout(backend, tokenizer, prompts: Sequence, reward: RewardFunction, 
         contains_eos=contains_eos, logprobs=logprobs, ref_logprobs=torch.cat(ref_lp), values=torch.cat(values),
         value_trunk=torch.cat(trunks) if trunks[0] is not None else None, scores=scores,
     )
-    for name in ("logprobs", "ref_logprobs", "values", "scores"):
+    for name, what in (("logprobs", "log-probs"), ("ref_logprobs", "reference log-probs"), ("values", "values"),
+                       ("scores", "reward scores")):
         if not torch.isfinite(getattr(rollout, name)).all():
-            raise TrainingStopped(f"non-finite {name.replace('_', ' ')} in the rollout")
+            raise TrainingStopped(f"non-finite {what} in the rollout")
     return rollout
 
 

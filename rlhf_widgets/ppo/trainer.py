@@ -125,8 +125,8 @@ class PPOTrainer:
         if isinstance(model, (str, os.PathLike, ModelConfig)):
             device = "cuda" if self.accelerator.device.type == "cuda" else "cpu"
             settings = as_model_config(model, device=device)
-            # a shared base keeps an SFT adapter as an adapter: it becomes the policy's start and the reference
-            base, tokenizer = load_causal_lm(settings, merge_adapter=not self.config.shared_base)
+            # an SFT adapter is merged into its base (kept as an adapter on a quantized base: see backbone.py)
+            base, tokenizer = load_causal_lm(settings)
             return base, tokenizer, settings
         base, tokenizer = load_causal_lm(model)
         return base, tokenizer, ModelConfig(model_name_or_path=model_name(model))
