@@ -248,3 +248,39 @@ def test_a_real_pretrained_encoder_trains_and_scores_as_the_reward_model(minilm_
     best = best_of_n([p.text for p in prompts[:2]], model="sandbox", reward=rm, n=2,
                      settings=SamplingSettings(max_new_tokens=8))
     assert len(best.scores) == 2
+
+
+@pytest.mark.parametrize("load_in_4bit", [False, True], ids=["merged", "4bit-reference-adapter"])
+def test_ppo_from_an_sft_adapter_critic_sees_the_sft_model_without_dropout(load_in_4bit: bool,
+                                                                          tmp_path: Path) -> None:
+    """An SFT model saved as a LoRA adapter (with dropout 0.3): unquantized, PPO merges it into the base (the
+    reference and the critic are the SFT model); on a 4-bit base it stays a frozen reference adapter, the critic
+    runs on it, and PPO's copies have dropout 0 — so the first update is exact under activation checkpointing."""
+    from rlhf_widgets import ModelConfig, SFTStageConfig, train_sft
+    from rlhf_widgets.ppo.backbone import REFERENCE, VALUE
+    from rlhf_widgets.sandbox import gold_reward, make_prompts
+
+    prompts = [p.text for p in make_prompts(4, seed=1)]
+    sft = train_sft(config=SFTStageConfig(output_dir=str(tmp_path / "sft"), sandbox_demos=32, max_steps=2,
+                                          learning_rate=1e-3),
+                    model=ModelConfig(use_peft=True, load_in_4bit=load_in_4bit, lora_r=4, lora_dropout=0.3))
+    adapter = sft.model_path if load_in_4bit else tmp_path / "sft" / "adapter"
+    config = PPOConfig(output_dir=str(tmp_path / "ppo"), num_updates=1, batch_size=4, mini_batch_size=4,
+                       num_ppo_epochs=1, max_new_tokens=8, sample_every=0)
+    settings = ModelConfig(model_name_or_path=str(adapter), use_peft=True, load_in_4bit=load_in_4bit)
+    trainer = PPOTrainer(prompts, config, model=settings, reward=gold_reward)
+    backend = trainer.backend
+    assert backend.has_reference_adapter == load_in_4bit
+    if load_in_4bit:
+        assert backend.checkpointing and backend.value_adapters == [REFERENCE, VALUE]
+        assert all(c.lora_dropout == 0.0 for c in backend.peft.peft_config.values())
+    else:  # the reference is the merged SFT model: the same logits as the SFT model saved merged
+        merged, tokenizer = load_causal_lm(sft.model_path)
+        batch = tokenizer(prompts, padding=True, return_tensors="pt")
+        position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            expected = merged(**batch, position_ids=position_ids).logits
+        got = backend.reference_logits(batch["input_ids"], batch["attention_mask"], position_ids)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    first = trainer.step()
+    assert abs(first["objective/kl"]) < 1e-3 and first["val/ratio"] == pytest.approx(1.0, abs=1e-4)
