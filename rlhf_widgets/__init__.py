@@ -26,6 +26,7 @@ _EXPORTS = {
     "load_preferences": "rlhf_widgets.data",
     "save_preferences": "rlhf_widgets.data",
     "load_prompts": "rlhf_widgets.data",
+    "demonstrations": "rlhf_widgets.data",
     # stages
     "StageResult": "rlhf_widgets.stages",
     "SFTStageConfig": "rlhf_widgets.sft",

@@ -119,6 +119,21 @@ def message_text(response: str | list[dict[str, str]]) -> str:
     return response[-1]["content"]
 
 
+def demonstrations(pairs: datasets.Dataset) -> datasets.Dataset:
+    """SFT demonstrations from preference pairs: each pair's prompt with its chosen answer, as TRL's
+    prompt–completion format (one row per distinct prompt and answer). A common first step when the only data are
+    preferences (SFT on the preferred answers, then a reward model and RL on the same pairs)."""
+    seen: set[str] = set()
+    rows = []
+    for prompt, chosen in zip(pairs["prompt"], pairs["chosen"], strict=True):
+        key = json.dumps([prompt, chosen], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            rows.append({"prompt": as_messages(prompt), "completion": [{"role": "assistant",
+                                                                        "content": message_text(chosen)}]})
+    return datasets.Dataset.from_list(rows)
+
+
 def split_by_prompt(dataset: datasets.Dataset, test_size: float, seed: int = 0) -> datasets.DatasetDict:
     """Hold out `test_size` of the *prompts* with all their pairs: `DatasetDict(train=…, test=…)`.
 
