@@ -280,6 +280,23 @@ def test_cohens_kappa_matches_a_hand_computed_value(store: PreferenceStore) -> N
     assert against_gold.kappa.isna().all()  # one shared pair, all "a": chance agreement is 1
 
 
+def test_team_agreement_takes_the_team_from_the_store(store: PreferenceStore) -> None:
+    store.add_pairs(make_rows(12))
+    store.set_team(3, exempt=["simulated"])
+    for pair_id in range(1, 13):
+        truth, other = ("a", "b") if pair_id % 2 else ("b", "a")
+        for who, choice in [("ann", truth), ("bob", truth), ("cy", other), ("dan", truth), ("gold", truth),
+                            ("simulated", "tie")]:
+            store.record(pair_id, choice, annotator=who)
+    store.undo("bob")  # bob's label of pair 12 no longer counts
+    result = store.team_agreement(reference="gold")
+    rows = result.annotators.set_index("annotator")
+    assert list(rows.index) == ["ann", "bob", "cy", "dan"]  # neither the reference nor the exempt labeler
+    assert list(rows.n_majority) == [11, 11, 12, 11]  # pair 12 without bob: cy against dan, no majority
+    assert list(rows.flagged) == [False, False, True, False]
+    assert list(rows.with_reference) == [1.0, 1.0, 0.0, 1.0] and list(rows.n_reference) == [12, 11, 12, 12]
+
+
 # ---------------------------------------------------------------- crash safety and concurrency
 WORKER = """
 import sys

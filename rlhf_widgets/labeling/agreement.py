@@ -64,7 +64,9 @@ def krippendorff_alpha(
     """
     table = np.array([[math.nan if v is None else v for v in row] for row in data], dtype=float)
     if table.ndim != 2 or not ((~np.isnan(table)).sum(axis=0) >= 2).any():
-        return math.nan
+        return math.nan  # no unit has two values to compare
+    if len(np.unique(table[~np.isnan(table)])) < 2:
+        return math.nan  # one value throughout: no disagreement to expect
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         alpha = krippendorff.alpha(reliability_data=table, level_of_measurement=level, value_domain=value_domain)
