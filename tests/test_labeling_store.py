@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
 from rlhf_widgets.labeling import LabelingSession, PreferenceStore, RewardModelLabeler, label_with
+from rlhf_widgets.labeling import store as store_module
 from rlhf_widgets.labeling.store import TeamSettings, copy_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -404,6 +405,20 @@ def test_team_hands_each_pair_to_overlap_annotators_and_never_twice_to_one(store
     assert rows.loc["eve", "labeled"] == 0 and rows.loc["eve", "holding"] == 2
     store.set_team(None)
     assert store.team() is None and store.next_pair("ann").id == 2 and store.next_pair("zed").id == 1
+
+
+def test_hand_out_scans_on_from_its_last_find_and_looks_back_from_time_to_time(
+    store: PreferenceStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.add_pairs(make_rows(4))
+    store.set_team(1)
+    assert store.next_pair("ann").id == 1 and store.next_pair("bob").id == 2
+    store.record(2, "a", annotator="bob")
+    store.release("ann", [1])
+    assert store.next_pair("bob").id == 3  # bob's scan starts at his last find: pair 1 waits for a full look
+    store.record(3, "a", annotator="bob")
+    monkeypatch.setattr(store_module, "_RESCAN_S", 0.0)
+    assert store.next_pair("bob").id == 1  # a full look finds it
 
 
 def test_team_exempt_annotators_get_every_pair_and_take_no_place(store: PreferenceStore) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import uuid
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -65,6 +66,9 @@ _PAIRS_LOCK = -1
 """writers' lock key for `add_pairs(if_empty=True)` (pair locks use the pair ids, which are > 0)"""
 _CANDIDATES = 16
 """pairs looked at per round when handing one out"""
+_RESCAN_S = 10.0
+"""seconds between hand-outs that look at every pair from the first one (in between, each annotator's scan
+starts where their last one found something: pairs before it were all settled, held or theirs)"""
 
 
 @dataclass(frozen=True)
@@ -165,7 +169,9 @@ class PreferenceStore:
         self.target: str = self._db.target
         """where the data is: the SQLite file, or the PostgreSQL URL without its password"""
         self.backend: str = self._db.dialect
-        """"sqlite" or "postgresql\""""
+        """which database holds the data: "sqlite" or "postgresql"."""
+        # annotator → (first pair id the next hand-out scan looks at, when a scan last started from pair 1)
+        self._scan_from: dict[str, tuple[int, float]] = {}
 
     def close(self) -> None:
         """Close the connection; the data stays."""
@@ -235,7 +241,9 @@ class PreferenceStore:
         order) without a current label from `annotator`. In a team, the pair is *handed out*: the first
         pair `annotator` has not labeled whose current labels and live leases, from other team
         annotators, number fewer than `overlap`; it is leased to `annotator` for `lease_s`. A pair
-        already leased to `annotator` comes first (e.g. after a kernel restart).
+        already leased to `annotator` comes first (e.g. after a kernel restart). "First" is as of the
+        last full look at the pairs, at most 10 s ago: a pair that an expired lease or an undo frees
+        behind the pairs handed out since may wait that long.
 
         Args:
             annotator: whose labels count.
@@ -251,8 +259,20 @@ class PreferenceStore:
                 [*([] if anyone else [annotator]), *exclude],
             )
             return _pair(rows[0]) if rows else None
-        return self._db.write(lambda tx: _hand_out(tx, team, annotator, only_unlabeled_by_anyone, exclude),
-                              idempotent=True)
+        start, full_at = self._scan_from.get(annotator, (1, -math.inf))
+        if time.monotonic() - full_at > _RESCAN_S:
+            start, full_at = 1, time.monotonic()
+        while True:
+            pair, first = self._db.write(
+                lambda tx, start=start: _hand_out(tx, team, annotator, only_unlabeled_by_anyone, exclude, start),
+                idempotent=True,
+            )
+            if pair is not None or start == 1:
+                break
+            start, full_at = 1, time.monotonic()  # nothing after the hint: look from the first pair
+        if first is not None:
+            self._scan_from[annotator] = (first, full_at)
+        return pair
 
     def release(self, annotator: str, pair_ids: Collection[int]) -> None:
         """Give back `annotator`'s leases on these pairs (e.g. pairs fetched but never labeled), so the rest
@@ -638,9 +658,11 @@ def _holders(pair: str, exempt: Collection[str]) -> str:
 
 
 def _hand_out(
-    tx: Transaction, team: TeamSettings, annotator: str, anyone: bool, exclude: Collection[int]
-) -> Pair | None:
-    """Lease `annotator` the next pair under `team`'s rules (see `PreferenceStore.next_pair`), in one transaction.
+    tx: Transaction, team: TeamSettings, annotator: str, anyone: bool, exclude: Collection[int], start: int
+) -> tuple[Pair | None, int | None]:
+    """Lease `annotator` the next pair from id `start` on under `team`'s rules (see `PreferenceStore.next_pair`),
+    in one transaction; returns (the pair or None, the first candidate seen — every pair before it was
+    unavailable to `annotator` — or None).
 
     Concurrency: candidates are read without locks; a candidate is taken only under its pair lock
     (`try_lock`, skipping pairs another annotator is being handed right now) after a fresh count, which
@@ -656,27 +678,30 @@ def _hand_out(
     )
     if held:
         tx.execute(_LEASE, (held[0]["id"], annotator, team.lease_s))
-        return _pair(held[0])
+        return _pair(held[0]), None
     exempt = team.exempt
     candidates = (
         # NOT IN (...): one hashed list of the annotator's pairs, whatever the planner's statistics say
-        "SELECT p.id FROM pairs p WHERE p.id NOT IN (SELECT pair_id FROM labelers WHERE annotator = ?)"
+        "SELECT p.id FROM pairs p WHERE p.id >= ? "
+        "AND p.id NOT IN (SELECT pair_id FROM labelers WHERE annotator = ?)"
         + (" AND p.id NOT IN (SELECT pair_id FROM labelers)" if anyone else "")
         + _not_in("p.id", exclude)
         + f" AND {_holders('p.id', exempt)} < ? ORDER BY p.id LIMIT {_CANDIDATES}"
     )
-    params = [annotator, *exclude, annotator, *exempt, annotator, team.overlap]
+    params = [start, annotator, *exclude, annotator, *exempt, annotator, team.overlap]
     recount = f"SELECT {_holders('?', exempt)} AS n"
+    first = None
     while True:
         ids = [row["id"] for row in tx.execute(candidates, params)]
         if not ids:
-            return None
+            return None, first
+        first = ids[0] if first is None else first
         for pair_id in ids:
             if not tx.try_lock(pair_id):
                 continue  # another annotator is being handed this pair right now
             if tx.execute(recount, [pair_id, annotator, *exempt, pair_id, annotator])[0]["n"] < team.overlap:
                 tx.execute(_LEASE, (pair_id, annotator, team.lease_s))
-                return _pair(tx.execute("SELECT * FROM pairs WHERE id = ?", (pair_id,))[0])
+                return _pair(tx.execute("SELECT * FROM pairs WHERE id = ?", (pair_id,))[0]), first
 
 
 def _decide(votes: Mapping[str, str], reference: str | None) -> str:
