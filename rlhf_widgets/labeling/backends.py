@@ -84,8 +84,9 @@ SQLITE_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
 class StoreUnavailable(ConnectionError):
     """The database cannot be reached: the server is down or restarting, or the network dropped.
 
-    The call that raised it wrote nothing, or — for `PreferenceStore.record` — wrote at most the one
-    label, which a retry with the same `request_id` finds instead of writing it twice. Retry later.
+    Reads and label writes (`record` with its `request_id`, `undo`, hand-outs) are safe to retry: a
+    retry finds what an unacknowledged attempt wrote instead of writing it twice. Other writes
+    (`add_pairs`, `copy_store`) say in the message when they may have been committed. Retry later.
     """
 
 

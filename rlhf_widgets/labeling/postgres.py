@@ -238,8 +238,9 @@ class PostgresDatabase(Database):
                         raise  # the server answered (e.g. a lock timeout): not a lost connection
                     self._discard()
                     if not idempotent or attempt:
+                        unknown = "" if idempotent else "; it may have been committed: look before redoing it"
                         raise StoreUnavailable(
-                            f"lost the connection to PostgreSQL at {self.target}: {_reason(error)}"
+                            f"lost the connection to PostgreSQL at {self.target}: {_reason(error)}{unknown}"
                         ) from error
         raise AssertionError("unreachable")
 
