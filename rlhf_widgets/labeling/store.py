@@ -170,8 +170,9 @@ class PreferenceStore:
         """where the data is: the SQLite file, or the PostgreSQL URL without its password"""
         self.backend: str = self._db.dialect
         """which database holds the data: "sqlite" or "postgresql"."""
-        # annotator → (first pair id the next hand-out scan looks at, when a scan last started from pair 1)
-        self._scan_from: dict[str, tuple[int, float]] = {}
+        # (annotator, only_unlabeled_by_anyone) → (first pair id the next hand-out scan looks at, when a scan
+        # last started from pair 1)
+        self._scan_from: dict[tuple[str, bool], tuple[int, float]] = {}
 
     def close(self) -> None:
         """Close the connection; the data stays."""
@@ -259,7 +260,7 @@ class PreferenceStore:
                 [*([] if anyone else [annotator]), *exclude],
             )
             return _pair(rows[0]) if rows else None
-        start, full_at = self._scan_from.get(annotator, (1, -math.inf))
+        start, full_at = self._scan_from.get((annotator, only_unlabeled_by_anyone), (1, -math.inf))
         if time.monotonic() - full_at > _RESCAN_S:
             start, full_at = 1, time.monotonic()
         while True:
@@ -271,7 +272,7 @@ class PreferenceStore:
                 break
             start, full_at = 1, time.monotonic()  # nothing after the hint: look from the first pair
         if first is not None:
-            self._scan_from[annotator] = (first, full_at)
+            self._scan_from[annotator, only_unlabeled_by_anyone] = (first, full_at)
         return pair
 
     def release(self, annotator: str, pair_ids: Collection[int]) -> None:
