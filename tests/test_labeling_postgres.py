@@ -41,12 +41,14 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0, what: str =
 
 # ---------------------------------------------------------------- a store that stops answering (no server)
 class Outage(Database):
-    """Wraps a store's database: while `down`, every call raises StoreUnavailable; with `lose_ack`, the next
-    write commits and *then* raises, as when a connection drops between COMMIT and its acknowledgement."""
+    """Wraps a store's database: while `down`, every call raises StoreUnavailable (with `reads_down`, only
+    reads do); with `lose_ack`, the next write commits and *then* raises, as when a connection drops between
+    COMMIT and its acknowledgement."""
 
     def __init__(self, inner: Database) -> None:
         self.inner, self.dialect, self.target = inner, inner.dialect, inner.target
         self.down = False
+        self.reads_down = False
         self.lose_ack = False
 
     def _check(self) -> None:
@@ -55,6 +57,8 @@ class Outage(Database):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list:
         self._check()
+        if self.reads_down:
+            raise StoreUnavailable(f"can't reach {self.target}: simulated outage of reads")
         return self.inner.query(sql, params)
 
     def write(self, work: Callable[[Transaction], Any], *, idempotent: bool) -> Any:
@@ -121,6 +125,26 @@ def test_a_pending_label_can_be_dropped_instead(flaky) -> None:
     outage.down = False
     assert session.current.id == 1 and session.retry() is None and store.labels() == []
     session.close()
+
+
+def test_a_label_stored_when_the_next_pair_cannot_be_fetched_waits_for_that_pair(flaky) -> None:
+    store, outage = flaky
+    panel = LabelingPanel(store, annotator="ann", retry_every_s=0.05)
+    panel.session._upcoming.result()  # pair 2 is prefetched
+    outage.reads_down = True
+    assert panel._choose("left").pair_id == 1 and panel.session.current.id == 2  # the prefetched pair
+    second = panel._choose("right")  # stored; the pair after it can't be fetched
+    assert second.pair_id == 2 and panel.session.waiting and not panel.session.done
+    assert panel.session.current is None and panel.session.pending is None
+    assert "label is saved, but the next pair can't be fetched" in panel._status.value
+    assert "Waiting for the label store" in panel._done.value  # not "All done"
+    with pytest.raises(RuntimeError, match="still to be fetched"):
+        panel.session.choose("left")
+    outage.reads_down = False
+    wait_for(lambda: panel._status.value == "The store is back.", what="fetching the next pair")
+    assert panel.session.current.id == 3 and not panel.session.waiting
+    assert [lbl.pair_id for lbl in store.labels(include_history=True)] == [1, 2]
+    panel.close()
 
 
 def test_panel_says_the_store_is_gone_keeps_the_label_and_saves_it_when_back(flaky) -> None:
@@ -227,8 +251,8 @@ def test_panel_recovers_from_a_server_restart_and_loses_nothing_acknowledged(pg_
             assert "127.0.0.1" in panel._status.value  # the message names the server
         finally:
             postgres_server.start()
-        wait_for(lambda: not panel.session.waiting, what="saving the kept label after the restart")
-        assert panel.session.current.id == 4 and "saved your label of pair 3" in panel._status.value
+        wait_for(lambda: "saved your label of pair 3" in panel._status.value, what="saving the kept label")
+        assert panel.session.current.id == 4 and not panel.session.waiting
         acknowledged.append(panel._choose("left").id)
         labels = store.labels(include_history=True)
         assert set(acknowledged) <= {lbl.id for lbl in labels}
