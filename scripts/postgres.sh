@@ -61,7 +61,9 @@ start_cluster() {
   chmod 700 "$dir"
   [ "$(id -u)" = 0 ] && chown postgres: "$dir"
   port=$(free_port)
-  as_server "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C --no-instructions >/dev/null
+  if ! as_server "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C --no-instructions >/dev/null; then
+    log "initdb failed"; rm -rf "$dir"; return 1
+  fi
   if ! as_server "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
       -o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null; then
     log "the server did not start; its log:"; tail -n 20 "$dir/server.log" >&2 || true
