@@ -1,6 +1,6 @@
 # Two commands on a fresh Linux machine with Python >= 3.10:
 #   make quickstart   # create .venv, install, run the offline RLHF loop
-#   make test         # same set-up, then the whole test suite
+#   make test         # same set-up, then the whole test suite (with a throw-away PostgreSQL server)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -26,8 +26,10 @@ browser:
 quickstart: $(STAMP)
 	$(PY) -m rlhf_widgets quickstart
 
+# the PostgreSQL tests get a throw-away server on loopback (installed from Debian's packages if missing),
+# stopped when the suite ends; without one they are skipped and say why
 test: $(STAMP) browser
-	$(PY) -m pytest -q -ra
+	bash scripts/postgres.sh run $(PY) -m pytest -q -ra
 
 lint: $(STAMP)
 	$(PY) -m ruff check rlhf_widgets tests benchmarks

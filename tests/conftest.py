@@ -14,7 +14,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-pytest_plugins = ["families"]  # the model-family checkpoints (tests/families.py)
+pytest_plugins = ["families", "pg_fixtures"]  # model-family checkpoints; a PostgreSQL server
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"

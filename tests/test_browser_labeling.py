@@ -1,9 +1,10 @@
 """Notebook 02 in a real JupyterLab + headless Chromium: clicks and keys label pairs, undo works.
 
 Runs the notebook with the sandbox base model and 8 prompts, labels six pairs (three buttons, three
-keys after clicking the panel) and undoes the last, then reads the labels straight from the SQLite
-file. Writes `test-artifacts/labeling_panel.png` and `test-artifacts/browser_latency.json` (ms from
-each click / key to the panel showing the next pair).
+keys after clicking the panel) and undoes the last, then reads the labels back from the store — the
+notebook's SQLite file, and (the `postgresql` variant) a PostgreSQL store on the test server. Writes
+`test-artifacts/labeling_panel.png` and `test-artifacts/browser_latency[_postgresql].json` (ms from each
+click / key to the panel showing the next pair).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import secrets
 import shutil
 import signal
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -29,6 +29,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from rlhf_widgets.labeling import PreferenceStore
 from rlhf_widgets.sandbox import base_model_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,11 +113,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _notebook_with_overrides(dest: Path) -> None:
-    """Notebook 02 with a cell after the parameters cell: the sandbox base model, 8 prompts."""
+def _notebook_with_overrides(dest: Path, labels: str | None) -> None:
+    """Notebook 02 with a cell after the parameters cell: the sandbox base model, 8 prompts, and the store
+    (`labels`; None: the notebook's own SQLite file)."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
     at = next(i for i, cell in enumerate(nb.cells) if "parameters" in cell.metadata.get("tags", []))
-    override = nbformat.v4.new_code_cell(f"POLICY = {str(base_model_path())!r}\nN_PROMPTS = 8")
+    store = f"\nLABELS = {labels!r}" if labels else ""
+    override = nbformat.v4.new_code_cell(f"POLICY = {str(base_model_path())!r}\nN_PROMPTS = 8{store}")
     nb.cells.insert(at + 1, override)
     nbformat.write(nb, dest)
 
@@ -133,11 +136,17 @@ def _write_lab_settings(settings: Path) -> None:
         (settings / name).write_text(json.dumps(values))
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def labels_store(request: pytest.FixtureRequest) -> str | None:
+    """Where the notebook keeps its labels: None (its SQLite file under runs/) or a PostgreSQL store's URL."""
+    return request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+
+
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
+def lab(tmp_path: Path, labels_store: str | None) -> Iterator[Lab]:
     root = tmp_path / "work"
     (root / "runs").mkdir(parents=True)
-    _notebook_with_overrides(root / NOTEBOOK.name)
+    _notebook_with_overrides(root / NOTEBOOK.name, labels_store)
     _write_lab_settings(tmp_path / "lab-settings")
     token, port = secrets.token_hex(16), _free_port()
     env = {
@@ -238,23 +247,17 @@ def _act(page, name: str, action) -> float:
     return ms
 
 
-def _current_labels(db: Path, annotator: str) -> tuple[dict[int, tuple[str, bool]], list[tuple]]:
+def _current_labels(db: Path | str, annotator: str) -> tuple[dict[int, tuple[str, bool]], list[tuple]]:
     """({pair_id: (choice, shown_swapped)} of the current labels, full history) of one annotator."""
-    with sqlite3.connect(db) as conn:
-        current = conn.execute(
-            "SELECT pair_id, choice, shown_swapped FROM labels WHERE annotator = ? AND id IN "
-            "(SELECT MAX(id) FROM labels WHERE undone = 0 GROUP BY pair_id, annotator)", (annotator,)
-        ).fetchall()
-        history = conn.execute(
-            "SELECT pair_id, choice, undone FROM labels WHERE annotator = ? ORDER BY id", (annotator,)
-        ).fetchall()
-    return {pair_id: (choice, bool(swapped)) for pair_id, choice, swapped in current}, history
+    with PreferenceStore(db) as store:
+        current = store.labels(annotator)
+        history = [(lbl.pair_id, lbl.choice, int(lbl.undone)) for lbl in store.labels(annotator, include_history=True)]
+    return {lbl.pair_id: (lbl.choice, lbl.shown_swapped) for lbl in current}, history
 
 
-def _pairs(db: Path) -> dict[int, tuple[str, str]]:
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT id, response_a, response_b FROM pairs ORDER BY id").fetchall()
-    return {pair_id: (_normalised(a), _normalised(b)) for pair_id, a, b in rows}
+def _pairs(db: Path | str) -> dict[int, tuple[str, str]]:
+    with PreferenceStore(db) as store:
+        return {pair.id: (_normalised(pair.response_a), _normalised(pair.response_b)) for pair in store.pairs()}
 
 
 def _which_pair(pairs: dict[int, tuple[str, str]], pair_id: int, left: str, right: str) -> tuple[int, bool]:
@@ -265,7 +268,7 @@ def _which_pair(pairs: dict[int, tuple[str, str]], pair_id: int, left: str, righ
 
 
 @pytest.mark.timeout(900)
-def test_label_pairs_in_jupyterlab(lab: Lab) -> None:
+def test_label_pairs_in_jupyterlab(lab: Lab, labels_store: str | None) -> None:
     from playwright import sync_api
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -287,7 +290,7 @@ def test_label_pairs_in_jupyterlab(lab: Lab) -> None:
             _wait_for_notebook(page)
             page.locator(".rlhfw-panel .rlhfw-prompt .rlhfw-text").first.wait_for(state="visible",
                                                                                    timeout=60_000)
-            db = lab.root / "runs" / "labels.sqlite"
+            db = labels_store or lab.root / "runs" / "labels.sqlite"
             pairs = _pairs(db)
             assert len(pairs) >= 7, f"only {len(pairs)} pairs to label; the test needs 7"
 
@@ -334,8 +337,10 @@ def test_label_pairs_in_jupyterlab(lab: Lab) -> None:
 
     ms = [value for _, value in latencies]
     median = statistics.median(ms)
-    (ARTIFACTS / "browser_latency.json").write_text(json.dumps({
+    suffix = "_postgresql" if labels_store else ""
+    (ARTIFACTS / f"browser_latency{suffix}.json").write_text(json.dumps({
         "actions": [name for name, _ in latencies], "latencies_ms": ms, "median_ms": median,
     }, indent=2))
     each = ", ".join(f"{value:.0f}" for value in ms)
-    print(f"click/key → next pair: median {median:.0f} ms over {len(ms)} actions ({each})")
+    print(f"click/key → next pair ({'PostgreSQL' if labels_store else 'SQLite'}): median {median:.0f} ms over "
+          f"{len(ms)} actions ({each})")

@@ -1,22 +1,32 @@
-"""PreferenceStore: validation, undo, export, agreement, crash safety and two writers; AI labelers."""
+"""PreferenceStore: validation, undo, export, agreement, crash safety and two writers; AI labelers.
+
+Every store test runs on both backends: a new SQLite file, and a new schema on a real PostgreSQL server
+(`pg_fixtures.py`; skipped, with the reason, when no server can be started).
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
-import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
-import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from rlhf_widgets.labeling import PreferenceStore, RewardModelLabeler, label_with
+from rlhf_widgets.labeling import LabelingSession, PreferenceStore, RewardModelLabeler, label_with
+from rlhf_widgets.labeling import store as store_module
+from rlhf_widgets.labeling.store import TeamSettings, copy_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,9 +36,23 @@ def make_rows(n: int) -> list[dict]:
              "metadata": {"a": {"model": "sft"}, "b": {"model": "ppo"}}} for i in range(n)]
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def new_target(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str]:
+    """Makes empty stores of the parametrised backend: a new SQLite file, or a new PostgreSQL schema."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("pg_schema")
+    numbers = itertools.count()
+    return lambda: str(tmp_path / f"labels{next(numbers)}.sqlite")
+
+
 @pytest.fixture
-def store(tmp_path: Path):
-    with PreferenceStore(tmp_path / "labels.sqlite") as s:
+def target(new_target: Callable[[], str]) -> str:
+    return new_target()
+
+
+@pytest.fixture
+def store(target: str):
+    with PreferenceStore(target) as s:
         yield s
 
 
@@ -124,18 +148,17 @@ class StoreMachine(RuleBasedStateMachine):
     labels not undone; the current label of a pair is the topmost one for it."""
 
     annotators = st.sampled_from(["ann", "bob"])
+    new_target: Callable[[], str]  # set by the test: a factory of empty stores of one backend
 
     @initialize(n=st.integers(1, 6))
     def open_store(self, n: int) -> None:
-        self.dir = tempfile.mkdtemp()
-        self.store = PreferenceStore(Path(self.dir) / "labels.sqlite")
+        self.store = PreferenceStore(self.new_target())
         self.ids = self.store.add_pairs(make_rows(n))
         self.stacks: dict[str, list[tuple[int, str]]] = {"ann": [], "bob": []}
 
     def teardown(self) -> None:
         if hasattr(self, "store"):
             self.store.close()
-            shutil.rmtree(self.dir)
 
     def current(self, who: str) -> dict[int, str]:
         return dict(self.stacks[who])  # later entries win
@@ -180,8 +203,9 @@ class StoreMachine(RuleBasedStateMachine):
         assert (nxt.id if nxt else None) == next((i for i in self.ids if i not in anyone), None)
 
 
-TestStoreMachine = StoreMachine.TestCase
-TestStoreMachine.settings = settings(max_examples=25, stateful_step_count=20, deadline=None)
+def test_store_machine(new_target: Callable[[], str]) -> None:
+    machine = type("Machine", (StoreMachine,), {"new_target": staticmethod(new_target)})
+    run_state_machine_as_test(machine, settings=settings(max_examples=25, stateful_step_count=20, deadline=None))
 
 
 # ---------------------------------------------------------------- export
@@ -257,6 +281,23 @@ def test_cohens_kappa_matches_a_hand_computed_value(store: PreferenceStore) -> N
     assert against_gold.kappa.isna().all()  # one shared pair, all "a": chance agreement is 1
 
 
+def test_team_agreement_takes_the_team_from_the_store(store: PreferenceStore) -> None:
+    store.add_pairs(make_rows(12))
+    store.set_team(3, exempt=["simulated"])
+    for pair_id in range(1, 13):
+        truth, other = ("a", "b") if pair_id % 2 else ("b", "a")
+        for who, choice in [("ann", truth), ("bob", truth), ("cy", other), ("dan", truth), ("gold", truth),
+                            ("simulated", "tie")]:
+            store.record(pair_id, choice, annotator=who)
+    store.undo("bob")  # bob's label of pair 12 no longer counts
+    result = store.team_agreement(reference="gold")
+    rows = result.annotators.set_index("annotator")
+    assert list(rows.index) == ["ann", "bob", "cy", "dan"]  # neither the reference nor the exempt labeler
+    assert list(rows.n_majority) == [11, 11, 12, 11]  # pair 12 without bob: cy against dan, no majority
+    assert list(rows.flagged) == [False, False, True, False]
+    assert list(rows.with_reference) == [1.0, 1.0, 0.0, 1.0] and list(rows.n_reference) == [12, 11, 12, 12]
+
+
 # ---------------------------------------------------------------- crash safety and concurrency
 WORKER = """
 import sys
@@ -272,7 +313,7 @@ for i in range(count):
 """
 
 
-def start_worker(path: Path, annotator: str, count: int, pause_after: int = 0) -> subprocess.Popen:
+def start_worker(path: Path | str, annotator: str, count: int, pause_after: int = 0) -> subprocess.Popen:
     """A process recording `count` labels, printing each id once `record` returned (pausing after
     `pause_after` labels; 0: never)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -283,8 +324,8 @@ def start_worker(path: Path, annotator: str, count: int, pause_after: int = 0) -
 
 
 @pytest.mark.parametrize("pause_after", [37, 0], ids=["killed-between-labels", "killed-while-writing"])
-def test_sigkill_loses_no_acknowledged_label(tmp_path: Path, pause_after: int) -> None:
-    path = tmp_path / "labels.sqlite"
+def test_sigkill_loses_no_acknowledged_label(target: str, pause_after: int) -> None:
+    path = target
     with PreferenceStore(path) as store:
         store.add_pairs(make_rows(5))
     worker = start_worker(path, "crashy", 100_000, pause_after)
@@ -300,8 +341,8 @@ def test_sigkill_loses_no_acknowledged_label(tmp_path: Path, pause_after: int) -
         assert (stored[label_id].note, stored[label_id].annotator) == (str(n), "crashy")
 
 
-def test_two_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "labels.sqlite"
+def test_two_processes_writing_at_once_lose_nothing(target: str) -> None:
+    path = target
     with PreferenceStore(path) as store:
         store.add_pairs(make_rows(5))
     workers = [start_worker(path, name, 500) for name in ("left-kernel", "right-kernel")]
@@ -311,6 +352,182 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
         labels = store.labels(include_history=True)
     assert len(labels) == 1000 and len({lbl.id for lbl in labels}) == 1000
     assert sum(lbl.annotator == "left-kernel" for lbl in labels) == 500
+
+
+# ---------------------------------------------------------------- idempotent writes
+def test_record_with_the_same_request_id_stores_one_label(store: PreferenceStore) -> None:
+    store.add_pairs(make_rows(2))
+    first = store.record(1, "a", annotator="ann", request_id="click-1")
+    assert store.record(1, "a", annotator="ann", request_id="click-1") == first  # a retry finds it
+    assert len(store.labels(include_history=True)) == 1
+    with pytest.raises(ValueError, match="click-1"):
+        store.record(2, "b", annotator="ann", request_id="click-1")
+    assert store.record(1, "b", annotator="ann").id != first.id  # without one, every call is a new label
+
+
+def test_add_pairs_if_empty_prepares_a_store_once_even_when_racing(new_target: Callable[[], str]) -> None:
+    target = new_target()
+    stores = [PreferenceStore(target) for _ in range(4)]
+    start = threading.Barrier(len(stores))
+
+    def prepare(store: PreferenceStore) -> list[int]:
+        start.wait()
+        return store.add_pairs(make_rows(3), if_empty=True)
+
+    with ThreadPoolExecutor(len(stores)) as pool:
+        results = list(pool.map(prepare, stores))
+    assert sorted(results) == [[], [], [], [1, 2, 3]] and len(stores[0]) == 3
+    assert stores[0].add_pairs(make_rows(1), if_empty=True) == [] and stores[0].add_pairs(make_rows(1)) == [4]
+    for store in stores:
+        store.close()
+
+
+# ---------------------------------------------------------------- teams: hand-out, leases, progress
+def test_team_hands_each_pair_to_overlap_annotators_and_never_twice_to_one(store: PreferenceStore) -> None:
+    store.add_pairs(make_rows(4))
+    assert store.team() is None
+    store.set_team(2)
+    assert store.team() == TeamSettings(overlap=2, lease_s=1800.0, exempt=())
+    assert [store.next_pair(name).id for name in ("ann", "bob", "cy")] == [1, 1, 2]
+    assert store.next_pair("ann").id == 1  # a pair leased to her comes back first (a restarted kernel)
+    assert store.next_pair("ann", exclude=[1]).id == 2  # the prefetch: cy holds one place of pair 2
+    assert store.next_pair("dan").id == 3  # 1 and 2 are held by two annotators each
+    store.record(1, "a", annotator="ann")
+    store.record(1, "b", annotator="bob")
+    assert store.next_pair("ann").id == 2 and store.next_pair("bob").id == 3
+    assert store.next_pair("eve").id == 4
+    store.release("dan", [3])
+    assert store.next_pair("eve", exclude=[4]).id == 3
+    progress = store.team_progress()
+    assert (progress.pairs, progress.complete, progress.started) == (4, 1, 1)
+    rows = progress.annotators.set_index("annotator")
+    assert rows.loc["ann", "labeled"] == 1 and rows.loc["ann", "holding"] == 1
+    assert rows.loc["eve", "labeled"] == 0 and rows.loc["eve", "holding"] == 2
+    store.set_team(None)
+    assert store.team() is None and store.next_pair("ann").id == 2 and store.next_pair("zed").id == 1
+
+
+def test_hand_out_scans_on_from_its_last_find_and_looks_back_from_time_to_time(
+    store: PreferenceStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.add_pairs(make_rows(4))
+    store.set_team(1)
+    assert store.next_pair("ann").id == 1 and store.next_pair("bob").id == 2
+    store.record(2, "a", annotator="bob")
+    store.release("ann", [1])
+    assert store.next_pair("bob").id == 3  # bob's scan starts at his last find: pair 1 waits for a full look
+    store.record(3, "a", annotator="bob")
+    monkeypatch.setattr(store_module, "_RESCAN_S", 0.0)
+    assert store.next_pair("bob").id == 1  # a full look finds it
+
+
+def test_team_exempt_annotators_get_every_pair_and_take_no_place(store: PreferenceStore) -> None:
+    store.add_pairs(make_rows(2))
+    store.set_team(1, exempt=["gold"])
+    for pair in store.pairs():
+        assert store.next_pair("gold").id == pair.id
+        store.record(pair.id, "a", annotator="gold")
+    assert store.next_pair("ann").id == 1 and store.next_pair("bob").id == 2 and store.next_pair("cy") is None
+    assert store.team_progress().started == 0  # gold's labels don't count for the team
+
+
+def test_undo_in_a_team_keeps_the_annotators_place_on_the_pair(store: PreferenceStore) -> None:
+    store.add_pairs(make_rows(2))
+    store.set_team(1)
+    store.record(store.next_pair("ann").id, "a", annotator="ann")
+    store.undo("ann")
+    assert store.next_pair("bob").id == 2  # pair 1 is still ann's, to label again
+    assert store.next_pair("ann").id == 1
+
+
+def test_an_expired_lease_frees_the_pair_and_a_late_label_is_still_kept(store: PreferenceStore) -> None:
+    store.add_pairs(make_rows(3))
+    store.set_team(1, lease_s=0.5)
+    assert store.next_pair("ann").id == 1 and store.next_pair("bob").id == 2
+    assert store.next_pair("cy").id == 3 and store.next_pair("dan") is None
+    time.sleep(0.7)
+    assert store.next_pair("dan").id == 1
+    late = store.record(1, "b", annotator="ann")  # human work is never thrown away
+    assert late in store.labels()
+
+
+def test_closing_a_session_gives_back_its_unlabeled_pairs(store: PreferenceStore) -> None:
+    store.add_pairs(make_rows(4))
+    store.set_team(1)
+    session = LabelingSession(store, annotator="ann")
+    assert session.current.id == 1
+    session.choose("left")  # labels 1, shows the prefetched 2, prefetches 3
+    assert session.current.id == 2
+    deadline = time.monotonic() + 10
+    while store.team_progress().annotators.set_index("annotator").loc["ann", "holding"] < 2:  # the prefetch
+        assert time.monotonic() < deadline, "the session never prefetched a second pair"
+        time.sleep(0.01)
+    assert store.next_pair("bob").id == 4
+    session.close()
+    assert store.next_pair("bob", exclude=[4]).id == 2 and store.next_pair("cy").id == 3
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"overlap": 0}, "overlap"), ({"overlap": True}, "overlap"), ({"overlap": 2.5}, "overlap"),
+    ({"overlap": 2, "lease_s": 0}, "lease_s"), ({"overlap": 2, "lease_s": float("inf")}, "lease_s"),
+    ({"overlap": 2, "exempt": "gold"}, "exempt"),
+])
+def test_set_team_rejects_bad_settings(store: PreferenceStore, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        store.set_team(**kwargs)
+    assert store.team() is None
+
+
+# ---------------------------------------------------------------- schema versions and copying
+OLD_SCHEMA = """
+CREATE TABLE pairs (id INTEGER PRIMARY KEY AUTOINCREMENT, prompt TEXT NOT NULL, response_a TEXT NOT NULL,
+    response_b TEXT NOT NULL, metadata TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE labels (id INTEGER PRIMARY KEY AUTOINCREMENT, pair_id INTEGER NOT NULL REFERENCES pairs(id),
+    annotator TEXT NOT NULL, choice TEXT NOT NULL CHECK (choice IN ('a', 'b', 'tie', 'skip')), note TEXT,
+    shown_swapped INTEGER NOT NULL, latency_s REAL, created_at TEXT NOT NULL, undone INTEGER NOT NULL DEFAULT 0);
+INSERT INTO pairs VALUES (1, '"old prompt"', 'x', 'y', '{}', '2026-01-02T03:04:05+00:00');
+INSERT INTO labels VALUES (1, 1, 'ann', 'a', NULL, 0, 1.5, '2026-01-02T03:04:06+00:00', 1);
+INSERT INTO labels VALUES (2, 1, 'ann', 'b', 'second', 1, NULL, '2026-01-02T03:04:07+00:00', 0);
+"""
+
+
+def test_a_store_from_before_schema_versions_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(OLD_SCHEMA)
+    with PreferenceStore(path) as store:
+        assert [(lbl.id, lbl.choice, lbl.undone) for lbl in store.labels(include_history=True)] == [
+            (1, "a", True), (2, "b", False)]
+        assert store.labels()[0].note == "second" and store.get_pair(1).prompt == "old prompt"
+        assert store.record(1, "tie", annotator="bob", request_id="r").id == 3
+        store.set_team(2)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall() == [(1,), (2,)]
+        conn.execute("INSERT INTO schema_migrations VALUES (99, 'from the future', '')")
+    with pytest.raises(RuntimeError, match="version 99.*upgrade rlhf-widgets"):
+        PreferenceStore(path)
+
+
+def test_copy_store_moves_everything_into_an_empty_store(tmp_path: Path, target: str) -> None:
+    chat = [{"role": "system", "content": "Be <b>kind</b>."}, {"role": "user", "content": "Hi?"}]
+    hostile = "<script>alert(1)</script> 'quotes'; DROP TABLE labels; -- ünïcode \\ 100%"
+    with PreferenceStore(tmp_path / "source.sqlite") as source:
+        source.add_pairs([*make_rows(2), {"prompt": chat, "response_a": hostile, "response_b": "b",
+                                          "metadata": {"a": {"model": hostile}}}])
+        source.record(1, "a", annotator="ann", note=hostile, latency_s=2.5)
+        source.record(3, "b", annotator="ann", shown_swapped=True)
+        source.undo("ann")
+        source.record(2, "tie", annotator="bob")
+        source.set_team(2, exempt=["gold"])
+        counts = copy_store(source, target)
+        assert counts == {"pairs": 3, "labels": 3, "settings": 1}
+        with PreferenceStore(target) as copy:
+            assert copy.pairs() == source.pairs()
+            assert copy.labels(include_history=True) == source.labels(include_history=True)
+            assert copy.team() == source.team()
+            assert copy.add_pairs(make_rows(1)) == [4] and copy.record(4, "a").id == 4  # ids go on after the copy
+        with pytest.raises(ValueError, match="already holds 4 pairs and 4 labels"):
+            copy_store(source, target)
 
 
 # ---------------------------------------------------------------- AI labelers

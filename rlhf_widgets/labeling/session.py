@@ -4,18 +4,25 @@ The session shows one pair at a time with its sides in a seeded random order (so
 averages out), turns "left"/"right" back into the stored, un-randomised "a"/"b", measures how long
 each label took, and prefetches the next pair on a worker thread so it is ready the moment a label
 is recorded.
+
+When the store cannot be reached (a PostgreSQL server restarting, a dropped network), `choose` raises
+`StoreUnavailable` and keeps the label as `pending`; `retry()` saves it — under the same request id, so
+it is stored once however many tries it takes — and moves on. Nothing is acknowledged before the store
+has it.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rlhf_widgets.labeling.store import Choice, Label, Pair, PreferenceStore, Prompt
+from rlhf_widgets.labeling.store import Choice, Label, Pair, PreferenceStore, Prompt, StoreUnavailable
 
 Side = Literal["left", "right", "tie", "skip"]
 SIDES: tuple[str, ...] = ("left", "right", "tie", "skip")
@@ -57,6 +64,18 @@ class ShownPair:
         if side in ("tie", "skip"):
             return side
         return "b" if (side == "left") == self.swapped else "a"
+
+
+@dataclass(frozen=True)
+class PendingLabel:
+    """A label chosen while the store could not be reached: not stored yet, kept until `retry()` stores it."""
+
+    shown: ShownPair
+    choice: Choice
+    note: str | None
+    latency_s: float
+    request_id: str
+    """sent with every try, so the store keeps one label however many tries reach it"""
 
 
 @dataclass(frozen=True)
@@ -111,8 +130,12 @@ class LabelingSession:
         self.source_key = source_key
         self._callbacks: list[Callable[[Label], Any]] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhfw-prefetch")
+        self._lock = threading.RLock()  # the panel's retry thread and its clicks may call in at once
         self._current: ShownPair | None = None
+        self._pending: PendingLabel | None = None
+        self._stalled = False  # a label was stored, but the pair after it could not be fetched yet
         self._shown_at = time.monotonic()
+        self._leased = store.team() is not None  # pairs are handed out: give back the unlabeled ones on close
         self._show(store.next_pair(annotator, only_unlabeled_by_anyone))
         self._upcoming = self._prefetch()
 
@@ -125,7 +148,17 @@ class LabelingSession:
     @property
     def done(self) -> bool:
         """True when there is nothing left to label."""
-        return self._current is None
+        return self._current is None and not self._stalled
+
+    @property
+    def pending(self) -> PendingLabel | None:
+        """The label chosen while the store was unreachable, until `retry()` stores it (None: none)."""
+        return self._pending
+
+    @property
+    def waiting(self) -> bool:
+        """True while the session waits for the store: a label to save, or the next pair to fetch."""
+        return self._pending is not None or self._stalled
 
     @property
     def progress(self) -> tuple[int, int]:
@@ -135,32 +168,61 @@ class LabelingSession:
     def choose(self, side: Side, note: str | None = None) -> Label:
         """Label the current pair and move on; returns the stored label.
 
+        If the store cannot be reached, raises `StoreUnavailable` and keeps the label as `pending`
+        (the pair stays current); `retry()` stores it later. If the label is stored but the next pair
+        cannot be fetched, returns the label with `waiting` True and no current pair until `retry()`.
+
         Args:
             side: "left" or "right" (the better response as displayed), "tie" or "skip".
             note: optional remark stored with the label (default None; blank counts as None).
         """
-        shown = self._current
-        if shown is None:
-            raise RuntimeError("nothing to label: the queue is empty")
-        choice = shown.choice(side)
-        label = self.store.record(
-            shown.id, choice, self.annotator, note=(note or "").strip() or None,
-            shown_swapped=shown.swapped, latency_s=time.monotonic() - self._shown_at,
-        )
-        self._show(self._upcoming.result())
-        self._upcoming = self._prefetch()
-        for callback in self._callbacks:
-            callback(label)
-        return label
+        with self._lock:
+            if self._pending is not None:
+                raise RuntimeError(f"the label of pair {self._pending.shown.id} is still waiting for the store: "
+                                   "retry() stores it, discard_pending() drops it")
+            shown = self._current
+            if shown is None:
+                raise RuntimeError("nothing to label: the next pair is still to be fetched (retry() fetches it)"
+                                   if self._stalled else "nothing to label: the queue is empty")
+            self._pending = PendingLabel(shown, shown.choice(side), (note or "").strip() or None,
+                                         time.monotonic() - self._shown_at, uuid.uuid4().hex)
+            return self._store_pending()
+
+    def retry(self) -> Label | None:
+        """Store the pending label and fetch the next pair, whichever is waiting; returns the label stored
+        (None if none was pending). Raises `StoreUnavailable` (keeping what waits) if the store is still
+        unreachable."""
+        with self._lock:
+            if self._pending is not None:
+                return self._store_pending()
+            if self._stalled:
+                self._show(self.store.next_pair(self.annotator, self.only_unlabeled_by_anyone))
+                self._stalled = False
+                self._upcoming = self._prefetch()
+            return None
+
+    def discard_pending(self) -> PendingLabel | None:
+        """Drop the pending label (it was never stored); its pair stays current. Returns it (None: none)."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+            return pending
 
     def undo(self) -> Label | None:
-        """Undo this annotator's latest label and show its pair again; returns it (None: nothing to undo)."""
-        label = self.store.undo(self.annotator)
-        if label is None:
-            return None
-        self._show(self.store.get_pair(label.pair_id))
-        self._upcoming = self._prefetch()
-        return label
+        """Undo this annotator's latest label and show its pair again; returns it (None: nothing to undo).
+
+        A pending label is not undone (it was never stored): drop it with `discard_pending()`.
+        """
+        with self._lock:
+            if self._pending is not None:
+                raise RuntimeError(f"the label of pair {self._pending.shown.id} was never stored: "
+                                   "discard_pending() drops it")
+            label = self.store.undo(self.annotator)
+            if label is None:
+                return None
+            self._show(self.store.get_pair(label.pair_id))
+            self._stalled = False
+            self._upcoming = self._prefetch()
+            return label
 
     def on_submit(self, callback: Callable[[Label], Any]) -> None:
         """Call `callback(label)` after every `choose`."""
@@ -183,10 +245,44 @@ class LabelingSession:
         return Tally(wins=wins, ties=ties, skips=skips)
 
     def close(self) -> None:
-        """Stop the prefetch worker (the store stays open)."""
+        """Stop the prefetch worker and, in a team, give back the pairs handed out but not labeled (the store
+        stays open)."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+        if not self._leased:
+            return
+        unlabeled = {self._current.id} if self._current is not None else set()
+        if self._upcoming.done() and not self._upcoming.cancelled() and self._upcoming.exception() is None:
+            upcoming = self._upcoming.result()
+            unlabeled |= {upcoming.id} if upcoming is not None else set()
+        try:
+            self.store.release(self.annotator, unlabeled)
+        except StoreUnavailable:
+            pass  # the leases run out by themselves
 
     # ------------------------------------------------------------------ internals
+    def _store_pending(self) -> Label:
+        """Record the pending label (same request id on every try), then show the next pair."""
+        pending = self._pending
+        label = self.store.record(
+            pending.shown.id, pending.choice, self.annotator, note=pending.note,
+            shown_swapped=pending.shown.swapped, latency_s=pending.latency_s, request_id=pending.request_id,
+        )
+        self._pending = None
+        try:
+            upcoming = self._upcoming.result()
+        except StoreUnavailable:
+            try:  # the prefetch failed while the store was away; it may be back now
+                upcoming = self.store.next_pair(self.annotator, self.only_unlabeled_by_anyone)
+            except StoreUnavailable:
+                self._current, self._stalled = None, True
+                upcoming = None
+        if not self._stalled:
+            self._show(upcoming)
+            self._upcoming = self._prefetch()
+        for callback in self._callbacks:
+            callback(label)
+        return label
+
     def _show(self, pair: Pair | None) -> None:
         if pair is None:
             self._current = None

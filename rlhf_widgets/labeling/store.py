@@ -1,69 +1,74 @@
-"""PreferenceStore: preference pairs and their labels in one SQLite file (no widget code).
+"""PreferenceStore: preference pairs and their labels in an SQLite file or a PostgreSQL database (no widget code).
 
-Durability and sharing:
-- WAL journal with ``synchronous=FULL``: a label is on disk when `record` returns, so a killed kernel
-  loses nothing that was acknowledged;
-- a busy timeout: two kernels (or a labeling notebook and a script) writing at once wait for each other
-  instead of failing; every write is one short transaction;
-- one connection per store, serialised by a lock, so a store may be shared between threads (the
-  labeling session prefetches on a worker thread).
+    PreferenceStore("labels.sqlite")                     # a file: one machine, any number of kernels
+    PreferenceStore("postgresql://alice@db.example/rl")  # a server: a team on many machines
+
+Both backends (`backends.py`, `postgres.py`) run the same SQL and give the same guarantees:
+- a label is durable when `record` returns (SQLite: WAL with `synchronous=FULL`; PostgreSQL: a committed
+  transaction with `synchronous_commit` on), so a killed kernel loses nothing that was acknowledged;
+- several writers at once wait for each other instead of failing; every write is one short transaction;
+- a store may be shared between threads (the labeling session prefetches on a worker thread);
+- with PostgreSQL, a dropped connection is reopened and the call re-run once; a server that cannot be
+  reached raises `StoreUnavailable`, and `record` can be retried with the same `request_id` without
+  ever storing the label twice.
 
 Labels are append-only. The *current* label of a (pair, annotator) is its latest label that is not
 undone; `undo` marks a label undone rather than deleting it, so the full history stays inspectable.
+
+Teams (`set_team`): each pair is handed to `overlap` annotators, never twice to one annotator and never
+to more than `overlap` at a time; a pair handed out and not labeled within the lease goes back to the
+pool. `next_pair` does the handing out, so `LabelingPanel(store, annotator="alice")` needs nothing else.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sqlite3
-import threading
+import time
+import uuid
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
-import datasets
-import pandas as pd
+from rlhf_widgets.labeling.backends import (
+    SCHEMA_VERSION,
+    Database,
+    Row,
+    SQLiteDatabase,
+    StoreUnavailable,
+    Transaction,
+    as_datetime,
+    is_postgres_url,
+)
 
-from rlhf_widgets.data import as_messages
+if TYPE_CHECKING:  # pandas, datasets and the statistics load where they are used: a process that only
+    import datasets  # labels (an annotator's worker, the command line) starts in a fraction of a second
+    import pandas as pd
+
+    from rlhf_widgets.labeling.agreement import TeamAgreement
 
 Choice = Literal["a", "b", "tie", "skip"]
 CHOICES: tuple[str, ...] = ("a", "b", "tie", "skip")
 Prompt = str | list[dict[str, str]]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS pairs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    prompt TEXT NOT NULL,          -- JSON: a string or a list of chat messages
-    response_a TEXT NOT NULL,
-    response_b TEXT NOT NULL,
-    metadata TEXT NOT NULL,        -- JSON object
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS labels (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    pair_id INTEGER NOT NULL REFERENCES pairs(id),
-    annotator TEXT NOT NULL,
-    choice TEXT NOT NULL CHECK (choice IN ('a', 'b', 'tie', 'skip')),
-    note TEXT,
-    shown_swapped INTEGER NOT NULL,
-    latency_s REAL,
-    created_at TEXT NOT NULL,
-    undone INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS labels_by_pair ON labels (pair_id, annotator, undone);
-CREATE INDEX IF NOT EXISTS labels_by_annotator ON labels (annotator, undone, id);
-"""
+__all__ = [
+    "CHOICES", "SCHEMA_VERSION", "Choice", "ExportCounts", "Label", "Pair", "PreferenceStore", "Prompt",
+    "StoreUnavailable", "TeamProgress", "TeamSettings", "copy_store",
+]
+
 _FIELDS = ("prompt", "response_a", "response_b", "metadata")
 # ids of the current label of every (pair, annotator): its latest label that is not undone
-_CURRENT_IDS = "SELECT MAX(id) FROM labels WHERE undone = 0 GROUP BY pair_id, annotator"
-_MESSAGE_FEATURES = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
-_DATASET_FEATURES = datasets.Features(
-    {"prompt": _MESSAGE_FEATURES, "chosen": _MESSAGE_FEATURES, "rejected": _MESSAGE_FEATURES}
-)
+_CURRENT_IDS = "SELECT MAX(id) FROM labels WHERE NOT undone GROUP BY pair_id, annotator"
+_PAIRS_LOCK = -1
+"""writers' lock key for `add_pairs(if_empty=True)` (pair locks use the pair ids, which are > 0)"""
+_CANDIDATES = 16
+"""pairs looked at per round when handing one out"""
+_RESCAN_S = 10.0
+"""seconds between hand-outs that look at every pair from the first one (in between, each annotator's scan
+starts where their last one found something: pairs before it were all settled, held or theirs)"""
 
 
 @dataclass(frozen=True)
@@ -109,43 +114,69 @@ class ExportCounts:
     """pairs without any current label from the annotator(s) considered"""
 
 
+@dataclass(frozen=True)
+class TeamSettings:
+    """How a store hands pairs out to a team (`PreferenceStore.set_team`)."""
+
+    overlap: int
+    """each pair goes to this many annotators (r; 2 or more gives agreement statistics)"""
+    lease_s: float
+    """seconds a handed-out pair stays reserved for its annotator without a label"""
+    exempt: tuple[str, ...]
+    """annotators outside the hand-out (e.g. "gold" or an AI labeler): they get every pair, and their
+    labels take no one's place"""
+
+
+@dataclass(frozen=True)
+class TeamProgress:
+    """Where a team stands (`PreferenceStore.team_progress`)."""
+
+    pairs: int
+    """pairs in the store"""
+    complete: int
+    """pairs labeled by `overlap` team annotators (skips count: the annotator saw the pair)"""
+    started: int
+    """pairs labeled by at least one team annotator"""
+    annotators: pd.DataFrame
+    """one row per annotator with a label or a live lease: `annotator`, `labeled` (pairs with a current
+    label), `skipped`, `holding` (pairs leased and not labeled yet), `last_label_at`"""
+
+
 class PreferenceStore:
-    """Preference pairs and append-only labels in an SQLite file (created if missing).
+    """Preference pairs and append-only labels, in an SQLite file or a PostgreSQL database.
 
     Args:
-        path: the SQLite file; its parent directory must exist.
-        busy_timeout_s: how long a write waits for another process's write lock (default 30 s).
+        target: an SQLite file (created if missing; its parent directory must exist), or a URL
+            `postgresql://user@host[:port]/dbname` (the tables are created on first use, in the
+            connection's current schema; a password comes from the URL, $PGPASSWORD or ~/.pgpass).
+        busy_timeout_s: SQLite: how long a write waits for another process's write lock (default 30 s).
+        connect_timeout_s: PostgreSQL: how long connecting may take before the server counts as
+            unreachable and `StoreUnavailable` is raised (default 5 s).
     """
 
-    def __init__(self, path: str | Path, busy_timeout_s: float = 30.0) -> None:
-        self.path = Path(path)
-        self._lock = threading.RLock()
-        # isolation_level=None: autocommit, transactions are explicit (BEGIN IMMEDIATE takes the write
-        # lock up front, so a read-then-write transaction can never deadlock against another writer)
-        # timeout: SQLite's busy timeout, how long a statement waits for another connection's lock
-        self._conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None,
-                                     check_same_thread=False)
-        self._conn.row_factory = sqlite3.Row
-        mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise OSError(f"{self.path}: SQLite refused WAL mode (journal_mode={mode}); use a local file")
-        self._conn.execute("PRAGMA synchronous = FULL")
-        with self._write() as conn:
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                conn.execute(statement)
+    def __init__(self, target: str | Path, busy_timeout_s: float = 30.0, *, connect_timeout_s: float = 5.0) -> None:
+        self._db: Database
+        if is_postgres_url(target):
+            from rlhf_widgets.labeling.postgres import PostgresDatabase  # psycopg only when it is needed
 
-    # ------------------------------------------------------------------ connection plumbing
-    def _write(self) -> _Transaction:
-        return _Transaction(self._conn, self._lock)
-
-    def _query(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+            self.path: Path | None = None
+            self._db = PostgresDatabase(str(target), connect_timeout_s)
+        elif isinstance(target, str) and "://" in target:
+            raise ValueError(f"PreferenceStore: {target!r} is neither a file path nor a postgresql:// URL")
+        else:
+            self.path = Path(target)
+            self._db = SQLiteDatabase(self.path, busy_timeout_s)
+        self.target: str = self._db.target
+        """where the data is: the SQLite file, or the PostgreSQL URL without its password"""
+        self.backend: str = self._db.dialect
+        """which database holds the data: "sqlite" or "postgresql"."""
+        # (annotator, only_unlabeled_by_anyone) → (first pair id the next hand-out scan looks at, when a scan
+        # last started from pair 1)
+        self._scan_from: dict[tuple[str, bool], tuple[int, float]] = {}
 
     def close(self) -> None:
-        """Close the connection; the file stays."""
-        with self._lock:
-            self._conn.close()
+        """Close the connection; the data stays."""
+        self._db.close()
 
     def __enter__(self) -> PreferenceStore:
         return self
@@ -154,62 +185,103 @@ class PreferenceStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"PreferenceStore({str(self.path)!r})"
+        return f"PreferenceStore({self.target!r})"
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self._db.query(sql, params)
 
     # ------------------------------------------------------------------ pairs
-    def add_pairs(self, rows: Iterable[Mapping[str, Any]]) -> list[int]:
+    def add_pairs(self, rows: Iterable[Mapping[str, Any]], *, if_empty: bool = False) -> list[int]:
         """Insert pairs and return their ids, in order; all rows or none (one transaction).
 
         Each row has `prompt` (str or a list of {"role", "content"} messages), `response_a`,
         `response_b` (non-empty str) and an optional JSON-serialisable `metadata` dict. A missing,
         empty or mistyped field (or an unknown key) raises ValueError naming the row index and field.
+
+        Args:
+            rows: the pairs.
+            if_empty: insert only if the store has no pairs yet, else insert nothing and return []
+                (default False). Atomic, so when several annotators' notebooks prepare the same store at
+                once, exactly one set of pairs goes in.
         """
         records = [_validated_row(i, row) for i, row in enumerate(rows)]
-        now = _now()
-        with self._write() as conn:
+
+        def work(tx: Transaction) -> list[int]:
+            if if_empty:
+                tx.lock(_PAIRS_LOCK)
+                if tx.execute("SELECT COUNT(*) AS n FROM pairs")[0]["n"]:
+                    return []
             return [
-                conn.execute(
-                    "INSERT INTO pairs (prompt, response_a, response_b, metadata, created_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (*record, now),
-                ).lastrowid
+                tx.execute("INSERT INTO pairs (prompt, response_a, response_b, metadata, created_at) "
+                           "VALUES (?, ?, ?, ?, now()) RETURNING id", record)[0]["id"]
                 for record in records
             ]
 
+        return self._db.write(work, idempotent=if_empty)
+
     def get_pair(self, pair_id: int) -> Pair:
         """The pair with this id; KeyError if there is none."""
-        rows = self._query("SELECT * FROM pairs WHERE id = ?", (pair_id,))
+        rows = self._read("SELECT * FROM pairs WHERE id = ?", (pair_id,))
         if not rows:
-            raise KeyError(f"no pair with id {pair_id!r} in {self.path}")
+            raise KeyError(f"no pair with id {pair_id!r} in {self.target}")
         return _pair(rows[0])
 
     def pairs(self) -> list[Pair]:
         """All pairs in insertion order."""
-        return [_pair(row) for row in self._query("SELECT * FROM pairs ORDER BY id")]
+        return [_pair(row) for row in self._read("SELECT * FROM pairs ORDER BY id")]
 
     def __len__(self) -> int:
-        return self._query("SELECT COUNT(*) FROM pairs")[0][0]
+        return self._read("SELECT COUNT(*) AS n FROM pairs")[0]["n"]
 
     def next_pair(
         self, annotator: str, only_unlabeled_by_anyone: bool = False, exclude: Collection[int] = ()
     ) -> Pair | None:
-        """The first pair (insertion order) without a current label from `annotator`, or None when done.
+        """The next pair for `annotator` to label, or None when there is none.
+
+        Without a team (`set_team`), or for an annotator the team exempts: the first pair (insertion
+        order) without a current label from `annotator`. In a team, the pair is *handed out*: the first
+        pair `annotator` has not labeled whose current labels and live leases, from other team
+        annotators, number fewer than `overlap`; it is leased to `annotator` for `lease_s`. A pair
+        already leased to `annotator` comes first (e.g. after a kernel restart). "First" is as of the
+        last full look at the pairs, at most 10 s ago: a pair that an expired lease or an undo frees
+        behind the pairs handed out since may wait that long.
 
         Args:
             annotator: whose labels count.
             only_unlabeled_by_anyone: skip pairs any annotator has labeled (default False).
             exclude: pair ids to pass over (e.g. the pair on screen, when prefetching the one after it).
         """
-        who = "" if only_unlabeled_by_anyone else "AND l.annotator = ?"
-        params: list[Any] = [] if only_unlabeled_by_anyone else [annotator]
-        params += list(exclude)
-        rows = self._query(
-            f"SELECT p.* FROM pairs p WHERE NOT EXISTS "
-            f"(SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.undone = 0 {who}) "
-            f"AND p.id NOT IN ({', '.join('?' * len(exclude))}) ORDER BY p.id LIMIT 1",
-            params,
-        )
-        return _pair(rows[0]) if rows else None
+        team = self.team()
+        if team is None or annotator in team.exempt:
+            anyone = only_unlabeled_by_anyone
+            rows = self._read(
+                f"SELECT p.* FROM pairs p WHERE p.id NOT IN (SELECT pair_id FROM labelers"
+                f"{'' if anyone else ' WHERE annotator = ?'}){_not_in('p.id', exclude)} ORDER BY p.id LIMIT 1",
+                [*([] if anyone else [annotator]), *exclude],
+            )
+            return _pair(rows[0]) if rows else None
+        start, full_at = self._scan_from.get((annotator, only_unlabeled_by_anyone), (1, -math.inf))
+        if time.monotonic() - full_at > _RESCAN_S:
+            start, full_at = 1, time.monotonic()
+        while True:
+            pair, first = self._db.write(
+                lambda tx, start=start: _hand_out(tx, team, annotator, only_unlabeled_by_anyone, exclude, start),
+                idempotent=True,
+            )
+            if pair is not None or start == 1:
+                break
+            start, full_at = 1, time.monotonic()  # nothing after the hint: look from the first pair
+        if first is not None:
+            self._scan_from[annotator, only_unlabeled_by_anyone] = (first, full_at)
+        return pair
+
+    def release(self, annotator: str, pair_ids: Collection[int]) -> None:
+        """Give back `annotator`'s leases on these pairs (e.g. pairs fetched but never labeled), so the rest
+        of the team can have them now rather than when the lease runs out."""
+        if pair_ids:
+            self._db.write(lambda tx: tx.execute(
+                f"DELETE FROM assignments WHERE annotator = ?{_in('pair_id', pair_ids)}", [annotator, *pair_ids]
+            ), idempotent=True)
 
     # ------------------------------------------------------------------ labels
     def record(
@@ -220,6 +292,8 @@ class PreferenceStore:
         note: str | None = None,
         shown_swapped: bool = False,
         latency_s: float | None = None,
+        *,
+        request_id: str | None = None,
     ) -> Label:
         """Append a label and return it; it is durable on disk when this returns.
 
@@ -230,42 +304,65 @@ class PreferenceStore:
             note: free-text remark (default None).
             shown_swapped: whether response_a was displayed on the right (default False).
             latency_s: seconds from the pair being shown to this label (default None: unknown).
+            request_id: a unique id for this labeling act (default None: a new random one). Recording
+                again with the same id returns the label stored the first time instead of adding one, so
+                a caller that lost the connection can retry without knowing whether the label arrived.
         """
         if choice not in CHOICES:
             raise ValueError(f"choice must be one of {CHOICES}, got {choice!r}")
         if not isinstance(annotator, str) or not annotator.strip():
             raise ValueError(f"annotator must be a non-empty string, got {annotator!r}")
-        if not self._query("SELECT 1 FROM pairs WHERE id = ?", (pair_id,)):
-            raise KeyError(f"no pair with id {pair_id!r} in {self.path}")
-        with self._write() as conn:  # pairs are never deleted, so the check above cannot go stale
-            label_id = conn.execute(
-                "INSERT INTO labels (pair_id, annotator, choice, note, shown_swapped, latency_s, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (pair_id, annotator, choice, note, int(shown_swapped), latency_s, _now()),
-            ).lastrowid
-            return _label(conn.execute("SELECT * FROM labels WHERE id = ?", (label_id,)).fetchone())
+        request = request_id or uuid.uuid4().hex
+        values = (pair_id, annotator, choice, note, bool(shown_swapped), latency_s, request)
+
+        def work(tx: Transaction) -> Label:
+            if not tx.execute("SELECT id FROM pairs WHERE id = ?", (pair_id,)):
+                raise KeyError(f"no pair with id {pair_id!r} in {self.target}")
+            rows = tx.execute(
+                "INSERT INTO labels (pair_id, annotator, choice, note, shown_swapped, latency_s, request_id, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, now()) ON CONFLICT (request_id) DO NOTHING RETURNING *",
+                values,
+            ) or tx.execute("SELECT * FROM labels WHERE request_id = ?", (request,))
+            stored = rows[0]
+            if (stored["pair_id"], stored["annotator"], stored["choice"]) != (pair_id, annotator, choice):
+                raise ValueError(f"request_id {request!r} already names label {stored['id']} (pair "
+                                 f"{stored['pair_id']}, {stored['annotator']!r}, {stored['choice']!r}); "
+                                 "give each labeling act its own request_id")
+            tx.execute("DELETE FROM assignments WHERE pair_id = ? AND annotator = ?", (pair_id, annotator))
+            return _label(stored)
+
+        return self._db.write(work, idempotent=True)
 
     def undo(self, annotator: str) -> Label | None:
         """Undo `annotator`'s most recent label that is not undone yet and return it (None if there is none).
 
         Undo works like a stack: the pair returns to the state before that label — unlabeled, or, if the
-        label had replaced an earlier one, with the earlier label current again.
+        label had replaced an earlier one, with the earlier label current again. In a team the pair is
+        leased to `annotator` again, so the place it held on that pair stays theirs.
         """
-        with self._write() as conn:
-            row = conn.execute(
-                "SELECT * FROM labels WHERE annotator = ? AND undone = 0 ORDER BY id DESC LIMIT 1",
-                (annotator,),
-            ).fetchone()
-            if row is None:
-                return None
-            conn.execute("UPDATE labels SET undone = 1 WHERE id = ?", (row["id"],))
-        return _label(row)
+        target: list[Label] = []  # chosen on the first attempt, so a retry never undoes a second label
+
+        def work(tx: Transaction) -> Label | None:
+            if not target:
+                rows = tx.execute("SELECT * FROM labels WHERE annotator = ? AND NOT undone ORDER BY id DESC LIMIT 1",
+                                  (annotator,))
+                if not rows:
+                    return None
+                target.append(_label(rows[0]))
+            label = target[0]
+            tx.execute("UPDATE labels SET undone = TRUE WHERE id = ?", (label.id,))
+            team = _team(tx)
+            if team is not None and annotator not in team.exempt:
+                tx.execute(_LEASE, (label.pair_id, annotator, team.lease_s))
+            return label
+
+        return self._db.write(work, idempotent=True)
 
     def progress(self, annotator: str) -> tuple[int, int]:
         """(pairs with a current label from `annotator` — skips included, number of pairs)."""
-        done = self._query(
-            "SELECT COUNT(DISTINCT pair_id) FROM labels WHERE annotator = ? AND undone = 0", (annotator,)
-        )[0][0]
+        done = self._read(
+            "SELECT COUNT(DISTINCT pair_id) AS n FROM labels WHERE annotator = ? AND NOT undone", (annotator,)
+        )[0]["n"]
         return done, len(self)
 
     def labels(self, annotator: str | None = None, include_history: bool = False) -> list[Label]:
@@ -275,23 +372,93 @@ class PreferenceStore:
             annotator: only this annotator's (default None: everyone's).
             include_history: every labeling act, undone and replaced ones included (default False:
                 only the current label of each (pair, annotator)).
+
+        An annotator role on PostgreSQL sees only its own labels.
         """
-        sql = "SELECT * FROM labels WHERE (? IS NULL OR annotator = ?)"
+        where = ["annotator = ?"] if annotator is not None else []
         if not include_history:
-            sql += f" AND id IN ({_CURRENT_IDS})"
-        return [_label(row) for row in self._query(sql + " ORDER BY id", (annotator, annotator))]
+            where.append(f"id IN ({_CURRENT_IDS})")
+        sql = "SELECT * FROM labels" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        return [_label(row) for row in self._read(sql, [annotator] if annotator is not None else [])]
 
     def labels_dataframe(self, annotator: str | None = None, include_history: bool = False) -> pd.DataFrame:
         """`labels(...)` as a DataFrame, one column per `Label` field."""
+        import pandas as pd
+
         rows = [asdict(label) for label in self.labels(annotator, include_history)]
         return pd.DataFrame(rows, columns=list(Label.__dataclass_fields__))
 
     def annotators(self) -> list[str]:
         """Everyone with at least one current label, in order of their first label."""
-        rows = self._query(
-            "SELECT annotator FROM labels WHERE undone = 0 GROUP BY annotator ORDER BY MIN(id)"
+        rows = self._read("SELECT annotator FROM labels WHERE NOT undone GROUP BY annotator ORDER BY MIN(id)")
+        return [row["annotator"] for row in rows]
+
+    # ------------------------------------------------------------------ teams
+    def set_team(self, overlap: int | None, lease_s: float = 1800.0, exempt: Collection[str] = ()) -> None:
+        """Hand pairs out to a team from now on (every annotator's `next_pair`, so every panel), or stop.
+
+        Args:
+            overlap: how many annotators label each pair (r; 2 or more gives agreement statistics); None
+                turns the hand-out off, so every annotator gets every pair again.
+            lease_s: seconds a handed-out pair stays reserved for its annotator without a label (default
+                1800 = 30 min); after that it goes back to the pool (a label given later is still kept).
+            exempt: annotators outside the hand-out, e.g. "gold" or an AI labeler: they get every pair
+                and take no one's place (default none).
+
+        Settings live in the store, so every annotator's notebook follows them. On PostgreSQL only the
+        store's owner may change them.
+        """
+        if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 1):
+            raise ValueError(f"set_team: overlap must be a whole number >= 1 (or None to stop), got {overlap!r}")
+        if not (isinstance(lease_s, int | float) and math.isfinite(lease_s) and lease_s > 0):
+            raise ValueError(f"set_team: lease_s must be a positive number of seconds, got {lease_s!r}")
+        if isinstance(exempt, str) or not all(isinstance(name, str) and name.strip() for name in exempt):
+            raise ValueError(f"set_team: exempt must be a collection of annotator names, got {exempt!r}")
+        value = json.dumps({"overlap": overlap, "lease_s": float(lease_s), "exempt": sorted(exempt)})
+
+        def work(tx: Transaction) -> None:
+            tx.execute("DELETE FROM settings WHERE key = 'team'")
+            if overlap is not None:
+                tx.execute("INSERT INTO settings (key, value) VALUES ('team', ?)", (value,))
+
+        self._db.write(work, idempotent=True)
+
+    def team(self) -> TeamSettings | None:
+        """The team hand-out settings (`set_team`), or None when every annotator gets every pair."""
+        return _team(self._db)
+
+    def team_progress(self) -> TeamProgress:
+        """How far the team is: pairs labeled by `overlap` team annotators, and each annotator's counts.
+
+        Without team settings a pair is complete with one label. Exempt annotators are listed but do
+        not count towards `complete` / `started`. An annotator role on PostgreSQL sees only its own row
+        in `annotators` (the pair counts are everyone's).
+        """
+        import pandas as pd
+
+        team = self.team()
+        overlap, exempt = (team.overlap, team.exempt) if team else (1, ())
+        per_pair = self._read(
+            f"SELECT COUNT(DISTINCT l.annotator) AS n FROM labelers l WHERE 1 = 1{_not_in('l.annotator', exempt)} "
+            "GROUP BY l.pair_id", list(exempt),
         )
-        return [row[0] for row in rows]
+        labeled = self._read(
+            "SELECT annotator, COUNT(*) AS labeled, SUM(CASE WHEN choice = 'skip' THEN 1 ELSE 0 END) AS skipped, "
+            f"MAX(created_at) AS last_label_at FROM labels WHERE id IN ({_CURRENT_IDS}) GROUP BY annotator "
+            "ORDER BY MIN(id)"
+        )
+        holding = {row["annotator"]: row["n"] for row in self._read(
+            "SELECT annotator, COUNT(*) AS n FROM assignments WHERE expires_at > rlhfw_clock() GROUP BY annotator"
+        )}
+        rows = [{"annotator": row["annotator"], "labeled": row["labeled"], "skipped": row["skipped"],
+                 "holding": holding.pop(row["annotator"], 0), "last_label_at": as_datetime(row["last_label_at"])}
+                for row in labeled]
+        rows += [{"annotator": name, "labeled": 0, "skipped": 0, "holding": n, "last_label_at": None}
+                 for name, n in sorted(holding.items())]
+        return TeamProgress(
+            pairs=len(self), complete=sum(row["n"] >= overlap for row in per_pair), started=len(per_pair),
+            annotators=pd.DataFrame(rows, columns=["annotator", "labeled", "skipped", "holding", "last_label_at"]),
+        )
 
     # ------------------------------------------------------------------ export and statistics
     def decisions(self, annotator: str | None = None, reference: str | None = None) -> dict[int, str]:
@@ -329,6 +496,10 @@ class PreferenceStore:
         reference)`: ties, skips and conflicts are left out. With `return_counts=True` (default False)
         returns `(dataset, ExportCounts)`.
         """
+        import datasets
+
+        from rlhf_widgets.data import PREFERENCE_FEATURES, as_messages
+
         decided = self.decisions(annotator, reference)
         tally = Counter(decided.values())
         columns: dict[str, list] = {"prompt": [], "chosen": [], "rejected": []}
@@ -342,7 +513,7 @@ class PreferenceStore:
             columns["prompt"].append(as_messages(pair.prompt))
             columns["chosen"].append([{"role": "assistant", "content": chosen}])
             columns["rejected"].append([{"role": "assistant", "content": rejected}])
-        dataset = datasets.Dataset.from_dict(columns, features=_DATASET_FEATURES)
+        dataset = datasets.Dataset.from_dict(columns, features=PREFERENCE_FEATURES)
         if not return_counts:
             return dataset
         counts = ExportCounts(
@@ -358,6 +529,10 @@ class PreferenceStore:
         reference only): `annotator`, `other`, `n` (shared a/b pairs), `agreement` (fraction equal) and
         `kappa` (Cohen's kappa; NaN when n is 0 or chance agreement is 1).
         """
+        import pandas as pd
+
+        from rlhf_widgets.labeling.agreement import cohens_kappa
+
         ab: dict[str, dict[int, str]] = {}
         for label in self.labels():
             if label.choice in ("a", "b"):
@@ -372,42 +547,162 @@ class PreferenceStore:
             shared = sorted(ab.get(x, {}).keys() & ab.get(y, {}).keys())
             first = [ab[x][p] for p in shared]
             second = [ab[y][p] for p in shared]
-            rows.append({"annotator": x, "other": y, "n": len(shared), **_agreement(first, second)})
+            rows.append({"annotator": x, "other": y, "n": len(shared), **cohens_kappa(first, second)})
         return pd.DataFrame(rows, columns=["annotator", "other", "n", "agreement", "kappa"])
 
+    def team_agreement(
+        self, reference: str | None = None, *, margin: float = 0.15, min_pairs: int = 10
+    ) -> TeamAgreement:
+        """Krippendorff's α over the team, each annotator against the majority of the others and against
+        `reference`, and who falls far below the team (see `agreement.team_agreement`).
 
-class _Transaction:
-    """`with`: hold the store lock and run an IMMEDIATE transaction; commit on success, roll back on error."""
+        The team is every annotator with a current label except `reference` and the annotators the
+        team settings exempt. Ties are votes (half-way between a and b for the ordinal α); skips are not.
 
-    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock) -> None:
-        self._conn, self._lock = conn, lock
+        Args:
+            reference: an annotator to compare everyone with, e.g. "gold" (default None).
+            margin: flag annotators whose agreement with the majority is more than this below the team's
+                median (default 0.15).
+            min_pairs: judge only annotators with at least this many pairs compared (default 10).
+        """
+        from rlhf_widgets.labeling.agreement import team_agreement
 
-    def __enter__(self) -> sqlite3.Connection:
-        self._lock.acquire()
+        team = self.team()
+        left_out = {reference, *(team.exempt if team else ())}
+        votes: dict[str, dict[int, str]] = {}
+        for label in self.labels():
+            votes.setdefault(label.annotator, {})[label.pair_id] = label.choice
+        gold = votes.get(reference, {}) if reference is not None else None
+        members = {name: by_pair for name, by_pair in votes.items() if name not in left_out}
+        return team_agreement(members, gold, margin=margin, min_pairs=min_pairs)
+
+
+def copy_store(source: str | Path | PreferenceStore, target: str | Path | PreferenceStore) -> dict[str, int]:
+    """Copy every pair, label (undone ones and ids included) and setting of `source` into the empty `target`.
+
+    The usual move: `copy_store("runs/labels.sqlite", "postgresql://owner@db/labels")` (also
+    `python -m rlhf_widgets.labeling.postgres copy SOURCE URL`). One transaction: all or nothing. Pair
+    and label ids, timestamps and texts are kept as they are. Returns {"pairs": n, "labels": n,
+    "settings": n}. ValueError if `target` already holds pairs or labels.
+    """
+    src = source if isinstance(source, PreferenceStore) else PreferenceStore(source)
+    try:
+        dst = target if isinstance(target, PreferenceStore) else PreferenceStore(target)
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self._lock.release()
-            raise
-        return self._conn
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        try:
-            self._conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            pairs = src._read("SELECT * FROM pairs ORDER BY id")
+            labels = src._read("SELECT * FROM labels ORDER BY id")
+            settings = src._read("SELECT key, value FROM settings ORDER BY key")
+            dst._db.write(lambda tx: _copy_into(dst, tx, pairs, labels, settings), idempotent=False)
         finally:
-            self._lock.release()
+            if dst is not target:
+                dst.close()
+    finally:
+        if src is not source:
+            src.close()
+    return {"pairs": len(pairs), "labels": len(labels), "settings": len(settings)}
 
 
-def _agreement(first: Sequence[str], second: Sequence[str]) -> dict[str, float]:
-    """Observed agreement and Cohen's kappa of two equally long a/b label lists."""
-    n = len(first)
-    if n == 0:
-        return {"agreement": math.nan, "kappa": math.nan}
-    observed = sum(x == y for x, y in zip(first, second, strict=True)) / n
-    p_first, p_second = first.count("a") / n, second.count("a") / n
-    chance = p_first * p_second + (1 - p_first) * (1 - p_second)
-    kappa = (observed - chance) / (1 - chance) if chance < 1 else math.nan
-    return {"agreement": observed, "kappa": kappa}
+def _copy_into(dst: PreferenceStore, tx: Transaction, pairs: list[Row], labels: list[Row], settings: list[Row]) -> None:
+    """`copy_store`'s one transaction on the target."""
+    held = tx.execute("SELECT (SELECT COUNT(*) FROM pairs) AS pairs, (SELECT COUNT(*) FROM labels) AS labels")[0]
+    if held["pairs"] or held["labels"]:
+        raise ValueError(f"copy_store: {dst.target} already holds {held['pairs']} pairs and "
+                         f"{held['labels']} labels; copy into an empty store")
+    stamp = dst._db.timestamp
+    tx.executemany(
+        "INSERT INTO pairs (id, prompt, response_a, response_b, metadata, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        [(r["id"], r["prompt"], r["response_a"], r["response_b"], r["metadata"], stamp(as_datetime(r["created_at"])))
+         for r in pairs],
+    )
+    tx.executemany(
+        "INSERT INTO labels (id, pair_id, annotator, choice, note, shown_swapped, latency_s, created_at, undone, "
+        "request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(r["id"], r["pair_id"], r["annotator"], r["choice"], r["note"], bool(r["shown_swapped"]), r["latency_s"],
+          stamp(as_datetime(r["created_at"])), bool(r["undone"]), r["request_id"]) for r in labels],
+    )
+    tx.execute("DELETE FROM settings")
+    tx.executemany("INSERT INTO settings (key, value) VALUES (?, ?)", [(r["key"], r["value"]) for r in settings])
+    dst._db.reset_ids(tx)
+
+
+# ---------------------------------------------------------------------------------------------- internals
+_LEASE = ("INSERT INTO assignments (pair_id, annotator, expires_at) VALUES (?, ?, rlhfw_clock() + ?) "
+          "ON CONFLICT (pair_id, annotator) DO UPDATE SET expires_at = excluded.expires_at")
+
+
+def _in(column: str, values: Collection[Any]) -> str:
+    return f" AND {column} IN ({', '.join('?' * len(values))})" if values else ""
+
+
+def _not_in(column: str, values: Collection[Any]) -> str:
+    return f" AND {column} NOT IN ({', '.join('?' * len(values))})" if values else ""
+
+
+def _team(db: Database | Transaction) -> TeamSettings | None:
+    rows = (db.query if isinstance(db, Database) else db.execute)("SELECT value FROM settings WHERE key = 'team'")
+    if not rows:
+        return None
+    value = json.loads(rows[0]["value"])
+    return TeamSettings(overlap=value["overlap"], lease_s=value["lease_s"], exempt=tuple(value["exempt"]))
+
+
+def _holders(pair: str, exempt: Collection[str]) -> str:
+    """SQL counting the annotators other than `?` — not exempt — with a current label or a live lease on `pair`.
+
+    Parameters, in order: [pair?], annotator, *exempt, [pair?], annotator.
+    """
+    return ("(SELECT COUNT(*) FROM ("
+            f"SELECT l.annotator FROM labelers l WHERE l.pair_id = {pair} AND l.annotator <> ?"
+            f"{_not_in('l.annotator', exempt)} UNION "
+            f"SELECT a.annotator FROM assignments a WHERE a.pair_id = {pair} AND a.annotator <> ? "
+            "AND a.expires_at > rlhfw_clock()) AS holders)")
+
+
+def _hand_out(
+    tx: Transaction, team: TeamSettings, annotator: str, anyone: bool, exclude: Collection[int], start: int
+) -> tuple[Pair | None, int | None]:
+    """Lease `annotator` the next pair from id `start` on under `team`'s rules (see `PreferenceStore.next_pair`),
+    in one transaction; returns (the pair or None, the first candidate seen — every pair before it was
+    unavailable to `annotator` — or None).
+
+    Concurrency: candidates are read without locks; a candidate is taken only under its pair lock
+    (`try_lock`, skipping pairs another annotator is being handed right now) after a fresh count, which
+    then sees every lease committed before — so no pair ever has more than `overlap` holders.
+    """
+    tx.lazy_commit()  # a lease lost in a server crash is only handed out again
+    held = tx.execute(
+        "SELECT p.* FROM assignments a JOIN pairs p ON p.id = a.pair_id WHERE a.annotator = ? "
+        "AND a.expires_at > rlhfw_clock() AND NOT EXISTS "
+        f"(SELECT 1 FROM labelers l WHERE l.pair_id = a.pair_id AND l.annotator = ?){_not_in('p.id', exclude)} "
+        "ORDER BY p.id LIMIT 1",
+        [annotator, annotator, *exclude],
+    )
+    if held:
+        tx.execute(_LEASE, (held[0]["id"], annotator, team.lease_s))
+        return _pair(held[0]), None
+    exempt = team.exempt
+    candidates = (
+        # NOT IN (...): one hashed list of the annotator's pairs, whatever the planner's statistics say
+        "SELECT p.id FROM pairs p WHERE p.id >= ? "
+        "AND p.id NOT IN (SELECT pair_id FROM labelers WHERE annotator = ?)"
+        + (" AND p.id NOT IN (SELECT pair_id FROM labelers)" if anyone else "")
+        + _not_in("p.id", exclude)
+        + f" AND {_holders('p.id', exempt)} < ? ORDER BY p.id LIMIT {_CANDIDATES}"
+    )
+    params = [start, annotator, *exclude, annotator, *exempt, annotator, team.overlap]
+    recount = f"SELECT {_holders('?', exempt)} AS n"
+    first = None
+    while True:
+        ids = [row["id"] for row in tx.execute(candidates, params)]
+        if not ids:
+            return None, first
+        first = ids[0] if first is None else first
+        for pair_id in ids:
+            if not tx.try_lock(pair_id):
+                continue  # another annotator is being handed this pair right now
+            if tx.execute(recount, [pair_id, annotator, *exempt, pair_id, annotator])[0]["n"] < team.overlap:
+                tx.execute(_LEASE, (pair_id, annotator, team.lease_s))
+                return _pair(tx.execute("SELECT * FROM pairs WHERE id = ?", (pair_id,))[0]), first
 
 
 def _decide(votes: Mapping[str, str], reference: str | None) -> str:
@@ -464,16 +759,12 @@ def _validated_row(index: int, row: Mapping[str, Any]) -> tuple[str, str, str, s
     return json.dumps(prompt), row["response_a"], row["response_b"], metadata_json
 
 
-def _pair(row: sqlite3.Row) -> Pair:
+def _pair(row: Row) -> Pair:
     return Pair(id=row["id"], prompt=json.loads(row["prompt"]), response_a=row["response_a"],
                 response_b=row["response_b"], metadata=json.loads(row["metadata"]))
 
 
-def _label(row: sqlite3.Row) -> Label:
+def _label(row: Row) -> Label:
     return Label(id=row["id"], pair_id=row["pair_id"], annotator=row["annotator"], choice=row["choice"],
                  note=row["note"], shown_swapped=bool(row["shown_swapped"]), latency_s=row["latency_s"],
-                 created_at=datetime.fromisoformat(row["created_at"]), undone=bool(row["undone"]))
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+                 created_at=as_datetime(row["created_at"]), undone=bool(row["undone"]))

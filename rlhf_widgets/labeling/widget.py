@@ -7,20 +7,26 @@ Keys reach Python through `_KeyTarget`, a tiny anywidget that listens for keydow
 DOM (never on the document, so typing in a notebook cell labels nothing); clicking the panel focuses
 it. Stable CSS classes (`rlhfw-panel`, `rlhfw-left`, `rlhfw-btn-a`, `rlhfw-key-target`, …) let a
 browser test find every part.
+
+If the store stops answering (a PostgreSQL server restarting, a dropped network), the panel says so,
+keeps the label that was clicked, disables the choice buttons and retries on a background thread every
+`retry_every_s`; when the store answers, the label is saved (once) and the next pair appears. Undo drops
+a label that was never saved.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
 import anywidget
 import ipywidgets as widgets
 
-from rlhf_widgets.labeling.session import LabelingSession, ShownPair, Side
-from rlhf_widgets.labeling.store import Label, PreferenceStore, Prompt
+from rlhf_widgets.labeling.session import LabelingSession, PendingLabel, ShownPair, Side
+from rlhf_widgets.labeling.store import Label, PreferenceStore, Prompt, StoreUnavailable
 
 KEYS: dict[str, Side | None] = {
     "1": "left", "ArrowLeft": "left",
@@ -31,6 +37,7 @@ KEYS: dict[str, Side | None] = {
 }
 LEGEND = "Keys (click the panel first): 1 or ← A better · 2 or → B better · 3 tie · 0 skip · Backspace undo"
 _SAID = {"left": "A better", "right": "B better", "tie": "tie", "skip": "skipped"}
+_SAID_CHOICE = {"a": "response a better", "b": "response b better", "tie": "tie", "skip": "skipped"}
 
 _ESM = """
 const KEYS = new Set(__KEYS__);
@@ -130,13 +137,15 @@ class LabelingPanel(widgets.VBox):
     """Label preference pairs in the notebook: prompt on top, two responses side by side, buttons and keys.
 
     Args:
-        store_or_path: a `PreferenceStore`, or the path of its SQLite file (opened, and closed with
-            the panel).
+        store_or_path: a `PreferenceStore`, or what to open one from — an SQLite file path or a
+            postgresql:// URL (opened, and closed with the panel).
         annotator: the name labels are recorded under (default "human"); editable in the panel.
         seed: seeds the per-pair side order (default 0).
         evaluation: blind comparison of two policies (default False): sources stay hidden.
         show_note: show a free-text note field stored with each label (default True).
         source_key: the metadata key naming each side's source (default "model").
+        retry_every_s: while the store is unreachable, seconds between tries to save the kept label
+            (default 2.0).
     """
 
     def __init__(
@@ -148,13 +157,20 @@ class LabelingPanel(widgets.VBox):
         evaluation: bool = False,
         show_note: bool = True,
         source_key: str = "model",
+        retry_every_s: float = 2.0,
     ) -> None:
+        if not retry_every_s > 0:
+            raise ValueError(f"retry_every_s must be a positive number of seconds, got {retry_every_s!r}")
         owns_store = not isinstance(store_or_path, PreferenceStore)
         self.store = PreferenceStore(store_or_path) if owns_store else store_or_path
         self._owns_store = owns_store
         self._session_options = {"seed": seed, "evaluation": evaluation, "source_key": source_key}
         self.session = LabelingSession(self.store, annotator, **self._session_options)
         self._shown_prompt: tuple[int, Prompt] | None = None  # (pair id, prompt) last rendered
+        self._retry_every_s = retry_every_s
+        self._retrier: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._progress_seen = (0, 0)  # shown while the store can't be asked
 
         self._annotator = widgets.Text(value=annotator, description="Annotator", continuous_update=False)
         self._annotator.add_class("rlhfw-annotator")
@@ -224,19 +240,81 @@ class LabelingPanel(widgets.VBox):
             self._choose(side)
 
     def _choose(self, side: Side) -> Label | None:
+        if self.session.waiting:
+            self._say_waiting()
+            return None
         if self.session.done:
             self._say("Nothing left to label.")
             return None
-        label = self.session.choose(side, note=self._note.value)
+        try:
+            label = self.session.choose(side, note=self._note.value)
+        except StoreUnavailable as error:
+            self._lost(error)
+            return None
         self._note.value = ""
         self._render()
-        self._say(f"Saved: {_SAID[side]} (pair {label.pair_id}).")
+        if self.session.waiting:  # stored, but the next pair could not be fetched
+            self._lost(None)
+        else:
+            self._say(f"Saved: {_SAID[side]} (pair {label.pair_id}).")
         return label
 
     def _undo_last(self) -> None:
-        label = self.session.undo()
+        dropped = self.session.discard_pending()
+        if dropped is not None:
+            self._render()
+            self._say(f"Dropped your unsaved label of pair {dropped.shown.id}; label it again when you like.")
+            return
+        try:
+            label = self.session.undo()
+        except StoreUnavailable as error:
+            self._say(f"Can't undo now: {html.escape(str(error))}. Try again in a moment.")
+            return
         self._render()
         self._say("Nothing to undo." if label is None else f"Undid your label of pair {label.pair_id}.")
+
+    # ------------------------------------------------------------------ a store that stopped answering
+    def _lost(self, error: StoreUnavailable | None) -> None:
+        """Say what waits, and retry on a background thread until the store answers."""
+        self._render()
+        self._say_waiting(error)
+        if self._retrier is None or not self._retrier.is_alive():
+            self._retrier = threading.Thread(target=self._retry_until_saved, name="rlhfw-store-retry", daemon=True)
+            self._retrier.start()
+
+    def _say_waiting(self, error: BaseException | None = None, tries: int = 0) -> None:
+        pending: PendingLabel | None = self.session.pending
+        why = f" ({html.escape(str(error))})" if error is not None else ""
+        again = f", {tries} tries so far" if tries else ""
+        if pending is not None:
+            self._say(
+                f"⚠ The label store is not answering{why}. Your label of pair {pending.shown.id} "
+                f"({_SAID_CHOICE[pending.choice]}) is kept and will be saved as soon as it answers — retrying "
+                f"every {self._retry_every_s:g} s{again}. Undo drops it."
+            )
+        else:
+            self._say(f"⚠ Your label is saved, but the next pair can't be fetched: the label store is not "
+                      f"answering{why}. Retrying every {self._retry_every_s:g} s{again}.")
+
+    def _retry_until_saved(self) -> None:
+        """Background thread: `session.retry()` every `retry_every_s` until nothing waits or the panel closes."""
+        tries = 0
+        while self.session.waiting and not self._closed.wait(self._retry_every_s):
+            pending = self.session.pending
+            tries += 1
+            try:
+                label = self.session.retry()
+            except StoreUnavailable as error:
+                self._say_waiting(error, tries)
+                continue
+            self._render()
+            if self.session.waiting:
+                self._say_waiting(None, tries)
+            elif label is not None and pending is not None:
+                self._say(f"The store is back: saved your label of pair {label.pair_id} "
+                          f"({_SAID_CHOICE[pending.choice]}).")
+            else:
+                self._say("The store is back.")
 
     def _on_annotator(self, change: dict[str, Any]) -> None:
         name = change["new"].strip()
@@ -244,21 +322,36 @@ class LabelingPanel(widgets.VBox):
             self._annotator.value = change["old"]
             self._say("The annotator name can't be empty.")
             return
+        try:
+            session = LabelingSession(self.store, name, **self._session_options)
+        except StoreUnavailable as error:
+            self._annotator.value = change["old"]
+            self._say(f"Can't switch annotator now: {html.escape(str(error))}.")
+            return
         self.session.close()
-        self.session = LabelingSession(self.store, name, **self._session_options)
+        self.session = session
         self._render()
         self._say(f"Labeling as {html.escape(name)}.")
 
     # ------------------------------------------------------------------ output
     def _render(self) -> None:
-        done, total = self.session.progress
+        try:
+            self._progress_seen = self.session.progress
+        except StoreUnavailable:
+            pass  # show the last counts the store gave
+        done, total = self._progress_seen
         self._progress.max = max(total, 1)
         self._progress.value = done
         self._count.value = f"{done} / {total} labeled"
         shown: ShownPair | None = self.session.current
+        for button in self._choices.children:
+            button.disabled = self.session.waiting
         for part in (self._pair, self._prompt, self._responses, self._choices):
             _hide(part, shown is None)
         _hide(self._done, shown is not None)
+        if shown is None and self.session.waiting:
+            self._done.value = "<b>Waiting for the label store</b> to fetch your next pair…"
+            return
         if shown is None:
             self._done.value = (
                 f"<b>All done</b> — {done} / {total} pairs labeled. "
@@ -280,6 +373,9 @@ class LabelingPanel(widgets.VBox):
 
     def close(self) -> None:
         """Close the widget and its parts, its session and (if the panel opened it) the store."""
+        self._closed.set()
+        if self._retrier is not None:
+            self._retrier.join()
         self.session.close()
         if self._owns_store:
             self.store.close()
