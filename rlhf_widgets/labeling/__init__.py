@@ -1,6 +1,7 @@
 """Preference labeling: store (persistence) ← session (queue logic) ← widget (view), plus AI labelers.
 
-    store = prepare_pairs("runs/sft/final", "labels.sqlite")  # a policy's sample pairs, made once
+    store = prepare_pairs("sandbox", "labels.sqlite", model="runs/sft/final")  # a policy's sample pairs, once
+    store = PreferenceStore("postgresql://alice@host/labels")  # or a team's shared PostgreSQL database
     LabelingPanel(store)                                      # label in the notebook
     label_with(store, SimulatedAnnotator(), "simulated")      # or let a labeler do it
     store.to_dataset()                                        # TRL conversational preference Dataset
@@ -10,7 +11,16 @@ from typing import Any
 
 from rlhf_widgets.labeling.labelers import RewardModelLabeler, label_with
 from rlhf_widgets.labeling.session import LabelingSession, ShownPair, Tally
-from rlhf_widgets.labeling.store import ExportCounts, Label, Pair, PreferenceStore
+from rlhf_widgets.labeling.store import (
+    ExportCounts,
+    Label,
+    Pair,
+    PreferenceStore,
+    StoreUnavailable,
+    TeamProgress,
+    TeamSettings,
+    copy_store,
+)
 
 __all__ = [
     "ExportCounts",
@@ -21,7 +31,11 @@ __all__ = [
     "PreferenceStore",
     "RewardModelLabeler",
     "ShownPair",
+    "StoreUnavailable",
     "Tally",
+    "TeamProgress",
+    "TeamSettings",
+    "copy_store",
     "label_with",
     "prepare_pairs",
 ]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rlhf_widgets.data import SANDBOX_SOURCE, PromptSource, load_prompts
 from rlhf_widgets.generation import SamplingSettings, generate
+from rlhf_widgets.labeling.backends import is_postgres_url
 from rlhf_widgets.labeling.store import PreferenceStore
 from rlhf_widgets.models import ModelLike, load_causal_lm, model_name
 
@@ -97,7 +98,8 @@ def prepare_pairs(
         prompts: your prompts: a list (strings or chat messages), or any source `data.load_prompts` reads — a
             file, a dataset, a hub id, or "sandbox" (the sandbox's `split`, "train" or "test", drawn with `seed`).
         n_prompts: use the first `n_prompts` prompts (default None: all; for the sandbox, how many to make).
-        store: a `PreferenceStore`, or the path of its SQLite file (created, with its parent directory, if missing).
+        store: a `PreferenceStore`, the path of its SQLite file (created, with its parent directory, if missing), or
+            a `postgresql://` URL.
         model: the policy whose answers are compared, usually the SFT model (`models.ModelLike`).
         seed: seeds the sampling (and the sandbox prompts).
         k: samples per prompt (default 2), see `generate_pairs`.
@@ -107,7 +109,8 @@ def prepare_pairs(
         show_progress: show generation progress bars (default True).
     """
     if not isinstance(store, PreferenceStore):
-        Path(store).parent.mkdir(parents=True, exist_ok=True)
+        if not is_postgres_url(store):
+            Path(store).parent.mkdir(parents=True, exist_ok=True)
         store = PreferenceStore(store)
     if len(store):
         return store
@@ -118,5 +121,5 @@ def prepare_pairs(
         prompts = load_prompts(prompts, split=split, n=n_prompts, **sandbox_seed)
     rows = generate_pairs(prompts, model=model, k=k, seed=seed, max_pairs_per_prompt=pairs_per_prompt,
                           show_progress=show_progress)
-    store.add_pairs(rows)
+    store.add_pairs(rows, if_empty=True)  # several annotators preparing one shared store at once: one set of pairs
     return store
