@@ -502,7 +502,8 @@ def test_a_store_from_before_schema_versions_is_migrated_in_place(tmp_path: Path
         assert store.record(1, "tie", annotator="bob", request_id="r").id == 3
         store.set_team(2)
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall() == [(1,), (2,)]
+        assert conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall() == [(1,), (2,), (3,)]
+        assert conn.execute("SELECT round FROM pairs").fetchall() == [(None,)]  # the loop's columns were added
         conn.execute("INSERT INTO schema_migrations VALUES (99, 'from the future', '')")
     with pytest.raises(RuntimeError, match="version 99.*upgrade rlhf-widgets"):
         PreferenceStore(path)
@@ -517,17 +518,47 @@ def test_copy_store_moves_everything_into_an_empty_store(tmp_path: Path, target:
         source.record(1, "a", annotator="ann", note=hostile, latency_s=2.5)
         source.record(3, "b", annotator="ann", shown_swapped=True)
         source.undo("ann")
+        source.round = 4
         source.record(2, "tie", annotator="bob")
+        source.add_pairs([{**make_rows(1)[0], "round": 4}])
         source.set_team(2, exempt=["gold"])
         counts = copy_store(source, target)
-        assert counts == {"pairs": 3, "labels": 3, "settings": 1}
+        assert counts == {"pairs": 4, "labels": 3, "settings": 1}
         with PreferenceStore(target) as copy:
-            assert copy.pairs() == source.pairs()
+            assert copy.pairs() == source.pairs() and copy.get_pair(4).round == 4
             assert copy.labels(include_history=True) == source.labels(include_history=True)
+            assert copy.labels("bob")[0].round == 4
             assert copy.team() == source.team()
-            assert copy.add_pairs(make_rows(1)) == [4] and copy.record(4, "a").id == 4  # ids go on after the copy
-        with pytest.raises(ValueError, match="already holds 4 pairs and 4 labels"):
+            assert copy.add_pairs(make_rows(1)) == [5] and copy.record(5, "a").id == 4  # ids go on after the copy
+        with pytest.raises(ValueError, match="already holds 5 pairs and 4 labels"):
             copy_store(source, target)
+
+
+# ---------------------------------------------------------------- provenance of the iterative loop
+def test_pairs_and_labels_record_their_round_and_export_by_round(store: PreferenceStore) -> None:
+    store.add_pairs([{**row, "round": 1, "metadata": {"a": {"model": "round-1/policy"}}} for row in make_rows(2)])
+    store.add_pairs([{**row, "round": 2} for row in make_rows(2)] + make_rows(1))
+    assert [p.round for p in store.pairs()] == [1, 1, 2, 2, None]
+    assert [p.id for p in store.pairs(rounds=[2])] == [3, 4] and store.pairs(rounds=[]) == []
+    assert store.get_pair(1).metadata == {"a": {"model": "round-1/policy"}}
+    store.round = 2
+    for pair_id in (1, 3):
+        store.record(pair_id, "a", annotator="ann")
+    store.round = None
+    store.record(4, "b", annotator="ann")
+    assert [(lbl.pair_id, lbl.round) for lbl in store.labels("ann")] == [(1, 2), (3, 2), (4, None)]
+    dataset, counts = store.to_dataset(annotator="ann", rounds=[2], return_counts=True)
+    assert len(dataset) == 2 and (counts.kept, counts.unlabeled) == (2, 0)
+    assert len(store.to_dataset(annotator="ann", rounds=[1])) == 1
+    with pytest.raises(ValueError, match=r"row 0: field 'round' must be an int >= 0"):
+        store.add_pairs([{**make_rows(1)[0], "round": -1}])
+
+
+def test_label_with_can_leave_what_anyone_labeled(store: PreferenceStore) -> None:
+    store.add_pairs(make_rows(4))
+    store.record(2, "a", annotator="human")
+    assert label_with(store, lambda p, a, b: "b", "ai", only_unlabeled_by_anyone=True, show_progress=False) == 3
+    assert sorted(lbl.pair_id for lbl in store.labels("ai")) == [1, 3, 4]
 
 
 # ---------------------------------------------------------------- AI labelers

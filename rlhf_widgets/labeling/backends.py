@@ -13,6 +13,7 @@ differently:
 Schema versions (table `schema_migrations`, one row per applied version):
   1  pairs, labels (the original SQLite layout; files written before versioning are version 1)
   2  labels.request_id (idempotent retries), assignments (team hand-out), settings, the `labelers` view
+  3  pairs.round, labels.round: the round of the iterative loop a pair was made in / a label was given in
 """
 
 from __future__ import annotations
@@ -29,9 +30,16 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 Row = Mapping[str, Any]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """the schema version this code reads and writes"""
 URL_SCHEMES = ("postgresql://", "postgres://")
+
+ROUND_COLUMNS = (
+    "ALTER TABLE pairs ADD COLUMN round INTEGER",
+    "ALTER TABLE labels ADD COLUMN round INTEGER",
+    "CREATE INDEX pairs_by_round ON pairs (round)",
+)
+"""schema version 3, the same SQL on both databases"""
 
 _MIGRATIONS_TABLE = """
 CREATE TABLE schema_migrations (
@@ -78,6 +86,7 @@ SQLITE_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         # who has a current label on which pair, without their choices (annotator roles read this)
         "CREATE VIEW labelers AS SELECT pair_id, annotator FROM labels WHERE NOT undone",
     )),
+    (3, "rounds: the loop round of each pair and label", ROUND_COLUMNS),
 )
 
 

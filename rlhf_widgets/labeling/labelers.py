@@ -48,6 +48,8 @@ def label_with(
     annotator: str,
     limit: int | None = None,
     show_progress: bool = True,
+    *,
+    only_unlabeled_by_anyone: bool = False,
 ) -> int:
     """Label the pairs `annotator` has not labeled yet (insertion order) with `labeler`; returns how many.
 
@@ -58,6 +60,8 @@ def label_with(
         annotator: the name the labels are recorded under, e.g. "simulated" or "rm-v1".
         limit: label at most this many pairs (default None: all remaining).
         show_progress: show a tqdm progress bar (default True).
+        only_unlabeled_by_anyone: leave pairs that anyone (e.g. a human) has labeled (default False) — an AI
+            labeler filling what the human left.
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
@@ -65,7 +69,7 @@ def label_with(
     todo = total - done if limit is None else min(limit, total - done)
     labeled = 0
     with tqdm(total=todo, desc=f"labeling as {annotator}", unit="pair", disable=not show_progress) as bar:
-        while labeled < todo and (pair := store.next_pair(annotator)) is not None:
+        while labeled < todo and (pair := store.next_pair(annotator, only_unlabeled_by_anyone)) is not None:
             store.record(pair.id, labeler(pair.prompt, pair.response_a, pair.response_b), annotator)
             labeled += 1
             bar.update()

@@ -50,6 +50,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from rlhf_widgets.labeling.backends import (
+    ROUND_COLUMNS,
     SCHEMA_VERSION,
     Database,
     Row,
@@ -116,6 +117,7 @@ POSTGRES_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
            USING (annotator = current_user) WITH CHECK (annotator = current_user)""",
         "CREATE POLICY assignments_delete_own ON assignments FOR DELETE USING (annotator = current_user)",
     )),
+    (3, "rounds: the loop round of each pair and label", ROUND_COLUMNS),
 )
 assert POSTGRES_MIGRATIONS[-1][0] == SCHEMA_VERSION
 

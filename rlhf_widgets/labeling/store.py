@@ -59,7 +59,7 @@ __all__ = [
     "StoreUnavailable", "TeamProgress", "TeamSettings", "copy_store",
 ]
 
-_FIELDS = ("prompt", "response_a", "response_b", "metadata")
+_FIELDS = ("prompt", "response_a", "response_b", "metadata", "round")
 # ids of the current label of every (pair, annotator): its latest label that is not undone
 _CURRENT_IDS = "SELECT MAX(id) FROM labels WHERE NOT undone GROUP BY pair_id, annotator"
 _PAIRS_LOCK = -1
@@ -80,6 +80,8 @@ class Pair:
     response_a: str
     response_b: str
     metadata: dict[str, Any]
+    round: int | None = None
+    """the round of the iterative loop (`rlhf_widgets.loop`) the pair was made in; None outside a loop"""
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,8 @@ class Label:
     latency_s: float | None
     created_at: datetime
     undone: bool
+    round: int | None = None
+    """the loop round the label was given in (`PreferenceStore.round` when it was recorded); None outside a loop"""
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,8 @@ class PreferenceStore:
         """where the data is: the SQLite file, or the PostgreSQL URL without its password"""
         self.backend: str = self._db.dialect
         """which database holds the data: "sqlite" or "postgresql"."""
+        self.round: int | None = None
+        """the loop round labels recorded through this object belong to (`rlhf_widgets.loop` sets it); None"""
         # (annotator, only_unlabeled_by_anyone) → (first pair id the next hand-out scan looks at, when a scan
         # last started from pair 1)
         self._scan_from: dict[tuple[str, bool], tuple[int, float]] = {}
@@ -195,7 +201,8 @@ class PreferenceStore:
         """Insert pairs and return their ids, in order; all rows or none (one transaction).
 
         Each row has `prompt` (str or a list of {"role", "content"} messages), `response_a`,
-        `response_b` (non-empty str) and an optional JSON-serialisable `metadata` dict. A missing,
+        `response_b` (non-empty str), an optional JSON-serialisable `metadata` dict (provenance: which model
+        and settings made each side) and an optional `round` (an int >= 0, the loop round). A missing,
         empty or mistyped field (or an unknown key) raises ValueError naming the row index and field.
 
         Args:
@@ -212,8 +219,8 @@ class PreferenceStore:
                 if tx.execute("SELECT COUNT(*) AS n FROM pairs")[0]["n"]:
                     return []
             return [
-                tx.execute("INSERT INTO pairs (prompt, response_a, response_b, metadata, created_at) "
-                           "VALUES (?, ?, ?, ?, now()) RETURNING id", record)[0]["id"]
+                tx.execute("INSERT INTO pairs (prompt, response_a, response_b, metadata, round, created_at) "
+                           "VALUES (?, ?, ?, ?, ?, now()) RETURNING id", record)[0]["id"]
                 for record in records
             ]
 
@@ -226,9 +233,15 @@ class PreferenceStore:
             raise KeyError(f"no pair with id {pair_id!r} in {self.target}")
         return _pair(rows[0])
 
-    def pairs(self) -> list[Pair]:
-        """All pairs in insertion order."""
-        return [_pair(row) for row in self._read("SELECT * FROM pairs ORDER BY id")]
+    def pairs(self, rounds: Collection[int] | None = None) -> list[Pair]:
+        """All pairs in insertion order — or those made in `rounds` (loop rounds) only."""
+        if rounds is None:
+            return [_pair(row) for row in self._read("SELECT * FROM pairs ORDER BY id")]
+        rounds = list(rounds)
+        if not rounds:
+            return []
+        return [_pair(row) for row in self._read(
+            f"SELECT * FROM pairs WHERE round IN ({', '.join('?' * len(rounds))}) ORDER BY id", rounds)]
 
     def __len__(self) -> int:
         return self._read("SELECT COUNT(*) AS n FROM pairs")[0]["n"]
@@ -307,20 +320,22 @@ class PreferenceStore:
             request_id: a unique id for this labeling act (default None: a new random one). Recording
                 again with the same id returns the label stored the first time instead of adding one, so
                 a caller that lost the connection can retry without knowing whether the label arrived.
+
+        The label's `round` is the store's `round` at the time (set by the iterative loop; None outside one).
         """
         if choice not in CHOICES:
             raise ValueError(f"choice must be one of {CHOICES}, got {choice!r}")
         if not isinstance(annotator, str) or not annotator.strip():
             raise ValueError(f"annotator must be a non-empty string, got {annotator!r}")
         request = request_id or uuid.uuid4().hex
-        values = (pair_id, annotator, choice, note, bool(shown_swapped), latency_s, request)
+        values = (pair_id, annotator, choice, note, bool(shown_swapped), latency_s, request, self.round)
 
         def work(tx: Transaction) -> Label:
             if not tx.execute("SELECT id FROM pairs WHERE id = ?", (pair_id,)):
                 raise KeyError(f"no pair with id {pair_id!r} in {self.target}")
             rows = tx.execute(
-                "INSERT INTO labels (pair_id, annotator, choice, note, shown_swapped, latency_s, request_id, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, now()) ON CONFLICT (request_id) DO NOTHING RETURNING *",
+                "INSERT INTO labels (pair_id, annotator, choice, note, shown_swapped, latency_s, request_id, round, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, now()) ON CONFLICT (request_id) DO NOTHING RETURNING *",
                 values,
             ) or tx.execute("SELECT * FROM labels WHERE request_id = ?", (request,))
             stored = rows[0]
@@ -478,32 +493,38 @@ class PreferenceStore:
 
     @overload
     def to_dataset(
-        self, annotator: str | None = ..., reference: str | None = ..., *, return_counts: Literal[False] = ...
+        self, annotator: str | None = ..., reference: str | None = ..., *, rounds: Collection[int] | None = ...,
+        return_counts: Literal[False] = ...
     ) -> datasets.Dataset: ...
 
     @overload
     def to_dataset(
-        self, annotator: str | None = ..., reference: str | None = ..., *, return_counts: Literal[True]
+        self, annotator: str | None = ..., reference: str | None = ..., *, rounds: Collection[int] | None = ...,
+        return_counts: Literal[True]
     ) -> tuple[datasets.Dataset, ExportCounts]: ...
 
     def to_dataset(
-        self, annotator: str | None = None, reference: str | None = None, *, return_counts: bool = False
+        self, annotator: str | None = None, reference: str | None = None, *, rounds: Collection[int] | None = None,
+        return_counts: bool = False
     ) -> datasets.Dataset | tuple[datasets.Dataset, ExportCounts]:
         """The labeled pairs as a TRL conversational preference Dataset, in pair insertion order.
 
         Columns are exactly `prompt` (chat messages), `chosen` and `rejected` (each one assistant message)
         — the format of `rlhf_widgets.data.load_preferences`. Decisions come from `decisions(annotator,
-        reference)`: ties, skips and conflicts are left out. With `return_counts=True` (default False)
-        returns `(dataset, ExportCounts)`.
+        reference)`: ties, skips and conflicts are left out. `rounds` (default None: all) keeps the pairs
+        made in those loop rounds. With `return_counts=True` (default False) returns `(dataset, ExportCounts)`;
+        its counts are of the pairs considered.
         """
         import datasets
 
         from rlhf_widgets.data import PREFERENCE_FEATURES, as_messages
 
-        decided = self.decisions(annotator, reference)
+        pairs = self.pairs(rounds)
+        considered = {pair.id for pair in pairs}
+        decided = {k: v for k, v in self.decisions(annotator, reference).items() if k in considered}
         tally = Counter(decided.values())
         columns: dict[str, list] = {"prompt": [], "chosen": [], "rejected": []}
-        for pair in self.pairs():
+        for pair in pairs:
             choice = decided.get(pair.id)
             if choice not in ("a", "b"):
                 continue
@@ -518,7 +539,7 @@ class PreferenceStore:
             return dataset
         counts = ExportCounts(
             kept=len(dataset), ties=tally["tie"], skips=tally["skip"], conflicts=tally["conflict"],
-            unlabeled=len(self) - len(decided),
+            unlabeled=len(pairs) - len(decided),
         )
         return dataset, counts
 
@@ -610,15 +631,16 @@ def _copy_into(dst: PreferenceStore, tx: Transaction, pairs: list[Row], labels: 
                          f"{held['labels']} labels; copy into an empty store")
     stamp = dst._db.timestamp
     tx.executemany(
-        "INSERT INTO pairs (id, prompt, response_a, response_b, metadata, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-        [(r["id"], r["prompt"], r["response_a"], r["response_b"], r["metadata"], stamp(as_datetime(r["created_at"])))
-         for r in pairs],
+        "INSERT INTO pairs (id, prompt, response_a, response_b, metadata, round, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(r["id"], r["prompt"], r["response_a"], r["response_b"], r["metadata"], r["round"],
+          stamp(as_datetime(r["created_at"]))) for r in pairs],
     )
     tx.executemany(
         "INSERT INTO labels (id, pair_id, annotator, choice, note, shown_swapped, latency_s, created_at, undone, "
-        "request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "request_id, round) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(r["id"], r["pair_id"], r["annotator"], r["choice"], r["note"], bool(r["shown_swapped"]), r["latency_s"],
-          stamp(as_datetime(r["created_at"])), bool(r["undone"]), r["request_id"]) for r in labels],
+          stamp(as_datetime(r["created_at"])), bool(r["undone"]), r["request_id"], r["round"]) for r in labels],
     )
     tx.execute("DELETE FROM settings")
     tx.executemany("INSERT INTO settings (key, value) VALUES (?, ?)", [(r["key"], r["value"]) for r in settings])
@@ -717,7 +739,7 @@ def _decide(votes: Mapping[str, str], reference: str | None) -> str:
     return counts[0][0]
 
 
-def _validated_row(index: int, row: Mapping[str, Any]) -> tuple[str, str, str, str]:
+def _validated_row(index: int, row: Mapping[str, Any]) -> tuple[str, str, str, str, int | None]:
     """One `add_pairs` row as column values; ValueError naming the row and field if it is malformed."""
 
     def bad(field: str, why: str) -> ValueError:
@@ -756,15 +778,18 @@ def _validated_row(index: int, row: Mapping[str, Any]) -> tuple[str, str, str, s
         metadata_json = json.dumps(dict(metadata))
     except (TypeError, ValueError) as error:
         raise bad("metadata", f"is not JSON-serialisable: {error}") from error
-    return json.dumps(prompt), row["response_a"], row["response_b"], metadata_json
+    round_ = row.get("round")
+    if round_ is not None and (isinstance(round_, bool) or not isinstance(round_, int) or round_ < 0):
+        raise bad("round", f"must be an int >= 0 (the loop round), got {round_!r}")
+    return json.dumps(prompt), row["response_a"], row["response_b"], metadata_json, round_
 
 
 def _pair(row: Row) -> Pair:
     return Pair(id=row["id"], prompt=json.loads(row["prompt"]), response_a=row["response_a"],
-                response_b=row["response_b"], metadata=json.loads(row["metadata"]))
+                response_b=row["response_b"], metadata=json.loads(row["metadata"]), round=row["round"])
 
 
 def _label(row: Row) -> Label:
     return Label(id=row["id"], pair_id=row["pair_id"], annotator=row["annotator"], choice=row["choice"],
                  note=row["note"], shown_swapped=bool(row["shown_swapped"]), latency_s=row["latency_s"],
-                 created_at=as_datetime(row["created_at"]), undone=bool(row["undone"]))
+                 created_at=as_datetime(row["created_at"]), undone=bool(row["undone"]), round=row["round"])

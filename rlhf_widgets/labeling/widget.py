@@ -373,6 +373,9 @@ class LabelingPanel(widgets.VBox):
 
     def close(self) -> None:
         """Close the widget and its parts, its session and (if the panel opened it) the store."""
+        if not hasattr(self, "_closed"):  # __init__ failed before the panel was built (ipywidgets closes on __del__)
+            super().close()
+            return
         self._closed.set()
         if self._retrier is not None:
             self._retrier.join()
