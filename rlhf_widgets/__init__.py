@@ -69,7 +69,10 @@ _EXPORTS = {
     "figure_from_log": "rlhf_widgets.views",
     "reward_report_figures": "rlhf_widgets.views",
     "overoptimization_figure": "rlhf_widgets.views",
-    # the whole loop
+    # the iterative loop
+    "IterativeLoop": "rlhf_widgets.loop",
+    "LoopConfig": "rlhf_widgets.loop",
+    # the whole loop on the sandbox
     "QuickstartConfig": "rlhf_widgets.pipeline",
     "run_quickstart": "rlhf_widgets.pipeline",
 }

@@ -4,7 +4,7 @@
     python -m rlhf_widgets <stage> --help           # every field, with its help text and default
     accelerate launch -m rlhf_widgets <stage> ...   # several processes / GPUs
 
-Stages: sft, label, reward, dpo, grpo, rloo, ppo, evaluate, quickstart. Each training stage takes its
+Stages: sft, label, reward, dpo, grpo, rloo, ppo, evaluate, loop, quickstart. Each training stage takes its
 config (`SFTStageConfig`, …, `PPOConfig`) and `ModelConfig` (`--model_name_or_path`, `--use_peft`,
 `--load_in_4bit`, `--lora_r`, …) as options, and prints a JSON summary of its `StageResult` at the end.
 """
@@ -227,6 +227,45 @@ def _evaluate(args: EvaluateArguments) -> dict:
     return rows
 
 
+@dataclass
+class LoopArguments:
+    """The iterative loop's models, labeler and prompts."""
+
+    sft_model: str = field(metadata=_help("The SFT policy round 1 samples from (a directory or hub id)."))
+    labeler: str = field(default="simulated", metadata=_help(
+        "Who labels each round's pairs: 'simulated' (the sandbox's annotator), 'gold', or a reward-model "
+        "directory."))
+    prompts: str = field(default=SANDBOX, metadata=_help(
+        "The prompt pool each round takes fresh prompts from: 'sandbox' or a source `load_prompts` reads."))
+    held_out_prompts: str | None = field(default=None, metadata=_help(
+        "Held-out prompts of the comparison (default with 'sandbox': its test split, judged by gold too); "
+        "--eval_prompts says how many."))
+    ppo_updates: int = field(default=20, metadata=_help("PPO updates per round (policy_update='ppo')."))
+
+
+def _loop(config, args: LoopArguments) -> dict:
+    from rlhf_widgets.loop import IterativeLoop
+    from rlhf_widgets.ppo import PPOConfig
+    from rlhf_widgets.sandbox import SimulatedAnnotator, gold_preference
+
+    sandbox = args.prompts == SANDBOX
+    pool = _prompts(args.prompts, config.rounds * config.prompts_per_round if sandbox else None, config.seed)
+    if args.labeler == "simulated":
+        labeler = SimulatedAnnotator(seed=config.seed)
+    elif args.labeler == "gold":
+        labeler = gold_preference
+    else:
+        from rlhf_widgets.labeling import RewardModelLabeler
+
+        labeler = RewardModelLabeler(_reward(args.labeler))
+    gold = _reward("gold") if sandbox else None
+    evals = _prompts(args.held_out_prompts, None, config.seed, split="test") if args.held_out_prompts else None
+    loop = IterativeLoop(pool, config, sft_model=args.sft_model, labeler=labeler, gold=gold, eval_prompts=evals,
+                         ppo_config=PPOConfig(num_updates=args.ppo_updates, seed=config.seed, sample_every=0))
+    return {"rounds": [{"round": r.round, "policy": r.policy_path, "reward_model": r.reward_path, **r.metrics}
+                       for r in loop.run()]}
+
+
 def _quickstart(config) -> dict:
     from rlhf_widgets.pipeline import run_quickstart
 
@@ -276,6 +315,8 @@ COMMANDS: dict[str, Command] = {
                    _classes("rlhf_widgets.ppo.config.PPOConfig", PromptArguments), _ppo),
     "evaluate": Command("compare policies on held-out prompts (win rates, KL, length)",
                         lambda: (EvaluateArguments,), _evaluate),
+    "loop": Command("iterative rounds: pairs on the current policy, labels, reward model, policy, evaluation",
+                    _classes("rlhf_widgets.loop.LoopConfig", LoopArguments, model=False), _loop),
     "quickstart": Command("the whole loop on the offline sandbox, with a report",
                           _classes("rlhf_widgets.pipeline.QuickstartConfig", model=False), _quickstart),
 }
