@@ -1,7 +1,9 @@
-"""Run by tests/test_ppo_distributed.py under `accelerate launch --cpu --num_processes 2`.
+"""Run by tests/test_ppo_distributed.py under `accelerate launch --multi_gpu --num_processes 2` (CPU, gloo).
 
-Each rank trains two PPO updates on the sandbox and saves its trainable weights and the prompts it
-sampled, so the test can check the replicas stayed identical while seeing different data.
+Each rank trains five PPO updates on the sandbox with the adaptive KL controller, and saves (per rank) its trainable
+weights, the prompts it sampled, its β, its own share of every rollout (the local sequence KLs, EOS counts and
+whitened advantages), and on rank 0 the logged metrics — so the test can check that the replicas stayed identical
+while seeing different data, and that every decision was taken on both processes' statistics.
 """
 
 import os
@@ -24,14 +26,25 @@ def main(out: Path) -> None:
         return gold_reward(prompts, responses)
 
     prompts = [p.text for p in make_prompts(64, seed=21)]
-    cfg = PPOConfig(output_dir=str(out / "run"), num_updates=2, batch_size=4, mini_batch_size=2, num_ppo_epochs=1,
-                    max_new_tokens=12, sample_every=0)
+    cfg = PPOConfig(output_dir=str(out / "run"), num_updates=5, batch_size=4, mini_batch_size=2, num_ppo_epochs=1,
+                    max_new_tokens=8, sample_every=0, adaptive_kl=True, kl_coef=0.1, kl_target=0.5, kl_horizon=50,
+                    mixed_precision="no")
     trainer = PPOTrainer(prompts, cfg, reward=reward)
+    shares = []
+    shape = trainer._shape
+
+    def record(rollout, kl_coef):  # this rank's share of each rollout, as shaped
+        shape(rollout, kl_coef)
+        mask = rollout.response_mask
+        shares.append({"seq_kl": (rollout.kl * mask).sum(1).tolist(), "eos": int(rollout.contains_eos.sum()),
+                       "adv_sum": float((rollout.advantages * mask).sum()),
+                       "adv_sq_sum": float((rollout.advantages ** 2 * mask).sum()), "tokens": float(mask.sum())})
+    trainer._shape = record
     trainer.train(show_progress=False)
-    rank = trainer.accelerator.process_index
-    torch.save({"state": trainer.backend.trainable_state(), "prompts": seen,
-                "world": trainer.accelerator.num_processes,
-                "kl": trainer.metrics.series("objective/kl")[1] if trainer.is_main else None},
+    rank = trainer.processes.index
+    torch.save({"state": trainer.backend.trainable_state(), "prompts": seen, "world": trainer.processes.count,
+                "kl_coef": trainer.kl_ctl.value, "shares": shares,
+                "metrics": trainer.metrics.to_dataframe().to_dict("list") if trainer.is_main else None},
                out / f"rank{rank}.pt")
 
 
