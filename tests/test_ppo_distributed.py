@@ -9,25 +9,34 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlhf_widgets.accelerate_configs import config_path
 from rlhf_widgets.ppo import core
 
 WORKER = Path(__file__).with_name("ppo_ddp_worker.py")
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
-    out = tmp_path_factory.mktemp("ddp")
+def launch(out: Path, *launcher: str) -> tuple[dict, dict]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join([str(WORKER.parents[1]), os.environ.get("PYTHONPATH", "")])}
-    # `--multi_gpu` selects accelerate's torchrun launcher; with no GPU the processes train on CPU over gloo
-    # (`--cpu` alone would start a single process)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533", str(WORKER),
-           str(out)]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2", "--num_machines",
+           "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(WORKER), str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return tuple(torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    # `--multi_gpu` selects accelerate's torchrun launcher; with no GPU the processes train on CPU over gloo
+    # (`--cpu` alone would start a single process)
+    return launch(tmp_path_factory.mktemp("ddp"), "--multi_gpu", "--main_process_port", "29533")
+
+
+@pytest.fixture(scope="module")
+def zero2_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    """The same run under DeepSpeed ZeRO-2 (the shipped config; the engine on CPU over gloo)."""
+    return launch(tmp_path_factory.mktemp("zero2"), "--config_file", str(config_path("zero2")),
+                  "--main_process_port", "29534")
 
 
 def test_two_cpu_processes_keep_identical_replicas(ranks: tuple[dict, dict]) -> None:
@@ -73,3 +82,18 @@ def test_metrics_are_reduced_by_meaning(ranks: tuple[dict, dict]) -> None:
     eos = [s0["eos"] + s1["eos"] for s0, s1 in zip(r0["shares"], r1["shares"], strict=True)]
     assert r0["metrics"]["val/num_eos_tokens"] == eos  # a count: summed over processes
     assert r0["metrics"]["episode"] == [8, 16, 24, 32, 40]
+
+
+def test_zero2_takes_the_same_steps_as_plain_data_parallel(ranks: tuple[dict, dict],
+                                                           zero2_ranks: tuple[dict, dict]) -> None:
+    """Under DeepSpeed ZeRO-2 (optimizer state and gradients sharded, the engine steps) the replicas stay identical
+    and end where the plain data-parallel run does — the same prompts, β and weights up to float reduction order."""
+    z0, z1 = zero2_ranks
+    for name, tensor in z0["state"].items():
+        assert torch.equal(tensor, z1["state"][name]), f"ZeRO-2 replicas diverged at {name}"
+    plain = ranks[0]
+    assert z0["prompts"] == plain["prompts"]
+    assert z0["kl_coef"] == pytest.approx(plain["kl_coef"], rel=1e-6)
+    for name, tensor in plain["state"].items():
+        torch.testing.assert_close(z0["state"][name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+    assert z0["metrics"]["objective/kl"] == pytest.approx(plain["metrics"]["objective/kl"], rel=1e-3, abs=1e-5)

@@ -56,7 +56,7 @@ def test_a_dead_process_makes_the_survivor_exit_with_a_clear_error_at_once(runs:
     assert "resume from the last checkpoint" in error and state == "failed"
     for update in (1, 2):
         files = {p.name for p in (out / "run" / f"checkpoint-{update}").iterdir()}
-        assert {"trainer_state.pt", "rng_state_0.pt", "rng_state_1.pt"} <= files
+        assert {"trainer_state.pt", "process_state_0.pt", "process_state_1.pt"} <= files
 
 
 def test_resume_with_two_processes_reproduces_the_uninterrupted_run(runs: dict) -> None:

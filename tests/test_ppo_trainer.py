@@ -609,7 +609,7 @@ def test_an_exception_inside_an_update_restores_the_last_good_state_and_checkpoi
     assert {k: s["step"] for k, s in trainer.optimizer.state.items()} == optimizer_steps
     saved = torch.load(tmp_path / "last" / "trainer_state.pt", weights_only=False)
     assert saved["reason"] == "ConnectionError: reward server unreachable" and saved["update"] == 1
-    assert {"rng_state_0.pt", "trainer_state.pt"} <= {p.name for p in (tmp_path / "last").iterdir()}
+    assert {"process_state_0.pt", "trainer_state.pt"} <= {p.name for p in (tmp_path / "last").iterdir()}
 
 
 def test_min_kl_rail_reads_k1_whatever_the_reward_estimator(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -51,13 +51,15 @@ from rlhf_widgets.ppo.distributed import PeerLost, Processes
 from rlhf_widgets.ppo.memory import auto_micro_batch_size, release_freed_memory
 from rlhf_widgets.ppo.precision import Precision, float32_head, resolve_mixed_precision
 from rlhf_widgets.ppo.rollout import Rollout, TrainingStopped, forward_inputs, make_rollout, shape_rewards
+from rlhf_widgets.ppo.zero import ZeroEngine
 from rlhf_widgets.rewards import RewardFunction, as_reward_function, score_responses
 from rlhf_widgets.stages import FINAL, StageResult, is_quantized
 
 STATE_FILE = "trainer_state.pt"
 """A checkpoint's shared state: weights, optimizer, schedule, β, counters, the number of processes, the reason"""
-RNG_FILE = "rng_state_{rank}.pt"
-"""A checkpoint's per-process state: prompt order and the random streams (CPU, CUDA, Python) of process `rank`"""
+PROCESS_FILE = "process_state_{rank}.pt"
+"""A checkpoint's per-process state: process `rank`'s prompt order and random streams (CPU, CUDA, Python), and
+under DeepSpeed ZeRO its optimizer partition"""
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -122,6 +124,15 @@ class PPOTrainer:
         )
         self.scheduler = get_scheduler(config.lr_scheduler_type, self.optimizer,
                                        num_warmup_steps=config.warmup_updates, num_training_steps=config.num_updates)
+        self.zero: ZeroEngine | None = None
+        """the DeepSpeed ZeRO engine under a DeepSpeed launch (`ppo.zero`), else None"""
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            self.zero = ZeroEngine(self.accelerator, self.backend, self.optimizer, config, self.precision.mode)
+        elif self.accelerator.distributed_type == DistributedType.FSDP:
+            raise ValueError("PPO under FSDP: FSDP shards the parameters themselves, which PPO's shared base (adapter "
+                             "switches, module swaps, generate) cannot run on; launch PPO with DeepSpeed ZeRO-2 "
+                             "(rlhf_widgets/accelerate_configs/zero2.yaml) or plain data parallel (--multi_gpu). "
+                             "FSDP is for the TRL stages")
         self.kl_ctl = (
             core.AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
             if config.adaptive_kl else core.FixedKLController(config.kl_coef)
@@ -343,7 +354,7 @@ class PPOTrainer:
         if not math.isfinite(pg_loss.item()) or not (1 / cfg.max_ratio < ratio < cfg.max_ratio):
             raise TrainingStopped(f"policy ratio {ratio:.3g} / loss {pg_loss.item():.3g} at update {update}: the "
                                   "update diverged — lower the learning rate")
-        self.precision.backward(weight * pg_loss)
+        self._backward(weight * pg_loss)
         with torch.no_grad():
             entropy = core.masked_mean(core.entropy_from_logits(logits.detach() / self.temperature), resp_mask)
         del logits, new_logprobs
@@ -354,18 +365,32 @@ class PPOTrainer:
                                                 resp_mask, cfg.cliprange_value)
         if not math.isfinite(vf_loss.item()):
             raise TrainingStopped(f"non-finite value loss at update {update}")
-        self.precision.backward(weight * cfg.vf_coef * vf_loss)
+        self._backward(weight * cfg.vf_coef * vf_loss)
         for k, v in {"policy/approxkl_avg": pg_stats["approx_kl"], "policy/clipfrac_avg": pg_stats["clipfrac"],
                      "loss/policy_avg": pg_loss.item(), "loss/value_avg": vf_loss.item(),
                      "val/clipfrac_avg": vf_stats["clipfrac"], "val/ratio": pg_stats["ratio_mean"],
                      "val/ratio_var": pg_stats["ratio_var"], "policy/entropy_avg": entropy.item()}.items():
             stats[k].append(float(v))
 
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.zero is not None:
+            self.zero.backward(loss)
+        else:
+            self.precision.backward(loss)
+
     def _optimizer_step(self, where: str) -> None:
         """Average the gradients across processes, then — on every process alike, since they now hold the same
         gradients — check they are finite, clip and step. A non-finite gradient never reaches the weights: the
-        step is skipped (counted) or the run stops (`PPOConfig.nonfinite_grads`)."""
+        step is skipped (counted) or the run stops (`PPOConfig.nonfinite_grads`). Under ZeRO the engine does all
+        of it (`ppo.zero`)."""
         cfg = self.config
+        if self.zero is not None:
+            norm = self.zero.step(where)
+            if math.isfinite(norm):
+                self._grad_norms.append(norm)
+            else:
+                self._skipped_steps += 1
+            return
         params = [p for p in self._trainable() if p.grad is not None]
         bad = self._sync_gradients(params)
         scaler = self.precision.scaler
@@ -447,7 +472,8 @@ class PPOTrainer:
             raise TrainingStopped(f"non-finite weights before update {self.update + 1}: they were changed outside "
                                   "the trainer")
         self._last_good = {"weights": {k: v.detach().clone() for k, v in weights.items()},
-                           "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                           "optimizer": None if self.zero else copy.deepcopy(self.optimizer.state_dict()),
+                           "zero": self.zero.state() if self.zero else None,
                            "scaler": None if self.precision.scaler is None else self.precision.scaler.state_dict()}
 
     def _restore_last_good(self) -> None:
@@ -456,7 +482,10 @@ class PPOTrainer:
         if self._last_good is None:
             return
         self.backend.load_trainable_state(self._last_good["weights"])
-        self.optimizer.load_state_dict(self._last_good["optimizer"])
+        if self.zero is not None:
+            self.zero.load_state(self._last_good["zero"])
+        else:
+            self.optimizer.load_state_dict(self._last_good["optimizer"])
         if self._last_good["scaler"] is not None:
             self.precision.scaler.load_state_dict(self._last_good["scaler"])
 
@@ -582,8 +611,9 @@ class PPOTrainer:
     def save_checkpoint(self, path: str | Path) -> Path:
         """Save everything needed to resume exactly — in `path/trainer_state.pt` (once): trainable weights,
         optimizer, LR schedule, loss scale, β, counters, the number of processes, the run's status and reason, and
-        the metrics log up to here; in `path/rng_state_<rank>.pt` (one per process): that process's prompt order
-        and random streams (CPU, CUDA, Python) — plus the policy in `path/policy`."""
+        the metrics log up to here; in `path/process_state_<rank>.pt` (one per process): that process's prompt
+        order and random streams (CPU, CUDA, Python), and under ZeRO its optimizer partition — plus the policy in
+        `path/policy`."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         torch.save({
@@ -592,11 +622,12 @@ class PPOTrainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "python_rng": random.getstate(),
-        }, path / RNG_FILE.format(rank=self.processes.index))
+            "zero": self.zero.state() if self.zero else None,
+        }, path / PROCESS_FILE.format(rank=self.processes.index))
         if self.is_main:
             torch.save({
                 "trainable": self.backend.trainable_state(),
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": None if self.zero else self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": None if self.precision.scaler is None else self.precision.scaler.state_dict(),
                 "kl_coef": self.kl_ctl.value,
@@ -628,13 +659,20 @@ class PPOTrainer:
                 f"checkpoint {path} was written by {written_by} process(es) and this run has {here}: each process's "
                 "prompt order and random streams are saved separately, so only the same count resumes exactly — "
                 f"launch with `accelerate launch --num_processes {written_by} ...` (or `python` for 1)")
-        own = path / RNG_FILE.format(rank=self.processes.index)
+        own = path / PROCESS_FILE.format(rank=self.processes.index)
         if not own.is_file():
             raise FileNotFoundError(f"checkpoint {path} has no {own.name} (process {self.processes.index}'s random "
                                     "streams): it is incomplete, or was written by an older version")
         rng = torch.load(own, weights_only=False)
+        if (rng["zero"] is None) != (self.zero is None):
+            raise ValueError(f"checkpoint {path} was written {'with' if rng['zero'] is not None else 'without'} "
+                             "DeepSpeed ZeRO and this run is launched the other way: resume under the same launcher "
+                             "config")
         self.backend.load_trainable_state(state["trainable"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.zero is not None:
+            self.zero.load_state(rng["zero"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state["scaler"] is not None and self.precision.scaler is not None:
             self.precision.scaler.load_state_dict(state["scaler"])
