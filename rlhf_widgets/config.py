@@ -87,7 +87,9 @@ class TrainingDefaults:
 
     `class SFTStageConfig(TrainingDefaults, trl.SFTConfig)` gets: no remote logging, no activation
     checkpointing (the models here are small; TRL turns it on by default), and on a machine without
-    CUDA `use_cpu=True` with bf16 off (CPU trainers need both).
+    CUDA `use_cpu=True` with bf16 off (CPU trainers need both) — except under an `accelerate launch` with a
+    DeepSpeed or FSDP config (`rlhf_widgets/accelerate_configs/`), where `use_cpu=True` would replace the engine
+    with plain CPU data parallel: there the processes keep `use_cpu=False` and talk over gloo (`ddp_backend`).
     """
 
     report_to: None | str | list[str] = field(
@@ -110,7 +112,12 @@ class TrainingDefaults:
         import torch
 
         if not torch.cuda.is_available():
-            self.use_cpu = True
+            engine = any(os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true"
+                         for name in ("DEEPSPEED", "FSDP"))
+            if engine:
+                self.ddp_backend = self.ddp_backend or "gloo"
+            else:
+                self.use_cpu = True
             if self.bf16 is None:
                 self.bf16 = False
         elif self.bf16 is None:

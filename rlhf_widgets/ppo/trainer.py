@@ -354,7 +354,12 @@ class PPOTrainer:
         if not math.isfinite(pg_loss.item()) or not (1 / cfg.max_ratio < ratio < cfg.max_ratio):
             raise TrainingStopped(f"policy ratio {ratio:.3g} / loss {pg_loss.item():.3g} at update {update}: the "
                                   "update diverged — lower the learning rate")
-        self._backward(weight * pg_loss)
+        # the policy's backward now, freeing its graph before the value forward — except under ZeRO, whose engine
+        # reduces the gradients once per backward: there one backward of both losses
+        policy_term = weight * pg_loss
+        if self.zero is None:
+            self.precision.backward(policy_term)
+            policy_term = None
         with torch.no_grad():
             entropy = core.masked_mean(core.entropy_from_logits(logits.detach() / self.temperature), resp_mask)
         del logits, new_logprobs
@@ -365,18 +370,16 @@ class PPOTrainer:
                                                 resp_mask, cfg.cliprange_value)
         if not math.isfinite(vf_loss.item()):
             raise TrainingStopped(f"non-finite value loss at update {update}")
-        self._backward(weight * cfg.vf_coef * vf_loss)
+        value_term = weight * cfg.vf_coef * vf_loss
+        if self.zero is None:
+            self.precision.backward(value_term)
+        else:
+            self.zero.backward(policy_term + value_term)
         for k, v in {"policy/approxkl_avg": pg_stats["approx_kl"], "policy/clipfrac_avg": pg_stats["clipfrac"],
                      "loss/policy_avg": pg_loss.item(), "loss/value_avg": vf_loss.item(),
                      "val/clipfrac_avg": vf_stats["clipfrac"], "val/ratio": pg_stats["ratio_mean"],
                      "val/ratio_var": pg_stats["ratio_var"], "policy/entropy_avg": entropy.item()}.items():
             stats[k].append(float(v))
-
-    def _backward(self, loss: torch.Tensor) -> None:
-        if self.zero is not None:
-            self.zero.backward(loss)
-        else:
-            self.precision.backward(loss)
 
     def _optimizer_step(self, where: str) -> None:
         """Average the gradients across processes, then — on every process alike, since they now hold the same

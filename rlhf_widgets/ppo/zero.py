@@ -12,7 +12,10 @@ the last good state and checkpoints.
 Not supported, each refused with the reason: ZeRO-3 (it shards the parameters themselves, which the shared base's
 module swaps and `generate` cannot see through), DeepSpeed's own fp16/bf16 (PPO autocasts itself,
 `PPOConfig.mixed_precision`, so the engine keeps float32 weights), and micro-batches inside a minibatch (one
-backward per optimizer step: `micro_batch_size` None or = `mini_batch_size`).
+backward per optimizer step: `micro_batch_size` None or = `mini_batch_size`). That one backward is of the policy and
+value losses together — the engine reduces the gradients once per backward, and a second backward in the same step
+would go unreduced — so under ZeRO the policy's graph is kept through the value forward (more activation memory
+than the plain path, which frees it first).
 """
 
 from __future__ import annotations
@@ -74,8 +77,8 @@ class ZeroEngine:
         self.nonfinite_policy = config.nonfinite_policy
 
     def backward(self, loss: torch.Tensor) -> None:
-        """`loss.backward()` through the engine (its gradient hooks reduce into the partitions); `loss` is already
-        weighted for the minibatch, so no division by accumulation steps."""
+        """`loss.backward()` through the engine (its gradient hooks reduce into the partitions) — once per step, of
+        the whole loss; `loss` is already weighted for the minibatch, so no division by accumulation steps."""
         self.engine.backward(loss, scale_wrt_gas=False)
 
     def step(self, where: str) -> float:
