@@ -128,11 +128,6 @@ class PPOTrainer:
         """the DeepSpeed ZeRO engine under a DeepSpeed launch (`ppo.zero`), else None"""
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             self.zero = ZeroEngine(self.accelerator, self.backend, self.optimizer, config, self.precision.mode)
-        elif self.accelerator.distributed_type == DistributedType.FSDP:
-            raise ValueError("PPO under FSDP: FSDP shards the parameters themselves, which PPO's shared base (adapter "
-                             "switches, module swaps, generate) cannot run on; launch PPO with DeepSpeed ZeRO-2 "
-                             "(rlhf_widgets/accelerate_configs/zero2.yaml) or plain data parallel (--multi_gpu). "
-                             "FSDP is for the TRL stages")
         self.kl_ctl = (
             core.AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
             if config.adaptive_kl else core.FixedKLController(config.kl_coef)
@@ -264,6 +259,8 @@ class PPOTrainer:
         # 7. PPO epochs of clipped minibatch updates (policy, then value; one optimizer step per minibatch)
         release_freed_memory()
         stats = self._ppo_epochs(rollout)
+        procs.where = f"the gold scores of update {update}"
+        gold_scores = self._gold_scores(rollout)
 
         # 8. adapt β (on all processes' mean KL: every process keeps the same β), step the schedule, report
         n_episodes = len(rollout) * procs.count
@@ -273,7 +270,7 @@ class PPOTrainer:
         self.update += 1
         self.episode += n_episodes
         procs.where = f"the report of update {update}"
-        metrics = self._report(rollout, stats, mean_kl, kl_coef, lr, rollout_seconds,
+        metrics = self._report(rollout, stats, gold_scores, mean_kl, kl_coef, lr, rollout_seconds,
                                time.perf_counter() - start - rollout_seconds)
         metrics["eps"] = n_episodes / (time.perf_counter() - start)
         metrics["episode"] = self.episode
@@ -417,18 +414,25 @@ class PPOTrainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _report(self, rollout: Rollout, stats: dict[str, list[float]], mean_kl: float, kl_coef: float, lr: float,
-                rollout_seconds: float, update_seconds: float) -> dict[str, float]:
-        """Step 8's metrics (TRL's PPO names), reduced across processes as their meaning requires; logs the sample
-        table. `objective/kl` and `val/var_explained` are already all processes' (computed from global sums)."""
-        mask, scores, non_score = rollout.response_mask, rollout.scores, rollout.non_score_rewards
-        error, gold_scores = None, None
+    def _gold_scores(self, rollout: Rollout) -> list[float] | None:
+        """The held-out gold scores of the rollout's responses (None without `gold`), outside autocast; a failure on
+        any process is raised on every process, before the update's state changes."""
+        error, scores = None, None
         try:
             if self.gold is not None:
-                gold_scores = score_responses(self.gold, rollout.prompts, rollout.texts).tolist()
+                with self.precision.full_precision():
+                    scores = score_responses(self.gold, rollout.prompts, rollout.texts).tolist()
         except Exception as err:  # noqa: BLE001 - raised on every process at the agreement point
             error = err
         self.processes.agree(error)
+        return scores
+
+    def _report(self, rollout: Rollout, stats: dict[str, list[float]], gold_scores: list[float] | None,
+                mean_kl: float, kl_coef: float, lr: float, rollout_seconds: float,
+                update_seconds: float) -> dict[str, float]:
+        """Step 8's metrics (TRL's PPO names), reduced across processes as their meaning requires; logs the sample
+        table. `objective/kl` and `val/var_explained` are already all processes' (computed from global sums)."""
+        mask, scores, non_score = rollout.response_mask, rollout.scores, rollout.non_score_rewards
         with torch.no_grad():  # explained variance over all processes' response tokens: 1 − Var(R − V) / Var(R)
             residual = rollout.returns - rollout.values
             moments = self.processes.sum(torch.stack([
@@ -521,10 +525,11 @@ class PPOTrainer:
                 self._apply(control.take_pending())
                 try:
                     self.step()
-                except PeerLost as err:
+                except (PeerLost, KeyboardInterrupt) as err:  # no checkpoint: it needs every process / is unwanted
                     self._restore_last_good()
-                    control.state, control.reason = "failed", str(err)
-                    self._event("error", f"{err}")
+                    control.state, control.reason = "failed", str(err) or type(err).__name__
+                    self._event("error", f"update {self.update + 1} interrupted: {control.reason}; weights restored "
+                                "to the last good update")
                     raise
                 except Exception as err:
                     self._restore_last_good()
@@ -618,6 +623,7 @@ class PPOTrainer:
         order and random streams (CPU, CUDA, Python), and under ZeRO its optimizer partition — plus the policy in
         `path/policy`."""
         path = Path(path)
+        self.processes.where = f"saving {path}"
         path.mkdir(parents=True, exist_ok=True)
         torch.save({
             "order": list(self._order),
@@ -693,7 +699,13 @@ class PPOTrainer:
 
 def _accelerator(config: PPOConfig) -> Accelerator:
     """The run's `Accelerator`: CUDA with NCCL when there is a GPU, else CPU processes over gloo (a DeepSpeed launch
-    without a GPU needs gloo named explicitly). `collective_timeout_s` bounds every collective's wait."""
+    without a GPU needs gloo named explicitly). `collective_timeout_s` bounds every collective's wait. An FSDP
+    launch is refused (see the message)."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise ValueError("PPO under FSDP: FSDP shards the parameters themselves, which PPO's shared base (adapter "
+                         "switches, module swaps, generate) cannot run on; launch PPO with DeepSpeed ZeRO-2 "
+                         "(rlhf_widgets/accelerate_configs/zero2.yaml) or plain data parallel (--multi_gpu). FSDP "
+                         "is for the TRL stages")
     cuda = torch.cuda.is_available()
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     backend = "nccl" if cuda else "gloo" if launched else None
