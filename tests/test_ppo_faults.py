@@ -11,7 +11,7 @@ import pytest
 import torch
 
 WORKER = Path(__file__).with_name("ppo_fault_worker.py")
-MONITOR_S = 20
+MONITOR_S = 10
 """The launcher checks its workers this often: longer than the survivor needs to notice a dead peer by itself."""
 
 

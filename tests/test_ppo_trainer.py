@@ -630,3 +630,25 @@ def test_min_kl_rail_reads_k1_whatever_the_reward_estimator(tmp_path: Path) -> N
     result = trainer.train(show_progress=False)
     assert result.status == "failed" and trainer.update == 0
     assert result.reason.startswith("mean k1 KL -") and "< -0.5 at update 1" in result.reason
+
+
+@pytest.mark.gpu
+def test_cuda_resume_is_exact_and_half_precision_trains(tmp_path: Path) -> None:
+    """On a GPU: the checkpoint carries the CUDA random streams (a resumed run samples what the uninterrupted one
+    did), and bf16 / fp16 autocast runs train with finite float32 master weights."""
+    cfg = dict(num_updates=3, save_every=2, max_new_tokens=8, batch_size=4, mini_batch_size=4)
+    full = PPOTrainer(PROMPTS, small_config(tmp_path / "full", **cfg), reward=gold_reward)
+    assert full.accelerator.device.type == "cuda"
+    full.train(show_progress=False)
+    resumed = PPOTrainer(PROMPTS, small_config(tmp_path / "resumed", **cfg), reward=gold_reward,
+                         resume_from=tmp_path / "full" / "checkpoint-2")
+    resumed.train(show_progress=False)
+    for key in ("objective/kl", "objective/scores", "val/response_length"):
+        assert resumed.metrics.series(key)[1] == pytest.approx(full.metrics.series(key)[1], rel=1e-4), key
+    for mode in ("bf16", "fp16"):
+        trainer = PPOTrainer(PROMPTS, small_config(tmp_path / mode, mixed_precision=mode, **cfg), reward=gold_reward)
+        trainer.train(show_progress=False)
+        assert trainer.control.state == "finished", trainer.control.reason
+        state = trainer.backend.trainable_state()
+        assert {v.dtype for v in state.values()} == {torch.float32}
+        assert all(torch.isfinite(v).all() for v in state.values())
