@@ -1,9 +1,11 @@
-"""Run by tests/test_ppo_distributed.py under `accelerate launch --multi_gpu --num_processes 2` (CPU, gloo).
+"""Run by tests/test_ppo_distributed.py under `accelerate launch` with 2 CPU processes (plain data parallel over
+gloo, or DeepSpeed ZeRO-2).
 
 Each rank trains five PPO updates on the sandbox with the adaptive KL controller, and saves (per rank) its trainable
 weights, the prompts it sampled, its β, its own share of every rollout (the local sequence KLs, EOS counts and
-whitened advantages), and on rank 0 the logged metrics — so the test can check that the replicas stayed identical
-while seeing different data, and that every decision was taken on both processes' statistics.
+whitened advantages), its metrics before the reduction, and on rank 0 the logged metrics — so the test can check
+that the replicas stayed identical while seeing different data, and that every decision was taken on both
+processes' statistics.
 """
 
 import os
@@ -35,15 +37,25 @@ def main(out: Path) -> None:
 
     def record(rollout, kl_coef):  # this rank's share of each rollout, as shaped
         shape(rollout, kl_coef)
+        # the sandbox base never ends within 8 tokens: mark rank + 1 responses as ended (read only by the report
+        # from here on), so the logged count shows whether it was summed (3) or averaged (1.5)
+        rollout.contains_eos[: trainer.processes.index + 1] = True
         mask = rollout.response_mask
         shares.append({"seq_kl": (rollout.kl * mask).sum(1).tolist(), "eos": int(rollout.contains_eos.sum()),
                        "adv_sum": float((rollout.advantages * mask).sum()),
                        "adv_sq_sum": float((rollout.advantages ** 2 * mask).sum()), "tokens": float(mask.sum())})
     trainer._shape = record
+    local_metrics = []
+    reduce_metrics = trainer.processes.reduce_metrics
+
+    def record_metrics(metrics):  # this rank's metrics before the reduction
+        local_metrics.append(dict(metrics))
+        return reduce_metrics(metrics)
+    trainer.processes.reduce_metrics = record_metrics
     trainer.train(show_progress=False)
     rank = trainer.processes.index
     torch.save({"state": trainer.backend.trainable_state(), "prompts": seen, "world": trainer.processes.count,
-                "kl_coef": trainer.kl_ctl.value, "shares": shares,
+                "kl_coef": trainer.kl_ctl.value, "shares": shares, "local_metrics": local_metrics,
                 "metrics": trainer.metrics.to_dataframe().to_dict("list") if trainer.is_main else None},
                out / f"rank{rank}.pt")
 

@@ -78,10 +78,18 @@ def test_advantages_are_whitened_with_both_processes_statistics(ranks: tuple[dic
 
 
 def test_metrics_are_reduced_by_meaning(ranks: tuple[dict, dict]) -> None:
+    """Counts summed, times the slowest process's, means averaged — from each process's own numbers."""
     r0, r1 = ranks
+    logged = r0["metrics"]
+    for key, reduce in (("val/num_eos_tokens", sum), ("time/rollout", max), ("time/update", max),
+                        ("objective/scores", lambda v: sum(v) / 2), ("loss/value_avg", lambda v: sum(v) / 2)):
+        expected = [reduce([a[key], b[key]]) for a, b in zip(r0["local_metrics"], r1["local_metrics"], strict=True)]
+        assert logged[key] == pytest.approx(expected, rel=1e-9), key
+    assert any(a["time/rollout"] != b["time/rollout"]
+               for a, b in zip(r0["local_metrics"], r1["local_metrics"], strict=True))
+    assert logged["episode"] == [8, 16, 24, 32, 40]
     eos = [s0["eos"] + s1["eos"] for s0, s1 in zip(r0["shares"], r1["shares"], strict=True)]
-    assert r0["metrics"]["val/num_eos_tokens"] == eos  # a count: summed over processes
-    assert r0["metrics"]["episode"] == [8, 16, 24, 32, 40]
+    assert logged["val/num_eos_tokens"] == eos == [3] * 5  # 1 + 2 marked ended (see the worker)
 
 
 def test_zero2_takes_the_same_steps_as_plain_data_parallel(ranks: tuple[dict, dict],
