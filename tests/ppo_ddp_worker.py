@@ -54,10 +54,29 @@ def main(out: Path) -> None:
     trainer.processes.reduce_metrics = record_metrics
     trainer.train(show_progress=False)
     rank = trainer.processes.index
-    torch.save({"state": trainer.backend.trainable_state(), "prompts": seen, "world": trainer.processes.count,
-                "kl_coef": trainer.kl_ctl.value, "shares": shares, "local_metrics": local_metrics,
-                "metrics": trainer.metrics.to_dataframe().to_dict("list") if trainer.is_main else None},
-               out / f"rank{rank}.pt")
+    result = {"state": clone(trainer), "prompts": list(seen), "world": trainer.processes.count,
+              "kl_coef": trainer.kl_ctl.value, "shares": list(shares), "local_metrics": list(local_metrics),
+              "metrics": trainer.metrics.to_dataframe().to_dict("list") if trainer.is_main else None}
+
+    # then a NaN gradient on rank 0 in the 2nd minibatch of update 6 (the 1st has stepped): the run stops and puts
+    # back the state after update 5 (weights, optimizer — under ZeRO the process's master partition); update 6 again
+    backwards = {"n": 0}
+
+    def nan_in_second_minibatch(grad):
+        backwards["n"] += 1
+        return grad * float("nan") if rank == 0 and backwards["n"] == 2 else grad
+    hook = trainer.backend.policy_parameters[-1].register_hook(nan_in_second_minibatch)
+    trainer.train(num_updates=6, show_progress=False)
+    result.update(stopped_state=clone(trainer), stopped_status=trainer.control.state,
+                  stopped_reason=trainer.control.reason, stopped_update=trainer.update)
+    hook.remove()
+    trainer.train(num_updates=6, show_progress=False)
+    result.update(redone_state=clone(trainer), redone_update=trainer.update)
+    torch.save(result, out / f"rank{rank}.pt")
+
+
+def clone(trainer: PPOTrainer) -> dict:
+    return {k: v.clone() for k, v in trainer.backend.trainable_state().items()}
 
 
 if __name__ == "__main__":

@@ -105,3 +105,22 @@ def test_zero2_takes_the_same_steps_as_plain_data_parallel(ranks: tuple[dict, di
     for name, tensor in plain["state"].items():
         torch.testing.assert_close(z0["state"][name], tensor, rtol=1e-4, atol=1e-6, msg=name)
     assert z0["metrics"]["objective/kl"] == pytest.approx(plain["metrics"]["objective/kl"], rel=1e-3, abs=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["plain", "zero2"])
+def test_a_nan_gradient_after_a_step_puts_back_the_last_good_state(engine: str, ranks: tuple[dict, dict],
+                                                                   zero2_ranks: tuple[dict, dict]) -> None:
+    """A NaN gradient on one process in the 2nd minibatch of update 6, after the 1st has stepped: both processes
+    stop with update 5's weights (and optimizer state: under ZeRO each process's master partition and moments), so
+    redoing update 6 afterwards gives the same weights under ZeRO-2 as under plain data parallel."""
+    runs = ranks if engine == "plain" else zero2_ranks
+    for run in runs:
+        assert run["stopped_status"] == "failed" and run["stopped_update"] == 5
+        assert "non-finite gradient" in run["stopped_reason"]
+        assert "update 6, epoch 1, minibatch 2" in run["stopped_reason"]
+        assert all(torch.equal(run["stopped_state"][k], v) for k, v in run["state"].items())
+        assert run["redone_update"] == 6
+    assert all(torch.equal(runs[0]["redone_state"][k], v) for k, v in runs[1]["redone_state"].items())
+    if engine == "zero2":
+        for name, tensor in ranks[0]["redone_state"].items():
+            torch.testing.assert_close(runs[0]["redone_state"][name], tensor, rtol=1e-4, atol=1e-6, msg=name)
