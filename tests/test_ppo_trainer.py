@@ -546,14 +546,10 @@ def test_lr_schedule_anneals_per_update_and_resumes(tmp_path: Path) -> None:
     trainer.train(show_progress=False)
     expected = [1e-3 * (4 - u) / 4 for u in range(4)]
     assert trainer.metrics.series("lr")[1] == pytest.approx(expected, rel=1e-6)
-    resumed = PPOTrainer(PROMPTS, small_config(tmp_path / "resumed", **cfg), reward=gold_reward,
-                         resume_from=tmp_path / "full" / "checkpoint-2")
-    assert resumed.settings["learning_rate"] == pytest.approx(expected[2])
-    resumed.train(show_progress=False)
-    assert resumed.metrics.series("lr")[1] == pytest.approx(expected, rel=1e-6)
-    # a change from the panel rescales the rest of the schedule
+    # resumed from the checkpoint the schedule goes on where it was; a change from the panel rescales the rest
     halved = PPOTrainer(PROMPTS, small_config(tmp_path / "halved", **cfg), reward=gold_reward,
                         resume_from=tmp_path / "full" / "checkpoint-2")
+    assert halved.settings["learning_rate"] == pytest.approx(expected[2])
     halved.control.set(learning_rate=expected[2] / 2)
     halved.train(show_progress=False)
     assert halved.metrics.series("lr")[1] == pytest.approx([*expected[:2], expected[2] / 2, expected[3] / 2],
