@@ -73,10 +73,6 @@ class Processes:
             dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out
 
-    def mean(self, tensor: torch.Tensor) -> torch.Tensor:
-        """`tensor` averaged over every process."""
-        return self.sum(tensor) / self.count if self.count > 1 else tensor
-
     def max(self, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor`'s elementwise maximum over every process."""
         if self.count == 1:
