@@ -87,7 +87,10 @@ class TrainingDefaults:
 
     `class SFTStageConfig(TrainingDefaults, trl.SFTConfig)` gets: no remote logging, no activation
     checkpointing (the models here are small; TRL turns it on by default), and on a machine without
-    CUDA `use_cpu=True` with bf16 off (CPU trainers need both).
+    CUDA `use_cpu=True` with bf16 off (CPU trainers need both) — except under an `accelerate launch` with the
+    DeepSpeed config (`rlhf_widgets/accelerate_configs/zero2.yaml`), where `use_cpu=True` would replace the engine
+    with plain CPU data parallel: there the processes keep `use_cpu=False` and talk over gloo (`ddp_backend`).
+    FSDP without CUDA is refused (accelerate runs FSDP only across accelerators).
     """
 
     report_to: None | str | list[str] = field(
@@ -110,7 +113,14 @@ class TrainingDefaults:
         import torch
 
         if not torch.cuda.is_available():
-            self.use_cpu = True
+            if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+                raise ValueError("FSDP through accelerate needs GPUs: accelerate runs FSDP only across accelerators, "
+                                 "and on CPU each process would train alone. Launch with DeepSpeed ZeRO-2 "
+                                 "(rlhf_widgets/accelerate_configs/zero2.yaml) or plain data parallel (--multi_gpu)")
+            if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+                self.ddp_backend = self.ddp_backend or "gloo"
+            else:
+                self.use_cpu = True
             if self.bf16 is None:
                 self.bf16 = False
         elif self.bf16 is None:

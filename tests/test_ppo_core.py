@@ -1,6 +1,7 @@
 """Known answers (hand computed, ../shared/DESIGN.md) and properties of the PPO tensor functions."""
 
 import math
+import threading
 
 import pytest
 import torch
@@ -180,3 +181,50 @@ def test_adaptive_kl_controller_is_bounded_per_update():
     ctl.update(float("nan"), 100)
     assert ctl.value == pytest.approx(0.12)
     assert math.isfinite(ctl.value)
+
+
+def test_value_clip_range_zero_turns_clipping_off():
+    """cliprange_value=0 is 'no clipping' (PPOConfig's help), not 'clip to ±0', which would pin V to V_old."""
+    loss, stats = core.ppo_value_loss(T([2.0]), T([1.0]), T([3.0]), torch.ones(1), 0.0)
+    assert loss.item() == pytest.approx(0.5)  # ½·(2 − 3)², not ½·(1 − 3)²
+    assert stats["clipfrac"] == 0.0
+    new = T([2.0]).requires_grad_()
+    core.ppo_value_loss(new, T([1.0]), T([3.0]), torch.ones(1), 0.0)[0].backward()
+    assert new.grad.item() == pytest.approx(-1.0)  # the value still learns
+
+
+def all_reduce_in_threads(*work):
+    """Run one function per emulated process in threads; each gets a `sum_across` that, like an all-reduce,
+    returns the sum of what every process passed at that call. Returns each function's result."""
+    barrier, slots, results = threading.Barrier(len(work)), [None] * len(work), [None] * len(work)
+
+    def run(i, fn):
+        def sum_across(t):
+            slots[i] = t
+            barrier.wait()
+            total = sum(slots)
+            barrier.wait()
+            return total
+        results[i] = fn(sum_across)
+
+    threads = [threading.Thread(target=run, args=(i, fn)) for i, fn in enumerate(work)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.tuples(st.integers(1, 4), st.integers(2, 7)), seed=st.integers(0, 10_000), shift=st.booleans())
+def test_whitening_across_processes_equals_whitening_the_whole_batch(shape, seed, shift):
+    """Two processes' shards whitened with `sum_across` (an all-reduce) come out as the rows of the whole batch
+    whitened in one piece — and not as each shard whitened alone."""
+    (x1, _, m1), (x2, _, m2) = random_batch(seed, *shape), random_batch(seed + 1, *shape)
+    x1, x2 = x1 * 3 + 1, x2 - 2
+    got = all_reduce_in_threads(lambda s: core.masked_whiten(x1, m1, shift_mean=shift, sum_across=s),
+                                lambda s: core.masked_whiten(x2, m2, shift_mean=shift, sum_across=s))
+    whole = core.masked_whiten(torch.cat([x1, x2]), torch.cat([m1, m2]), shift_mean=shift)
+    torch.testing.assert_close(torch.cat(got), whole, rtol=1e-5, atol=1e-5)
+    if m1.sum() > 1:
+        assert not torch.allclose(core.masked_whiten(x1, m1, shift_mean=shift), got[0], atol=1e-3)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
@@ -37,7 +39,13 @@ class PPOConfig:
         "models; on CPU with a shared base, as many as keep one forward's saved activations under ~256 MiB."))
     num_ppo_epochs: int = field(default=4, metadata=_help("Passes over each batch of rollouts."))
     learning_rate: float = field(default=3e-4, metadata=_help(
-        "AdamW learning rate of the policy and value adapters and the value head."))
+        "AdamW learning rate of the policy and value adapters and the value head (the schedule's peak)."))
+    lr_scheduler_type: str = field(default="constant", metadata=_help(
+        "Learning-rate schedule over num_updates, stepped once per update (transformers' schedules): 'constant', "
+        "'linear' (to 0 at num_updates, as TRL's PPO and the N+ recipe) or 'cosine'. Saved in checkpoints; past "
+        "num_updates the rate stays at the schedule's end value."))
+    warmup_updates: int = field(default=0, metadata=_help(
+        "Updates of linear warm-up from 0 at the start of the schedule."))
     max_grad_norm: float = field(default=1.0, metadata=_help("Gradient-norm clip per optimizer step (0 = off)."))
     max_new_tokens: int = field(default=48, metadata=_help(
         "Response length limit in tokens; longer responses are cut and get the missing-EOS penalty."))
@@ -61,6 +69,9 @@ class PPOConfig:
         "Normalise advantages to mean 0 / std 1 per batch."))
     whiten_rewards: bool = field(default=False, metadata=_help(
         "Normalise the KL-shaped rewards per batch (off in the reference implementations)."))
+    whiten_globally: bool = field(default=True, metadata=_help(
+        "With several processes, whiten with the mean and variance of all processes' batches together (the update "
+        "then does not depend on how the batch is split); False = each process's own batch (TRL's PPO)."))
     missing_eos_penalty: float = field(default=1.0, metadata=_help(
         "Subtracted from the score of a response that hit max_new_tokens without EOS (0 = off)."))
     shared_base: bool = field(default=True, metadata=_help(
@@ -94,8 +105,23 @@ class PPOConfig:
     max_ratio: float = field(default=10.0, metadata=_help(
         "Safety rail: stop when the mean policy ratio leaves [1/max_ratio, max_ratio]."))
     min_kl: float = field(default=-1.0, metadata=_help(
-        "Safety rail: stop when the mean k1 KL (nats per sequence) falls below this (a negative KL means the "
-        "estimate or the reference is wrong)."))
+        "Safety rail: stop when the mean KL (nats per sequence, all processes) falls below this. Always measured "
+        "with k1 = log π − log π_ref, whatever kl_estimator: k1's mean over sampled tokens estimates KL ≥ 0, so a "
+        "clearly negative one means the reference or the log-probs are wrong (k3 is ≥ 0 per token and could never "
+        "show it)."))
+    mixed_precision: str = field(default="auto", metadata=_help(
+        "Compute dtype of the forwards and backwards: 'auto' (bf16 on CUDA GPUs with bf16 and on CPUs with native "
+        "bf16 — AVX512-BF16 / AMX — else float32), 'bf16' (autocast), 'fp16' (autocast + dynamic loss scaling) or "
+        "'no' (float32). Trained weights, optimizer state, the value head and the losses stay float32 "
+        "(rlhf_widgets.ppo.precision); ModelConfig.dtype is how the frozen base is stored."))
+    nonfinite_grads: str | None = field(default=None, metadata=_help(
+        "A minibatch whose gradient (after averaging across processes) is NaN/inf, with a finite loss: 'stop' (the "
+        "step is not taken; the run stops with the last good update's weights, and a checkpoint with the reason) or "
+        "'skip' (the step is not taken; counted in train/skipped_steps). None = 'skip' with fp16, whose loss scaler "
+        "skips overflowing steps by design, else 'stop'."))
+    collective_timeout_s: float = field(default=1800.0, metadata=_help(
+        "Seconds a process waits in a collective (all-reduce, barrier) for the others: how long the survivors wait "
+        "when a process hangs (a process that dies is noticed at once). Set by the first trainer of a process."))
 
     def __post_init__(self) -> None:
         checks = {
@@ -120,6 +146,12 @@ class PPOConfig:
             "max_ratio": self.max_ratio > 1,
             "value_layers_fraction": 0 < self.value_layers_fraction <= 1,
             "merge_for_generation": self.fast_paths or not self.merge_for_generation,
+            "lr_scheduler_type": self.lr_scheduler_type in LR_SCHEDULES,
+            "warmup_updates": 0 <= self.warmup_updates < self.num_updates,
+            "mixed_precision": self.mixed_precision in ("auto", "no", "bf16", "fp16"),
+            "nonfinite_grads": self.nonfinite_grads in (None, "stop", "skip")
+            and not (self.mixed_precision == "fp16" and self.nonfinite_grads == "stop"),
+            "collective_timeout_s": self.collective_timeout_s > 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -132,6 +164,11 @@ class PPOConfig:
                 "temperature": "must be > 0 (log-probs divide by it)",
                 "value_layers_fraction": "must be in (0, 1]",
                 "merge_for_generation": "True needs fast_paths=True",
+                "lr_scheduler_type": f"must be one of {LR_SCHEDULES}",
+                "warmup_updates": f"must be in [0, num_updates={self.num_updates})",
+                "mixed_precision": "must be 'auto', 'no', 'bf16' or 'fp16'",
+                "nonfinite_grads": "must be None, 'stop' or 'skip'; with mixed_precision='fp16' the loss scaler "
+                "skips overflowing steps by design, so 'stop' would end the run at its first overflow: use 'skip'",
             }.get(name, "out of range")
             raise ValueError(f"PPOConfig.{name}={getattr(self, name)!r}: {hint}")
 
@@ -143,6 +180,13 @@ class PPOConfig:
         """Decoder layers (from the top) that carry the value adapter; None = all."""
         k = math.ceil(self.value_layers_fraction * n_layers - 1e-9)
         return None if k >= n_layers else max(k, 1)
+
+    @property
+    def nonfinite_policy(self) -> str:
+        """`nonfinite_grads` with None resolved: 'skip' under fp16, else 'stop'."""
+        if self.nonfinite_grads is not None:
+            return self.nonfinite_grads
+        return "skip" if self.mixed_precision == "fp16" else "stop"
 
     def to_dict(self) -> dict:
         return asdict(self)

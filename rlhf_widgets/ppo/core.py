@@ -13,6 +13,7 @@ Schulman et al. 2016 (GAE) and 2017 (clipped surrogate); Schulman's note on KL a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -41,12 +42,24 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  sum_across: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """``(x − mean) / std`` over the mask; ``shift_mean=False`` keeps the mean (reward whitening).
 
+    ``sum_across``: a function summing a tensor over every process (an all-reduce) — the mean and the
+    (Bessel-corrected) variance are then those of all processes' unmasked values together, so each process
+    whitens its share with the same statistics; default None: this process's values only.
     Masked-out positions come back as 0.
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    if sum_across is None:
+        mean, var = masked_mean(x, mask), masked_var(x, mask)
+    else:
+        mask = mask.to(x.dtype)
+        n, total = sum_across(torch.stack([mask.sum(), (x * mask).sum()]))
+        mean = total / n.clamp(min=1)
+        if n < 2:
+            raise ValueError(f"masked_whiten needs at least 2 unmasked values across processes, got {int(n)}")
+        var = sum_across(((x - mean) ** 2 * mask).sum()) / (n - 1)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
@@ -172,10 +185,11 @@ def ppo_value_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped value loss: ``½·mean(max((V − R)², (V_old + clip(V − V_old, ±c) − R)²))`` over the mask.
 
-    ``cliprange_value=None`` turns clipping off (plain ½·MSE). Returns the loss and ``clipfrac``.
+    ``cliprange_value`` None or 0 turns clipping off (plain ½·MSE; clipping to ±0 would freeze the value
+    function at its rollout estimate). Returns the loss and ``clipfrac``.
     """
     unclipped = (values - returns) ** 2
-    if cliprange_value is None:
+    if not cliprange_value:
         return 0.5 * masked_mean(unclipped, mask), {"clipfrac": 0.0}
     v_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     clipped = (v_clipped - returns) ** 2

@@ -3,13 +3,23 @@
 One readable `step()`, numbered after "The N+ Implementation Details of RLHF with PPO" (Huang et al. 2024);
 the pieces live beside it: `rollout` (steps 1–6 and the `Rollout` they fill), `core` (the math), `backbone`
 (where policy, reference and value live), `control` (pause / resume / stop / settings from the notebook),
-`memory` (micro-batch size, heap trimming). Built on `accelerate`: under `accelerate launch` each process rolls
-out its own prompts and gradients are averaged across processes before every optimizer step, so the replicas
-stay identical.
+`memory` (micro-batch size, heap trimming), `precision` (bf16 / fp16 autocast, float32 where it matters),
+`distributed` (what several processes reduce and agree on). Built on `accelerate`: under `accelerate launch` each
+process rolls out its own prompts, gradients are averaged across processes before every optimizer step (the
+replicas stay identical), and every decision — β, the rails, whitening, a non-finite gradient — is taken on all
+processes' statistics at the same point, so a stop on one process stops them all at the same update.
+
+Failure handling: before every update the trainable weights and optimizer state are kept as the last good state
+(only when finite). A rail, a non-finite gradient (`PPOConfig.nonfinite_grads`) or any exception inside the update
+puts that state back on every process and writes `last/` with the reason; a rail ends the run with status
+"failed", another exception is raised after the checkpoint. A process that dies makes the others raise
+`PeerLost` at their next collective (no checkpoint: the weights in memory are put back to the last good update).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import math
 import os
@@ -20,11 +30,14 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
 from tqdm.auto import tqdm
+from transformers import get_scheduler
 
 from rlhf_widgets.config import SANDBOX, ModelConfig, as_model_config
 from rlhf_widgets.data import prompt_list
@@ -34,12 +47,19 @@ from rlhf_widgets.ppo import core
 from rlhf_widgets.ppo.backbone import SeparateModels, SharedBackbone
 from rlhf_widgets.ppo.config import PPOConfig
 from rlhf_widgets.ppo.control import TrainingControl
+from rlhf_widgets.ppo.distributed import PeerLost, Processes
 from rlhf_widgets.ppo.memory import auto_micro_batch_size, release_freed_memory
+from rlhf_widgets.ppo.precision import Precision, float32_head, resolve_mixed_precision
 from rlhf_widgets.ppo.rollout import Rollout, TrainingStopped, forward_inputs, make_rollout, shape_rewards
+from rlhf_widgets.ppo.zero import ZeroEngine
 from rlhf_widgets.rewards import RewardFunction, as_reward_function, score_responses
 from rlhf_widgets.stages import FINAL, StageResult, is_quantized
 
 STATE_FILE = "trainer_state.pt"
+"""A checkpoint's shared state: weights, optimizer, schedule, β, counters, the number of processes, the reason"""
+PROCESS_FILE = "process_state_{rank}.pt"
+"""A checkpoint's per-process state: process `rank`'s prompt order and random streams (CPU, CUDA, Python), and
+under DeepSpeed ZeRO its optimizer partition"""
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -56,7 +76,8 @@ class PPOTrainer:
             directory, `sandbox.gold_reward`, …
         metrics: where metrics, events and samples go (default: `output_dir/metrics.jsonl`, continued on resume).
         gold: an optional held-out reward function logged as `gold/score`, never trained on (the sandbox's gold).
-        resume_from: a checkpoint directory written by `save_checkpoint` (`checkpoint-N/`, `last/`).
+        resume_from: a checkpoint directory written by `save_checkpoint` (`checkpoint-N/`, `last/`), by as many
+            processes as this run has.
     """
 
     def __init__(
@@ -72,8 +93,11 @@ class PPOTrainer:
     ) -> None:
         config = config or PPOConfig()
         self.config = config
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.accelerator = _accelerator(config)
         self.is_main = self.accelerator.is_main_process
+        self.processes = Processes(self.accelerator)
+        self.precision = Precision(resolve_mixed_precision(config.mixed_precision, self.accelerator.device),
+                                   self.accelerator.device)
         torch.manual_seed(config.seed)  # identical adapter init on every process
         base, self.tokenizer, self.model_settings = self._load(model)
         self.model_config = base.config
@@ -89,7 +113,7 @@ class PPOTrainer:
                              "shared_base=True (LoRA adapters on the quantized base) or load without load_in_4bit")
         else:
             self.backend = SeparateModels(base)
-        self.backend.value_head.to(self.accelerator.device)
+        self.backend.value_head = float32_head(self.backend.value_head.to(self.accelerator.device))
         self.reward = as_reward_function(reward)
         self.gold = gold
         self.prompts = prompt_list(prompts)
@@ -98,6 +122,12 @@ class PPOTrainer:
             [{"params": self.backend.policy_parameters}, {"params": self.backend.value_parameters}],
             lr=config.learning_rate, eps=1e-5,
         )
+        self.scheduler = get_scheduler(config.lr_scheduler_type, self.optimizer,
+                                       num_warmup_steps=config.warmup_updates, num_training_steps=config.num_updates)
+        self.zero: ZeroEngine | None = None
+        """the DeepSpeed ZeRO engine under a DeepSpeed launch (`ppo.zero`), else None"""
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            self.zero = ZeroEngine(self.accelerator, self.backend, self.optimizer, config, self.precision.mode)
         self.kl_ctl = (
             core.AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
             if config.adaptive_kl else core.FixedKLController(config.kl_coef)
@@ -115,7 +145,9 @@ class PPOTrainer:
         random.seed(rank_seed)
         self._order: list[int] = []
         self.last_micro_batch_size: int | None = None
-        self._last_good: dict[str, torch.Tensor] | None = None
+        self._last_good: dict | None = None
+        self._grad_norms: list[float] = []
+        self._skipped_steps = 0
         self.metrics = metrics if metrics is not None else self._run_metrics(resume_from)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
@@ -185,129 +217,250 @@ class PPOTrainer:
 
     # ---------------------------------------------------------------- one update
     def step(self) -> dict[str, float]:
-        """Run one PPO update and return its metrics (also logged)."""
+        """Run one PPO update and return its metrics (also logged). Raises `TrainingStopped` on a rail (on every
+        process at once), `distributed.UpdateError` for an exception on another process, `PeerLost` when a
+        process is gone; the caller (`train`) puts the last good state back."""
         cfg = self.config
         start = time.perf_counter()
-        self._last_good = {k: v.detach().clone() for k, v in self.backend.trainable_state().items()}
+        self._keep_last_good()
+        update = self.update + 1
+        procs = self.processes
 
         # 1–4. rollout: sample from the current policy, truncate after EOS, log-probs of policy and reference,
         #      values, and reward scores (the missing-EOS penalty applied)
+        procs.where = f"the rollout of update {update}"
+        error, rollout = None, None
         try:
-            rollout = make_rollout(
-                self.backend, self.tokenizer, self._next_prompts(), self.reward, temperature=self.temperature,
-                max_new_tokens=cfg.max_new_tokens, missing_eos_penalty=cfg.missing_eos_penalty,
-                recorded_logprobs=cfg.rollout_logprobs == "generate", forward_batch_size=cfg.rollout_batch_size,
-                device=self.accelerator.device)
+            with self.precision.autocast():
+                rollout = make_rollout(
+                    self.backend, self.tokenizer, self._next_prompts(), self._reward_in_float32(),
+                    temperature=self.temperature, max_new_tokens=cfg.max_new_tokens,
+                    missing_eos_penalty=cfg.missing_eos_penalty, recorded_logprobs=cfg.rollout_logprobs == "generate",
+                    forward_batch_size=cfg.rollout_batch_size, device=self.accelerator.device)
         except TrainingStopped as err:
-            raise TrainingStopped(f"{err} of update {self.update + 1}") from None
+            error = TrainingStopped(f"{err} of update {update}")
+        except Exception as err:  # noqa: BLE001 - raised on every process at the agreement point
+            error = err
+        procs.agree(error)
         # 5–6. KL-shaped per-token rewards (−β·KL, the score at EOS), GAE, advantage whitening
         kl_coef = self.kl_ctl.value
-        shape_rewards(rollout, kl_coef=kl_coef, kl_estimator=cfg.kl_estimator, gamma=cfg.gamma, lam=cfg.lam,
-                      whiten_rewards=cfg.whiten_rewards, whiten_advantages=cfg.whiten_advantages)
+        self._shape(rollout, kl_coef)
         mask = rollout.response_mask
-        mean_kl = (rollout.kl * mask).sum(1).mean().item()
-        mean_k1 = ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1).mean().item()
+        # the mean sequence KL (of the configured estimator: it drives β) and k1's (the rail), over all processes
+        totals = procs.sum(torch.stack([(rollout.kl * mask).sum(), ((rollout.logprobs - rollout.ref_logprobs)
+                                                                    * mask).sum(), mask.new_tensor(len(rollout))]))
+        mean_kl, mean_k1 = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
         if mean_k1 < cfg.min_kl:
-            raise TrainingStopped(f"mean k1 KL {mean_k1:.3f} < {cfg.min_kl} at update {self.update + 1}: the "
-                                  "policy is scored as more likely than the reference everywhere it samples — "
-                                  "check the reference model and the temperature")
+            raise TrainingStopped(f"mean k1 KL {mean_k1:.3f} < {cfg.min_kl} at update {update}: the policy is "
+                                  "scored as more likely than the reference everywhere it samples — check the "
+                                  "reference model and the temperature")
         rollout_seconds = time.perf_counter() - start
 
         # 7. PPO epochs of clipped minibatch updates (policy, then value; one optimizer step per minibatch)
         release_freed_memory()
         stats = self._ppo_epochs(rollout)
+        procs.where = f"the gold scores of update {update}"
+        gold_scores = self._gold_scores(rollout)
 
-        # 8. adapt β and report
-        n_episodes = len(rollout) * self.accelerator.num_processes
+        # 8. adapt β (on all processes' mean KL: every process keeps the same β), step the schedule, report
+        n_episodes = len(rollout) * procs.count
         self.kl_ctl.update(mean_kl, n_episodes)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
         self.update += 1
         self.episode += n_episodes
-        metrics = self._report(rollout, stats, mean_kl, kl_coef)
-        metrics["time/rollout"] = rollout_seconds
-        metrics["time/update"] = time.perf_counter() - start - rollout_seconds
+        procs.where = f"the report of update {update}"
+        metrics = self._report(rollout, stats, gold_scores, mean_kl, kl_coef, lr, rollout_seconds,
+                               time.perf_counter() - start - rollout_seconds)
         metrics["eps"] = n_episodes / (time.perf_counter() - start)
         metrics["episode"] = self.episode
         if self.is_main:
             self.metrics.log(metrics, step=self.update, stage="ppo")
         return metrics
 
+    def _reward_in_float32(self) -> RewardFunction:
+        """The reward function, run outside autocast: a reward model scores in its own precision."""
+        if self.precision.mode == "no":
+            return self.reward
+
+        @functools.wraps(self.reward, assigned=("__name__", "__qualname__"), updated=())
+        def reward(prompts, responses):
+            with self.precision.full_precision():
+                return self.reward(prompts, responses)
+        return reward
+
+    def _shape(self, rollout: Rollout, kl_coef: float) -> None:
+        """Steps 5–6 (`rollout.shape_rewards`); with `whiten_globally` and several processes the whitening uses all
+        processes' statistics."""
+        cfg = self.config
+        global_whitening = cfg.whiten_globally and self.processes.count > 1
+        shape_rewards(rollout, kl_coef=kl_coef, kl_estimator=cfg.kl_estimator, gamma=cfg.gamma, lam=cfg.lam,
+                      whiten_rewards=cfg.whiten_rewards and not global_whitening,
+                      whiten_advantages=cfg.whiten_advantages and not global_whitening)
+        if not global_whitening:
+            return
+        mask, across = rollout.response_mask, self.processes.sum
+        if cfg.whiten_rewards:  # before GAE, as shape_rewards does
+            rollout.rewards = core.masked_whiten(rollout.rewards, mask, shift_mean=False, sum_across=across)
+            rollout.advantages, rollout.returns = core.gae(rollout.rewards, rollout.values, mask, gamma=cfg.gamma,
+                                                           lam=cfg.lam)
+        if cfg.whiten_advantages:
+            rollout.advantages = core.masked_whiten(rollout.advantages, mask, sum_across=across)
+
     def _ppo_epochs(self, rollout: Rollout) -> dict[str, list[float]]:
         """Step 7: `num_ppo_epochs` passes over the rollout in shuffled minibatches (gradients accumulated over
-        micro-batches, averaged across processes, clipped, one AdamW step each); returns per-micro-batch stats."""
+        micro-batches, averaged across processes, checked, clipped, one AdamW step each); returns per-micro-batch
+        stats. A rail or an exception on any process stops every process before that minibatch's step."""
         cfg = self.config
         dev = rollout.sequences.device
         context, keep = rollout.context_length, rollout.responses.shape[1] + 1
         stats: dict[str, list[float]] = defaultdict(list)
         micro = self.last_micro_batch_size = self._micro_batch_size(rollout.sequences.shape[1])
-        for _ in range(cfg.num_ppo_epochs):
+        self._grad_norms, self._skipped_steps = [], 0
+        update = self.update + 1
+        for epoch in range(cfg.num_ppo_epochs):
             order = torch.randperm(len(rollout), generator=self.prompt_rng).tolist()
             for mb_start in range(0, len(rollout), cfg.mini_batch_size):
                 minibatch = order[mb_start : mb_start + cfg.mini_batch_size]
-                for mc_start in range(0, len(minibatch), micro):
-                    idx = torch.tensor(minibatch[mc_start : mc_start + micro], device=dev)
-                    weight = len(idx) / len(minibatch)
-                    inputs = forward_inputs(rollout.sequences[idx], rollout.attention_mask[idx])
-                    resp_mask = rollout.response_mask[idx]
-                    logits = self.backend.policy_logits(**inputs, logits_to_keep=keep)[:, :-1]
-                    new_logprobs = core.logprobs_from_logits(logits, rollout.responses[idx], self.temperature)
-                    pg_loss, pg_stats = core.ppo_policy_loss(new_logprobs, rollout.logprobs[idx],
-                                                             rollout.advantages[idx], resp_mask, cfg.cliprange)
-                    ratio = pg_stats["ratio_mean"]
-                    if not math.isfinite(pg_loss.item()) or not (1 / cfg.max_ratio < ratio < cfg.max_ratio):
-                        raise TrainingStopped(f"policy ratio {ratio:.3g} / loss {pg_loss.item():.3g} at update "
-                                              f"{self.update + 1}: the update diverged — lower the learning rate")
-                    (weight * pg_loss).backward()
-                    with torch.no_grad():
-                        entropy = core.masked_mean(core.entropy_from_logits(logits.detach() / self.temperature),
-                                                   resp_mask)
-                    del logits, new_logprobs
-                    trunk = None if rollout.value_trunk is None else rollout.value_trunk[idx]
-                    new_values = self.backend.values(**inputs, trunk=trunk)[:, context - 1 : -1]
-                    vf_loss, vf_stats = core.ppo_value_loss(new_values, rollout.values[idx], rollout.returns[idx],
-                                                            resp_mask, cfg.cliprange_value)
-                    if not math.isfinite(vf_loss.item()):
-                        raise TrainingStopped(f"non-finite value loss at update {self.update + 1}")
-                    (weight * cfg.vf_coef * vf_loss).backward()
-                    for k, v in {"policy/approxkl_avg": pg_stats["approx_kl"],
-                                 "policy/clipfrac_avg": pg_stats["clipfrac"], "loss/policy_avg": pg_loss.item(),
-                                 "loss/value_avg": vf_loss.item(), "val/clipfrac_avg": vf_stats["clipfrac"],
-                                 "val/ratio": pg_stats["ratio_mean"], "val/ratio_var": pg_stats["ratio_var"],
-                                 "policy/entropy_avg": entropy.item()}.items():
-                        stats[k].append(float(v))
-                self._sync_gradients()
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(self._trainable(), cfg.max_grad_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                where = f"update {update}, epoch {epoch + 1}, minibatch {mb_start // cfg.mini_batch_size + 1}"
+                self.processes.where = where
+                error = None
+                try:
+                    for mc_start in range(0, len(minibatch), micro):
+                        idx = torch.tensor(minibatch[mc_start : mc_start + micro], device=dev)
+                        self._micro_batch(rollout, idx, len(idx) / len(minibatch), context, keep, stats, update)
+                except Exception as err:  # noqa: BLE001 - raised on every process at the agreement point
+                    error = err
+                self.processes.agree(error)
+                self._optimizer_step(where)
                 release_freed_memory()
         return stats
 
-    def _report(self, rollout: Rollout, stats: dict[str, list[float]], mean_kl: float,
-                kl_coef: float) -> dict[str, float]:
-        """Step 8's metrics (TRL's PPO names), averaged across processes; logs the sample table."""
-        mask, scores, non_score = rollout.response_mask, rollout.scores, rollout.non_score_rewards
+    def _micro_batch(self, rollout: Rollout, idx: torch.Tensor, weight: float, context: int, keep: int,
+                     stats: dict[str, list[float]], update: int) -> None:
+        """Forward and backward of one micro-batch (policy loss, then value loss); its stats appended to `stats`."""
+        cfg = self.config
+        inputs = forward_inputs(rollout.sequences[idx], rollout.attention_mask[idx])
+        resp_mask = rollout.response_mask[idx]
+        with self.precision.autocast():
+            logits = self.backend.policy_logits(**inputs, logits_to_keep=keep)[:, :-1]
+        new_logprobs = core.logprobs_from_logits(logits, rollout.responses[idx], self.temperature)  # float32
+        pg_loss, pg_stats = core.ppo_policy_loss(new_logprobs, rollout.logprobs[idx], rollout.advantages[idx],
+                                                 resp_mask, cfg.cliprange)
+        ratio = pg_stats["ratio_mean"]
+        if not math.isfinite(pg_loss.item()) or not (1 / cfg.max_ratio < ratio < cfg.max_ratio):
+            raise TrainingStopped(f"policy ratio {ratio:.3g} / loss {pg_loss.item():.3g} at update {update}: the "
+                                  "update diverged — lower the learning rate")
+        # the policy's backward now, freeing its graph before the value forward — except under ZeRO, whose engine
+        # reduces the gradients once per backward: there one backward of both losses
+        policy_term = weight * pg_loss
+        if self.zero is None:
+            self.precision.backward(policy_term)
+            policy_term = None
         with torch.no_grad():
-            returns_var = core.masked_var(rollout.returns, mask)
-            residual_var = core.masked_var(rollout.returns - rollout.values, mask)
-            var_explained = 1 - residual_var / returns_var.clamp(min=1e-8)
+            entropy = core.masked_mean(core.entropy_from_logits(logits.detach() / self.temperature), resp_mask)
+        del logits, new_logprobs
+        trunk = None if rollout.value_trunk is None else rollout.value_trunk[idx]
+        with self.precision.autocast():
+            new_values = self.backend.values(**inputs, trunk=trunk)[:, context - 1 : -1]
+        vf_loss, vf_stats = core.ppo_value_loss(new_values.float(), rollout.values[idx], rollout.returns[idx],
+                                                resp_mask, cfg.cliprange_value)
+        if not math.isfinite(vf_loss.item()):
+            raise TrainingStopped(f"non-finite value loss at update {update}")
+        value_term = weight * cfg.vf_coef * vf_loss
+        if self.zero is None:
+            self.precision.backward(value_term)
+        else:
+            self.zero.backward(policy_term + value_term)
+        for k, v in {"policy/approxkl_avg": pg_stats["approx_kl"], "policy/clipfrac_avg": pg_stats["clipfrac"],
+                     "loss/policy_avg": pg_loss.item(), "loss/value_avg": vf_loss.item(),
+                     "val/clipfrac_avg": vf_stats["clipfrac"], "val/ratio": pg_stats["ratio_mean"],
+                     "val/ratio_var": pg_stats["ratio_var"], "policy/entropy_avg": entropy.item()}.items():
+            stats[k].append(float(v))
+
+    def _optimizer_step(self, where: str) -> None:
+        """Average the gradients across processes, then — on every process alike, since they now hold the same
+        gradients — check they are finite, clip and step. A non-finite gradient never reaches the weights: the
+        step is skipped (counted) or the run stops (`PPOConfig.nonfinite_grads`). Under ZeRO the engine does all
+        of it (`ppo.zero`)."""
+        cfg = self.config
+        if self.zero is not None:
+            norm = self.zero.step(where)
+            if math.isfinite(norm):
+                self._grad_norms.append(norm)
+            else:
+                self._skipped_steps += 1
+            return
+        params = [p for p in self._trainable() if p.grad is not None]
+        bad = self._sync_gradients(params)
+        scaler = self.precision.scaler
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf).item()
+        if math.isfinite(norm):
+            self._grad_norms.append(norm)
+        else:
+            self._skipped_steps += 1
+            if cfg.nonfinite_policy == "stop":
+                self.optimizer.zero_grad(set_to_none=True)
+                seen = f" (non-finite on process {', '.join(map(str, bad))} before averaging)" if bad else ""
+                raise TrainingStopped(f"non-finite gradient (norm {norm}) with a finite loss at {where}{seen}: the "
+                                      "step was not taken — lower the learning rate, or use mixed_precision='no' "
+                                      "if it comes from fp16/bf16 overflow")
+        if scaler is not None:  # skips the step itself when unscale_ found inf/NaN, and lowers the scale
+            scaler.step(self.optimizer)
+            scaler.update()
+        elif math.isfinite(norm):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _gold_scores(self, rollout: Rollout) -> list[float] | None:
+        """The held-out gold scores of the rollout's responses (None without `gold`), outside autocast; a failure on
+        any process is raised on every process, before the update's state changes."""
+        error, scores = None, None
+        try:
+            if self.gold is not None:
+                with self.precision.full_precision():
+                    scores = score_responses(self.gold, rollout.prompts, rollout.texts).tolist()
+        except Exception as err:  # noqa: BLE001 - raised on every process at the agreement point
+            error = err
+        self.processes.agree(error)
+        return scores
+
+    def _report(self, rollout: Rollout, stats: dict[str, list[float]], gold_scores: list[float] | None,
+                mean_kl: float, kl_coef: float, lr: float, rollout_seconds: float,
+                update_seconds: float) -> dict[str, float]:
+        """Step 8's metrics (TRL's PPO names), reduced across processes as their meaning requires; logs the sample
+        table. `objective/kl` and `val/var_explained` are already all processes' (computed from global sums)."""
+        mask, scores, non_score = rollout.response_mask, rollout.scores, rollout.non_score_rewards
+        with torch.no_grad():  # explained variance over all processes' response tokens: 1 − Var(R − V) / Var(R)
+            residual = rollout.returns - rollout.values
+            moments = self.processes.sum(torch.stack([
+                mask.sum(), (rollout.returns * mask).sum(), (rollout.returns ** 2 * mask).sum(),
+                (residual * mask).sum(), (residual ** 2 * mask).sum()]).double())
+            n = moments[0].clamp(min=2)
+            returns_var = (moments[2] - moments[1] ** 2 / n) / (n - 1)
+            residual_var = (moments[4] - moments[3] ** 2 / n) / (n - 1)
+            var_explained = (1 - residual_var / returns_var.clamp(min=1e-8)).item()
         metrics = {k: sum(v) / len(v) for k, v in stats.items()}
         metrics.update({
-            "objective/kl": mean_kl,
             "objective/entropy": (-rollout.logprobs * mask).sum(1).mean().item(),
             "objective/non_score_reward": (non_score * mask).sum(1).mean().item(),
             "objective/rlhf_reward": (scores + (non_score * mask).sum(1)).mean().item(),
             "objective/scores": scores.mean().item(),
-            "objective/kl_coef": kl_coef,
             "val/num_eos_tokens": rollout.contains_eos.sum().item(),
-            "val/var_explained": var_explained.item(),
             "val/response_length": mask.sum(1).mean().item(),
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "train/grad_norm": sum(self._grad_norms) / len(self._grad_norms) if self._grad_norms else math.nan,
+            "time/rollout": rollout_seconds,
+            "time/update": update_seconds,
         })
-        gold_scores = None
-        if self.gold is not None:
-            gold_scores = score_responses(self.gold, rollout.prompts, rollout.texts).tolist()
+        if gold_scores is not None:
             metrics["gold/score"] = sum(gold_scores) / len(gold_scores)
-        metrics = self._average_across_processes(metrics)
+        metrics = self.processes.reduce_metrics(metrics)
+        metrics.update({"objective/kl": mean_kl, "objective/kl_coef": kl_coef, "val/var_explained": var_explained,
+                        "lr": lr, "train/skipped_steps": self._skipped_steps})
+        if self.precision.scaler is not None:
+            metrics["train/loss_scale"] = self.precision.scaler.get_scale()
         cfg = self.config
         if self.is_main and cfg.sample_every and self.update % cfg.sample_every == 0:
             seq_kl = (rollout.kl * mask).sum(1)
@@ -317,10 +470,38 @@ class PPOTrainer:
             self.metrics.log_samples(rows, step=self.update, stage="ppo")
         return metrics
 
+    # ---------------------------------------------------------------- the last good state
+    def _keep_last_good(self) -> None:
+        """Keep the trainable weights and optimizer state as the state a failed update returns to — only when every
+        weight is finite (then the previous one stays, and the update is refused)."""
+        weights = self.backend.trainable_state()
+        if not all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point()):
+            raise TrainingStopped(f"non-finite weights before update {self.update + 1}: they were changed outside "
+                                  "the trainer")
+        self._last_good = {"weights": {k: v.detach().clone() for k, v in weights.items()},
+                           "optimizer": None if self.zero else copy.deepcopy(self.optimizer.state_dict()),
+                           "zero": self.zero.state() if self.zero else None,
+                           "scaler": None if self.precision.scaler is None else self.precision.scaler.state_dict()}
+
+    def _restore_last_good(self) -> None:
+        """Put back the state kept before the failed update (weights, optimizer moments, loss scale)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self._last_good is None:
+            return
+        self.backend.load_trainable_state(self._last_good["weights"])
+        if self.zero is not None:
+            self.zero.load_state(self._last_good["zero"])
+        else:
+            self.optimizer.load_state_dict(self._last_good["optimizer"])
+        if self._last_good["scaler"] is not None:
+            self.precision.scaler.load_state_dict(self._last_good["scaler"])
+
     # ---------------------------------------------------------------- the loop
     def train(self, num_updates: int | None = None, show_progress: bool = True) -> StageResult:
         """Run updates until `num_updates` (default `config.num_updates`) or a stop; then checkpoint to `last/`
-        and save the policy to `final/` (the result's `model_path`)."""
+        and save the policy to `final/` (the result's `model_path`). A safety stop ends the run with status
+        "failed" and the reason; another exception inside an update is raised after `last/` is written with the
+        reason (see the module docstring)."""
         total = num_updates if num_updates is not None else self.config.num_updates
         control = self.control
         control.state, control.reason = "running", ""
@@ -344,20 +525,31 @@ class PPOTrainer:
                 self._apply(control.take_pending())
                 try:
                     self.step()
-                except TrainingStopped as err:
-                    self.backend.load_trainable_state(self._last_good)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    control.state, control.reason = "failed", str(err)
-                    self._event("stopped", f"safety stop: {err}; weights restored to the last good update")
-                    break
+                except (PeerLost, KeyboardInterrupt) as err:  # no checkpoint: it needs every process / is unwanted
+                    self._restore_last_good()
+                    control.state, control.reason = "failed", str(err) or type(err).__name__
+                    self._event("error", f"update {self.update + 1} interrupted: {control.reason}; weights restored "
+                                "to the last good update")
+                    raise
+                except Exception as err:
+                    self._restore_last_good()
+                    stopped = isinstance(err, TrainingStopped)
+                    control.state, control.reason = "failed", str(err) if stopped else f"{type(err).__name__}: {err}"
+                    self._event("stopped", f"{'safety stop' if stopped else 'update failed'}: {control.reason}; "
+                                "weights restored to the last good update")
+                    if stopped:
+                        break
+                    self.save_checkpoint(self.output_dir / "last")
+                    raise
                 bar.update(1)
                 if self.config.save_every and self.update % self.config.save_every == 0:
                     self.save_checkpoint(self.output_dir / f"checkpoint-{self.update}")
             else:
                 control.state = "finished"
         except BaseException as err:
-            control.state, control.reason = "failed", repr(err)
-            self._event("error", f"training failed: {err!r}")
+            if control.state != "failed":
+                control.state, control.reason = "failed", repr(err)
+                self._event("error", f"training failed: {err!r}")
             raise
         finally:
             bar.close()
@@ -379,7 +571,9 @@ class PPOTrainer:
     def _apply(self, changes: dict) -> None:
         for name, value in changes.items():
             old = self.settings[name]
-            if name == "learning_rate":
+            if name == "learning_rate":  # the schedule continues from the new rate
+                scale = value / old if old > 0 else 1.0
+                self.scheduler.base_lrs = [base * scale if old > 0 else value for base in self.scheduler.base_lrs]
                 for group in self.optimizer.param_groups:
                     group["lr"] = value
             elif name == "kl_coef":
@@ -396,25 +590,21 @@ class PPOTrainer:
     def _trainable(self) -> list[torch.nn.Parameter]:
         return self.backend.policy_parameters + self.backend.value_parameters
 
-    def _sync_gradients(self) -> None:
-        """Average gradients across processes (one flat all-reduce) so every replica takes the same step."""
-        if self.accelerator.num_processes == 1:
-            return
-        params = [p for p in self._trainable() if p.grad is not None]
+    def _sync_gradients(self, params: list[torch.nn.Parameter]) -> list[int]:
+        """Average gradients across processes (one flat all-reduce) so every replica takes the same step; returns
+        the processes whose own gradient was non-finite before averaging (one slot per process rides along)."""
+        procs = self.processes
+        if procs.count == 1:
+            return []
+        flags = torch.zeros(procs.count, device=self.accelerator.device)
         flat = torch.cat([p.grad.flatten() for p in params])
-        flat = self.accelerator.reduce(flat, reduction="mean")
+        flags[procs.index] = float(not torch.isfinite(flat).all())
+        summed = procs.sum(torch.cat([flat, flags.to(flat.dtype)]))
         offset = 0
         for p in params:
-            p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+            p.grad.copy_(summed[offset : offset + p.numel()].view_as(p.grad) / procs.count)
             offset += p.numel()
-
-    def _average_across_processes(self, metrics: dict[str, float]) -> dict[str, float]:
-        if self.accelerator.num_processes == 1:
-            return metrics
-        keys = sorted(metrics)
-        values = torch.tensor([metrics[k] for k in keys], device=self.accelerator.device, dtype=torch.float64)
-        values = self.accelerator.reduce(values, reduction="mean")
-        return dict(zip(keys, values.tolist(), strict=True))
+        return summed[offset:].nonzero().flatten().tolist()
 
     # ---------------------------------------------------------------- saving
     def save_policy(self, path: str | Path) -> Path:
@@ -423,26 +613,39 @@ class PPOTrainer:
         if self.is_main:
             self.backend.save_policy(path)
             self.tokenizer.save_pretrained(path)
-        self.accelerator.wait_for_everyone()
+        self.processes.barrier()
         return path
 
     def save_checkpoint(self, path: str | Path) -> Path:
-        """Save everything needed to resume exactly — trainable weights, optimizer, β, RNG streams, counters, and
-        the metrics log up to here — plus the policy in `path/policy`."""
+        """Save everything needed to resume exactly — in `path/trainer_state.pt` (once): trainable weights,
+        optimizer, LR schedule, loss scale, β, counters, the number of processes, the run's status and reason, and
+        the metrics log up to here; in `path/process_state_<rank>.pt` (one per process): that process's prompt
+        order and random streams (CPU, CUDA, Python), and under ZeRO its optimizer partition — plus the policy in
+        `path/policy`."""
         path = Path(path)
+        self.processes.where = f"saving {path}"
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save({
+            "order": list(self._order),
+            "prompt_rng": self.prompt_rng.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "python_rng": random.getstate(),
+            "zero": self.zero.state() if self.zero else None,
+        }, path / PROCESS_FILE.format(rank=self.processes.index))
         if self.is_main:
-            path.mkdir(parents=True, exist_ok=True)
             torch.save({
                 "trainable": self.backend.trainable_state(),
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": None if self.zero else self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": None if self.precision.scaler is None else self.precision.scaler.state_dict(),
                 "kl_coef": self.kl_ctl.value,
                 "temperature": self.temperature,
                 "update": self.update,
                 "episode": self.episode,
-                "order": list(self._order),
-                "prompt_rng": self.prompt_rng.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "python_rng": random.getstate(),
+                "num_processes": self.processes.count,
+                "status": self.control.state,
+                "reason": self.control.reason,
                 "config": self.config.to_dict(),
                 "metrics_entries": len(self.metrics.records) + len(self.metrics.events())
                 + len(self.metrics.samples()),
@@ -451,21 +654,64 @@ class PPOTrainer:
                 shutil.copyfile(self.metrics.path, path / METRICS_FILE)
             self.backend.save_policy(path / "policy")
             self.tokenizer.save_pretrained(path / "policy")
-        self.accelerator.wait_for_everyone()
+        self.processes.barrier()
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Restore a `save_checkpoint` state (the metrics log is continued by the constructor)."""
-        state = torch.load(Path(path) / STATE_FILE, weights_only=False)
+        """Restore a `save_checkpoint` state written by as many processes as this run has (the metrics log is
+        continued by the constructor). Each process reads the shared state and its own random streams."""
+        path = Path(path)
+        state = torch.load(path / STATE_FILE, weights_only=False)
+        written_by, here = state.get("num_processes", 1), self.processes.count
+        if written_by != here:
+            raise ValueError(
+                f"checkpoint {path} was written by {written_by} process(es) and this run has {here}: each process's "
+                "prompt order and random streams are saved separately, so only the same count resumes exactly — "
+                f"launch with `accelerate launch --num_processes {written_by} ...` (or `python` for 1)")
+        own = path / PROCESS_FILE.format(rank=self.processes.index)
+        if not own.is_file():
+            raise FileNotFoundError(f"checkpoint {path} has no {own.name} (process {self.processes.index}'s random "
+                                    "streams): it is incomplete, or was written by an older version")
+        rng = torch.load(own, weights_only=False)
+        if (rng["zero"] is None) != (self.zero is None):
+            raise ValueError(f"checkpoint {path} was written {'with' if rng['zero'] is not None else 'without'} "
+                             "DeepSpeed ZeRO and this run is launched the other way: resume under the same launcher "
+                             "config")
         self.backend.load_trainable_state(state["trainable"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.zero is not None:
+            self.zero.load_state(rng["zero"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"] is not None and self.precision.scaler is not None:
+            self.precision.scaler.load_state_dict(state["scaler"])
         self.kl_ctl.value = state["kl_coef"]
         self.temperature = state["temperature"]
-        self.update, self.episode, self._order = state["update"], state["episode"], state["order"]
-        self.prompt_rng.set_state(state["prompt_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
+        self.update, self.episode = state["update"], state["episode"]
+        self._order = rng["order"]
+        self.prompt_rng.set_state(rng["prompt_rng"])
+        torch.set_rng_state(rng["torch_rng"])
+        if rng["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda_rng"])
+        random.setstate(rng["python_rng"])
         self._event("resumed", f"resumed from {path} at update {self.update}", checkpoint=str(path))
+
+
+def _accelerator(config: PPOConfig) -> Accelerator:
+    """The run's `Accelerator`: CUDA with NCCL when there is a GPU, else CPU processes over gloo (a DeepSpeed launch
+    without a GPU needs gloo named explicitly). `collective_timeout_s` bounds every collective's wait. An FSDP
+    launch is refused (see the message)."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise ValueError("PPO under FSDP: FSDP shards the parameters themselves, which PPO's shared base (adapter "
+                         "switches, module swaps, generate) cannot run on; launch PPO with DeepSpeed ZeRO-2 "
+                         "(rlhf_widgets/accelerate_configs/zero2.yaml) or plain data parallel (--multi_gpu). FSDP "
+                         "is for the TRL stages")
+    cuda = torch.cuda.is_available()
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    backend = "nccl" if cuda else "gloo" if launched else None
+    handler = InitProcessGroupKwargs(backend=backend, timeout=timedelta(seconds=config.collective_timeout_s))
+    engine = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    return Accelerator(cpu=not cuda and not engine, kwargs_handlers=[handler])
 
 
 def _continues(log: bytes, snapshot: bytes) -> bool:

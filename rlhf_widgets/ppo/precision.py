@@ -1,0 +1,105 @@
+"""Mixed precision for PPO: which compute dtype a run uses, autocast around the model forwards, fp32 where it matters.
+
+`PPOConfig.mixed_precision` picks the dtype the forwards and backwards compute in; the weights that train (LoRA
+adapters, the value head, full models with `shared_base=False`) stay float32 — the master copy the optimizer
+updates — and so do the optimizer state, the value head's matmul, the log-softmax over the vocabulary and every
+loss reduction (`core` casts logits to float32 first). That is a different thing from `ModelConfig.dtype`, which is
+how the *frozen* base weights are stored (memory): a float32 base can compute in bf16 under autocast, and a bf16
+base keeps float32 adapters.
+
+- "bf16": `torch.autocast(device, torch.bfloat16)`. No loss scaling: bf16 has float32's exponent range.
+- "fp16": autocast to float16 with a `torch.amp.GradScaler` (dynamic loss scaling: a step whose gradients
+  overflow is skipped and the scale lowered, which is how the scaler finds its scale — so non-finite gradients are
+  skipped and counted under fp16, never a stop).
+- "auto": bf16 where the hardware computes it natively — a CUDA GPU with bf16 (Ampere and later), or a CPU with
+  AVX512-BF16 or AMX-BF16 (`torch.cpu.get_capabilities()`); float32 elsewhere. Emulated bf16 is slower than fp32.
+- "no": float32 everywhere (exact-equality tests pin this).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_native_bf16() -> bool:
+    """This CPU has bf16 matmul instructions (x86 AVX512-BF16 / AMX-BF16, or Arm's BF16 extension)."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.8
+    if capabilities is None:
+        return False
+    flags = capabilities()
+    return any(flags.get(name) for name in ("avx512_bf16", "amx_bf16", "bf16"))
+
+
+def resolve_mixed_precision(setting: str, device: torch.device) -> str:
+    """`setting` ("auto", "no", "bf16", "fp16") → the one a run on `device` uses ("no", "bf16" or "fp16").
+
+    "auto" is "bf16" on CUDA with bf16 support and on CPUs with native bf16, else "no". Raises ValueError for an
+    unknown setting or for bf16 on a CUDA GPU without it.
+    """
+    if setting not in MIXED_PRECISION:
+        raise ValueError(f"PPOConfig.mixed_precision={setting!r}: expected one of {MIXED_PRECISION}")
+    cuda = device.type == "cuda"
+    if setting == "auto":
+        native = torch.cuda.is_bf16_supported() if cuda else device.type == "cpu" and cpu_has_native_bf16()
+        return "bf16" if native else "no"
+    if setting == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ValueError("PPOConfig.mixed_precision='bf16': this GPU has no bf16 (pre-Ampere); use 'fp16' (with "
+                         "loss scaling) or 'no'")
+    return setting
+
+
+class Precision:
+    """The compute precision of one run on one device: `autocast()` around forwards, the fp16 loss scaler.
+
+    Args:
+        mode: "no", "bf16" or "fp16" (see `resolve_mixed_precision`).
+        device: where the model computes.
+    """
+
+    def __init__(self, mode: str, device: torch.device) -> None:
+        if mode not in ("no", "bf16", "fp16"):
+            raise ValueError(f"Precision mode must be 'no', 'bf16' or 'fp16' (resolve 'auto' first), got {mode!r}")
+        self.mode, self.device_type = mode, device.type
+        self.dtype = _DTYPES.get(mode, torch.float32)
+        """the dtype forwards and backwards compute in"""
+        self.scaler = torch.amp.GradScaler(device.type) if mode == "fp16" else None
+        """the fp16 loss scaler (None otherwise)"""
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to the run's dtype (a no-op context in float32)."""
+        if self.mode == "no":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def full_precision(self) -> contextlib.AbstractContextManager:
+        """Float32 inside an `autocast()` region (reward functions, the value head)."""
+        if self.mode == "no":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, enabled=False)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """`loss.backward()`, scaled under fp16."""
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+
+class Float32Linear(nn.Linear):
+    """A `nn.Linear` that computes in float32 even inside autocast (the value head: V is a regression target, and
+    bf16's 8-bit mantissa would round every value the returns and advantages are built from)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+def float32_head(head: nn.Linear) -> Float32Linear:
+    """`head` as a `Float32Linear` holding the very same parameters (the optimizer's and the state dict's keys are
+    unchanged)."""
+    fp32 = Float32Linear(head.in_features, head.out_features, bias=head.bias is not None, device="meta")
+    fp32.weight, fp32.bias = head.weight, head.bias
+    return fp32
