@@ -42,12 +42,13 @@ from transformers import PreTrainedModel
 
 from rlhf_widgets.models import decoder_layout
 from rlhf_widgets.ppo.fastpaths import FastPaths
+from rlhf_widgets.ppo.precision import Float32Linear
 
 POLICY, VALUE, REFERENCE = "policy", "value", "reference"
 
 
 def _value_head(hidden_size: int, device: torch.device) -> nn.Linear:
-    head = nn.Linear(hidden_size, 1, device=device, dtype=torch.float32)
+    head = Float32Linear(hidden_size, 1, device=device, dtype=torch.float32)  # float32 even under autocast
     nn.init.zeros_(head.weight)  # V ≡ 0 at the start; the first updates fit it to the returns
     nn.init.zeros_(head.bias)
     return head

@@ -96,10 +96,3 @@ class Float32Linear(nn.Linear):
         with torch.autocast(x.device.type, enabled=False):
             return super().forward(x.float())
 
-
-def float32_head(head: nn.Linear) -> Float32Linear:
-    """`head` as a `Float32Linear` holding the very same parameters (the optimizer's and the state dict's keys are
-    unchanged)."""
-    fp32 = Float32Linear(head.in_features, head.out_features, bias=head.bias is not None, device="meta")
-    fp32.weight, fp32.bias = head.weight, head.bias
-    return fp32

@@ -189,16 +189,18 @@ def make_rollout(backend, tokenizer, prompts: Sequence, reward: RewardFunction, 
 
 
 def shape_rewards(rollout: Rollout, *, kl_coef: float, kl_estimator: str, gamma: float, lam: float,
-                  whiten_rewards: bool, whiten_advantages: bool) -> Rollout:
-    """Steps 5–6, in place: KL-shaped per-token rewards, then GAE advantages and returns (whitened as asked)."""
+                  whiten_rewards: bool, whiten_advantages: bool, sum_across=None) -> Rollout:
+    """Steps 5–6, in place: KL-shaped per-token rewards, then GAE advantages and returns (whitened as asked; with
+    `sum_across` — a sum over processes — the whitening uses every process's statistics)."""
     mask = rollout.response_mask
     # 5. −β·KL at every token, the score at the last real token (the EOS slot)
     rewards, rollout.non_score_rewards, rollout.kl = core.compute_rewards(
         rollout.scores, rollout.logprobs, rollout.ref_logprobs, mask, kl_coef, kind=kl_estimator)
     if whiten_rewards:
-        rewards = core.masked_whiten(rewards, mask, shift_mean=False)
+        rewards = core.masked_whiten(rewards, mask, shift_mean=False, sum_across=sum_across)
     rollout.rewards = rewards
     # 6. GAE (γ=1, λ=0.95 by default) and advantage whitening
     advantages, rollout.returns = core.gae(rewards, rollout.values, mask, gamma=gamma, lam=lam)
-    rollout.advantages = core.masked_whiten(advantages, mask) if whiten_advantages else advantages
+    rollout.advantages = (core.masked_whiten(advantages, mask, sum_across=sum_across) if whiten_advantages
+                          else advantages)
     return rollout

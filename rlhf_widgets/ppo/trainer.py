@@ -49,7 +49,7 @@ from rlhf_widgets.ppo.config import PPOConfig
 from rlhf_widgets.ppo.control import TrainingControl
 from rlhf_widgets.ppo.distributed import PeerLost, Processes
 from rlhf_widgets.ppo.memory import auto_micro_batch_size, release_freed_memory
-from rlhf_widgets.ppo.precision import Precision, float32_head, resolve_mixed_precision
+from rlhf_widgets.ppo.precision import Precision, resolve_mixed_precision
 from rlhf_widgets.ppo.rollout import Rollout, TrainingStopped, forward_inputs, make_rollout, shape_rewards
 from rlhf_widgets.ppo.zero import ZeroEngine
 from rlhf_widgets.rewards import RewardFunction, as_reward_function, score_responses
@@ -113,7 +113,7 @@ class PPOTrainer:
                              "shared_base=True (LoRA adapters on the quantized base) or load without load_in_4bit")
         else:
             self.backend = SeparateModels(base)
-        self.backend.value_head = float32_head(self.backend.value_head.to(self.accelerator.device))
+        self.backend.value_head.to(self.accelerator.device)
         self.reward = as_reward_function(reward)
         self.gold = gold
         self.prompts = prompt_list(prompts)
@@ -293,19 +293,9 @@ class PPOTrainer:
         """Steps 5–6 (`rollout.shape_rewards`); with `whiten_globally` and several processes the whitening uses all
         processes' statistics."""
         cfg = self.config
-        global_whitening = cfg.whiten_globally and self.processes.count > 1
+        across = self.processes.sum if cfg.whiten_globally and self.processes.count > 1 else None
         shape_rewards(rollout, kl_coef=kl_coef, kl_estimator=cfg.kl_estimator, gamma=cfg.gamma, lam=cfg.lam,
-                      whiten_rewards=cfg.whiten_rewards and not global_whitening,
-                      whiten_advantages=cfg.whiten_advantages and not global_whitening)
-        if not global_whitening:
-            return
-        mask, across = rollout.response_mask, self.processes.sum
-        if cfg.whiten_rewards:  # before GAE, as shape_rewards does
-            rollout.rewards = core.masked_whiten(rollout.rewards, mask, shift_mean=False, sum_across=across)
-            rollout.advantages, rollout.returns = core.gae(rollout.rewards, rollout.values, mask, gamma=cfg.gamma,
-                                                           lam=cfg.lam)
-        if cfg.whiten_advantages:
-            rollout.advantages = core.masked_whiten(rollout.advantages, mask, sum_across=across)
+                      whiten_rewards=cfg.whiten_rewards, whiten_advantages=cfg.whiten_advantages, sum_across=across)
 
     def _ppo_epochs(self, rollout: Rollout) -> dict[str, list[float]]:
         """Step 7: `num_ppo_epochs` passes over the rollout in shuffled minibatches (gradients accumulated over
