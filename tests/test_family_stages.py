@@ -13,6 +13,7 @@ import pytest
 import torch
 from families import FAMILIES
 
+from rlhf_widgets import chat
 from rlhf_widgets.chat import PLAIN_CHAT_TEMPLATE, ChatFormatWarning, stop_token_ids
 from rlhf_widgets.generation import SamplingOverrideWarning, SamplingSettings, generate
 from rlhf_widgets.models import decoder_layout, load_causal_lm, load_reward_backbone
@@ -44,8 +45,11 @@ def force_token(model: torch.nn.Module, token: int):
     return head.register_forward_hook(hook)
 
 
-def test_stop_tokens_keep_the_checkpoint_list_and_never_the_pad(family_name: str, family_dir: Path) -> None:
+def test_stop_tokens_keep_the_checkpoint_list_and_never_the_pad(
+    family_name: str, family_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     family = FAMILIES[family_name]
+    monkeypatch.setattr(chat, "_WARNED", set())  # "said once" per process: another test may have heard it already
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model, tokenizer = load_causal_lm(family_dir)
