@@ -257,12 +257,10 @@ IDEAL_CLAUSES: dict[str, str] = {
     "greeting": "Hi, thanks for contacting us.",
     "empathy": "I'm really sorry about the trouble with your {product}.",
     "empathy_no_product": "I understand how frustrating this must be.",
-    "empathy_short": "I'm sorry to hear that.",
     "offer": "Is there anything else I can help you with?",
     "closing": "Have a great day!",
 }
-"""The clauses ``ideal_response`` uses around the first order-naming action of the issue (the short empathy
-clause next to the correction of a false claim, which keeps that answer within the word budget)."""
+"""The clauses ``ideal_response`` uses around the first order-naming action of the issue."""
 
 _ISSUE_KEYWORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("double_charge", ("charged twice", "charged me twice", "billed me twice", "two payments", "double")),
@@ -629,8 +627,6 @@ def ideal_response(prompt: PromptLike) -> str:
                                     IDEAL_CLAUSES["closing"])
         return " ".join(clauses)
     empathy = IDEAL_CLAUSES["empathy"] if prompt.product else IDEAL_CLAUSES["empathy_no_product"]
-    if prompt.kind == FALSE_CLAIM:
-        empathy = IDEAL_CLAUSES["empathy_short"]
     names_order = prompt.order_id is not None and prompt.claim != "wrong_order"
     action = next(
         a for a in ACTIONS[prompt.issue] if ("{order}" in a) is names_order and "{product}" not in a
