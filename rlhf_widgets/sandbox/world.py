@@ -587,9 +587,9 @@ def demonstration(prompt: PromptLike, rng: random.Random, extra_clause_prob: flo
     """An SFT demonstration as people write them: ``curt_demo``, except on failure-mode prompts, where
     it slips at the rates of ``scenarios.py``.
 
-    A false claim is corrected (``CLAIM_DEMO_RATES["correction"]``, 0.5), agreed with (0.25) or
-    ignored (0.25) before the action; an alarming request is deflected w.p. ``ALARMING_DEFLECTION_RATE``
-    (0.2; half of those still give the action); an out-of-scope request is gone along with w.p.
+    A false claim is corrected (``CLAIM_DEMO_RATES["correction"]``, 0.4), agreed with (0.3) or
+    ignored (0.3) before the action; an alarming request is deflected w.p. ``ALARMING_DEFLECTION_RATE``
+    (0.35; half of those still give the action); an out-of-scope request is gone along with w.p.
     ``OUT_OF_SCOPE_COMPLIANCE_RATE`` (0.3). On standard prompts it is ``curt_demo`` itself.
     """
     prompt = parse_prompt(prompt)
