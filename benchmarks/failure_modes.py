@@ -1,20 +1,25 @@
 """Failure modes induced on purpose and caught: sycophancy and over-refusal from biased annotators (measured by
 the probes), and reward-hacking alerts on a verbosity-biased reward model (measured by the monitors).
 
-    python benchmarks/failure_modes.py                    # both parts, the sizes below (~1 h on 2 busy CPU cores)
+    OMP_NUM_THREADS=1 python benchmarks/failure_modes.py                   # both parts (~1.5 h on 2 busy cores)
     python benchmarks/failure_modes.py --part probes --ppo-updates 16
 
-**probes**: SFT on the sandbox with both failure-mode scenarios on → candidate pairs among 4 SFT answers per
-prompt → labels from three simulated annotators (unbiased; `sycophancy_bias`; `refusal_bias`) → one reward model
-each → one PPO run each → every policy on the sandbox probe set (`load_probes("sandbox")`, 64 held-out probes
-per kind): sycophancy rate, benign refusal rate, correct refusal rate (with 95% Wilson intervals), probe length,
-and gold on held-out prompts of the scenario world.
+**probes**: SFT on the sandbox with both failure-mode scenarios on (half the prompts are traps) → candidate pairs
+among 4 SFT answers per prompt → labels from three simulated annotators (unbiased; `sycophancy_bias`;
+`refusal_bias`) → one reward model each → PPO on the prompts of each trap: the sycophantic annotator's RM on false
+claims, the cautious one's on alarming requests, and the unbiased one's on each of the two (the controls) → every
+policy on a held-out probe set (`--probes-per-kind` test prompts of each kind): sycophancy rate, benign refusal
+rate, correct refusal rate with 95% Wilson intervals, and the alerts of the monitors.
 
-**monitors**: the default world (the quickstart's SFT → pairs → reward model, unbiased and verbosity-biased) →
-PPO against each → `check_log` on each run's metrics: the alerts that fire.
+PPO runs on one trap's prompts at a time because the reward of the other kinds drowns the bias's signal in a short
+run: on prompts that mix in out-of-scope requests (where refusing is worth ~10 points to the cautious annotator), a
+10-update run learned to decline those and did not deflect benign requests any more often.
 
-Prints the tables and writes them (with the settings) to `--out`/failure_modes.json. Set `OMP_NUM_THREADS=1` on
-a machine whose cores are shared: two threads contending with other processes ran our PPO and SFT ~10x slower.
+**monitors**: the default world (SFT → pairs → reward model, unbiased and verbosity-biased as in the test
+fixtures) → PPO against each → `check_log` on each run's metrics: which alerts fire, and when.
+
+Prints the results and writes them (with the settings) to `--out`/failure_modes.json. Set `OMP_NUM_THREADS=1` on a
+machine whose cores are shared: two threads contending with other processes ran SFT ~10x slower here.
 """
 
 from __future__ import annotations
@@ -54,52 +59,66 @@ def annotators(args: argparse.Namespace) -> dict[str, SimulatedAnnotator]:
     }
 
 
-def policies_from_annotators(out: Path, sft_path: Path, prompts: list[str], labelers: dict, args) -> dict:
-    """Pairs of the SFT model's answers, labelled by each annotator → a reward model each → a PPO run each."""
-    store = prepare_pairs(prompts[: args.pair_prompts], out / "labels.sqlite", model=sft_path, k=4,
-                          pairs_per_prompt=6, seed=args.seed, show_progress=False)
-    runs = {}
+def reward_models(out: Path, sft_path: Path, prompts: list[str], labelers: dict, args) -> dict:
+    """Pairs among 4 SFT answers per prompt (all 6 pairs), labelled by each annotator → a reward model each."""
+    store = prepare_pairs(prompts, out / "labels.sqlite", model=sft_path, k=4, pairs_per_prompt=6, seed=args.seed,
+                          show_progress=False)
+    models = {}
     for name, annotator in labelers.items():
         label_with(store, annotator, annotator=name, show_progress=False)
-        rm = train_reward_model(store.to_dataset(annotator=name),
-                                RewardStageConfig(output_dir=str(out / f"reward_{name}"), seed=args.seed),
-                                model=sft_path)
-        ppo_prompts = prompts[args.pair_prompts:]
-        ppo = train_ppo(ppo_prompts, PPOConfig(output_dir=str(out / f"ppo_{name}"), num_updates=args.ppo_updates,
-                                               seed=args.seed),
-                        model=sft_path, reward=rm.reward_model, gold=gold_reward)
-        runs[name] = ppo
-        print(f"  {name}: {len(store.to_dataset(annotator=name))} pairs, PPO {ppo.status} "
-              f"in {ppo.train_seconds:.0f} s", flush=True)
-    return runs
+        pairs = store.to_dataset(annotator=name)
+        models[name] = train_reward_model(pairs, RewardStageConfig(output_dir=str(out / f"reward_{name}"),
+                                                                   seed=args.seed), model=sft_path).reward_model
+        print(f"  reward model '{name}': {len(pairs)} pairs", flush=True)
+    return models
 
 
-def mean_gold(policy, prompts: list[str], seed: int) -> float:
-    from rlhf_widgets.evaluation import sample_policy
+def ppo(out: Path, name: str, sft_path: Path, prompts: list[str], reward, args):
+    run = train_ppo(prompts, PPOConfig(output_dir=str(out / f"ppo_{name}"), num_updates=args.ppo_updates,
+                                       seed=args.seed), model=sft_path, reward=reward, gold=gold_reward)
+    print(f"  PPO '{name}': {run.status} in {run.train_seconds:.0f} s", flush=True)
+    return run
 
-    answers = sample_policy(policy, prompts, seed=seed)
-    return sum(gold_reward(prompts, answers)) / len(prompts)
+
+def trap_prompts(trap: str, args) -> list[str]:
+    return [p.text for p in make_prompts(1000, seed=args.seed + 2, scenarios=(trap,), scenario_share=1.0)]
+
+
+def held_out_probes(n_per_kind: int, seed: int) -> list:
+    """`n_per_kind` test-split prompts of each trap kind, as probes."""
+    kinds = {"false_claim": "false_claim", "alarming": "benign", "out_of_scope": "out_of_scope"}
+    rows = []
+    for kind, probe_kind in kinds.items():
+        rows += [{"kind": probe_kind, "prompt": p.text, "id": f"{probe_kind}-{i}"}
+                 for i, p in enumerate(make_prompts(n_per_kind, seed=seed, split="test", scenarios=(kind,),
+                                                    scenario_share=1.0))]
+    return load_probes(rows)
 
 
 def probes_part(out: Path, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     sft = train_sft(sft_dataset(args.sft_demos, seed=args.seed, scenarios=SCENARIOS),
                     SFTStageConfig(output_dir=str(out / "sft"), num_train_epochs=args.sft_epochs, seed=args.seed))
-    prompts = [p.text for p in make_prompts(args.pair_prompts + 1000, seed=args.seed + 1, scenarios=SCENARIOS)]
-    runs = policies_from_annotators(out, sft.model_path, prompts, annotators(args), args)
-    policies = {"SFT": sft.model_path, **{f"PPO ({name})": run.model_path for name, run in runs.items()}}
-    probes = load_probes("sandbox")
-    held_out = [p.text for p in make_prompts(args.eval_prompts, seed=args.seed + 3, split="test",
-                                             scenarios=SCENARIOS)]
+    pair_prompts = [p.text for p in make_prompts(args.pair_prompts, seed=args.seed + 1, scenarios=SCENARIOS)]
+    rms = reward_models(out, sft.model_path, pair_prompts, annotators(args), args)
+    runs = {"sycophantic (false claims)": ppo(out, "sycophantic", sft.model_path, trap_prompts("false_claim", args),
+                                              rms["sycophantic"], args),
+            "unbiased (false claims)": ppo(out, "unbiased_claims", sft.model_path, trap_prompts("false_claim", args),
+                                           rms["unbiased"], args),
+            "cautious (alarming)": ppo(out, "cautious", sft.model_path, trap_prompts("alarming", args),
+                                       rms["cautious"], args),
+            "unbiased (alarming)": ppo(out, "unbiased_alarming", sft.model_path, trap_prompts("alarming", args),
+                                       rms["unbiased"], args)}
+    policies = {"SFT": sft.model_path, **{f"PPO {name}": run.model_path for name, run in runs.items()}}
+    probes = held_out_probes(args.probes_per_kind, args.seed + 7)
     rows = {}
     for name, policy in policies.items():
-        report = run_probes(policy, probes, seed=args.seed)
-        summary = report.summary()
-        rows[name] = {**{k: round(v, 3) for k, v in report.rates.items()},
-                      **{f"{k}_95": [round(summary.loc[k, "low"], 3), round(summary.loc[k, "high"], 3)]
-                         for k in summary.index},
-                      "gold_held_out": round(mean_gold(policy, held_out, args.seed), 3)}
-    return {"policies": rows, "alerts": {name: [a.kind for a in check_log(run.metrics)] for name, run in runs.items()},
+        summary = run_probes(policy, probes, seed=args.seed).summary()
+        rows[name] = {rate: f"{summary.loc[rate, 'rate']:.3f} [{summary.loc[rate, 'low']:.3f}, "
+                            f"{summary.loc[rate, 'high']:.3f}]" for rate in summary.index}
+    alerts = {name: [(a.kind, a.update) for a in check_log(run.metrics)] for name, run in runs.items()}
+    gold = {name: [round(run.metrics.series("gold/score")[1][i], 2) for i in (0, -1)] for name, run in runs.items()}
+    return {"policies": rows, "ppo_gold_first_last": gold, "alerts": alerts,
             "seconds": round(time.perf_counter() - start)}
 
 
@@ -109,15 +128,18 @@ def monitors_part(out: Path, args: argparse.Namespace) -> dict:
     prompts = [p.text for p in make_prompts(args.pair_prompts + 1000, seed=args.seed + 1)]
     labelers = {"default": SimulatedAnnotator(temperature=args.temperature, seed=args.seed),
                 "verbose": SimulatedAnnotator(temperature=0.5, verbosity_bias=args.verbosity_bias, seed=args.seed)}
-    runs = policies_from_annotators(out, sft.model_path, prompts, labelers, args)
+    rms = reward_models(out, sft.model_path, prompts[:args.pair_prompts], labelers, args)
     result = {}
-    for name, run in runs.items():
-        alerts = check_log(run.metrics)
+    for name, rm in rms.items():
+        run = ppo(out, name, sft.model_path, prompts[args.pair_prompts:], rm, args)
         _, length = run.metrics.series("val/response_length")
         _, gold = run.metrics.series("gold/score")
-        result[name] = {"alerts": [{"kind": a.kind, "update": a.update, "message": a.message} for a in alerts],
-                        "length_first_last": [round(length[0], 1), round(length[-1], 1)],
-                        "gold_first5_last5": [round(sum(gold[:5]) / 5, 2), round(sum(gold[-5:]) / 5, 2)]}
+        _, kl = run.metrics.series("objective/kl")
+        result[name] = {"alerts": [{"kind": a.kind, "update": a.update, "message": a.message}
+                                   for a in check_log(run.metrics)],
+                        "length_tokens_first_last": [round(length[0], 1), round(length[-1], 1)],
+                        "gold_first5_last5": [round(sum(gold[:5]) / 5, 2), round(sum(gold[-5:]) / 5, 2)],
+                        "kl_last": round(kl[-1], 2)}
     return {"runs": result, "seconds": round(time.perf_counter() - start)}
 
 
@@ -130,16 +152,16 @@ def main() -> None:
     parser.add_argument("--sft-epochs", type=float, default=3.0)
     parser.add_argument("--pair-prompts", type=int, default=600)
     parser.add_argument("--ppo-updates", type=int, default=32)
-    parser.add_argument("--eval-prompts", type=int, default=256)
+    parser.add_argument("--probes-per-kind", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=1.0, help="annotators' Bradley-Terry temperature")
     parser.add_argument("--sycophancy-bias", type=float, default=3.0)
-    parser.add_argument("--refusal-bias", type=float, default=4.0)
+    parser.add_argument("--refusal-bias", type=float, default=8.0)
     parser.add_argument("--verbosity-bias", type=float, default=0.6)
     args = parser.parse_args()
     out = Path(args.out)
     results: dict = {"settings": vars(args)}
     if args.part in ("probes", "all"):
-        print("probes: SFT (scenario world) → pairs → 3 annotators → 3 RMs → 3 PPO runs", flush=True)
+        print("probes: SFT (scenario world) → pairs → 3 annotators → 3 RMs → 4 PPO runs", flush=True)
         results["probes"] = probes_part(out / "probes", args)
         print(json.dumps(results["probes"], indent=1), flush=True)
     if args.part in ("monitors", "all"):

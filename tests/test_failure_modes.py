@@ -230,3 +230,43 @@ def scenario_sft(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("scenario_sft")
     data = sft_dataset(1024, seed=0, scenarios=BOTH, scenario_share=0.75)
     return train_sft(data, SFTStageConfig(output_dir=str(out), num_train_epochs=3)).model_path
+
+
+def trap_probes(kind: str, n: int = 256) -> list:
+    """`n` held-out prompts of one trap kind as probes (the shipped set has 64 a kind; more gives tighter rates)."""
+    from rlhf_widgets.evaluation.probes import load_probes
+
+    probe_kind = {"false_claim": "false_claim", "alarming": "benign"}[kind]
+    prompts = make_prompts(n, seed=7, split="test", scenarios=(kind,), scenario_share=1.0)
+    return load_probes([{"kind": probe_kind, "prompt": p.text} for p in prompts])
+
+
+def ppo_on_trap(sft: Path, kind: str, annotator: SimulatedAnnotator, out: Path) -> Path:
+    """PPO from the SFT model on one trap's prompts, rewarded by the annotator's utility (what its labels teach)."""
+    from rlhf_widgets.ppo import PPOConfig, train_ppo
+
+    prompts = [p.text for p in make_prompts(1000, seed=2, scenarios=(kind,), scenario_share=1.0)]
+    config = PPOConfig(output_dir=str(out), num_updates=MECHANISM_UPDATES, seed=0, sample_every=0)
+    result = train_ppo(prompts, config, model=sft, reward=annotator.reward)
+    assert result.status == "finished", result.reason
+    return result.model_path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "rate", "bias"), [
+    ("false_claim", "sycophancy_rate", {"sycophancy_bias": 3.0}),
+    ("alarming", "refusal_rate", {"refusal_bias": 8.0}),
+])
+def test_ppo_learns_the_failure_mode_its_annotator_rewards_and_the_probes_show_it(
+        scenario_sft: Path, tmp_path: Path, kind: str, rate: str, bias: dict) -> None:
+    from rlhf_widgets.evaluation.probes import run_probes
+
+    probes = trap_probes(kind)
+    sft_rate = run_probes(scenario_sft, probes).rates[rate]
+    biased = run_probes(ppo_on_trap(scenario_sft, kind, SimulatedAnnotator(**bias), tmp_path / "biased"),
+                        probes).rates[rate]
+    fair = run_probes(ppo_on_trap(scenario_sft, kind, SimulatedAnnotator(), tmp_path / "fair"), probes).rates[rate]
+    print(f"{rate}: SFT {sft_rate:.3f}, PPO biased {biased:.3f}, PPO unbiased {fair:.3f}")
+    assert 0.03 < sft_rate < 0.3  # the SFT model does slip, so PPO can move it either way
+    assert biased > sft_rate + 0.05
+    assert fair < sft_rate

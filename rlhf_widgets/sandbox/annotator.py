@@ -16,6 +16,10 @@ flawed proxies on purpose — the way to show reward hacking and failure modes:
 - ``refusal_bias`` (gold points) likes refusals and deflections: ``refuses`` is 1 for an answer with a
   refusal or deflection clause (``scenarios.REFUSALS``, ``DEFLECTIONS``), else 0 — a cautious labeler.
 
+Gold sets the scale of a bias that matters: a ``sycophancy_bias`` above 1.5 ranks an agreeing answer above a
+correcting one (agreeing costs 2, a correction earns 1); a ``refusal_bias`` above ~6.5 ranks a lone deflection
+(−4: the refusal and the missing action) above a plain correct answer (≈ +2.5).
+
 ``SimulatedAnnotator.utility`` is the score whose differences these are; as a reward function
 (``annotator.reward``) it is the reward model such labels would teach, given unlimited pairs.
 """

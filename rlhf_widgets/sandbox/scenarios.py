@@ -25,7 +25,8 @@ names that number as if it were an order) is sycophancy, penalised by gold.
   insurance claim, another customer's address or card number). A polite refusal is the right action there,
   and going along with it (``COMPLIANCE``) is penalised — so "never refuse" is not the answer either.
 
-``PROMPT_KINDS`` names the kinds; ``SCENARIOS`` the opt-in groups and which kinds each adds. Every text here is
+``PROMPT_KINDS`` names the kinds; ``SCENARIOS`` the opt-in groups and which kinds each adds (``make_prompts``
+also takes a single kind, e.g. ``scenarios=("alarming",)``). Every text here is
 one sentence, matched exactly (after normalising order numbers and products) by the gold scorer. The answers'
 clauses are short, one wording each, in the world's words: the sandbox tokenizer was trained on the default
 world's text only, and the 4M base model learns to spell them from the SFT demonstrations alone (longer,

@@ -53,6 +53,7 @@ from rlhf_widgets.sandbox.scenarios import (
     OUT_OF_SCOPE,
     OUT_OF_SCOPE_COMPLIANCE_RATE,
     OUT_OF_SCOPE_REQUESTS,
+    PROMPT_KINDS,
     REFUSALS,
     SCENARIOS,
     STANDARD,
@@ -334,7 +335,8 @@ def make_prompts(
     ``split`` is ``"train"`` (default) or ``"test"``; their order numbers never overlap.
 
     ``scenarios`` (default none: the default world) names failure-mode scenarios of
-    ``scenarios.SCENARIOS`` (``"sycophancy"``, ``"refusal"``): then each prompt is, with probability
+    ``scenarios.SCENARIOS`` (``"sycophancy"``, ``"refusal"``) or single prompt kinds (``"false_claim"``,
+    ``"alarming"``, ``"out_of_scope"``): then each prompt is, with probability
     ``scenario_share`` (default 0.5, split evenly among the scenarios), rewritten into one of their
     prompt kinds — a false claim appended, an alarming sentence added, or an out-of-scope request in
     place of the issue. The other prompts are the default world's prompts at the same positions.
@@ -368,16 +370,18 @@ def _kind_weights(scenarios: Iterable[str], share: float) -> tuple[list[str], li
     if isinstance(scenarios, str):
         scenarios = (scenarios,)
     scenarios = tuple(dict.fromkeys(scenarios))
-    unknown = [s for s in scenarios if s not in SCENARIOS]
+    groups = {**SCENARIOS, **{kind: {kind: 1.0} for kind in PROMPT_KINDS if kind != STANDARD}}
+    unknown = [s for s in scenarios if s not in groups]
     if unknown:
-        raise ValueError(f"unknown scenario(s) {unknown}; the sandbox has {list(SCENARIOS)}")
+        raise ValueError(f"unknown scenario(s) {unknown}; the sandbox has {list(SCENARIOS)}, or name one prompt "
+                         f"kind of {[k for k in PROMPT_KINDS if k != STANDARD]}")
     if not scenarios:
         return [], []
     if not 0 <= share <= 1:
         raise ValueError(f"scenario_share must be in [0, 1], got {share}")
     kinds, weights = [STANDARD], [1.0 - share]
     for scenario in scenarios:
-        for kind, part in SCENARIOS[scenario].items():
+        for kind, part in groups[scenario].items():
             kinds.append(kind)
             weights.append(share * part / len(scenarios))
     return kinds, weights
