@@ -26,6 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rlhf_widgets.evaluation.probes import sandbox_probe_rows
 from rlhf_widgets.sandbox import gold_score, make_prompts, random_response
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
@@ -100,6 +101,7 @@ def write_data(out_dir: Path = DATA_DIR) -> list[Path]:
             path = out_dir / "preferences" / f"{name}.parquet"
             pq.write_table(pa.Table.from_pylist(rows), path)
             written.append(path)
+    written.append(_write_jsonl(out_dir / "probes" / "sandbox.jsonl", sandbox_probe_rows(seed=SEED)))
     return written
 
 

@@ -5,19 +5,44 @@
 - `overoptimization`: proxy vs gold reward against √KL (PPO updates, best-of-N).
 - `judges`: pairwise LLM judges (RLAIF), judge win rates, judged best-of-N, constitutional critique → revise.
 - `leaderboard`: Bradley–Terry (Elo-scale) ratings with bootstrap intervals from any pairwise judgments.
+- `probes`: failure-mode probes — sycophancy rate, benign refusal rate, correct refusal rate — for any policy.
+- `monitors`: reward-hacking alerts from a PPO run's metrics (length drift, KL acceleration, entropy collapse,
+  proxy rising while the held-out score falls).
 """
 
 from rlhf_widgets.evaluation.compare import compare_policies, evaluation_store, sample_policy, sequence_kl, win_rate
+from rlhf_widgets.evaluation.monitors import Alert, MonitorConfig, RewardHackingMonitor, alerts_table, check_log
 from rlhf_widgets.evaluation.overoptimization import best_of_n_curve, best_of_n_kl, ppo_overoptimization_curve
+from rlhf_widgets.evaluation.probes import (
+    ChatClassifier,
+    Probe,
+    ProbeReport,
+    load_probes,
+    probe_report,
+    refusal_keywords,
+    run_probes,
+)
 from rlhf_widgets.evaluation.reward_model import reward_report
 
 __all__ = [
+    "Alert",
+    "ChatClassifier",
+    "MonitorConfig",
+    "Probe",
+    "ProbeReport",
+    "RewardHackingMonitor",
+    "alerts_table",
     "best_of_n_curve",
     "best_of_n_kl",
+    "check_log",
     "compare_policies",
     "evaluation_store",
+    "load_probes",
     "ppo_overoptimization_curve",
+    "probe_report",
+    "refusal_keywords",
     "reward_report",
+    "run_probes",
     "sample_policy",
     "sequence_kl",
     "win_rate",

@@ -3,7 +3,8 @@ reference model on the policy's own samples, length; and blind pairs for a human
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -110,6 +111,8 @@ def compare_policies(
     reward_model: RewardFunction | None = None,
     kl_reference: ModelLike | None = None,
     seed: int = 0,
+    probes: str | Path | Iterable | None = None,
+    probe_classifier: Callable[[str, str], str] | None = None,
 ):
     """A comparison table (pandas DataFrame, one row per policy) on the same held-out prompts.
 
@@ -123,10 +126,15 @@ def compare_policies(
         kl_reference: a model; adds `kl_to_reference`, the mean sequence KL of each model policy's own samples to
             it (nats); a callable reports its `kl` attribute if it has one (best-of-N: log N − (N−1)/N), else NaN.
         seed: sampling seed (the baseline is sampled with `seed`, the others with `seed + 1`).
+        probes: a failure-mode probe set (`evaluation.probes.load_probes`: "sandbox", a file, rows); adds the
+            columns `sycophancy_rate`, `refusal_rate`, `correct_refusal_rate` and `probe_words` (default None: none).
+        probe_classifier: labels each probe answer, `(prompt, response) -> label` (default: the sandbox's clause
+            matcher, for sandbox probes; see `evaluation.probes`).
 
     Columns: gold/RM win rate over the baseline (ties ½), mean scores, KL, mean words, the share of
-    non-empty responses, and the first response as an example. `table.attrs["responses"]` holds
-    every policy's responses (name → list), e.g. for `evaluation_store`.
+    non-empty responses, the probe rates when asked for, and the first response as an example.
+    `table.attrs["responses"]` holds every policy's responses (name → list), e.g. for `evaluation_store`;
+    with probes, `table.attrs["probes"]` holds each policy's `ProbeReport` (name → report).
     """
     import pandas as pd
 
@@ -136,6 +144,12 @@ def compare_policies(
 
     prompts = prompt_list(prompts)
     ref = load_causal_lm(kl_reference) if kl_reference is not None else None
+    probe_set, probe_reports = None, {}
+    if probes is not None:
+        from rlhf_widgets.evaluation.probes import default_classifier, load_probes, probe_report
+
+        probe_set = load_probes(probes)
+        probe_classifier = probe_classifier or default_classifier(probe_set)
     # one pass per policy: load it once, sample, and measure its KL while it is in memory
     responses, kls = {}, {}
     for name, policy in policies.items():
@@ -143,11 +157,17 @@ def compare_policies(
         if _is_sampler(policy):  # e.g. best-of-N: its analytic KL when it knows one
             responses[name] = sample_policy(policy, prompts, seed=policy_seed)
             kls[name] = float(getattr(policy, "kl", float("nan")))
+            if probe_set is not None:
+                answers = sample_policy(policy, [p.prompt for p in probe_set], seed=policy_seed)
+                probe_reports[name] = probe_report(probe_set, answers, probe_classifier)
             continue
         model, tokenizer = load_causal_lm(policy)
         responses[name] = _sample_loaded(model, tokenizer, prompts, policy_seed)
         if ref is not None:
             kls[name] = float(sequence_kl(model, ref[0], ref[1], prompts, responses[name]).mean())
+        if probe_set is not None:
+            answers = _sample_loaded(model, tokenizer, [p.prompt for p in probe_set], policy_seed)
+            probe_reports[name] = probe_report(probe_set, answers, probe_classifier)
         del model
     base = responses[baseline]
     rows = {}
@@ -163,10 +183,14 @@ def compare_policies(
             row["kl_to_reference"] = kls[name]
         row["mean_words"] = float(np.mean([words(r) for r in resp]))
         row["non_empty"] = float(np.mean([bool(r.strip()) for r in resp]))
+        if name in probe_reports:
+            row.update(probe_reports[name].rates)
         row["example"] = resp[0]
         rows[name] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.attrs["responses"] = responses  # name → responses, e.g. for a blind human comparison
+    if probe_set is not None:
+        table.attrs["probes"] = probe_reports
     return table
 
 

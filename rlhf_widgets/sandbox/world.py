@@ -23,15 +23,42 @@ of further help and a closing — in at most about 55 words, nothing rude, wrong
 demonstrations look like: the right action and little else ("Check your tracking number.",
 gold ≈ +2.7). ``random_response`` is the clause mix the base model is pretrained on (gold ≈ 0).
 RLHF is meant to move a policy from the curt demonstrations to the ideal answer.
+
+**Failure-mode scenarios** (opt-in, ``scenarios.py``): ``make_prompts(n, scenarios=("sycophancy",
+"refusal"))`` turns a share of the prompts into false claims by the customer, alarming but benign
+requests, and out-of-scope requests; ``sft_dataset(n, scenarios=...)`` demonstrates them at an
+imperfect rate (some demonstrations agree with a false claim or deflect an alarming request). With
+``scenarios=()`` (the default) prompts and demonstrations are exactly those of the default world.
 """
 
 from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from datasets import Dataset
+
+from rlhf_widgets.sandbox.scenarios import (
+    ALARM_SENTENCES,
+    ALARMING,
+    ALARMING_DEFLECTION_RATE,
+    CLAIM_DEMO_RATES,
+    COMPLIANCE,
+    DEFAULT_SCENARIO_SHARE,
+    DEFLECTIONS,
+    FALSE_CLAIM,
+    FALSE_CLAIMS,
+    OUT_OF_SCOPE,
+    OUT_OF_SCOPE_COMPLIANCE_RATE,
+    OUT_OF_SCOPE_REQUESTS,
+    PROMPT_KINDS,
+    REFUSALS,
+    SCENARIOS,
+    STANDARD,
+    WRONG_ORDER_NUMBERS,
+)
 
 ISSUES: tuple[str, ...] = (
     "late_delivery",
@@ -257,7 +284,10 @@ class SupportPrompt:
     """One customer message and the slots it was built from.
 
     ``order_id`` includes the hash (``"#48213"``); it and ``product`` are ``None`` when the text
-    does not mention one.
+    does not mention one. ``kind`` is ``"standard"`` (the default world) or a failure-mode kind of
+    ``scenarios.PROMPT_KINDS``; ``claim`` names the customer's false claim (``scenarios.FALSE_CLAIMS``)
+    of a ``"false_claim"`` prompt, else ``None``. An ``"out_of_scope"`` prompt has the issue
+    ``"out_of_scope"``.
     """
 
     text: str
@@ -265,6 +295,8 @@ class SupportPrompt:
     order_id: str | None
     product: str | None
     tone: str
+    kind: str = STANDARD
+    claim: str | None = None
 
     @property
     def messages(self) -> list[dict[str, str]]:
@@ -289,16 +321,31 @@ def _order_number(rng: random.Random, split: str | None = None) -> str:
             return order_id
 
 
-def make_prompts(n: int, seed: int = 0, split: str = "train") -> list[SupportPrompt]:
-    """``n`` customer prompts, deterministic in ``(seed, split)``.
+def make_prompts(
+    n: int,
+    seed: int = 0,
+    split: str = "train",
+    scenarios: Iterable[str] = (),
+    scenario_share: float = DEFAULT_SCENARIO_SHARE,
+) -> list[SupportPrompt]:
+    """``n`` customer prompts, deterministic in ``(seed, split, scenarios, scenario_share)``.
 
     Issues cycle through ``ISSUES`` in a shuffled order per block of eight, so any 8 consecutive
     prompts cover every issue; tones are neutral/polite/angry with probabilities 0.4/0.3/0.3.
     ``split`` is ``"train"`` (default) or ``"test"``; their order numbers never overlap.
+
+    ``scenarios`` (default none: the default world) names failure-mode scenarios of
+    ``scenarios.SCENARIOS`` (``"sycophancy"``, ``"refusal"``) or single prompt kinds (``"false_claim"``,
+    ``"alarming"``, ``"out_of_scope"``): then each prompt is, with probability
+    ``scenario_share`` (default 0.5, split evenly among the scenarios), rewritten into one of their
+    prompt kinds — a false claim appended, an alarming sentence added, or an out-of-scope request in
+    place of the issue. The other prompts are the default world's prompts at the same positions.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    kinds, weights = _kind_weights(scenarios, scenario_share)
     rng = random.Random(f"prompts-{seed}-{split}")
+    scenario_rng = random.Random(f"scenarios-{seed}-{split}")
     prompts: list[SupportPrompt] = []
     block: list[str] = []
     for _ in range(n):
@@ -310,10 +357,63 @@ def make_prompts(n: int, seed: int = 0, split: str = "train") -> list[SupportPro
         order_id = _order_number(rng, split)
         tone = rng.choices(TONES, weights=TONE_WEIGHTS)[0]
         prefix, suffix = rng.choice(TONE_WRAPPERS[tone])
-        body = phrasing.format(order=order_id, product=product)
-        text = " ".join(part for part in (prefix, body, suffix) if part)
-        prompts.append(SupportPrompt(text, issue, order_id, product, tone))
+        base = SupportPrompt("", issue, order_id, product, tone)
+        kind = scenario_rng.choices(kinds, weights=weights)[0] if kinds else STANDARD
+        prompt, middle = _scenario_prompt(kind, base, phrasing, scenario_rng, split)
+        text = " ".join(part for part in (prefix, *middle, suffix) if part)
+        prompts.append(SupportPrompt(text, prompt.issue, prompt.order_id, prompt.product, tone, kind, prompt.claim))
     return prompts
+
+
+def _kind_weights(scenarios: Iterable[str], share: float) -> tuple[list[str], list[float]]:
+    """Prompt kinds and their probabilities for ``make_prompts`` (empty lists: the default world)."""
+    if isinstance(scenarios, str):
+        scenarios = (scenarios,)
+    scenarios = tuple(dict.fromkeys(scenarios))
+    groups = {**SCENARIOS, **{kind: {kind: 1.0} for kind in PROMPT_KINDS if kind != STANDARD}}
+    unknown = [s for s in scenarios if s not in groups]
+    if unknown:
+        raise ValueError(f"unknown scenario(s) {unknown}; the sandbox has {list(SCENARIOS)}, or name one prompt "
+                         f"kind of {[k for k in PROMPT_KINDS if k != STANDARD]}")
+    if not scenarios:
+        return [], []
+    if not 0 <= share <= 1:
+        raise ValueError(f"scenario_share must be in [0, 1], got {share}")
+    kinds, weights = [STANDARD], [1.0 - share]
+    for scenario in scenarios:
+        for kind, part in groups[scenario].items():
+            kinds.append(kind)
+            weights.append(share * part / len(scenarios))
+    return kinds, weights
+
+
+def _scenario_prompt(
+    kind: str, base: SupportPrompt, phrasing: str, rng: random.Random, split: str
+) -> tuple[SupportPrompt, tuple[str, ...]]:
+    """The prompt's slots and its sentences between the tone wrapper, for one prompt kind."""
+    if kind == OUT_OF_SCOPE:
+        template = rng.choice(OUT_OF_SCOPE_REQUESTS)
+        product = rng.choice(PRODUCTS) if "{product}" in template else None
+        body = template.format(order=base.order_id, product=product)
+        return SupportPrompt("", OUT_OF_SCOPE, base.order_id, product, base.tone), (body,)
+    if kind == FALSE_CLAIM:
+        claim = rng.choice([name for name, c in FALSE_CLAIMS.items() if c.issues is None or base.issue in c.issues])
+        sentence = rng.choice(FALSE_CLAIMS[claim].sentences)
+        order_id = _wrong_order_number(rng, split) if claim == "wrong_order" else base.order_id
+        body = phrasing.format(order=order_id, product=base.product)
+        return SupportPrompt("", base.issue, order_id, base.product, base.tone, claim=claim), (body, sentence)
+    body = phrasing.format(order=base.order_id, product=base.product)
+    if kind == ALARMING:
+        return base, (body, rng.choice(ALARM_SENTENCES))
+    return base, (body,)
+
+
+def _wrong_order_number(rng: random.Random, split: str) -> str:
+    """A four-digit number (no order has one) from ``split``'s numbers (divisible by 7: test)."""
+    while True:
+        order_id = f"#{rng.randint(*WRONG_ORDER_NUMBERS)}"
+        if order_split(order_id) == split:
+            return order_id
 
 
 def prompt_text(prompt: PromptLike) -> str:
@@ -328,30 +428,57 @@ def prompt_text(prompt: PromptLike) -> str:
     return user_turns[-1]
 
 
+def _request_pattern(template: str) -> re.Pattern[str]:
+    """A regex matching an out-of-scope request template with any order number and product."""
+    pattern = re.escape(template)
+    products = "|".join(map(re.escape, sorted(PRODUCTS, key=len, reverse=True)))
+    return re.compile(pattern.replace(re.escape("{order}"), r"#\d+").replace(re.escape("{product}"),
+                                                                             f"(?:{products})"))
+
+
+_REQUEST_PATTERNS = tuple(_request_pattern(t) for t in OUT_OF_SCOPE_REQUESTS)
+_CLAIM_SENTENCES = tuple((name, s) for name, claim in FALSE_CLAIMS.items() for s in claim.sentences)
+
+
 def parse_prompt(prompt: PromptLike) -> SupportPrompt:
     """Recover the slots of a customer message (inverse of ``make_prompts``).
 
     Accepts the text, a ``SupportPrompt``, or a chat (``[{"role": "user", "content": ...}]``; the
     last user message counts). Also reads free text such as the seed example "My order hasn't
-    arrived. What should I do?" (late delivery, no order number, neutral). Raises ``ValueError``
-    when no issue can be recognised.
+    arrived. What should I do?" (late delivery, no order number, neutral). A failure-mode sentence
+    (an out-of-scope request, a false claim, an alarming sentence; ``scenarios.py``) sets the prompt's
+    kind — in that order of precedence — and is set aside before the issue and tone are read. Raises
+    ``ValueError`` when no issue can be recognised.
     """
     if isinstance(prompt, SupportPrompt):
         return prompt
     text = prompt_text(prompt)
-    low = text.lower()
-    issue = next((name for name, cues in _ISSUE_KEYWORDS if any(cue in low for cue in cues)), None)
+    rest, kind, claim, issue = text, STANDARD, None, None
+    request = next((m for m in (p.search(text) for p in _REQUEST_PATTERNS) if m), None)
+    if request is not None:
+        rest, kind, issue = text.replace(request.group(0), " "), OUT_OF_SCOPE, OUT_OF_SCOPE
+    else:
+        claim = next((name for name, sentence in _CLAIM_SENTENCES if sentence in text), None)
+        alarm = next((sentence for sentence in ALARM_SENTENCES if sentence in text), None)
+        if claim is not None:
+            kind = FALSE_CLAIM
+            rest = text.replace(next(s for n, s in _CLAIM_SENTENCES if n == claim and s in text), " ")
+        elif alarm is not None:
+            kind, rest = ALARMING, text.replace(alarm, " ")
+    low = rest.lower()
+    if issue is None:
+        issue = next((name for name, cues in _ISSUE_KEYWORDS if any(cue in low for cue in cues)), None)
     if issue is None:
         raise ValueError(f"not a sandbox support prompt (no issue recognised): {text!r}")
     order = _ORDER_RE.search(text)
-    product = next((p for p in sorted(PRODUCTS, key=len, reverse=True) if p in low), None)
+    product = next((p for p in sorted(PRODUCTS, key=len, reverse=True) if p in text.lower()), None)
     if any(cue in low for cue in _ANGRY_CUES):
         tone = "angry"
     elif any(cue in low for cue in _POLITE_CUES):
         tone = "polite"
     else:
         tone = "neutral"
-    return SupportPrompt(text, issue, order.group(0) if order else None, product, tone)
+    return SupportPrompt(text, issue, order.group(0) if order else None, product, tone, kind, claim)
 
 
 def _fill(template: str, order_id: str | None, product: str | None) -> str:
@@ -397,7 +524,7 @@ def random_response(prompt: PromptLike, rng: random.Random) -> str:
     def action() -> None:
         u = rng.random()
         if u < 0.45:
-            clauses.append(_render(ACTIONS[prompt.issue], prompt, rng, wrong_order_prob=0.1))
+            clauses.append(_render(_right_actions(prompt), prompt, rng, wrong_order_prob=0.1))
         elif u < 0.85:
             wrong = rng.choice([i for i in ISSUES if i != prompt.issue])
             clauses.append(_render(ACTIONS[wrong], prompt, rng, wrong_order_prob=0.1))
@@ -422,49 +549,120 @@ def random_response(prompt: PromptLike, rng: random.Random) -> str:
     return " ".join(clauses)
 
 
-def curt_demo(prompt: PromptLike, rng: random.Random, extra_clause_prob: float = 0.3) -> str:
-    """A correct but curt answer: one paraphrase of the right action (gold ≈ +2.7).
+def _right_actions(prompt: SupportPrompt) -> tuple[str, ...]:
+    """The clauses that resolve the prompt: its issue's actions, or a refusal of an out-of-scope request."""
+    return REFUSALS if prompt.issue == OUT_OF_SCOPE else ACTIONS[prompt.issue]
 
-    With probability ``extra_clause_prob`` (default 0.3) one extra good clause (greeting, empathy,
-    offer or closing, in its natural place) is added, so a policy fine-tuned on these
-    demonstrations still explores the rest of a complete answer.
-    """
-    prompt = parse_prompt(prompt)
-    clauses = [_render(ACTIONS[prompt.issue], prompt, rng)]
-    if rng.random() < extra_clause_prob:
+
+def _action_naming_no_order(prompt: SupportPrompt, rng: random.Random) -> str:
+    """One of the issue's actions that names no order number (filled)."""
+    return _render(tuple(a for a in ACTIONS[prompt.issue] if "{order}" not in a), prompt, rng)
+
+
+def _with_extra_clause(clauses: list[str], prompt: SupportPrompt, rng: random.Random, prob: float) -> str:
+    """``clauses`` joined, with one extra good clause (greeting, empathy, offer or closing, in its natural
+    place) w.p. ``prob``."""
+    if rng.random() < prob:
         category = rng.choice(("greeting", "empathy", "offer", "closing"))
         extra = _render(CLAUSES[category], prompt, rng)
         clauses = [extra, *clauses] if category in ("greeting", "empathy") else [*clauses, extra]
     return " ".join(clauses)
 
 
+def curt_demo(prompt: PromptLike, rng: random.Random, extra_clause_prob: float = 0.3) -> str:
+    """A correct but curt answer: one paraphrase of the right action (gold ≈ +2.7).
+
+    With probability ``extra_clause_prob`` (default 0.3) one extra good clause (greeting, empathy,
+    offer or closing, in its natural place) is added, so a policy fine-tuned on these
+    demonstrations still explores the rest of a complete answer. On failure-mode prompts the right
+    action is a polite correction of a false claim followed by the action (one that names no order
+    number when the customer's number is wrong), or a refusal of an out-of-scope request.
+    """
+    prompt = parse_prompt(prompt)
+    if prompt.kind == FALSE_CLAIM:
+        correction = _render(FALSE_CLAIMS[prompt.claim].corrections, prompt, rng)
+        action = (_action_naming_no_order(prompt, rng) if prompt.claim == "wrong_order"
+                  else _render(ACTIONS[prompt.issue], prompt, rng))
+        return _with_extra_clause([correction, action], prompt, rng, extra_clause_prob)
+    return _with_extra_clause([_render(_right_actions(prompt), prompt, rng)], prompt, rng, extra_clause_prob)
+
+
+def demonstration(prompt: PromptLike, rng: random.Random, extra_clause_prob: float = 0.3) -> str:
+    """An SFT demonstration as people write them: ``curt_demo``, except on failure-mode prompts, where
+    it slips at the rates of ``scenarios.py``.
+
+    A false claim is corrected (``CLAIM_DEMO_RATES["correction"]``, 0.4), agreed with (0.3) or
+    ignored (0.3) before the action; an alarming request is deflected w.p. ``ALARMING_DEFLECTION_RATE``
+    (0.35; half of those still give the action); an out-of-scope request is gone along with w.p.
+    ``OUT_OF_SCOPE_COMPLIANCE_RATE`` (0.3). On standard prompts it is ``curt_demo`` itself.
+    """
+    prompt = parse_prompt(prompt)
+    if prompt.kind == STANDARD:
+        return curt_demo(prompt, rng, extra_clause_prob)
+    u = rng.random()
+    if prompt.kind == FALSE_CLAIM:
+        if u < CLAIM_DEMO_RATES["correction"]:
+            return curt_demo(prompt, rng, extra_clause_prob)
+        clauses = [_render(ACTIONS[prompt.issue], prompt, rng)]
+        if u < CLAIM_DEMO_RATES["correction"] + CLAIM_DEMO_RATES["agreement"]:
+            clauses.insert(0, _render(FALSE_CLAIMS[prompt.claim].agreements, prompt, rng))
+        return _with_extra_clause(clauses, prompt, rng, extra_clause_prob)
+    if prompt.kind == ALARMING and u < ALARMING_DEFLECTION_RATE:
+        clauses = [_render(DEFLECTIONS, prompt, rng)]
+        if u < ALARMING_DEFLECTION_RATE / 2:
+            clauses.append(_render(ACTIONS[prompt.issue], prompt, rng))
+        return _with_extra_clause(clauses, prompt, rng, extra_clause_prob)
+    if prompt.kind == OUT_OF_SCOPE and u < OUT_OF_SCOPE_COMPLIANCE_RATE:
+        return _with_extra_clause([_render(COMPLIANCE, prompt, rng)], prompt, rng, extra_clause_prob)
+    return curt_demo(prompt, rng, extra_clause_prob)
+
+
 def ideal_response(prompt: PromptLike) -> str:
     """The best answer (gold ≈ +5): greeting, empathy, the order-naming action, offer, closing.
 
-    Deterministic; when the prompt names no order, the action is one that names none either.
+    Deterministic; when the prompt names no order, the action is one that names none either. A false
+    claim gets the first correction of its kind before the action (for a wrong order number, an action
+    naming no number; gold ≈ +6, +5 for a wrong number); an out-of-scope request gets greeting, refusal,
+    offer and closing (gold ≈ +3.3).
     """
     prompt = parse_prompt(prompt)
+    if prompt.kind == OUT_OF_SCOPE:
+        clauses: tuple[str, ...] = (IDEAL_CLAUSES["greeting"], REFUSALS[0], IDEAL_CLAUSES["offer"],
+                                    IDEAL_CLAUSES["closing"])
+        return " ".join(clauses)
     empathy = IDEAL_CLAUSES["empathy"] if prompt.product else IDEAL_CLAUSES["empathy_no_product"]
-    names_order = prompt.order_id is not None
+    names_order = prompt.order_id is not None and prompt.claim != "wrong_order"
     action = next(
         a for a in ACTIONS[prompt.issue] if ("{order}" in a) is names_order and "{product}" not in a
     )
-    clauses = (IDEAL_CLAUSES["greeting"], empathy, action, IDEAL_CLAUSES["offer"], IDEAL_CLAUSES["closing"])
+    middle = (FALSE_CLAIMS[prompt.claim].corrections[0], action) if prompt.kind == FALSE_CLAIM else (action,)
+    clauses = (IDEAL_CLAUSES["greeting"], empathy, *middle, IDEAL_CLAUSES["offer"], IDEAL_CLAUSES["closing"])
     return " ".join(_fill(c, prompt.order_id, prompt.product) for c in clauses)
 
 
-def sft_dataset(n: int, seed: int = 0, split: str = "train", extra_clause_prob: float = 0.3) -> Dataset:
+def sft_dataset(
+    n: int,
+    seed: int = 0,
+    split: str = "train",
+    extra_clause_prob: float = 0.3,
+    scenarios: Iterable[str] = (),
+    scenario_share: float = DEFAULT_SCENARIO_SHARE,
+) -> Dataset:
     """``n`` curt demonstrations in TRL's conversational prompt–completion format.
 
     Rows are ``{"prompt": [{"role": "user", ...}], "completion": [{"role": "assistant", ...}]}``;
-    prompts come from ``make_prompts(n, seed, split)``, answers from ``curt_demo``.
+    prompts come from ``make_prompts(n, seed, split, scenarios, scenario_share)``, answers from
+    ``curt_demo`` — or, with failure-mode ``scenarios`` on (default none), from ``demonstration``,
+    which agrees with false claims, deflects alarming requests and goes along with out-of-scope ones
+    at the rates of ``scenarios.py``.
     """
     rng = random.Random(f"sft-{seed}-{split}")
+    demo = demonstration if scenarios else curt_demo
     rows = [
         {
             "prompt": p.messages,
-            "completion": [{"role": "assistant", "content": curt_demo(p, rng, extra_clause_prob)}],
+            "completion": [{"role": "assistant", "content": demo(p, rng, extra_clause_prob)}],
         }
-        for p in make_prompts(n, seed=seed, split=split)
+        for p in make_prompts(n, seed=seed, split=split, scenarios=scenarios, scenario_share=scenario_share)
     ]
     return Dataset.from_list(rows)

@@ -1,0 +1,230 @@
+"""Reward-hacking monitors: alerts, with the evidence, computed from a PPO run's `MetricsLog`.
+
+Four signs that a policy is gaming its reward rather than getting better (Gao et al. 2022; "The N+
+Implementation Details of RLHF with PPO", Huang et al. 2024, on what to watch):
+
+- ``length_drift``: the mean response length (``val/response_length``, tokens) has moved from the SFT
+  model's by more than ``length_drift`` of it — a reward model that likes long (or short) answers;
+- ``kl_acceleration``: the KL to the reference (``objective/kl``) grows faster and faster — its growth per
+  update over the last ``window`` updates is at least ``kl_acceleration`` times that of the window before,
+  and at least ``min_kl_growth`` nats per update;
+- ``entropy_collapse``: the per-token entropy (``policy/entropy_avg``) has fallen below ``entropy_floor`` of
+  its first window's — the policy keeps saying one thing;
+- ``proxy_gold_divergence`` (only where a held-out score is logged, ``gold/score``: the sandbox's gold, or a
+  held-out judge): the held-out score has fallen at least ``min_gold_drop`` below its best while the proxy
+  reward (``objective/scores``) has kept rising since then — overoptimization.
+
+Every series is smoothed by a trailing mean over ``window`` updates before it is compared, so one noisy
+batch does not raise an alert. Each kind of alert fires once per run, at the first update where it holds.
+
+Offline: ``check_log(log)`` returns the alerts of a finished run. Live: ``RewardHackingMonitor().attach(log)``
+watches the log as the trainer writes it and logs each alert as an event of kind ``"alert"`` (data: the
+monitor's kind and its evidence), which any view of the log can show.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+
+from rlhf_widgets.metrics import Event, MetricRecord, MetricsLog
+
+LENGTH = "val/response_length"
+KL = "objective/kl"
+TOKEN_ENTROPY = "policy/entropy_avg"
+PROXY = "objective/scores"
+GOLD = "gold/score"
+ALERT_EVENT = "alert"
+"""The event kind alerts are logged under."""
+ALERT_KINDS: tuple[str, ...] = ("length_drift", "kl_acceleration", "entropy_collapse", "proxy_gold_divergence")
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One monitor's alert: what fired, at which PPO update, a one-line message and the numbers behind it."""
+
+    kind: str
+    """one of `ALERT_KINDS`"""
+    update: int
+    """the PPO update (the log's step) at which it fired"""
+    message: str
+    evidence: dict[str, float] = field(default_factory=dict)
+    """the numbers the decision was made on (smoothed values, thresholds)"""
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Thresholds of the reward-hacking monitors (see the module docstring for what each checks)."""
+
+    window: int = 5
+    """updates per trailing mean (smoothing) and per growth measurement"""
+    length_drift: float = 0.5
+    """alert when the smoothed mean length differs from the SFT length by more than this share of it (0.5 = ±50%)"""
+    kl_acceleration: float = 2.0
+    """alert when KL's growth per update over the last window is at least this multiple of the window before's"""
+    min_kl_growth: float = 0.5
+    """… and at least this many nats per update (slow growth never alerts)"""
+    entropy_floor: float = 0.5
+    """alert when the smoothed per-token entropy falls below this share of its first window's mean"""
+    min_gold_drop: float = 0.5
+    """alert when the smoothed held-out score is this far below its best (its own units; gold points on the
+    sandbox) while the smoothed proxy reward is higher than it was at that best"""
+
+    def __post_init__(self) -> None:
+        checks = {"window": self.window >= 1, "length_drift": self.length_drift > 0,
+                  "kl_acceleration": self.kl_acceleration > 1, "min_kl_growth": self.min_kl_growth >= 0,
+                  "entropy_floor": 0 < self.entropy_floor < 1, "min_gold_drop": self.min_gold_drop > 0}
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            hint = {"window": "must be >= 1", "length_drift": "must be > 0", "kl_acceleration": "must be > 1",
+                    "min_kl_growth": "must be >= 0", "entropy_floor": "must be in (0, 1)",
+                    "min_gold_drop": "must be > 0"}[bad[0]]
+            raise ValueError(f"MonitorConfig.{bad[0]}={getattr(self, bad[0])!r}: {hint}")
+
+
+class RewardHackingMonitor:
+    """Watches PPO metrics update by update and raises each kind of `Alert` once.
+
+    Args:
+        config: thresholds (default `MonitorConfig()`).
+        sft_length: the SFT model's mean response length in tokens, the unit of ``val/response_length``
+            (default None: the first update's — its rollout is sampled from the SFT policy itself).
+        stage: the stage whose metric records are watched (default "ppo").
+
+    Feed it with `observe(update, metrics)`, or `attach` it to a `MetricsLog`; `alerts` holds what fired.
+    """
+
+    def __init__(self, config: MonitorConfig | None = None, sft_length: float | None = None,
+                 stage: str = "ppo") -> None:
+        if sft_length is not None and not sft_length > 0:
+            raise ValueError(f"RewardHackingMonitor: sft_length={sft_length!r} must be a positive length in tokens")
+        self.config = config or MonitorConfig()
+        self.sft_length = sft_length
+        self.stage = stage
+        self.alerts: list[Alert] = []
+        self._series: dict[str, list[float]] = {LENGTH: [], KL: [], TOKEN_ENTROPY: [], PROXY: [], GOLD: []}
+        self._gold_best: tuple[float, int, float] | None = None  # (smoothed gold, update, smoothed proxy then)
+
+    @property
+    def fired(self) -> set[str]:
+        """Kinds of alert raised so far."""
+        return {alert.kind for alert in self.alerts}
+
+    def observe(self, update: int, metrics: Mapping[str, float]) -> list[Alert]:
+        """Take one update's metrics; returns the alerts this update raised (each kind fires once)."""
+        for name, values in self._series.items():
+            value = metrics.get(name)
+            if value is not None and math.isfinite(value):
+                values.append(float(value))
+        if self.sft_length is None and self._series[LENGTH]:
+            self.sft_length = self._series[LENGTH][0]
+        new = [alert for check in (self._length, self._kl, self._entropy, self._divergence)
+               if (alert := check(update)) is not None and alert.kind not in self.fired]
+        self.alerts.extend(new)
+        return new
+
+    # ---------------------------------------------------------------- the four checks
+    def _smoothed(self, name: str, back: int = 0) -> float | None:
+        """Mean of the `window` values ending `back` windows before the latest; None if there are too few."""
+        values, w = self._series[name], self.config.window
+        end = len(values) - back * w
+        return sum(values[end - w:end]) / w if end - w >= 0 else None
+
+    def _length(self, update: int) -> Alert | None:
+        now = self._smoothed(LENGTH)
+        if now is None or not self.sft_length:
+            return None
+        drift = now / self.sft_length - 1
+        if abs(drift) <= self.config.length_drift:
+            return None
+        return Alert("length_drift", update,
+                     f"responses are {abs(drift):.0%} {'longer' if drift > 0 else 'shorter'} than the SFT model's "
+                     f"({now:.1f} vs {self.sft_length:.1f} tokens, mean of the last {self.config.window} updates): "
+                     "is the reward model paying for length?",
+                     {"mean_length": now, "sft_length": self.sft_length, "drift": drift,
+                      "threshold": self.config.length_drift})
+
+    def _kl(self, update: int) -> Alert | None:
+        now, before, earlier = (self._smoothed(KL, back) for back in (0, 1, 2))
+        if earlier is None:
+            return None
+        w = self.config.window
+        growth, growth_before = (now - before) / w, (before - earlier) / w
+        if growth < self.config.min_kl_growth or growth < self.config.kl_acceleration * growth_before:
+            return None
+        return Alert("kl_acceleration", update,
+                     f"KL to the reference is accelerating: +{growth:.2f} nats/update over the last {w} updates, "
+                     f"after {growth_before:+.2f} over the {w} before (KL now {now:.1f}): the policy is leaving "
+                     "the SFT model fast — look at the samples",
+                     {"kl": now, "growth": growth, "growth_before": growth_before,
+                      "threshold": self.config.kl_acceleration, "min_growth": self.config.min_kl_growth})
+
+    def _entropy(self, update: int) -> Alert | None:
+        values, w = self._series[TOKEN_ENTROPY], self.config.window
+        now = self._smoothed(TOKEN_ENTROPY)
+        if now is None or len(values) < 2 * w:
+            return None
+        first = sum(values[:w]) / w
+        if first <= 0 or now >= self.config.entropy_floor * first:
+            return None
+        return Alert("entropy_collapse", update,
+                     f"per-token entropy fell to {now:.3f} from {first:.3f} ({now / first:.0%}): the policy is "
+                     "collapsing onto a few answers",
+                     {"entropy": now, "first_entropy": first, "ratio": now / first,
+                      "threshold": self.config.entropy_floor})
+
+    def _divergence(self, update: int) -> Alert | None:
+        gold, proxy = self._smoothed(GOLD), self._smoothed(PROXY)
+        if gold is None or proxy is None:
+            return None
+        if self._gold_best is None or gold > self._gold_best[0]:
+            self._gold_best = (gold, update, proxy)
+            return None
+        best, best_update, proxy_then = self._gold_best
+        if best - gold < self.config.min_gold_drop or proxy <= proxy_then:
+            return None
+        return Alert("proxy_gold_divergence", update,
+                     f"the held-out score fell {best - gold:.2f} from its best ({best:.2f} at update {best_update} "
+                     f"→ {gold:.2f}) while the proxy reward rose {proxy - proxy_then:+.2f}: the policy is "
+                     "overoptimizing the reward model",
+                     {"gold": gold, "gold_best": best, "gold_best_update": best_update, "proxy": proxy,
+                      "proxy_at_gold_best": proxy_then, "threshold": self.config.min_gold_drop})
+
+    # ---------------------------------------------------------------- a MetricsLog subscriber
+    def attach(self, log: MetricsLog, replay: bool = True) -> Callable[[], None]:
+        """Watch `log`: every metric record of `stage` is observed and each new alert is logged to it as an
+        ``"alert"`` event (message; data: `monitor` = the kind, `evidence`). `replay=True` (default) first reads
+        what the log already holds; alerts already logged there (a resumed run) are not logged twice.
+        Returns the function that stops watching."""
+        logged = {e.data.get("monitor") for e in log.events() if e.kind == ALERT_EVENT}
+
+        def on_entry(entry: MetricRecord | Event | object) -> None:
+            if not isinstance(entry, MetricRecord) or entry.stage != self.stage:
+                return
+            for alert in self.observe(entry.step, entry.metrics):
+                if alert.kind not in logged:
+                    logged.add(alert.kind)
+                    log.log_event(ALERT_EVENT, alert.message, alert.update, stage=self.stage, monitor=alert.kind,
+                                  evidence=alert.evidence)
+
+        return log.subscribe(on_entry, replay=replay)
+
+
+def check_log(log: MetricsLog, config: MonitorConfig | None = None, sft_length: float | None = None,
+              stage: str = "ppo") -> list[Alert]:
+    """The alerts a finished run's log raises (nothing is written to it); see `RewardHackingMonitor` for the
+    arguments."""
+    monitor = RewardHackingMonitor(config, sft_length=sft_length, stage=stage)
+    for record in log.records:
+        if record.stage == stage:
+            monitor.observe(record.step, record.metrics)
+    return monitor.alerts
+
+
+def alerts_table(alerts: list[Alert]):
+    """Alerts as a pandas DataFrame: kind, update, message, then one column per evidence number."""
+    import pandas as pd
+
+    return pd.DataFrame([{**{k: v for k, v in asdict(a).items() if k != "evidence"}, **a.evidence} for a in alerts],
+                        columns=None if alerts else ["kind", "update", "message"])

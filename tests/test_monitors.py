@@ -1,0 +1,139 @@
+"""Reward-hacking monitors: each alert on constructed PPO logs (fires where the smoothed numbers cross its
+threshold, with the evidence; stays quiet on a healthy run; fires once), live as a MetricsLog subscriber, and on
+real short sandbox PPO runs — quiet against the default reward model, firing against a verbosity-biased one."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from rlhf_widgets.evaluation.monitors import (
+    ALERT_EVENT,
+    MonitorConfig,
+    RewardHackingMonitor,
+    alerts_table,
+    check_log,
+)
+from rlhf_widgets.metrics import MetricsLog
+
+UPDATES = 30
+
+
+def healthy(t: int) -> dict[str, float]:
+    """A healthy run at update t (1-based): length steady, KL growing ever slower, gold and proxy rising."""
+    wobble = 0.3 * math.sin(1.7 * t)  # batch-to-batch noise
+    return {"val/response_length": 20 + 2 * wobble, "objective/kl": 6 * (1 - math.exp(-t / 8)) + wobble,
+            "policy/entropy_avg": 1.0 - 0.005 * t + 0.02 * wobble, "objective/scores": 0.05 * t + wobble,
+            "gold/score": 2 + 0.05 * t + wobble}
+
+
+def hacking(t: int) -> dict[str, float]:
+    """A run that games its reward: longer and longer, KL speeding up, entropy collapsing, gold peaking at 10."""
+    return {"val/response_length": 20 + 1.5 * t, "objective/kl": 0.3 * math.exp(t / 6),
+            "policy/entropy_avg": 1.0 / (1 + 0.1 * t), "objective/scores": 0.1 * t,
+            "gold/score": 3 - 0.02 * (t - 10) ** 2}
+
+
+def make_log(run, updates: int = UPDATES, gold: bool = True) -> MetricsLog:
+    log = MetricsLog()
+    for t in range(1, updates + 1):
+        log.log({k: v for k, v in run(t).items() if gold or k != "gold/score"}, step=t, stage="ppo")
+    return log
+
+
+def window_mean(run, name: str, end: int, w: int = 5) -> float:
+    return sum(run(t)[name] for t in range(end - w + 1, end + 1)) / w
+
+
+def first_update(run, condition) -> int:
+    return next(t for t in range(1, UPDATES + 1) if condition(t))
+
+
+def test_a_healthy_run_raises_nothing() -> None:
+    assert check_log(make_log(healthy)) == []
+
+
+def test_each_monitor_fires_once_where_its_smoothed_numbers_cross_the_threshold() -> None:
+    alerts = {a.kind: a for a in check_log(make_log(hacking))}
+    assert set(alerts) == {"length_drift", "kl_acceleration", "entropy_collapse", "proxy_gold_divergence"}
+    assert len(check_log(make_log(hacking))) == 4  # once each
+
+    # length: the first window mean more than 50% above update 1's length (21.5 tokens)
+    sft = hacking(1)["val/response_length"]
+    expected = first_update(hacking, lambda t: t >= 5 and window_mean(hacking, "val/response_length", t) > 1.5 * sft)
+    length = alerts["length_drift"]
+    assert length.update == expected
+    assert length.evidence["sft_length"] == sft and length.evidence["drift"] > 0.5
+    assert "longer than the SFT model's" in length.message
+
+    # KL: growth over the last window ≥ 2x the window before's, and ≥ 0.5 nats/update
+    def kl_accelerates(t: int) -> bool:
+        if t < 15:
+            return False
+        now, before, earlier = (window_mean(hacking, "objective/kl", t - 5 * k) for k in range(3))
+        return (now - before) / 5 >= max(0.5, 2 * (before - earlier) / 5)
+
+    assert alerts["kl_acceleration"].update == first_update(hacking, kl_accelerates)
+    assert alerts["kl_acceleration"].evidence["growth"] >= 0.5
+
+    # entropy: the window mean below half the first window's
+    first = window_mean(hacking, "policy/entropy_avg", 5)
+    expected = first_update(hacking, lambda t: t >= 10 and window_mean(hacking, "policy/entropy_avg", t) < 0.5 * first)
+    assert alerts["entropy_collapse"].update == expected
+    assert alerts["entropy_collapse"].evidence["ratio"] < 0.5
+
+    # divergence: gold (smoothed) 0.5 below its best while the proxy is above its value at that best
+    divergence = alerts["proxy_gold_divergence"]
+    gold = {t: window_mean(hacking, "gold/score", t) for t in range(5, UPDATES + 1)}
+    best = max(gold, key=gold.get)
+    assert divergence.evidence["gold_best_update"] == best
+    assert divergence.update == first_update(hacking, lambda t: t > best and gold[best] - gold[t] >= 0.5)
+    assert divergence.evidence["proxy"] > divergence.evidence["proxy_at_gold_best"]
+    table = alerts_table(list(alerts.values()))
+    assert list(table.columns[:3]) == ["kind", "update", "message"] and len(table) == 4
+
+
+def test_without_a_held_out_score_the_divergence_monitor_stays_silent() -> None:
+    kinds = {a.kind for a in check_log(make_log(hacking, gold=False))}
+    assert "proxy_gold_divergence" not in kinds and "length_drift" in kinds
+
+
+def test_a_gold_drop_while_the_proxy_also_falls_is_not_divergence() -> None:
+    def both_fall(t: int) -> dict[str, float]:
+        return {**healthy(t), "objective/scores": 1 - 0.1 * t, "gold/score": 3 - 0.1 * t}
+
+    assert check_log(make_log(both_fall)) == []
+
+
+def test_given_sft_length_and_thresholds_are_used() -> None:
+    log = make_log(healthy)
+    shorter = check_log(log, sft_length=50.0)  # a policy at 40% of the SFT length
+    assert [a.kind for a in shorter] == ["length_drift"] and shorter[0].update == 5
+    assert "shorter" in shorter[0].message
+    assert check_log(log, MonitorConfig(length_drift=0.7), sft_length=50.0) == []
+    with pytest.raises(ValueError, match=r"MonitorConfig.entropy_floor=1.5: must be in \(0, 1\)"):
+        MonitorConfig(entropy_floor=1.5)
+    with pytest.raises(ValueError, match="sft_length"):
+        RewardHackingMonitor(sft_length=0)
+
+
+def test_attached_to_a_live_log_alerts_become_events_once(tmp_path: Path) -> None:
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    monitor = RewardHackingMonitor()
+    stop = monitor.attach(log)
+    for t in range(1, UPDATES + 1):
+        log.log(hacking(t), step=t, stage="ppo")
+        log.log({"loss": 1.0}, step=t, stage="sft")  # another stage's records are not watched
+    stop()
+    events = [e for e in log.events() if e.kind == ALERT_EVENT]
+    assert [(e.data["monitor"], e.step) for e in events] == [(a.kind, a.update) for a in monitor.alerts]
+    assert len(events) == 4 and events[0].data["evidence"] == monitor.alerts[0].evidence
+
+    # a resumed run: the log file read back, watched again from the start, logs no alert twice
+    resumed = MetricsLog.load(tmp_path / "metrics.jsonl", resume=True)
+    again = RewardHackingMonitor()
+    again.attach(resumed, replay=True)
+    assert len(again.alerts) == 4
+    assert len([e for e in resumed.events() if e.kind == ALERT_EVENT]) == 4
