@@ -38,6 +38,7 @@ from rlhf_widgets.ppo.memory import auto_micro_batch_size, release_freed_memory
 from rlhf_widgets.ppo.rollout import Rollout, TrainingStopped, forward_inputs, make_rollout, shape_rewards
 from rlhf_widgets.rewards import RewardFunction, as_reward_function, score_responses
 from rlhf_widgets.stages import FINAL, StageResult, is_quantized
+from rlhf_widgets.trackers import attach_trackers
 
 STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -117,6 +118,8 @@ class PPOTrainer:
         self.last_micro_batch_size: int | None = None
         self._last_good: dict[str, torch.Tensor] | None = None
         self.metrics = metrics if metrics is not None else self._run_metrics(resume_from)
+        self.trackers = attach_trackers(self.metrics, config.report_to if self.is_main else "none", run_name="ppo",
+                                        config=config.to_dict(), output_dir=config.output_dir)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
 
