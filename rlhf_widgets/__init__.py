@@ -16,7 +16,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from rlhf_widgets import quiet
+
 __version__ = "0.1.0"
+
+quiet.install()  # before any library it quiets is imported
 
 _EXPORTS = {
     # settings and models

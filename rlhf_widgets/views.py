@@ -666,7 +666,9 @@ class RunComparison:
         self._timer: threading.Timer | None = None
         self._last_draw = 0.0
         self.choice = ipywidgets.Dropdown(options=[metric], value=metric, description="metric")
-        self.choice.observe(lambda _: self.flush(), names="value")
+        self._metric = metric
+        self._choosing = False  # True while the dropdown's options are being replaced
+        self.choice.observe(self._chosen, names="value")
         self.figure = go.FigureWidget()
         self.figure.update_layout(template="plotly_white", autosize=True, height=380, hovermode="x unified",
                                   xaxis_title="step", legend_title_text="run",
@@ -678,7 +680,13 @@ class RunComparison:
 
     @property
     def metric(self) -> str:
-        return self.choice.value
+        """The metric drawn."""
+        return self._metric
+
+    def _chosen(self, change: dict) -> None:
+        if not self._choosing and change["new"] is not None and change["new"] != self._metric:
+            self._metric = change["new"]
+            self.flush()
 
     def add_run(self, name: str, log: MetricsLog) -> None:
         """Overlay `log` as the run `name` (a name already shown is replaced)."""
@@ -708,7 +716,12 @@ class RunComparison:
             self._last_draw = time.monotonic()
             names = sorted({n for log in self.runs.values() for n in log.names()} | {self.metric})
             if list(self.choice.options) != names:
-                self.choice.options = names
+                self._choosing = True
+                try:
+                    self.choice.options = names  # (may reset the selection: put it back)
+                    self.choice.value = self._metric
+                finally:
+                    self._choosing = False
             traces = overlay_traces(self.runs, self.metric)
             with self.figure.batch_update():
                 if [t.name for t in self.figure.data] != [t.name for t in traces]:
