@@ -43,7 +43,8 @@ COLUMNS = {  # comparison column → (header, how to show a number)
     "non_empty": ("non-empty", "percent"),
 }
 STYLE = """
-body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1f2328; margin: 0; background: #f6f8fa; }
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1f2328; margin: 0;
+       background: #f6f8fa; }
 main { max-width: 1400px; margin: 0 auto; padding: 24px 32px 64px; }
 h1 { font-size: 28px; margin: 8px 0 4px; } h2 { font-size: 21px; margin: 36px 0 8px; border-bottom: 1px solid #d0d7de; }
 .sub { color: #59636e; margin: 0 0 16px; }
@@ -54,7 +55,8 @@ th { background: #f6f8fa; font-weight: 600; }
 td.num { text-align: right; white-space: nowrap; }
 .bar { display: inline-block; height: 10px; background: #54aeff; border-radius: 2px; vertical-align: middle; }
 details.example { max-width: 36em; } details.example summary { cursor: pointer; color: #0969da; }
-details.example div { white-space: pre-wrap; background: #f6f8fa; padding: 6px 8px; border-radius: 4px; margin-top: 4px; }
+details.example div { white-space: pre-wrap; background: #f6f8fa; padding: 6px 8px; border-radius: 4px;
+                      margin-top: 4px; }
 .warn { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: 6px 10px; }
 .note { color: #59636e; margin: 4px 0 8px; }
 .settings td:first-child { font-family: ui-monospace, monospace; color: #59636e; }
