@@ -331,7 +331,7 @@ def _build(panels: Sequence[Panel], traces: Sequence[TraceData], events: Sequenc
     specs = [[{"secondary_y": (r * cols + c) in with_right} for c in range(cols)] for r in range(rows)]
     fig = make_subplots(rows=rows, cols=cols, specs=specs, subplot_titles=[p.title for p in panels] or None,
                         horizontal_spacing=min(0.13 if with_right else 0.08, 0.9 / cols),
-                        vertical_spacing=min(0.16, 0.9 / rows))
+                        vertical_spacing=min(110 / (rows * PANEL_HEIGHT), 0.9 / max(rows - 1, 1)))
     refs: list[tuple[str, str] | None] = []
     legends: dict[str, Any] = {}
     for k, panel in enumerate(panels):
@@ -341,7 +341,9 @@ def _build(panels: Sequence[Panel], traces: Sequence[TraceData], events: Sequenc
         for trace in own:
             fig.add_trace(go.Scatter(
                 x=np.asarray(trace.x, dtype=float), y=np.asarray(trace.y, dtype=float), name=trace.label,
-                meta=trace.name, mode="lines+markers", marker={"size": 4, "color": trace.color},
+                meta=trace.name, mode="lines+markers",
+                marker={"size": 7, "color": trace.color, "symbol": "diamond"} if trace.dashed
+                else {"size": 4, "color": trace.color},
                 line={"color": trace.color, "dash": "dash" if trace.dashed else "solid"},
                 showlegend=legend is not None, legend=legend or "legend", **_hover(trace, panel),
             ), row=row, col=col, secondary_y=trace.right if k in with_right else None)
@@ -361,7 +363,7 @@ def _build(panels: Sequence[Panel], traces: Sequence[TraceData], events: Sequenc
             legends[legend] = {"x": x_dom[0], "y": y_dom[1], "xanchor": "left", "yanchor": "bottom",
                                "orientation": "h", "font": {"size": 10}, "bgcolor": "rgba(0,0,0,0)"}
     for annotation in fig.layout.annotations:  # subplot titles, lifted above the legend row
-        annotation.update(yshift=16, font={"size": 14})
+        annotation.update(yshift=20, font={"size": 14})
     titles = tuple(fig.layout.annotations)
     shapes, annotations = _event_decorations(events, refs)
     fig.update_layout(

@@ -182,7 +182,7 @@ def test_ppo_panel_in_jupyterlab(lab: Lab, tmp_path: Path) -> None:
     console: list[str] = []
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page = browser.new_page(viewport={"width": 1400, "height": 2200})
         page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
         page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
         try:

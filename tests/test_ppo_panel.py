@@ -115,13 +115,13 @@ def test_panel_buttons_drive_a_ppo_run(tmp_path: Path) -> None:
     panel.close()
 
 
-def test_panel_drives_grpo_through_the_trl_callback(sft_model_dir: Path, tmp_path: Path) -> None:
+def test_panel_drives_grpo_through_the_trl_callback(tmp_path: Path) -> None:
     from rlhf_widgets.grpo import GRPOStageConfig, train_grpo
     from rlhf_widgets.runs import BackgroundRun
 
     cfg = GRPOStageConfig(output_dir=str(tmp_path), max_steps=30, per_device_train_batch_size=4, num_generations=4,
                           max_completion_length=8, learning_rate=1e-4, beta=0.04)
-    run = BackgroundRun(train_grpo, sandbox_prompts(32, seed=2), cfg, model=sft_model_dir, reward=gold_reward)
+    run = BackgroundRun(train_grpo, sandbox_prompts(32, seed=2), cfg, model="sandbox", reward=gold_reward)
     panel = TrainingPanel(run, title="GRPO")
     assert set(panel.entries) == {"learning_rate", "kl_coef"}  # TRL fixes the temperature when it builds
     assert buttons(panel) == IDLE
