@@ -90,7 +90,7 @@ def write_report(out: Path, config: Mapping[str, Any], numbers: Mapping[str, Any
         body.append(_section("Reward model", "".join(parts)))
     for stage, log in logs.items():
         parts = [f'<p class="note">{_e(STAGE_NOTES.get(stage, ""))}</p>',
-                 figures.html(figure_from_log(log, title=None))]
+                 figures.html(figure_from_log(log, title=""))]
         overoptimization = _overoptimization(log)
         if overoptimization is not None:
             parts.append(figures.html(overoptimization))

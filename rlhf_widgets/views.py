@@ -64,7 +64,8 @@ class Panel:
     right-hand y axis; `left_title` / `right_title` name their units. `x`: a metric drawn on the x axis instead
     of the step (an x–y panel: each point is one logged record holding both). `colors`: fixed colours per metric
     (default: `PALETTE` in order on the left, green on the right). `labels`: short legend names per metric
-    (default: the metric name; the hover text always names the metric).
+    (default: the metric name; the hover text always names the metric). `left_range` / `right_range`: fixed
+    axis ranges (a share from 0 to 1), default autoscaled.
     """
 
     title: str
@@ -76,6 +77,8 @@ class Panel:
     x_title: str = "step"
     colors: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
+    left_range: tuple[float, float] | None = None
+    right_range: tuple[float, float] | None = None
 
 
 PPO_VIEW = (
@@ -120,7 +123,7 @@ DPO_VIEW = (
     Panel("Implicit rewards", ("rewards/chosen", "rewards/rejected"), (), "β·log-ratio",
           colors=(("rewards/chosen", CHOSEN), ("rewards/rejected", REJECTED)),
           labels=(("rewards/chosen", "chosen"), ("rewards/rejected", "rejected"))),
-    Panel("Log-probabilities", ("logps/chosen", "logps/rejected"), (), "nats",
+    Panel("Log-probabilities", ("logps/chosen",), ("logps/rejected",), "chosen (nats)", "rejected (nats)",
           colors=(("logps/chosen", CHOSEN), ("logps/rejected", REJECTED)),
           labels=(("logps/chosen", "chosen"), ("logps/rejected", "rejected"))),
     Panel("Learning rate", ("learning_rate",)),
@@ -130,10 +133,10 @@ ONLINE_VIEW = (
     Panel("KL to the reference", ("kl",), (), "nats / token"),
     Panel("Completion length", ("completions/mean_length",), (), "tokens"),
     Panel("Reward spread in a group", ("reward_std",), ("frac_reward_zero_std",), "std", "groups with std 0",
-          labels=(("reward_std", "std"), ("frac_reward_zero_std", "share with std 0"))),
+          labels=(("reward_std", "std"), ("frac_reward_zero_std", "share with std 0")), right_range=(0, 1)),
     Panel("Entropy", ("entropy",), (), "nats / token"),
     Panel("Loss", ("loss",)),
-    Panel("Clipped completions", ("completions/clipped_ratio",), (), "share"),
+    Panel("Clipped completions", ("completions/clipped_ratio",), (), "share", left_range=(0, 1)),
     Panel("Learning rate", ("learning_rate",)),
 )
 STAGE_VIEWS: dict[str, tuple[Panel, ...]] = {
@@ -244,7 +247,8 @@ class TraceData:
 
 
 def panel_traces(panel: Panel, index: int, records: Records) -> list[TraceData]:
-    """The traces of `panel` (drawn as panel number `index`) from `records`; metrics never logged are left out."""
+    """The traces of `panel` (drawn as panel number `index`) from `records`; metrics never logged are left out, and
+    a series identical to one already in the panel (GRPO's one reward function beside the total) is drawn once."""
     names = _names(records)
     colors, labels = dict(panel.colors), dict(panel.labels)
     traces = []
@@ -259,7 +263,7 @@ def panel_traces(panel: Panel, index: int, records: Records) -> list[TraceData]:
                         steps.append(step)
                         x.append(float(step) if panel.x is None else values[panel.x])
                         y.append(values[name])
-                if steps:
+                if steps and not any(t.steps == steps and t.y == y for t in traces):  # (a sum of one term)
                     label = labels.get(metric, metric) + (" (eval)" if dashed else "")
                     traces.append(TraceData(name, label, index, right, x, y, steps, color, dashed))
     return traces
@@ -284,6 +288,16 @@ def _hover(trace: TraceData, panel: Panel) -> dict[str, Any]:
     return {"customdata": trace.steps,
             "hovertemplate": (f"update %{{customdata}}<br>{html.escape(panel.x)} %{{x:.4g}}<br>"
                               f"{html.escape(trace.name)} %{{y:.4g}}<extra></extra>")}
+
+
+def _marker(trace: TraceData, panel: Panel) -> dict[str, Any]:
+    """Eval points: diamonds. x–y panels: dots shading from pale (first update) to full colour (latest)."""
+    if panel.x is not None:
+        pale = "#" + "".join(f"{int(trace.color[i:i + 2], 16) // 4 + 191:02x}" for i in (1, 3, 5))
+        return {"size": 7, "color": trace.steps, "colorscale": [[0, pale], [1, trace.color]], "showscale": False}
+    if trace.dashed:
+        return {"size": 7, "color": trace.color, "symbol": "diamond"}
+    return {"size": 4, "color": trace.color}
 
 
 def _event_decorations(events: Sequence[Event], refs: Sequence[tuple[str, str] | None]) -> tuple[list, list]:
@@ -341,9 +355,7 @@ def _build(panels: Sequence[Panel], traces: Sequence[TraceData], events: Sequenc
         for trace in own:
             fig.add_trace(go.Scatter(
                 x=np.asarray(trace.x, dtype=float), y=np.asarray(trace.y, dtype=float), name=trace.label,
-                meta=trace.name, mode="lines+markers",
-                marker={"size": 7, "color": trace.color, "symbol": "diamond"} if trace.dashed
-                else {"size": 4, "color": trace.color},
+                meta=trace.name, mode="markers" if panel.x else "lines+markers", marker=_marker(trace, panel),
                 line={"color": trace.color, "dash": "dash" if trace.dashed else "solid"},
                 showlegend=legend is not None, legend=legend or "legend", **_hover(trace, panel),
             ), row=row, col=col, secondary_y=trace.right if k in with_right else None)
@@ -352,11 +364,13 @@ def _build(panels: Sequence[Panel], traces: Sequence[TraceData], events: Sequenc
         y_ref = cell.yaxis.plotly_name.replace("axis", "")
         refs.append((x_ref, y_ref) if panel.x is None else None)
         fig.update_xaxes(title_text=panel.x_title, title_standoff=2, row=row, col=col)
-        fig.update_yaxes(title_text=panel.left_title, title_standoff=4, row=row, col=col, secondary_y=False)
+        fig.update_yaxes(title_text=panel.left_title, title_standoff=4, range=panel.left_range, row=row, col=col,
+                         secondary_y=False)
         right_colors = {t.color for t in own if t.right}
         if k in with_right:
             fig.update_yaxes(title_text=panel.right_title, title_standoff=4, showgrid=False, row=row, col=col,
-                             secondary_y=True, color=right_colors.pop() if len(right_colors) == 1 else None)
+                             secondary_y=True, range=panel.right_range,
+                             color=right_colors.pop() if len(right_colors) == 1 else None)
         if legend:
             x_dom = fig.layout[_axis_name(x_ref)].domain
             y_dom = fig.layout[_axis_name(y_ref)].domain
@@ -383,14 +397,14 @@ def figure_from_log(
     `view`: "auto" (default: the designed view of the run's stage, else all metrics), "all" (every metric, one
     per panel), a stage name ("ppo", "sft", "reward", "dpo", "grpo", "rloo") or a sequence of `Panel`s.
     `metrics`: show only these metrics (names, `fnmatch` patterns, or prefixes such as "objective"), one per
-    panel. `max_cols`: panels per row (default 3); `title`: default the log's run name.
+    panel. `max_cols`: panels per row (default 3); `title`: default None, the log's run name ("" for none).
     Save it with `fig.write_html(path)`.
     """
     log = source if isinstance(source, MetricsLog) else MetricsLog.load(source)
     records = curve_records(log.records)
     panels = resolve_view(view, stage_of(log), _names(records), metrics)
     drawn, traces = view_traces(panels, records)
-    return build_figure(drawn, traces, log.events(), max_cols, title or log.run_name)
+    return build_figure(drawn, traces, log.events(), max_cols, log.run_name if title is None else title or None)
 
 
 def _load(source: MetricsLog | str | Path) -> MetricsLog:
@@ -623,8 +637,9 @@ class LiveDashboard:
                 if len(self.figure.data[index].x) != len(trace.x):
                     self.figure.data[index].x = np.asarray(trace.x, dtype=float)
                     self.figure.data[index].y = np.asarray(trace.y, dtype=float)
-                    if trace.steps and panels[trace.panel].x is not None:
+                    if panels[trace.panel].x is not None:
                         self.figure.data[index].customdata = trace.steps
+                        self.figure.data[index].marker.color = trace.steps
             if new_events:
                 shapes, annotations = _event_decorations(self._events, self._panel_refs)
                 self.figure.layout.shapes = shapes

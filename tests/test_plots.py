@@ -74,14 +74,15 @@ def test_designed_views_keep_one_scale_per_axis_on_real_runs(stage: str) -> None
 
 
 def test_the_old_prefix_grouping_would_fail_the_scale_check() -> None:
-    """The check bites: PPO's "objective" group (entropy beside KL) and "loss" group (value beside policy loss)."""
+    """The check bites: PPO's "val" group (the ratio beside the response length) and "loss" group (the policy loss
+    beside the value loss), as the metrics were once grouped by name prefix."""
     from rlhf_widgets.views import Panel
 
     log = MetricsLog.load(LOGS / "ppo.jsonl")
-    by_prefix = [Panel("objective", ("objective/kl", "objective/entropy")),
+    by_prefix = [Panel("val", ("val/ratio", "val/response_length")),
                  Panel("loss", ("loss/policy_avg", "loss/value_avg"))]
     flat = _flattened(figure_from_log(log, view=by_prefix))
-    assert any(f.startswith("objective/kl") for f in flat) and any(f.startswith("loss/policy_avg") for f in flat)
+    assert [f.split()[0] for f in flat] == ["val/ratio", "loss/policy_avg"]
 
 
 def test_ppo_view_answers_reward_and_kl_first() -> None:
