@@ -27,6 +27,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -542,8 +543,8 @@ class LiveDashboard:
     Display it by ending a cell with it (or `display(dashboard)`); `.widget` is the ipywidgets VBox that is
     shown: a "show all metrics" toggle above the figure. Each new point extends its trace inside
     `batch_update()`; redraws happen at most every `min_interval` seconds (default 0.5) — points arriving in
-    between are drawn together by a timer, so the last point always appears. When a trace or panel appears, a
-    fresh FigureWidget with the new layout replaces the old one inside the same VBox (zoom resets).
+    between are drawn together by a timer, so the last point always appears. When a trace or panel appears, the
+    same FigureWidget is redrawn with the new layout (zoom resets).
 
     `view`: as `figure_from_log` (default "auto": the stage's designed view, else all metrics); `metrics`:
     only these metrics, one per panel; `max_cols`: panels per row (default 3); `title`: default the log's run
@@ -646,18 +647,34 @@ class LiveDashboard:
                 self.figure.layout.annotations = [*self._titles, *annotations]
 
     def _replace_figure(self, panels: list[Panel], traces: list[TraceData], keys: list) -> None:
-        """New panels or traces: build a new FigureWidget and swap it into the displayed VBox."""
+        """New panels or traces: redraw the shown FigureWidget in place with the new layout and traces.
+
+        In place, not a new widget: plotly's widget sizes a figure once, when it renders — a FigureWidget
+        swapped into a displayed box can render before the page lays it out and stay 700 px wide, while a
+        relayout of the displayed one takes the width of the output area again.
+        """
         static, self._panel_refs, self._titles = _build(panels, traces, self._events, self.max_cols, self.title)
-        old, self.figure = self.figure, go.FigureWidget(static)
-        self.widget.children = (self.show_all, self.figure)
-        old.close()
+        gone = set(self.figure.layout.to_plotly_json()) - set(static.layout.to_plotly_json())
+        if gone:  # axes / legends of panels no longer drawn
+            self.figure.plotly_relayout({key: None for key in gone})
+        self.figure.data = ()
+        self.figure.layout = static.layout
+        self.figure.add_traces(static.data)
         self._drawn = keys
+        self.snapshot()
+
+    def snapshot(self) -> None:
+        """Store the figure as it is now in the widget's saved state (what a reloaded or saved notebook shows), as
+        plotly does when a FigureWidget is displayed."""
+        self.figure._widget_layout = deepcopy(self.figure._layout_obj._props)
+        self.figure._widget_data = deepcopy(self.figure._data)
 
     def close(self) -> None:
         """Stop following the log: unsubscribe, draw what was pending, keep the last picture shown."""
         self._unsubscribe()
         with self._lock:
             self.flush()
+            self.snapshot()
             self._closed = True
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:

@@ -239,6 +239,7 @@ class TrainingPanel:
         if self._thread is not None:
             self._thread.join(timeout)
         self.dashboard.flush()
+        self.dashboard.snapshot()
         self.refresh()
 
     # ---- what the panel shows
