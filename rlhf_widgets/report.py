@@ -33,6 +33,7 @@ STAGE_NOTES = {
     "grpo": "GRPO: the group's reward, KL to the reference and completion length.",
     "rloo": "RLOO: the group's reward, KL to the reference and completion length.",
 }
+STAGE_NAMES = {"sft": "SFT", "reward": "Reward model", "ppo": "PPO", "dpo": "DPO", "grpo": "GRPO", "rloo": "RLOO"}
 COLUMNS = {  # comparison column → (header, how to show a number)
     "gold_win_rate": ("gold win rate", "percent"),
     "rm_win_rate": ("RM win rate", "percent"),
@@ -94,7 +95,7 @@ def write_report(out: Path, config: Mapping[str, Any], numbers: Mapping[str, Any
         overoptimization = _overoptimization(log)
         if overoptimization is not None:
             parts.append(figures.html(overoptimization))
-        body.append(_section(f"{stage.upper() if len(stage) <= 4 else stage.capitalize()} training", "".join(parts)))
+        body.append(_section(f"{STAGE_NAMES.get(stage, stage)} training", "".join(parts)))
     body.append(_section("Stage timings", _timings_table(seconds)))
     body.append(_section("Settings", _settings_table(config)))
     page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"

@@ -537,6 +537,34 @@ def overoptimization_figure(curves: Mapping[str, Sequence[Mapping[str, float]]])
 
 
 # ---------------------------------------------------------------------------------------------- live widgets
+def full_width_figure(figure: go.Figure | None = None) -> go.FigureWidget:
+    """A FigureWidget that follows the window's width once sized (`fit_width`)."""
+    widget = go.FigureWidget(figure)
+    widget._config = {**widget._config, "responsive": True}
+    return widget
+
+
+def fit_width(widget: go.FigureWidget, lock: threading.RLock, delays: Sequence[float] = (1.0, 3.0)) -> None:
+    """Size `widget` to the output area now and after each of `delays` seconds.
+
+    Plotly's widget draws a figure as soon as its view is created, which in JupyterLab can be before the page has
+    laid the element out: plotly then falls back to 700 px and keeps that width, and the view reports nothing back.
+    Switching `autosize` off and on (what plotly's own resize does) makes it measure the element again; the delays
+    give the page time to show the view first.
+    """
+
+    def fit() -> None:
+        with lock:
+            widget.plotly_relayout({"autosize": False})
+            widget.plotly_relayout({"autosize": True})
+
+    fit()
+    for delay in delays:
+        timer = threading.Timer(delay, fit)
+        timer.daemon = True
+        timer.start()
+
+
 class LiveDashboard:
     """Live plotly dashboard of a MetricsLog, updated in place while a trainer logs.
 
@@ -574,7 +602,7 @@ class LiveDashboard:
         self._timer: threading.Timer | None = None
         self._last_draw = time.monotonic()  # the history replayed below is drawn by one flush()
         self._closed = False
-        self.figure = go.FigureWidget(build_figure([], [], (), max_cols, self.title))
+        self.figure = full_width_figure(build_figure([], [], (), max_cols, self.title))
         self.show_all = ipywidgets.ToggleButton(value=False, description="show all metrics", icon="th",
                                                 tooltip="every logged metric, one per panel")
         self.show_all.observe(lambda _: self.redraw(), names="value")
@@ -662,6 +690,7 @@ class LiveDashboard:
         self.figure.add_traces(static.data)
         self._drawn = keys
         self.snapshot()
+        fit_width(self.figure, self._lock)
 
     def snapshot(self) -> None:
         """Store the figure as it is now in the widget's saved state (what a reloaded or saved notebook shows), as
@@ -677,7 +706,12 @@ class LiveDashboard:
             self.snapshot()
             self._closed = True
 
+    def fit_width(self) -> None:
+        """Size the figure to the output area (done on display and after each redraw; see `views.fit_width`)."""
+        fit_width(self.figure, self._lock)
+
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        self.fit_width()
         return self.widget._repr_mimebundle_(**kwargs)
 
 
@@ -703,7 +737,7 @@ class RunComparison:
         self._metric = metric
         self._choosing = False  # True while the dropdown's options are being replaced
         self.choice.observe(self._chosen, names="value")
-        self.figure = go.FigureWidget()
+        self.figure = full_width_figure()
         self.figure.update_layout(template="plotly_white", autosize=True, height=380, hovermode="x unified",
                                   xaxis_title="step", legend_title_text="run",
                                   margin={"l": 55, "r": 20, "t": 50, "b": 40})
@@ -757,15 +791,15 @@ class RunComparison:
                 finally:
                     self._choosing = False
             traces = overlay_traces(self.runs, self.metric)
-            with self.figure.batch_update():
-                if [t.name for t in self.figure.data] != [t.name for t in traces]:
-                    self.figure.data = ()
-                    self.figure.add_traces(traces)
-                else:
+            if [t.name for t in self.figure.data] != [t.name for t in traces]:  # a run joined
+                self.figure.data = ()
+                self.figure.add_traces(traces)
+                fit_width(self.figure, self._lock)
+            else:
+                with self.figure.batch_update():
                     for shown, trace in zip(self.figure.data, traces, strict=True):
                         shown.x, shown.y = trace.x, trace.y
-                self.figure.layout.title = self.title or self.metric
-                self.figure.layout.yaxis.title = self.metric
+            self.figure.update_layout(title=self.title or self.metric, yaxis_title=self.metric)
 
     def close(self) -> None:
         """Stop following the runs; the last picture stays."""
@@ -774,6 +808,7 @@ class RunComparison:
         self._unsubscribers = []
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        fit_width(self.figure, self._lock)
         return self.widget._repr_mimebundle_(**kwargs)
 
 

@@ -340,7 +340,7 @@ def test_dashboard_renders_in_a_headless_notebook(tmp_path: Path) -> None:
     box_id = display["data"][WIDGET_VIEW]["model_id"]
     state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
     assert state[box_id]["model_name"] == "VBoxModel"
-    figure_id = state[box_id]["state"]["children"][-1].removeprefix("IPY_MODEL_")
+    figure_id = state[box_id]["state"]["children"][1].removeprefix("IPY_MODEL_")
     traces = state[figure_id]["state"]["_widget_data"]
     assert [t["name"] for t in traces] == ["objective/kl", "loss"]
     assert nb.cells[1].outputs[0]["data"]["text/plain"] == "[5, 5]"

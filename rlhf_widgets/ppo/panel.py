@@ -304,6 +304,7 @@ class TrainingPanel:
         from IPython.display import display
 
         display(self.widget)
+        self.dashboard.fit_width()
 
 
 class PPOPanel(TrainingPanel):
