@@ -98,6 +98,17 @@ def test_report_is_designed_self_contained_and_escaped(tmp_path: Path) -> None:
     assert not re.search(r"Stages and seconds: \{", text)
 
 
+def test_reward_model_figures_join_its_summary(tmp_path: Path) -> None:
+    report = {"chosen_scores": [1.0, 2.0], "rejected_scores": [0.0, 0.5], "accuracy": 1.0, "mean_margin": 1.25,
+              "n_pairs": 400, "expected_calibration_error": 0.1,
+              "calibration": [{"predicted": 0.3, "observed": 0.0, "count": 2}],
+              "length": {"bins": [{"low": 3, "high": 10, "accuracy": 0.9, "count": 5}], "prefers_longer": 0.8}}
+    summary = {k: report[k] for k in ("accuracy", "mean_margin", "expected_calibration_error", "n_pairs")}
+    text = write_report(tmp_path, {}, {"reward": summary}, {}, {}, reward_report=report).read_text()
+    assert "Reward of chosen vs rejected" in text and "Calibration (ECE 0.100)" in text
+    assert "held-out pairs" in text and "400" in text and 'class="warn"' not in text  # enough pairs: no warning
+
+
 def test_number_formats() -> None:
     assert format_number(0.8612) == "0.861" and format_number(0.8612, "percent") == "86%"
     assert format_number(float("nan")) == format_number(None) == "–"
