@@ -7,8 +7,11 @@ Each filter is scoped to one message from one source, never to a whole category 
 - transformers 5 warns that `is_gradient_checkpointing` / `gradient_checkpointing_enable` are deprecated when
   PEFT or TRL call the old names (PEFT's `get_peft_model` does, on every LoRA model): a FutureWarning about code
   inside those libraries. Ignored for those two messages, from `transformers.modeling_utils` only.
-- In a notebook, transformers' trainers draw a progress table of the logged losses (`NotebookProgressCallback`)
-  under the live plot that already shows them: `quiet_trainer` swaps it for a progress bar.
+- DeepSpeed, when installed, logs "Setting accelerator to CPU…" as accelerate imports it on a machine without a
+  GPU; a filter on its logger (`DeepSpeed`) drops that line.
+- In a notebook, transformers' trainers print every logged dict under a progress bar (`ProgressCallback`), or
+  draw a table of them (`NotebookProgressCallback`), under the live plot that already shows those numbers:
+  `quiet_trainer` leaves the bar alone.
 
 `install()` runs when the package is imported (before bitsandbytes can be), and is idempotent.
 """
@@ -18,11 +21,13 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import sys
 import warnings
 from typing import Any
 
 LIBRARY_LOG_NOISE = {
     "bitsandbytes.backends.cpu.ops": re.compile(r"Failed to load CPU gemm_4bit_forward from kernels-community"),
+    "DeepSpeed": re.compile(r"Setting accelerator to CPU"),
 }
 """logger name → the message it drops"""
 LIBRARY_WARNING_NOISE = (
@@ -59,14 +64,24 @@ def install() -> None:
 
 
 def quiet_trainer(trainer: Any) -> Any:
-    """In a notebook, replace `trainer`'s table of logged losses by a progress bar (the live plot shows the losses);
-    elsewhere leave its output as it is. Returns `trainer`."""
+    """In a notebook (an IPython kernel), replace `trainer`'s printed logs or table of logged values by a bare
+    progress bar (the live plot shows those values); elsewhere leave its output as it is. Returns `trainer`."""
+    from transformers.trainer_callback import ProgressCallback
     from transformers.utils.notebook import NotebookProgressCallback
 
-    if any(isinstance(cb, NotebookProgressCallback) for cb in trainer.callback_handler.callbacks):
-        trainer.remove_callback(NotebookProgressCallback)
-        trainer.add_callback(_bar_only())
+    if not _in_kernel():
+        return trainer
+    for noisy in (NotebookProgressCallback, ProgressCallback):
+        if any(type(cb) is noisy for cb in trainer.callback_handler.callbacks):
+            trainer.remove_callback(noisy)
+            trainer.add_callback(_bar_only())
     return trainer
+
+
+def _in_kernel() -> bool:
+    """Running in a Jupyter kernel (a notebook), not a terminal or a script."""
+    shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 @functools.cache

@@ -544,6 +544,13 @@ def full_width_figure(figure: go.Figure | None = None) -> go.FigureWidget:
     return widget
 
 
+def snapshot(widget: go.FigureWidget) -> None:
+    """Store a FigureWidget's figure as it is now in its saved state (what a reloaded or saved notebook shows), as
+    plotly does when a FigureWidget is displayed: later changes reach the page but not that state."""
+    widget._widget_layout = deepcopy(widget._layout_obj._props)
+    widget._widget_data = deepcopy(widget._data)
+
+
 def fit_width(widget: go.FigureWidget, lock: threading.RLock, delays: Sequence[float] = (1.0, 3.0)) -> None:
     """Size `widget` to the output area now and after each of `delays` seconds.
 
@@ -693,10 +700,9 @@ class LiveDashboard:
         fit_width(self.figure, self._lock)
 
     def snapshot(self) -> None:
-        """Store the figure as it is now in the widget's saved state (what a reloaded or saved notebook shows), as
-        plotly does when a FigureWidget is displayed."""
-        self.figure._widget_layout = deepcopy(self.figure._layout_obj._props)
-        self.figure._widget_data = deepcopy(self.figure._data)
+        """Store the figure as it is now in the widget's saved state (see `views.snapshot`)."""
+        with self._lock:
+            snapshot(self.figure)
 
     def close(self) -> None:
         """Stop following the log: unsubscribe, draw what was pending, keep the last picture shown."""
@@ -800,6 +806,7 @@ class RunComparison:
                     for shown, trace in zip(self.figure.data, traces, strict=True):
                         shown.x, shown.y = trace.x, trace.y
             self.figure.update_layout(title=self.title or self.metric, yaxis_title=self.metric)
+            snapshot(self.figure)
 
     def close(self) -> None:
         """Stop following the runs; the last picture stays."""

@@ -83,6 +83,9 @@ def test_tour_runs_headless(tmp_path: Path) -> None:
     # quiet by default: nothing on stderr (a pink box) in any notebook
     noise = {name: stderr_outputs(book) for name, book in books.items() if stderr_outputs(book)}
     assert noise == {}, noise
+    # …and no trainer printing the logged values the live plot shows, nor library chatter
+    printed = [o.get("text", "") for book in books.values() for o in outputs(book) if o.get("output_type") == "stream"]
+    assert not [t for t in printed if "{'loss'" in t or "Setting accelerator" in t], printed
 
     # 01: a live dashboard (FigureWidget) and a trained model that beats the base model on gold
     assert "loss" in figure_trace_names(books["01_sft"])  # the live dashboard drew the training loss
