@@ -10,8 +10,8 @@ Each filter is scoped to one message from one source, never to a whole category 
 - DeepSpeed, when installed, logs "Setting accelerator to CPU…" as accelerate imports it on a machine without a
   GPU; a filter on its logger (`DeepSpeed`) drops that line.
 - In a notebook, transformers' trainers print every logged dict under a progress bar (`ProgressCallback`), or
-  draw a table of them (`NotebookProgressCallback`), under the live plot that already shows those numbers:
-  `quiet_trainer` leaves the bar alone.
+  without one (`PrinterCallback`, when `disable_tqdm`), or draw a table of them (`NotebookProgressCallback`),
+  under the live plot that already shows those numbers: `quiet_trainer` leaves only the bar.
 
 `install()` runs when the package is imported (before bitsandbytes can be), and is idempotent.
 """
@@ -66,15 +66,16 @@ def install() -> None:
 def quiet_trainer(trainer: Any) -> Any:
     """In a notebook (an IPython kernel), replace `trainer`'s printed logs or table of logged values by a bare
     progress bar (the live plot shows those values); elsewhere leave its output as it is. Returns `trainer`."""
-    from transformers.trainer_callback import ProgressCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.utils.notebook import NotebookProgressCallback
 
     if not _in_kernel():
         return trainer
-    for noisy in (NotebookProgressCallback, ProgressCallback):
+    for noisy in (NotebookProgressCallback, ProgressCallback, PrinterCallback):
         if any(type(cb) is noisy for cb in trainer.callback_handler.callbacks):
             trainer.remove_callback(noisy)
-            trainer.add_callback(_bar_only())
+            if noisy is not PrinterCallback:  # (the printer stands in for a bar the user turned off)
+                trainer.add_callback(_bar_only())
     return trainer
 
 
