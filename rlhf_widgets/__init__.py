@@ -16,7 +16,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from rlhf_widgets import quiet
+
 __version__ = "0.1.0"
+
+quiet.install()  # before any library it quiets is imported
 
 _EXPORTS = {
     # settings and models
@@ -43,6 +47,9 @@ _EXPORTS = {
     "PPOConfig": "rlhf_widgets.ppo",
     "PPOTrainer": "rlhf_widgets.ppo",
     "PPOPanel": "rlhf_widgets.ppo",
+    "TrainingPanel": "rlhf_widgets.ppo.panel",
+    "BackgroundRun": "rlhf_widgets.runs",
+    "PPOSweep": "rlhf_widgets.sweeps",
     "train_ppo": "rlhf_widgets.ppo",
     "best_of_n": "rlhf_widgets.best_of",
     "BestOfNSampler": "rlhf_widgets.best_of",
@@ -77,6 +84,8 @@ _EXPORTS = {
     "MetricsLog": "rlhf_widgets.metrics",
     "LiveDashboard": "rlhf_widgets.views",
     "SamplesTable": "rlhf_widgets.views",
+    "RunComparison": "rlhf_widgets.views",
+    "overlay_figure": "rlhf_widgets.views",
     "figure_from_log": "rlhf_widgets.views",
     "reward_report_figures": "rlhf_widgets.views",
     "overoptimization_figure": "rlhf_widgets.views",

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 import datasets
 import trl
 
+from rlhf_widgets.callbacks import with_control
 from rlhf_widgets.config import SANDBOX, TrainingDefaults
 from rlhf_widgets.data import as_messages, message_text, prompt_list
 from rlhf_widgets.metrics import MetricsLog
 from rlhf_widgets.models import ModelLike
+from rlhf_widgets.ppo.control import TrainingControl
 from rlhf_widgets.rewards import RewardFunction, as_reward_function, trl_reward_function
 from rlhf_widgets.stages import StageResult, run_policy_stage, stage_metrics
 
@@ -42,6 +44,11 @@ class SampleRecorder:
         return rewards
 
 
+def sample_cadence(updates: int) -> int:
+    """A sample-table cadence sized to a run of `updates`: about ten tables, at least one every 5 updates."""
+    return max(1, min(5, updates // 10))
+
+
 @dataclass
 class _OnlineDefaults:
     """Workbench defaults GRPO and RLOO share (listed before the TRL config class, so they override its own)."""
@@ -54,11 +61,14 @@ class _OnlineDefaults:
     max_steps: int = field(default=30, metadata={"help": "Optimizer steps."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
     logging_steps: float = field(default=1, metadata={"help": "Optimizer steps between two metric logs."})
-    sample_every: int = field(default=5, metadata={"help": "Log a table of sample completions every this many "
-                                                           "reward calls (0 = never)."})
+    sample_every: int | None = field(default=None, metadata={"help": (
+        "Log a table of sample completions every this many reward calls (0 = never); None = sized to the run: "
+        "about ten tables, at least one every 5 calls.")})
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.sample_every is None:
+            self.sample_every = sample_cadence(self.max_steps)
         if self.beta <= 0:
             raise ValueError(f"{type(self).__name__}.beta={self.beta}: must be > 0 (KL to the reference)")
 
@@ -78,9 +88,12 @@ class RLOOStageConfig(_OnlineDefaults, TrainingDefaults, trl.RLOOConfig):
 
 
 def _train_online(stage: str, trainer_cls: type, prompts: Sequence, config, model: ModelLike,
-                  reward: RewardFunction | Sequence[RewardFunction], metrics: MetricsLog | None) -> StageResult:
+                  reward: RewardFunction | Sequence[RewardFunction], metrics: MetricsLog | None,
+                  control: TrainingControl | None) -> StageResult:
     prompts = prompt_list(prompts)
     metrics = stage_metrics(metrics, config.output_dir, stage)
+    if control is not None:
+        trainer_cls = with_control(trainer_cls, control, metrics, stage)
     rewards = list(reward) if isinstance(reward, (list, tuple)) else [reward]
     funcs = [SampleRecorder(trl_reward_function(as_reward_function(r)), metrics, stage, every=config.sample_every)
              for r in rewards]
@@ -95,12 +108,15 @@ def train_grpo(
     model: ModelLike = SANDBOX,
     reward: RewardFunction | Sequence[RewardFunction],
     metrics: MetricsLog | None = None,
+    control: TrainingControl | None = None,
 ) -> StageResult:
     """GRPO on `prompts` (strings or chat messages, or a source `data.load_prompts` reads) against `reward` — a
     reward function `(prompts, responses) -> scores` (a `RewardModel`, `sandbox.gold_reward`, …), a saved
     reward-model directory, or several of them (their rewards are summed by TRL). The policy is saved under
-    `<output_dir>/final`."""
-    return _train_online("grpo", trl.GRPOTrainer, prompts, config or GRPOStageConfig(), model, reward, metrics)
+    `<output_dir>/final`. `control`: a `TrainingControl` the run obeys between optimizer steps (pause, stop,
+    learning rate, β; see `callbacks.ControlCallback`) — what `TrainingPanel` drives through `BackgroundRun`."""
+    return _train_online("grpo", trl.GRPOTrainer, prompts, config or GRPOStageConfig(), model, reward, metrics,
+                         control)
 
 
 def train_rloo(
@@ -110,6 +126,8 @@ def train_rloo(
     model: ModelLike = SANDBOX,
     reward: RewardFunction | Sequence[RewardFunction],
     metrics: MetricsLog | None = None,
+    control: TrainingControl | None = None,
 ) -> StageResult:
     """RLOO (REINFORCE with a leave-one-out baseline) on `prompts` against `reward`; as `train_grpo`."""
-    return _train_online("rloo", trl.RLOOTrainer, prompts, config or RLOOStageConfig(), model, reward, metrics)
+    return _train_online("rloo", trl.RLOOTrainer, prompts, config or RLOOStageConfig(), model, reward, metrics,
+                         control)

@@ -3,7 +3,7 @@
 Trainers call `log` (numbers), `log_event` (things that happened: "lr changed", "stopped: NaN in loss")
 and `log_samples` (generated text with its scores). Each entry is kept in memory, appended as one JSON
 line to the run's file and flushed (a crashed run keeps its history), then handed to subscribers —
-the live plots in `plots.py`, which read the log but never write to it.
+the live views in `views.py` and the trackers in `trackers.py`, which read the log but never write to it.
 
 File format, one JSON object per line, every line with a `kind`:
 

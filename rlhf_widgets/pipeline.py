@@ -106,9 +106,9 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
             rm = train_reward_model(state["pairs"], RewardStageConfig(output_dir=str(out / "reward"),
                                                                       seed=config.seed), model=state["sft_path"])
             report = reward_report(rm.reward_model, rm.eval_dataset, gold=sandbox.gold_reward)
-            state["reward_model"], logs["reward"] = rm.reward_model, rm.metrics
+            state["reward_model"], state["reward_report"], logs["reward"] = rm.reward_model, report, rm.metrics
             result.numbers["reward"] = {k: report[k] for k in ("accuracy", "gold_agreement", "mean_margin",
-                                                               "expected_calibration_error")}
+                                                               "expected_calibration_error", "n_pairs")}
         elif stage == "ppo":
             from rlhf_widgets.ppo import PPOConfig, PPOTrainer
 
@@ -130,7 +130,8 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
         elif stage == "evaluate":
             result.numbers["comparison"] = _compare(state, config)
         result.seconds[stage] = round(time.perf_counter() - start, 1)
-    result.report_path = write_report(out, asdict(config), result.numbers, result.seconds, logs)
+    result.report_path = write_report(out, asdict(config), result.numbers, result.seconds, logs,
+                                      reward_report=state.get("reward_report"))
     return result
 
 

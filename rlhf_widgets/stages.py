@@ -28,6 +28,7 @@ from rlhf_widgets.chat import accepts_system_role, fit_messages
 from rlhf_widgets.config import ModelConfig, as_model_config
 from rlhf_widgets.metrics import MetricsLog
 from rlhf_widgets.models import ModelLike, load_causal_lm, lora_config
+from rlhf_widgets.quiet import quiet_trainer
 
 FINAL = "final"
 """Sub-directory of a stage's `output_dir` that holds its trained model (`StageResult.model_path`)."""
@@ -113,6 +114,7 @@ def run_trl_trainer(stage: str, trainer_cls: type, config: Any, model: Any, toke
         callbacks=[MetricsCallback(metrics, stage=stage)],
         **trainer_kwargs,
     )
+    quiet_trainer(trainer)
     start = time.perf_counter()
     trainer.train()
     return trainer, time.perf_counter() - start

@@ -23,9 +23,9 @@ TOUR = {
     "01_sft": "DEMOS = 256",
     "02_label_preferences": "N_PROMPTS = 48",
     "03_reward_model": "EPOCHS = 1",
-    "04_ppo": "NUM_UPDATES = 3\nWAIT = True",
+    "04_ppo": "NUM_UPDATES = 3\nWAIT = True\nSWEEP_BETAS = [0.02, 0.2]\nSWEEP_UPDATES = 1",
     "05_dpo": "",
-    "05b_grpo": "MAX_STEPS = 2",
+    "05b_grpo": "MAX_STEPS = 2\nWAIT = True",
     "06_evaluate": "EVAL_PROMPTS = 16\nBEST_OF = 4",
 }
 
@@ -58,6 +58,11 @@ def figure_trace_names(book: nbformat.NotebookNode) -> set[str]:
     return {trace.get("name") for m in state.values() for trace in (m.get("state", {}).get("_widget_data") or [])}
 
 
+def stderr_outputs(book: nbformat.NotebookNode) -> list[str]:
+    """What a notebook printed to stderr: the pink boxes a user sees as errors."""
+    return [o.get("text", "") for o in outputs(book) if o.get("output_type") == "stream" and o.get("name") == "stderr"]
+
+
 def test_notebooks_are_thin_and_parameterised() -> None:
     for path in sorted(NOTEBOOKS.glob("*.ipynb")):
         book = nbformat.read(path, as_version=4)
@@ -75,6 +80,12 @@ def test_notebooks_are_thin_and_parameterised() -> None:
 def test_tour_runs_headless(tmp_path: Path) -> None:
     books = {name: run_notebook(name, overrides, tmp_path) for name, overrides in TOUR.items()}
     runs = tmp_path / "runs"
+    # quiet by default: nothing on stderr (a pink box) in any notebook
+    noise = {name: stderr_outputs(book) for name, book in books.items() if stderr_outputs(book)}
+    assert noise == {}, noise
+    # …and no trainer printing the logged values the live plot shows, nor library chatter
+    printed = [o.get("text", "") for book in books.values() for o in outputs(book) if o.get("output_type") == "stream"]
+    assert not [t for t in printed if "{'loss'" in t or "Setting accelerator" in t], printed
 
     # 01: a live dashboard (FigureWidget) and a trained model that beats the base model on gold
     assert "loss" in figure_trace_names(books["01_sft"])  # the live dashboard drew the training loss
@@ -96,6 +107,9 @@ def test_tour_runs_headless(tmp_path: Path) -> None:
     updates = {e["step"] for e in log if "objective/kl" in e.get("metrics", {})}
     assert len(updates) == 3, updates
     assert (runs / "ppo" / "final" / "adapter_config.json").is_file()
+    # 04: the sweep trained one run per β and overlaid them
+    assert {p.name for p in (runs / "ppo-sweep").iterdir()} == {"kl_coef=0.02", "kl_coef=0.2"}
+    assert {"kl_coef=0.02", "kl_coef=0.2"} <= figure_trace_names(books["04_ppo"])
     # 05: DPO and GRPO saved a policy; GRPO's sample table showed scored completions
     assert (runs / "dpo" / "final").is_dir() and (runs / "grpo" / "final" / "config.json").is_file()
     assert "reward" in figure_trace_names(books["05b_grpo"]) or "loss" in figure_trace_names(books["05b_grpo"])
@@ -111,6 +125,7 @@ def test_quickstart_notebook_reports_numbers_from_the_run(tmp_path: Path) -> Non
     """Notebook 00 runs the whole loop; every comparison number in its report is recomputed from the
     artifacts the run saved (same seeds) and found identical, and the HTML report shows them."""
     from rlhf_widgets.pipeline import QuickstartConfig, _compare
+    from rlhf_widgets.report import format_number
     from rlhf_widgets.reward import RewardModel
 
     sizes = dict(sft_demos=256, pair_prompts=96, ppo_updates=2, eval_prompts=16)
@@ -131,4 +146,4 @@ def test_quickstart_notebook_reports_numbers_from_the_run(tmp_path: Path) -> Non
             assert again[name][key] == pytest.approx(row[key], abs=1e-6), (name, key)
         assert again[name]["example"] == row["example"]
     html = (out / "report.html").read_text()
-    assert f"<td>{comparison['PPO']['gold_win_rate']:.3f}</td>" in html
+    assert f'<td class="num">{format_number(comparison["PPO"]["gold_win_rate"], "percent")}</td>' in html

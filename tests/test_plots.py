@@ -6,17 +6,29 @@ from pathlib import Path
 
 import nbformat
 import plotly.graph_objects as go
+import pytest
 from nbclient import NotebookClient
 
 from rlhf_widgets.metrics import MetricsLog
-from rlhf_widgets.views import LiveDashboard, SamplesTable, figure_from_log, panels, samples_html
+from rlhf_widgets.views import (
+    STAGE_VIEWS,
+    LiveDashboard,
+    SamplesTable,
+    curve_records,
+    figure_from_log,
+    overoptimization_figure,
+    samples_html,
+)
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 REPO = Path(__file__).resolve().parents[1]
+LOGS = Path(__file__).resolve().parent / "fixtures" / "logs"
+"""Metrics logs of real sandbox runs of every stage (tests/fixtures/logs/README.md says how they were made)."""
 
 
 def _traces(fig: go.Figure) -> dict[str, tuple[list[float], list[float]]]:
-    return {t.name: (list(t.x), list(t.y)) for t in fig.data}
+    """metric name (trace.meta) → (x, y)."""
+    return {t.meta: (list(t.x), list(t.y)) for t in fig.data}
 
 
 def _same(actual: list[float], expected: list[float]) -> bool:
@@ -27,27 +39,114 @@ def _same(actual: list[float], expected: list[float]) -> bool:
 
 
 def _panel_titles(fig: go.Figure) -> list[str]:
-    return [a.text for a in fig.layout.annotations]
+    return [a.text for a in fig.layout.annotations if a.text != "▲"]
 
 
-def test_panels_group_by_prefix_and_hide_bookkeeping() -> None:
-    names = ["loss", "grad_norm", "learning_rate", "objective/kl", "objective/scores", "loss/policy_avg",
-             "eval_loss", "eval_rewards/margins", "rewards/chosen", "epoch", "train_runtime",
-             "eval_samples_per_second", "total_flos"]
-    assert panels(names) == [
-        ("loss", ["loss", "loss/policy_avg", "eval_loss"]),
-        ("grad_norm", ["grad_norm"]),
-        ("learning_rate", ["learning_rate"]),
-        ("objective", ["objective/kl", "objective/scores"]),
-        ("rewards", ["eval_rewards/margins", "rewards/chosen"]),
-    ]
-    # explicit choice: panel or metric names, in the order given; bookkeeping shown when named
-    assert panels(names, metrics=["objective", "epoch", "rewards/chosen", "loss"]) == [
-        ("objective", ["objective/kl", "objective/scores"]),
-        ("epoch", ["epoch"]),
-        ("rewards", ["rewards/chosen"]),
-        ("loss", ["loss", "loss/policy_avg", "eval_loss"]),
-    ]
+def _flattened(fig: go.Figure) -> list[str]:
+    """Traces drawn flat by a neighbour: on a y axis shared with other traces, a trace whose values span less than a
+    tenth of the axis' span (the hull of every trace on it). Constant traces count in the hull only."""
+    axes: dict[tuple[str, str], list] = {}
+    for trace in fig.data:
+        axes.setdefault((trace.xaxis, trace.yaxis), []).append(trace)
+    flat = []
+    for traces in axes.values():
+        values = {t.meta: [v for v in t.y if math.isfinite(v)] for t in traces}
+        values = {name: v for name, v in values.items() if v}
+        if len(values) < 2:
+            continue
+        hull = max(max(v) for v in values.values()) - min(min(v) for v in values.values())
+        for name, v in values.items():
+            extent = max(v) - min(v)
+            if 0 < extent < hull / 10:
+                flat.append(f"{name} spans {extent:.3g} of an axis spanning {hull:.3g}")
+    return flat
+
+
+@pytest.mark.parametrize("stage", ["sft", "reward", "ppo", "dpo", "grpo"])
+def test_designed_views_keep_one_scale_per_axis_on_real_runs(stage: str) -> None:
+    log = MetricsLog.load(LOGS / f"{stage}.jsonl")
+    fig = figure_from_log(log)
+    assert _panel_titles(fig) == [p.title for p in STAGE_VIEWS[stage]][: len(_panel_titles(fig))]
+    assert len(_panel_titles(fig)) >= 4, "a real run fills most of its stage's panels"
+    assert _flattened(fig) == []
+    assert _flattened(figure_from_log(log, view="all")) == []
+    assert fig.layout.width is None and fig.layout.autosize, "figures take the width of the output area"
+
+
+def test_the_old_prefix_grouping_would_fail_the_scale_check() -> None:
+    """The check bites: PPO's "val" group (the ratio beside the response length) and "loss" group (the policy loss
+    beside the value loss), as the metrics were once grouped by name prefix."""
+    from rlhf_widgets.views import Panel
+
+    log = MetricsLog.load(LOGS / "ppo.jsonl")
+    by_prefix = [Panel("val", ("val/ratio", "val/response_length")),
+                 Panel("loss", ("loss/policy_avg", "loss/value_avg"))]
+    flat = _flattened(figure_from_log(log, view=by_prefix))
+    assert [f.split()[0] for f in flat] == ["val/ratio", "loss/policy_avg"]
+
+
+def test_ppo_view_answers_reward_and_kl_first() -> None:
+    log = MetricsLog.load(LOGS / "ppo.jsonl")
+    fig = figure_from_log(log)
+    titles = _panel_titles(fig)
+    assert titles[:3] == ["Reward", "KL to the reference", "Reward vs KL"]
+    reward = [t for t in fig.data if t.xaxis == "x"]
+    assert [t.meta for t in reward] == ["objective/scores", "objective/rlhf_reward", "gold/score"]
+    assert reward[2].yaxis != reward[0].yaxis, "gold has its own axis"
+    frontier = [t for t in fig.data if t.meta == "objective/scores" and t.xaxis != "x"][0]
+    steps, kl = log.series("objective/kl")
+    assert list(frontier.x) == kl and list(frontier.customdata) == steps  # reward against KL, update on hover
+    # "show all metrics": every metric, one per panel
+    every = figure_from_log(log, view="all")
+    assert {t.meta for t in every.data} >= {"lr", "val/num_eos_tokens", "objective/entropy", "time/rollout"}
+    assert len({(t.xaxis, t.yaxis) for t in every.data}) == len(every.data)
+
+
+def test_train_and_eval_are_separate_traces_and_summaries_do_not_extend_curves() -> None:
+    log = MetricsLog(run_name="dpo")
+    for step in (5, 10):
+        log.log({"loss": 0.7 - step / 100, "logps/chosen": -7.0, "rewards/accuracies": 0.6}, step=step, stage="dpo")
+    log.log({"eval_loss": 0.69, "eval_logps/chosen": -2.0}, step=10, stage="dpo")
+    # the end-of-run summary carries DPO's last partial averages: not a training point
+    log.log({"train_runtime": 12.0, "train_loss": 0.66, "logps/chosen": -2.1, "epoch": 1.0}, step=11, stage="dpo")
+    assert curve_records(log.records)[-1] == (11, {"train_runtime": 12.0, "train_loss": 0.66, "epoch": 1.0})
+    fig = figure_from_log(log)
+    traces = {t.meta: t for t in fig.data}
+    assert list(traces["logps/chosen"].y) == [-7.0, -7.0] and list(traces["logps/chosen"].x) == [5, 10]
+    assert list(traces["eval_logps/chosen"].y) == [-2.0] and traces["eval_logps/chosen"].line.dash == "dash"
+    assert traces["eval_loss"].xaxis == traces["loss"].xaxis and traces["loss"].line.dash == "solid"
+    assert traces["eval_loss"].name == "loss (eval)"
+    assert "train_loss" not in traces and "train_runtime" not in traces
+
+
+def test_events_are_markers_with_hover_text() -> None:
+    log = MetricsLog(run_name="ppo")
+    log.log({"objective/kl": 0.1, "objective/scores": 1.0, "val/response_length": 20.0}, step=1, stage="ppo")
+    for kind, message in [("paused", "training paused"), ("setting", "kl_coef changed 0.05 → 0.2"),
+                          ("setting", "learning_rate changed 0.0003 → 0.0001"), ("resumed", "training <resumed>")]:
+        log.log_event(kind, message, step=1, stage="ppo")
+    log.log({"objective/kl": 0.3, "objective/scores": 1.2, "val/response_length": 22.0}, step=2, stage="ppo")
+    fig = figure_from_log(log)
+    markers = [a for a in fig.layout.annotations if a.text == "▲"]
+    step_panels = [a for a in _panel_titles(fig) if a != "Reward vs KL"]
+    assert len(markers) == len(step_panels) == 3  # one marker per step panel, not one per event
+    hover = markers[0].hovertext
+    assert hover.split("<br>") == ["step 1", "training paused", "kl_coef changed 0.05 → 0.2",
+                                   "learning_rate changed 0.0003 → 0.0001", "training &lt;resumed&gt;"]
+    assert all(s.line.dash == "dot" and s.x0 == 1 for s in fig.layout.shapes) and len(fig.layout.shapes) == 3
+    assert not any(getattr(s, "label", None) and s.label.text for s in fig.layout.shapes), "no rotated labels"
+
+
+def test_overoptimization_title_says_what_happened() -> None:
+    fell = overoptimization_figure({"PPO": [{"sqrt_kl": 0.0, "proxy": 1.0, "gold": 1.0},
+                                            {"sqrt_kl": 1.0, "proxy": 0.5, "gold": 1.5},
+                                            {"sqrt_kl": 2.0, "proxy": 0.2, "gold": 1.6}]})
+    assert "proxy fell (1 → 0.2); gold rose too" in fell.layout.title.text
+    assert "peaks" not in fell.layout.title.text
+    peaked = overoptimization_figure({"PPO": [{"sqrt_kl": 0.0, "proxy": 0.0, "gold": 1.0},
+                                              {"sqrt_kl": 1.0, "proxy": 1.0, "gold": 2.0},
+                                              {"sqrt_kl": 2.0, "proxy": 2.0, "gold": 1.2}]})
+    assert "proxy rose (0 → 2); gold peaked at √KL 1.00 (2) and fell to 1.2" in peaked.layout.title.text
 
 
 def test_dashboard_traces_hold_exactly_the_logged_data() -> None:
@@ -57,18 +156,30 @@ def test_dashboard_traces_hold_exactly_the_logged_data() -> None:
     for step in range(12):
         values = {"objective/kl": 0.01 * step, "objective/scores": math.nan if step == 5 else step / 3,
                   "loss/policy_avg": -step}
-        log.log(values, step=step)
+        log.log(values, step=step, stage="ppo")
         for name, value in values.items():
             expected[name].append(value)
     dashboard.flush()
-    traces = _traces(dashboard.figure)
+    traces = {t.meta: (list(t.x), list(t.y)) for t in dashboard.figure.data if t.xaxis in ("x", "x2", "x4")}
     assert set(traces) == set(expected)
     for name, values in expected.items():
         assert traces[name][0] == list(range(12))
         assert _same(traces[name][1], values)
-    assert _panel_titles(dashboard.figure) == ["objective", "loss"]
+    assert _panel_titles(dashboard.figure) == ["Reward", "KL to the reference", "Reward vs KL", "Policy loss"]
     assert dashboard.figure.layout.title.text == "ppo-demo"
-    assert dashboard.widget.children == (dashboard.figure,)
+    assert dashboard.widget.children == (dashboard.show_all, dashboard.figure)
+
+
+def test_show_all_metrics_toggle() -> None:
+    log = MetricsLog(run_name="ppo")
+    log.log({"objective/kl": 0.1, "lr": 3e-4, "eps": 12.0}, step=1, stage="ppo")
+    dashboard = LiveDashboard(log, min_interval=0.0)
+    assert [t.meta for t in dashboard.figure.data] == ["objective/kl"]
+    dashboard.show_all.value = True
+    assert [t.meta for t in dashboard.figure.data] == ["objective/kl", "lr", "eps"]
+    log.log({"objective/kl": 0.2, "lr": 3e-4, "eps": 11.0}, step=2, stage="ppo")
+    dashboard.flush()
+    assert list(dashboard.figure.data[2].y) == [12.0, 11.0]
 
 
 def test_dashboard_draws_history_logged_before_it_existed() -> None:
@@ -103,30 +214,15 @@ def test_new_metrics_add_traces_and_panels_in_the_same_widget() -> None:
     log = MetricsLog()
     dashboard = LiveDashboard(log, min_interval=0.0)
     box = dashboard.widget
-    log.log({"objective/kl": 0.1}, step=1)
-    assert _panel_titles(dashboard.figure) == ["objective"]
-    log.log({"objective/kl": 0.2, "objective/scores": 1.0}, step=2)
-    log.log({"objective/kl": 0.3, "loss/value_avg": 5.0, "grad_norm": 2.0}, step=3)
+    log.log({"objective/kl": 0.1}, step=1, stage="ppo")
+    assert _panel_titles(dashboard.figure) == ["KL to the reference"]
+    log.log({"objective/kl": 0.2, "objective/scores": 1.0}, step=2, stage="ppo")
+    log.log({"objective/kl": 0.3, "loss/value_avg": 5.0, "grad_norm": 2.0}, step=3, stage="ppo")
     dashboard.flush()
     fig = dashboard.figure
-    assert dashboard.widget is box and box.children == (fig,)
-    assert _panel_titles(fig) == ["objective", "loss", "grad_norm"]
-    axes = {t.name: t.xaxis for t in fig.data}
-    assert axes == {"objective/kl": "x", "objective/scores": "x", "loss/value_avg": "x2", "grad_norm": "x3"}
+    assert dashboard.widget is box and box.children == (dashboard.show_all, fig)
+    assert _panel_titles(fig) == ["Reward", "KL to the reference", "Reward vs KL", "Value function"]
     assert _traces(fig)["objective/kl"] == ([1, 2, 3], [0.1, 0.2, 0.3])
-    assert _traces(fig)["objective/scores"] == ([2], [1.0])
-
-
-def test_events_become_vertical_markers_in_every_panel() -> None:
-    log = MetricsLog()
-    dashboard = LiveDashboard(log, min_interval=0.0)
-    log.log({"loss": 1.0, "lr": 1e-5}, step=1)
-    log.log_event("lr_change", "lr 1e-5 → 5e-6", step=4)
-    log.log({"loss": 0.5, "lr": 5e-6}, step=5)
-    dashboard.flush()
-    shapes = dashboard.figure.layout.shapes
-    assert [(s.x0, s.xref) for s in shapes] == [(4, "x"), (4, "x2")]
-    assert shapes[0].label.text == "lr 1e-5 → 5e-6"
 
 
 def test_close_stops_updates() -> None:
@@ -145,26 +241,28 @@ def test_dashboard_displays_as_its_widget() -> None:
     dashboard = LiveDashboard(MetricsLog())
     bundle = dashboard._repr_mimebundle_()
     assert bundle[WIDGET_VIEW]["model_id"] == dashboard.widget.model_id
+    assert dashboard.widget.layout.width == "100%"
 
 
 def test_figure_from_log_matches_the_dashboard(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
-    log = MetricsLog(path, run_name="finished")
+    log = MetricsLog(path, run_name="sft")
     dashboard = LiveDashboard(log, min_interval=0.0)
     for step in range(5):
-        log.log({"objective/kl": step * 0.1, "loss": 2.0 - step * 0.1, "epoch": step / 5}, step=step)
-    log.log_event("stop", "stopped: KL too high", step=4)
+        log.log({"loss": 2.0 - step * 0.1, "mean_token_accuracy": 0.5 + step / 20, "epoch": step / 5}, step=step,
+                stage="sft")
+    log.log_event("stop", "stopped: loss too high", step=4)
     dashboard.flush()
     static = figure_from_log(path)
     assert isinstance(static, go.Figure) and not isinstance(static, go.FigureWidget)
-    assert static.layout.title.text == "finished"
+    assert static.layout.title.text == "sft"
     assert _traces(static) == _traces(dashboard.figure)
-    assert [(t.name, t.xaxis, t.yaxis) for t in static.data] == [
-        (t.name, t.xaxis, t.yaxis) for t in dashboard.figure.data]
+    assert [(t.meta, t.xaxis, t.yaxis) for t in static.data] == [
+        (t.meta, t.xaxis, t.yaxis) for t in dashboard.figure.data]
     assert "epoch" not in _traces(static)
     assert [s.x0 for s in static.layout.shapes] == [4, 4]
-    only_kl = figure_from_log(log, metrics=["objective/kl"], title="KL")
-    assert _traces(only_kl) == {"objective/kl": (list(range(5)), [s * 0.1 for s in range(5)])}
+    only = figure_from_log(log, metrics=["loss"], title="loss")
+    assert _traces(only) == {"loss": (list(range(5)), [2.0 - s * 0.1 for s in range(5)])}
     assert "Plotly" in static.to_html(include_plotlyjs=False)
 
 
@@ -242,7 +340,7 @@ def test_dashboard_renders_in_a_headless_notebook(tmp_path: Path) -> None:
     box_id = display["data"][WIDGET_VIEW]["model_id"]
     state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
     assert state[box_id]["model_name"] == "VBoxModel"
-    figure_id = state[box_id]["state"]["children"][-1].removeprefix("IPY_MODEL_")
+    figure_id = state[box_id]["state"]["children"][1].removeprefix("IPY_MODEL_")
     traces = state[figure_id]["state"]["_widget_data"]
     assert [t["name"] for t in traces] == ["objective/kl", "loss"]
     assert nb.cells[1].outputs[0]["data"]["text/plain"] == "[5, 5]"

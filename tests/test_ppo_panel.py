@@ -1,5 +1,7 @@
-"""The PPO control panel without a browser: its buttons drive a real background run."""
+"""The training control panel without a browser: its buttons drive real background runs (PPO, and GRPO through
+TRL's callback hooks); the settings it sends are exactly those the user changed."""
 
+import math
 import time
 from pathlib import Path
 
@@ -7,6 +9,7 @@ import pytest
 from conftest import sandbox_prompts
 
 from rlhf_widgets.ppo import PPOConfig, PPOPanel, PPOTrainer
+from rlhf_widgets.ppo.panel import SettingEntry, TrainingPanel
 from rlhf_widgets.sandbox import gold_reward
 
 
@@ -15,46 +18,135 @@ def wait_for(condition, timeout: float = 120.0) -> None:
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting for the training thread")
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
-def test_buttons_pause_resume_change_settings_and_stop(tmp_path: Path) -> None:
-    cfg = PPOConfig(output_dir=str(tmp_path), num_updates=50, batch_size=4, mini_batch_size=4, num_ppo_epochs=1,
-                    max_new_tokens=12, sample_every=1, samples_to_log=2)
+def buttons(panel) -> dict[str, bool]:
+    """Which buttons are enabled."""
+    return {name: not getattr(panel, f"{name}_button").disabled for name in ("start", "pause", "resume", "stop")}
+
+
+IDLE = {"start": True, "pause": False, "resume": False, "stop": False}
+RUNNING = {"start": False, "pause": True, "resume": False, "stop": True}
+PAUSED = {"start": False, "pause": False, "resume": True, "stop": True}
+STOPPING = {"start": False, "pause": False, "resume": False, "stop": False}
+
+
+def test_setting_entry_ignores_grid_snaps_and_follows_moves_and_typing() -> None:
+    lr = SettingEntry("learning_rate", 3e-4, "log")
+    # the slider's grid passes through the starting value; the browser snapping it sends nothing
+    assert math.isclose(lr.slider.value, 3e-4, rel_tol=1e-12)
+    lr.slider.value = 10 ** -3.5  # 0.023 decades away, under half a step (0.025): a snap to a coarser grid
+    assert lr.value == 3e-4
+    lr.slider.value = 1e-3  # a real move (0.52 decades)
+    assert lr.value == pytest.approx(1e-3)
+    lr.entry.value = 2.5e-7  # typed below the slider's range: the slider widens to it, the entry keeps it exactly
+    assert lr.value == 2.5e-7 and lr.slider.min <= math.log10(2.5e-7)
+    beta = SettingEntry("kl_coef", 0.037, "linear", high=0.5, step=0.005)
+    assert beta.slider.value == pytest.approx(0.037) and beta.slider.max >= 0.5
+    beta.slider.value = 0.0372  # within half a step: a snap
+    assert beta.value == 0.037
+    beta.slider.value = 0.2
+    assert beta.value == pytest.approx(0.2)
+
+
+def test_panel_buttons_drive_a_ppo_run(tmp_path: Path) -> None:
+    cfg = PPOConfig(output_dir=str(tmp_path), num_updates=40, batch_size=4, mini_batch_size=4, num_ppo_epochs=1,
+                    max_new_tokens=8, samples_to_log=2)
+    assert cfg.sample_every == 4  # sized to the run: about ten tables
     trainer = PPOTrainer(sandbox_prompts(32, seed=1), cfg, reward=gold_reward, gold=gold_reward)
     panel = PPOPanel(trainer)
-    assert not panel.start_button.disabled and panel.pause_button.disabled
+    assert buttons(panel) == IDLE and "ready" in panel.status.value
 
     panel.start_button.click()
     wait_for(lambda: trainer.update >= 1)
-    assert panel.start_button.disabled and not panel.pause_button.disabled
+    assert buttons(panel) == RUNNING and "running update" in panel.status.value
 
-    panel.pause_button.click()
+    panel.pause_button.click()  # answered at once, before the update in flight ends
+    assert buttons(panel) == PAUSED
+    assert "pause requested — finishing update" in panel.status.value or "paused after" in panel.status.value
     wait_for(lambda: trainer.control.state == "paused")
+    panel.refresh()
     paused_at = trainer.update
-    time.sleep(0.5)
+    assert f"paused after update {paused_at}" in panel.status.value
+    time.sleep(0.3)
     assert trainer.update == paused_at, "a paused run must not take more updates"
-    assert "paused" in panel.status.value
 
-    panel.lr.value = 1e-5
+    # the browser snaps the lr slider to its grid; the user changes β only: only β is sent
+    panel.entries["learning_rate"].slider.value = 10 ** -3.5
     panel.kl.value = 0.2
     panel.apply_button.click()
+    assert trainer.control.pending == {"kl_coef": 0.2}
+    assert f"β 0.05 → 0.2 queued, applies at update {paused_at + 1}" in panel.status.value
+    panel.apply_button.click()
+    assert "no setting changed" in panel.status.value and trainer.control.pending == {"kl_coef": 0.2}
+    panel.temperature.value = -1.0
+    panel.apply_button.click()
+    assert "not applied" in panel.status.value and "temperature" in panel.status.value
+
+    panel.temperature.value = 1.0
     panel.resume_button.click()
     wait_for(lambda: trainer.update >= paused_at + 1)
-    assert trainer.settings["learning_rate"] == pytest.approx(1e-5)
-    assert trainer.settings["kl_coef"] == pytest.approx(0.2)
+    assert trainer.settings["kl_coef"] == 0.2 and trainer.settings["learning_rate"] == 3e-4
+    assert trainer.settings["temperature"] == 1.0
 
     panel.stop_button.click()
+    assert "stop requested — finishing update" in panel.status.value and buttons(panel) == STOPPING
     panel.wait(timeout=120)
-    assert trainer.control.state == "stopped" and trainer.update < cfg.num_updates
-    kinds = [e.kind for e in trainer.metrics.events()]
-    assert kinds.count("setting") == 2  # lr and β changed; temperature untouched is not an event
-    assert {"paused", "resumed", "stopped"} <= set(kinds)
-    assert "stopped" in panel.status.value and not panel.start_button.disabled
-    # the dashboard drew the run and the samples table shows the latest samples
+    stopped_at = trainer.update
+    assert trainer.control.state == "stopped" and stopped_at < cfg.num_updates
+    assert buttons(panel) == IDLE and f"stopped after update {stopped_at}" in panel.status.value
+
+    panel.start_button.click()  # continues the run
+    wait_for(lambda: trainer.update >= stopped_at + 1)
+    panel.stop_button.click()
+    panel.wait(timeout=120)
+    assert trainer.update > stopped_at and trainer.control.state == "stopped"
+
+    events = trainer.metrics.events()
+    settings = [e for e in events if e.kind == "setting"]
+    assert [(e.data["name"], e.data["new"]) for e in settings] == [("kl_coef", 0.2)]  # lr and T were never sent
+    assert [e.kind for e in events].count("stopped") == 2
     panel.dashboard.flush()
-    kl_trace = next(t for t in panel.dashboard.figure.data if t.name == "objective/kl")
+    kl_trace = next(t for t in panel.dashboard.figure.data if t.meta == "objective/kl")
     assert len(kl_trace.x) == trainer.update
     assert "<table" in panel.samples.widget.value
     assert (tmp_path / "last" / "trainer_state.pt").is_file()
+    panel.close()
+
+
+def test_panel_drives_grpo_through_the_trl_callback(tmp_path: Path) -> None:
+    from rlhf_widgets.grpo import GRPOStageConfig, train_grpo
+    from rlhf_widgets.runs import BackgroundRun
+
+    cfg = GRPOStageConfig(output_dir=str(tmp_path), max_steps=30, per_device_train_batch_size=4, num_generations=4,
+                          max_completion_length=8, learning_rate=1e-4, beta=0.04)
+    run = BackgroundRun(train_grpo, sandbox_prompts(32, seed=2), cfg, model="sandbox", reward=gold_reward)
+    panel = TrainingPanel(run, title="GRPO")
+    assert set(panel.entries) == {"learning_rate", "kl_coef"}  # TRL fixes the temperature when it builds
+    assert buttons(panel) == IDLE
+
+    panel.start_button.click()
+    wait_for(lambda: run.update >= 1)
+    panel.pause_button.click()
+    wait_for(lambda: run.control.state == "paused")
+    paused_at = run.update
+    panel.lr.value = 5e-5
+    panel.kl.value = 0.1
+    panel.apply_button.click()
+    assert "queued, applies at update" in panel.status.value
+    panel.resume_button.click()
+    wait_for(lambda: run.update >= paused_at + 1)
+    assert run.settings == {"learning_rate": pytest.approx(5e-5), "kl_coef": pytest.approx(0.1)}
+
+    panel.stop_button.click()
+    assert "stop requested" in panel.status.value
+    result = run.wait(timeout=300)
+    panel.refresh()
+    assert run.control.state == "stopped" and result is not None and run.update < 30
+    assert (result.model_path / "config.json").is_file()
+    assert buttons(panel) == {"start": False, "pause": False, "resume": False, "stop": False}
+    assert "cannot continue" in panel.status.value
+    kinds = [e.kind for e in run.metrics.events()]
+    assert kinds.count("setting") == 2 and {"paused", "resumed", "stopped", "saved"} <= set(kinds)
     panel.close()

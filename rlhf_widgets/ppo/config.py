@@ -97,8 +97,9 @@ class PPOConfig:
         "forward) or 'forward' (a separate no-cache forward over the sampled batch)."))
     rollout_batch_size: int = field(default=32, metadata=_help(
         "Rollouts per no-grad forward when computing log-probs and values."))
-    sample_every: int = field(default=5, metadata=_help(
-        "Log a table of sample outputs every this many updates (0 = never)."))
+    sample_every: int | None = field(default=None, metadata=_help(
+        "Log a table of sample outputs every this many updates (0 = never); None = sized to the run: about ten "
+        "tables, at least one every 5 updates."))
     samples_to_log: int = field(default=4, metadata=_help("Rows in each sample table."))
     save_every: int = field(default=0, metadata=_help(
         "Checkpoint every this many updates (0 = only at the end, in last/)."))
@@ -122,8 +123,13 @@ class PPOConfig:
     collective_timeout_s: float = field(default=1800.0, metadata=_help(
         "Seconds a process waits in a collective (all-reduce, barrier) for the others: how long the survivors wait "
         "when a process hangs (a process that dies is noticed at once). Set by the first trainer of a process."))
+    report_to: None | str | list[str] = field(default="none", metadata=_help(
+        "Trackers that also get every metric and event, with the Hugging Face names: 'tensorboard', 'wandb', "
+        "'trackio', a list of them, 'all' (those installed) or 'none'. The MetricsLog always records."))
 
     def __post_init__(self) -> None:
+        if self.sample_every is None:
+            self.sample_every = max(1, min(5, self.num_updates // 10))
         checks = {
             "num_updates": self.num_updates > 0,
             "batch_size": self.batch_size > 0,

@@ -1,8 +1,10 @@
-"""TrainingControl: the thread-safe remote control a notebook panel uses while PPO trains in the background.
+"""TrainingControl: the thread-safe remote control a notebook panel uses while a stage trains in the background.
 
 The panel calls `pause` / `resume` / `stop` / `set(...)`; the trainer reads the requests between updates
 (`wait_while_paused`, `stop_requested`, `take_pending`) and reports its own `state`. Everything a view needs
-is public: `state`, `reason`, `paused`, `stop_requested`, `pending`.
+is public: `state`, `reason`, `paused`, `stop_requested`, `pending`, `settable`. PPO's trainer exposes its
+progress itself (`trainer.update`, `trainer.settings`); a trainer that cannot (a TRL stage under
+`callbacks.ControlCallback`) reports it here with `report`, read back as `update` and `settings`.
 """
 
 from __future__ import annotations
@@ -11,17 +13,33 @@ import math
 import threading
 
 SETTABLE = ("learning_rate", "kl_coef", "temperature")
-"""Settings `TrainingControl.set` can change between updates."""
+"""Settings `TrainingControl.set` can change between updates (PPO: all three)."""
+ACTIVE = ("running", "paused")
+"""States in which a run is under way."""
 
 
 class TrainingControl:
-    """Requests from the notebook to a running trainer, and the trainer's reported state."""
+    """Requests from the notebook to a running trainer, and the trainer's reported state.
 
-    def __init__(self) -> None:
+    `settable`: the settings this trainer can change between updates (default all of `SETTABLE`; a TRL GRPO /
+    RLOO run: learning rate and β).
+    """
+
+    def __init__(self, settable: tuple[str, ...] = SETTABLE) -> None:
+        unknown = set(settable) - set(SETTABLE)
+        if unknown:
+            raise ValueError(f"TrainingControl: unknown settings {sorted(unknown)}; known: {list(SETTABLE)}")
+        self.settable = tuple(settable)
         self.state = "idle"
         """idle | running | paused | stopped | finished | failed (set by the trainer)"""
         self.reason = ""
         """why the run stopped or failed ("" otherwise)"""
+        self.update = 0
+        """updates done, as reported by the trainer with `report` (PPO: read `trainer.update` instead)"""
+        self.settings: dict[str, float] = {}
+        """the settings the next update uses, as reported with `report` (PPO: `trainer.settings`)"""
+        self.total: int | None = None
+        """updates the run plans, as reported with `report` (None until reported; PPO: `config.num_updates`)"""
         self._resume = threading.Event()
         self._resume.set()
         self._stop = False
@@ -38,22 +56,29 @@ class TrainingControl:
         self._resume.set()
 
     def stop(self) -> None:
-        """Finish the current update, save, and end the run (a paused run ends at once)."""
+        """Finish the current update, save, and end the run (a paused run ends at once). Requested while no run is
+        under way, it ends the next run before its first update (the panel's Stop is enabled only during a run)."""
         self._stop = True
         self._resume.set()
 
     def set(self, **changes: float) -> None:
-        """Queue new values of `learning_rate`, `kl_coef` or `temperature` for the next update."""
-        unknown = set(changes) - set(SETTABLE)
+        """Queue new values of the `settable` settings for the next update.
+
+        Raises ValueError naming the setting: unknown here, not a finite number, negative, or a zero learning
+        rate / temperature.
+        """
+        unknown = set(changes) - set(self.settable)
         if unknown:
-            raise ValueError(f"TrainingControl.set: cannot change {sorted(unknown)}; allowed: {list(SETTABLE)}")
+            raise ValueError(f"TrainingControl.set: cannot change {sorted(unknown)} here; allowed: "
+                             f"{list(self.settable)}")
         for name, value in changes.items():
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            if isinstance(value, bool) or not (isinstance(value, int | float) and math.isfinite(value)
+                                               and value >= 0):
                 raise ValueError(f"TrainingControl.set: {name}={value!r} must be a finite number >= 0")
             if name in ("learning_rate", "temperature") and value == 0:
                 raise ValueError(f"TrainingControl.set: {name} must be > 0")
         with self._lock:
-            self._pending.update(changes)
+            self._pending.update({name: float(value) for name, value in changes.items()})
 
     # ---- public state (any thread)
     @property
@@ -86,3 +111,11 @@ class TrainingControl:
         with self._lock:
             pending, self._pending = self._pending, {}
         return pending
+
+    def report(self, update: int, settings: dict[str, float], total: int | None = None) -> None:
+        """Record progress for views: `update` done, `settings` the next update uses, `total` planned (None keeps
+        the last reported)."""
+        self.update = int(update)
+        self.settings = dict(settings)
+        if total is not None:
+            self.total = int(total)

@@ -54,6 +54,7 @@ from rlhf_widgets.ppo.rollout import Rollout, TrainingStopped, forward_inputs, m
 from rlhf_widgets.ppo.zero import ZeroEngine
 from rlhf_widgets.rewards import RewardFunction, as_reward_function, score_responses
 from rlhf_widgets.stages import FINAL, StageResult, is_quantized
+from rlhf_widgets.trackers import attach_trackers
 
 STATE_FILE = "trainer_state.pt"
 """A checkpoint's shared state: weights, optimizer, schedule, β, counters, the number of processes, the reason"""
@@ -149,6 +150,8 @@ class PPOTrainer:
         self._grad_norms: list[float] = []
         self._skipped_steps = 0
         self.metrics = metrics if metrics is not None else self._run_metrics(resume_from)
+        self.trackers = attach_trackers(self.metrics, config.report_to if self.is_main else "none", run_name="ppo",
+                                        config=config.to_dict(), output_dir=config.output_dir)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
 

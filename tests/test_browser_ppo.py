@@ -1,0 +1,262 @@
+"""Notebook 04's PPO panel in a real JupyterLab + headless Chromium, driven by clicks and keys.
+
+Runs notebook 04 up to the panel (the sandbox base model as the policy, the gold scorer as the reward), then:
+Start → Pause → β typed and applied alone → Resume → Stop → Start again (continues) → Stop. At every step the
+buttons' states must match the status line, the status must answer the click at once (a stop within 200 ms), and
+the run's own log must show that only β changed (the learning rate the trainer used stayed the configured one).
+Saves `docs/images/ppo_panel.png` (the panel mid-training) and `docs/images/report.png` (the HTML report of
+real sandbox runs), the README's pictures.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+import pytest
+from test_browser_labeling import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    NOTEBOOK_STATE,
+    Lab,
+    _free_port,
+    _run_all_cells,
+    _write_lab_settings,
+)
+
+from rlhf_widgets.sandbox import base_model_path
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "04_ppo.ipynb"
+IMAGES = REPO / "docs" / "images"
+FIXTURE_LOGS = Path(__file__).resolve().parent / "fixtures" / "logs"
+STOP_FEEDBACK_MS = 200
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium executable (run `make browser`)"),
+    pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="playwright is not installed"),
+]
+
+# ms from the next click to the first change of the status line's text (rejects after `timeoutMs`)
+ARM = """(timeoutMs) => {
+  const status = document.querySelector('.rlhfw-ppo-status');
+  const before = status.innerText;
+  window.__rlhfwStatus = new Promise((resolve, reject) => {
+    let t0 = null;
+    const start = () => { if (t0 === null) t0 = performance.now(); };
+    const observer = new MutationObserver(() => {
+      if (t0 === null || status.innerText === before) return;
+      observer.disconnect(); clearTimeout(timer);
+      document.removeEventListener('click', start, true);
+      resolve({ms: performance.now() - t0, text: status.innerText});
+    });
+    observer.observe(status, {childList: true, subtree: true, characterData: true});
+    document.addEventListener('click', start, true);
+    const timer = setTimeout(() => { observer.disconnect(); reject(new Error('the status did not change')); },
+                             timeoutMs);
+  });
+}"""
+
+BUTTONS = """() => Object.fromEntries(['start', 'pause', 'resume', 'stop'].map(
+  (name) => [name, !document.querySelector(`.rlhfw-ppo-${name}`).disabled]))"""
+
+IDLE = {"start": True, "pause": False, "resume": False, "stop": False}
+RUNNING = {"start": False, "pause": True, "resume": False, "stop": True}
+PAUSED = {"start": False, "pause": False, "resume": True, "stop": True}
+STOPPING = {"start": False, "pause": False, "resume": False, "stop": False}
+
+
+def _notebook(dest: Path) -> None:
+    """Notebook 04 up to its panel, with the sandbox base model as policy and the gold scorer as reward."""
+    book = nbformat.read(NOTEBOOK, as_version=4)
+    panel = next(i for i, c in enumerate(book.cells) if c.cell_type == "code" and "PPOPanel(trainer)" in c.source)
+    params = next(i for i, c in enumerate(book.cells) if "parameters" in c.metadata.get("tags", []))
+    book.cells = book.cells[: panel + 1]
+    # smaller updates than the notebook's (32 rollouts of up to 48 tokens), so that the test takes a minute or two
+    source = book.cells[panel].source
+    book.cells[panel].source = source.replace("kl_coef=KL_COEF)", "kl_coef=KL_COEF, batch_size=8, mini_batch_size=8, "
+                                                                 "max_new_tokens=24)")
+    assert book.cells[panel].source != source, "notebook 04 no longer builds its PPOConfig as this test expects"
+    book.cells.insert(params + 1, nbformat.v4.new_code_cell(
+        "from rlhf_widgets.sandbox import gold_reward\n"
+        f"SFT = {str(base_model_path())!r}\nREWARD = gold_reward\nNUM_UPDATES = 100"))
+    nbformat.write(book, dest)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    root = tmp_path / "work"
+    root.mkdir()
+    _notebook(root / NOTEBOOK.name)
+    _write_lab_settings(tmp_path / "lab-settings")
+    token, port = secrets.token_hex(16), _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
+           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "lab-workspaces"), "IPYTHONDIR": str(tmp_path / "ipython")}
+    log = tmp_path / "jupyter.log"
+    with log.open("wb") as log_file:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}", "--ip=127.0.0.1",
+             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+             "--LabApp.expose_app_in_browser=True"],
+            cwd=root, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    lab = Lab(url=f"http://127.0.0.1:{port}", root=root, log=log)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"jupyter lab exited with {server.returncode}:\n{lab.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{lab.url}/api/status?token={token}", timeout=5) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"jupyter lab did not answer within 90 s:\n{lab.log_tail()}")
+            time.sleep(0.5)
+        lab.url = f"{lab.url}/lab/tree/{NOTEBOOK.name}?token={token}"
+        yield lab
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def _status(page) -> str:
+    return " ".join(page.inner_text(".rlhfw-ppo-status").split())
+
+
+def _expect(page, buttons: dict[str, bool], status: str, timeout_s: float = 300) -> str:
+    """Wait until the status line contains `status` and the buttons are `buttons`; returns the status."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text, shown = _status(page), page.evaluate(BUTTONS)
+        if status in text and shown == buttons:
+            return text
+        if time.monotonic() > deadline:
+            raise AssertionError(f"status {text!r} with buttons {shown}; expected {status!r} with {buttons}")
+        time.sleep(0.05)
+
+
+def _click(page, name: str) -> dict:
+    """Click a panel button; return {ms, text} of the status line's first change after the click."""
+    page.evaluate(ARM, 30_000)
+    page.click(f".rlhfw-ppo-{name}")
+    return page.evaluate("() => window.__rlhfwStatus")
+
+
+def _log(lab: Lab) -> list[dict]:
+    return [json.loads(line) for line in (lab.root / "runs" / "ppo" / "metrics.jsonl").read_text().splitlines()]
+
+
+def _write_fixture_report(out: Path) -> Path:
+    """The HTML report of the real sandbox runs in tests/fixtures/logs (their quickstart numbers included)."""
+    from rlhf_widgets.metrics import MetricsLog
+    from rlhf_widgets.report import write_report
+
+    saved = json.loads((FIXTURE_LOGS / "report.json").read_text())
+    logs = {stage: MetricsLog.load(FIXTURE_LOGS / f"{stage}.jsonl") for stage in ("sft", "reward", "ppo", "dpo")}
+    out.mkdir(parents=True, exist_ok=True)
+    return write_report(out, saved["config"], saved["numbers"], saved["seconds"], logs)
+
+
+@pytest.mark.timeout(1200)
+def test_ppo_panel_in_jupyterlab(lab: Lab, tmp_path: Path) -> None:
+    from playwright import sync_api
+
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    console: list[str] = []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 2200})
+        page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+        page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+        try:
+            page.goto(lab.url, timeout=120_000)
+            page.wait_for_function(
+                "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+                " const k = w && w.sessionContext && w.sessionContext.session"
+                " && w.sessionContext.session.kernel; return Boolean(k) && k.status === 'idle'; }",
+                timeout=120_000, polling=500)
+            _run_all_cells(page)
+            page.locator(".rlhfw-ppo-panel .rlhfw-ppo-status").wait_for(state="visible", timeout=300_000)
+            state = page.evaluate(NOTEBOOK_STATE)
+            assert not state.get("errors"), state["errors"]
+            _expect(page, IDLE, "ready — 100 updates planned")
+
+            feedback = {"start": _click(page, "start")}
+            _expect(page, RUNNING, "running update")
+            _expect(page, RUNNING, "running update 6 of 100")  # five updates drawn: the picture mid-training
+            time.sleep(1.0)  # the dashboard's throttled redraw
+            page.locator(".rlhfw-ppo-panel").screenshot(path=str(IMAGES / "ppo_panel.png"))
+            drawn = page.locator(".rlhfw-dashboard .main-svg").first.bounding_box()  # the plot as drawn
+            area = page.locator(".jp-OutputArea-output .rlhfw-ppo-panel").first.bounding_box()
+            assert drawn["width"] >= 0.95 * area["width"], f"plot {drawn['width']} px wide in a {area['width']} px area"
+
+            feedback["pause"] = _click(page, "pause")
+            assert "pause requested — finishing update" in feedback["pause"]["text"]
+            paused = _expect(page, PAUSED, "paused after update")
+            paused_at = int(paused.split("paused after update ")[1].split()[0])
+
+            page.fill(".rlhfw-set-kl_coef input", "0.2")
+            page.press(".rlhfw-set-kl_coef input", "Enter")
+            feedback["apply"] = _click(page, "apply")
+            queued = [line.strip() for line in feedback["apply"]["text"].splitlines() if "queued" in line]
+            assert queued == [f"β 0.05 → 0.2 queued, applies at update {paused_at + 1}"]  # β only, not lr
+
+            feedback["resume"] = _click(page, "resume")
+            _expect(page, RUNNING, f"running update {paused_at + 2} of 100")  # update paused_at + 1 is done
+            record = next(e for e in _log(lab) if e["kind"] == "metrics" and e["step"] == paused_at + 1)
+            assert record["metrics"]["objective/kl_coef"] == 0.2
+            assert record["metrics"]["lr"] == 3e-4, "the learning rate the user did not touch must not change"
+            settings = [e["data"] for e in _log(lab) if e["kind"] == "setting"]
+            assert [(s["name"], s["new"]) for s in settings] == [("kl_coef", 0.2)]
+
+            feedback["stop"] = _click(page, "stop")
+            assert feedback["stop"]["text"].startswith("stop requested — finishing update")
+            assert feedback["stop"]["ms"] <= STOP_FEEDBACK_MS, feedback["stop"]
+            _expect(page, STOPPING, "stop requested")
+            stopped = _expect(page, IDLE, "stopped after update")
+            stopped_at = int(stopped.split("stopped after update ")[1].split()[0])
+
+            feedback["start again"] = _click(page, "start")
+            _expect(page, RUNNING, f"running update {stopped_at + 2} of 100")  # continued, not restarted
+            _click(page, "stop")
+            _expect(page, IDLE, "stopped after update")
+            kinds = [e["kind"] for e in _log(lab)]
+            assert kinds.count("stopped") == 2 and kinds.count("setting") == 1
+
+            report = _write_fixture_report(tmp_path / "report")
+            page.goto(report.as_uri())
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(IMAGES / "report.png"))
+        except Exception as error:
+            try:
+                page.screenshot(path=str(tmp_path / "ppo_failure.png"), full_page=True)
+            except sync_api.Error:
+                pass
+            raise AssertionError(f"{error}\n--- browser console (last 30) ---\n" + "\n".join(console[-30:])
+                                 + f"\n--- jupyter log ---\n{lab.log_tail()}") from error
+        finally:
+            browser.close()
+    each = ", ".join(f"{name} {value['ms']:.0f} ms" for name, value in feedback.items())
+    print(f"click → status: {each}")
