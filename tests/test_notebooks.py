@@ -26,7 +26,8 @@ TOUR = {
     "04_ppo": "NUM_UPDATES = 3\nWAIT = True\nSWEEP_BETAS = [0.02, 0.2]\nSWEEP_UPDATES = 1",
     "05_dpo": "",
     "05b_grpo": "MAX_STEPS = 2\nWAIT = True",
-    "06_evaluate": "EVAL_PROMPTS = 16\nBEST_OF = 4",
+    "06_evaluate": 'EVAL_PROMPTS = 16\nBEST_OF = 4\n'
+                   'from rlhf_widgets import load_probes\nPROBES = load_probes("sandbox")[::16]',
 }
 
 
@@ -115,7 +116,8 @@ def test_tour_runs_headless(tmp_path: Path) -> None:
     assert "reward" in figure_trace_names(books["05b_grpo"]) or "loss" in figure_trace_names(books["05b_grpo"])
     # 06: the comparison table has every policy, the blind panel and the overoptimization figure rendered
     html = json.dumps(outputs(books["06_evaluate"]))
-    for name in ("SFT", "best-of-4", "PPO", "DPO", "GRPO", "gold_win_rate", "kl_to_reference"):
+    for name in ("SFT", "best-of-4", "PPO", "DPO", "GRPO", "gold_win_rate", "kl_to_reference", "sycophancy_rate",
+                 "refusal_rate", "correct_refusal_rate"):
         assert name in html, name
     assert "LabelingPanel" in html or "VBoxModel" in widget_models(books["06_evaluate"])
 

@@ -10,7 +10,13 @@ import pytest
 from conftest import sandbox_prompts
 
 from rlhf_widgets.best_of import best_of_n
-from rlhf_widgets.evaluation import best_of_n_curve, ppo_overoptimization_curve, sample_policy, win_rate
+from rlhf_widgets.evaluation import (
+    best_of_n_curve,
+    check_log,
+    ppo_overoptimization_curve,
+    sample_policy,
+    win_rate,
+)
 from rlhf_widgets.ppo import PPOConfig, PPOTrainer
 from rlhf_widgets.sandbox import gold_reward
 from rlhf_widgets.stages import StageResult
@@ -59,3 +65,16 @@ def test_ppo_overoptimization_curve_reads_the_log(ppo_run: StageResult) -> None:
     assert len(curve) == 8
     assert curve[-1]["sqrt_kl"] > curve[0]["sqrt_kl"]
     assert curve[-1]["proxy"] > curve[0]["proxy"]
+
+
+def test_monitors_stay_quiet_on_the_default_run_and_fire_on_a_verbosity_biased_proxy(
+        ppo_run: StageResult, biased_reward, sft_model_dir: Path, tmp_path: Path) -> None:
+    assert check_log(ppo_run.metrics) == []  # the default run: proxy and gold rise together, lengths stay
+    cfg = PPOConfig(output_dir=str(tmp_path), num_updates=40, seed=0, sample_every=0)
+    biased = PPOTrainer(sandbox_prompts(1000, seed=2), cfg, model=sft_model_dir,
+                        reward=biased_reward.reward_model, gold=gold_reward).train(show_progress=False)
+    alerts = check_log(biased.metrics)
+    print("alerts on the verbosity-biased run:", [(a.kind, a.update, a.message) for a in alerts])
+    assert "length_drift" in {a.kind for a in alerts}
+    drift = next(a for a in alerts if a.kind == "length_drift")
+    assert drift.evidence and drift.update <= 40
