@@ -307,6 +307,14 @@ def test_identical_answers_mark_nothing_and_disjoint_ones_mark_everything() -> N
     assert diff_html("", "new words") == ("", "<mark>new words</mark>")
 
 
+def test_a_changed_phrase_is_one_mark_and_unchanged_spaces_around_it_are_not() -> None:
+    left, right = diff_html("we ship the red box today", "we ship one blue crate today")
+    assert left == "we ship <mark>the red box</mark> today"
+    assert right == "we ship <mark>one blue crate</mark> today"
+    left, right = diff_html("a\nb", "x\ny")  # a line break between changes is marked with them
+    assert (left, right) == ("<mark>a<br>b</mark>", "<mark>x<br>y</mark>")
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list("ab <>&\"'\n\r#1 ")), max_size=40),
        st.text(alphabet=st.sampled_from(list("ab <>&\"'\n\r#2 ")), max_size=40))

@@ -33,6 +33,7 @@ import threading
 import unicodedata
 from collections import Counter
 from difflib import SequenceMatcher
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,7 @@ _CSS = """
   border-radius: 4px; cursor: pointer; font-size: 12px; user-select: none; }
 .rlhfw-key-target:focus { outline: 2px solid var(--jp-brand-color1, #1976d2); border-style: solid; }
 .rlhfw-key-target:focus::after { content: " active"; }
-.rlhfw-panel .rlhfw-text { white-space: pre-wrap; overflow-wrap: anywhere; }
+.rlhfw-panel .rlhfw-text { white-space: pre-wrap; overflow-wrap: anywhere; line-height: 1.45; }
 .rlhfw-panel .rlhfw-side { border: 1px solid var(--jp-border-color2, #ddd); border-radius: 4px;
   padding: 6px 8px; }
 .rlhfw-panel .rlhfw-side-title, .rlhfw-panel .rlhfw-role { font-weight: bold; margin-bottom: 4px; }
@@ -158,18 +159,30 @@ def diff_html(left: str, right: str) -> tuple[str, str]:
     """Both answers as inert HTML (escaped, line breaks as <br>) with what differs wrapped in <mark>.
 
     A word-level diff (`difflib.SequenceMatcher` over words, whitespace and punctuation, whitespace kept):
-    answers that differ by one number mark just that number on each side. Each piece is escaped on its own
-    before it is wrapped, so no model text is ever read as markup.
+    answers that differ by one number mark just that number on each side; the spaces between two changed
+    words are marked with them, so a changed phrase is one mark. Each piece is escaped on its own before it
+    is wrapped, so no model text is ever read as markup.
     """
     tokens_left, tokens_right = _TOKEN.findall(left), _TOKEN.findall(right)  # "\r\n" stays in one token
-    out_left: list[str] = []
-    out_right: list[str] = []
-    matcher = SequenceMatcher(None, tokens_left, tokens_right, autojunk=False)  # autojunk would drop " "
-    for op, i1, i2, j1, j2 in matcher.get_opcodes():
-        for tokens, out in ((tokens_left[i1:i2], out_left), (tokens_right[j1:j2], out_right)):
-            piece = _inert("".join(tokens))
-            out.append(piece if op == "equal" or not piece else f"<mark>{piece}</mark>")
-    return "".join(out_left), "".join(out_right)
+    opcodes = SequenceMatcher(None, tokens_left, tokens_right, autojunk=False).get_opcodes()  # autojunk drops " "
+    pieces_left: list[tuple[bool, str]] = []  # (differs, text)
+    pieces_right: list[tuple[bool, str]] = []
+    for n, (op, i1, i2, j1, j2) in enumerate(opcodes):
+        text_left, text_right = "".join(tokens_left[i1:i2]), "".join(tokens_right[j1:j2])
+        # equal and non-equal opcodes alternate: an equal run inside the list lies between two changes
+        differs = op != "equal" or (0 < n < len(opcodes) - 1 and text_left.isspace())
+        pieces_left.append((differs, text_left))
+        pieces_right.append((differs, text_right))
+    return _marked(pieces_left), _marked(pieces_right)
+
+
+def _marked(pieces: list[tuple[bool, str]]) -> str:
+    """Runs of differing pieces escaped and wrapped in one <mark>; the rest escaped."""
+    out: list[str] = []
+    for differs, run in groupby(pieces, key=lambda piece: piece[0]):
+        text = _inert("".join(text for _, text in run))
+        out.append(f"<mark>{text}</mark>" if differs and text else text)
+    return "".join(out)
 
 
 # shown as nothing though their category is a letter, mark or symbol (fillers, the braille blank, CGJ)
@@ -285,7 +298,7 @@ class LabelingPanel(widgets.VBox):
         self._responses.add_class("rlhfw-responses")
         self._highlight = widgets.ToggleButton(
             value=highlight_differences, description="highlight differences",
-            tooltip="mark the words that differ between the two answers",
+            tooltip="mark the words that differ between the two answers", layout=widgets.Layout(width="auto"),
         )
         self._highlight.add_class("rlhfw-highlight")
         self._highlight.observe(lambda _: self._render_answers(), names="value")
