@@ -1,10 +1,10 @@
 """Notebook 02 in a real JupyterLab + headless Chromium: clicks and keys label pairs, undo works.
 
 Runs the notebook with the sandbox base model and 8 prompts, labels six pairs (three buttons, three
-keys after clicking the panel) and undoes the last, then reads the labels back from the store — the
-notebook's SQLite file, and (the `postgresql` variant) a PostgreSQL store on the test server. Writes
-`test-artifacts/labeling_panel.png` and `test-artifacts/browser_latency[_postgresql].json` (ms from each
-click / key to the panel showing the next pair).
+keys after clicking the panel), undoes the last and turns on **highlight differences**, then reads the
+labels back from the store — the notebook's SQLite file, and (the `postgresql` variant) a PostgreSQL store
+on the test server. Writes `test-artifacts/labeling_panel.png` and
+`test-artifacts/browser_latency[_postgresql].json` (ms from each click / key to the panel showing the next pair).
 """
 
 from __future__ import annotations
@@ -316,6 +316,9 @@ def test_label_pairs_in_jupyterlab(lab: Lab, labels_store: str | None) -> None:
             undo = "key Backspace (undo)"
             latencies.append((undo, _act(page, undo, lambda: page.keyboard.press("Backspace"))))
             assert _which_pair(pairs, *_shown(page))[0] == undone, "undo did not bring back the last pair"
+            page.click(".rlhfw-highlight")  # the words that differ between the answers get marked
+            page.locator(".rlhfw-left mark, .rlhfw-right mark").first.wait_for(state="attached",
+                                                                              timeout=CHANGE_TIMEOUT_MS)
             page.locator(".rlhfw-panel").screenshot(path=str(ARTIFACTS / "labeling_panel.png"))
         except Exception as error:
             try:

@@ -3,6 +3,12 @@
 The panel only displays a `LabelingSession` and forwards clicks and keys to it. Every piece of model
 text is HTML-escaped and shown with its line breaks — never interpreted as HTML or markdown.
 
+Each answer scrolls inside a box of at most `ANSWER_MAX_HEIGHT` (the prompt inside `PROMPT_MAX_HEIGHT`), so
+a long answer never pushes the choice buttons off-screen. **highlight differences** marks the words that
+differ between the two answers (`diff_html`). An answer that shows nothing — empty, or only whitespace and
+invisible characters such as U+200B — is flagged with a badge naming its code points (`blank_reason`), and
+can still be chosen.
+
 Keys reach Python through `_KeyTarget`, a tiny anywidget that listens for keydown on the panel's own
 DOM (never on the document, so typing in a notebook cell labels nothing); clicking the panel focuses
 it. Stable CSS classes (`rlhfw-panel`, `rlhfw-left`, `rlhfw-btn-a`, `rlhfw-key-target`, …) let a
@@ -12,13 +18,22 @@ If the store stops answering (a PostgreSQL server restarting, a dropped network)
 keeps the label that was clicked, disables the choice buttons and retries on a background thread every
 `retry_every_s`; when the store answers, the label is saved (once) and the next pair appears. Undo drops
 a label that was never saved.
+
+Every label is in the store the moment it is acknowledged, so a panel created again on the same store (after
+a page reload, re-run its cell) continues at the annotator's next unlabeled pair; Undo reaches labels made
+before. The panel says so in its last line (`RELOAD_HINT`).
 """
 
 from __future__ import annotations
 
 import html
 import json
+import re
 import threading
+import unicodedata
+from collections import Counter
+from difflib import SequenceMatcher
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +51,12 @@ KEYS: dict[str, Side | None] = {
     "Backspace": None,  # undo
 }
 LEGEND = "Keys (click the panel first): 1 or ← A better · 2 or → B better · 3 tie · 0 skip · Backspace undo"
+RELOAD_HINT = ("If this panel is gone after a page reload, re-run its cell: labels are saved as you go, and the "
+               "panel continues at your next unlabeled pair.")
+ANSWER_MAX_HEIGHT = "22em"
+"""an answer taller than this scrolls inside its box"""
+PROMPT_MAX_HEIGHT = "12em"
+"""a prompt taller than this scrolls inside its box"""
 _SAID = {"left": "A better", "right": "B better", "tie": "tie", "skip": "skipped"}
 _SAID_CHOICE = {"a": "response a better", "b": "response b better", "tie": "tie", "skip": "skipped"}
 
@@ -85,11 +106,12 @@ _CSS = """
   border-radius: 4px; cursor: pointer; font-size: 12px; user-select: none; }
 .rlhfw-key-target:focus { outline: 2px solid var(--jp-brand-color1, #1976d2); border-style: solid; }
 .rlhfw-key-target:focus::after { content: " active"; }
-.rlhfw-panel .rlhfw-text { white-space: pre-wrap; overflow-wrap: anywhere; }
+.rlhfw-panel .rlhfw-text { white-space: pre-wrap; overflow-wrap: anywhere; line-height: 1.45; }
 .rlhfw-panel .rlhfw-side { border: 1px solid var(--jp-border-color2, #ddd); border-radius: 4px;
   padding: 6px 8px; }
 .rlhfw-panel .rlhfw-side-title, .rlhfw-panel .rlhfw-role { font-weight: bold; margin-bottom: 4px; }
 .rlhfw-panel .rlhfw-source { font-weight: normal; opacity: 0.7; }
+.rlhfw-panel .rlhfw-reload-hint { font-size: 12px; opacity: 0.7; }
 """
 
 
@@ -100,27 +122,109 @@ class _KeyTarget(anywidget.AnyWidget):
     _css = _CSS
 
 
+def _inert(text: str) -> str:
+    """`text` escaped, with its line breaks as <br>."""
+    return html.escape(text).replace("\r\n", "\n").replace("\n", "<br>")
+
+
 def text_html(text: str) -> str:
     """Model text as inert HTML: escaped, line breaks kept, in a `rlhfw-text` div."""
-    escaped = html.escape(text).replace("\r\n", "\n").replace("\n", "<br>")
-    return f'<div class="rlhfw-text">{escaped}</div>'
+    return f'<div class="rlhfw-text">{_inert(text)}</div>'
+
+
+def _scroll_box(css_class: str, max_height: str, inner_html: str) -> str:
+    """`inner_html` in a box at most `max_height` tall that scrolls what does not fit."""
+    # inline, so the box is bounded even before the panel's stylesheet (sent with the key widget) arrives
+    return f'<div class="{css_class}" style="max-height: {max_height}; overflow-y: auto">{inner_html}</div>'
 
 
 def prompt_html(prompt: Prompt) -> str:
-    """A prompt (string or chat messages) as inert HTML; each message is prefixed by its role."""
+    """A prompt (string or chat messages) as inert HTML; each message is prefixed by its role. A long prompt
+    scrolls inside a box at most `PROMPT_MAX_HEIGHT` tall."""
     if isinstance(prompt, str):
-        return text_html(prompt)
-    return "".join(
+        return _scroll_box("rlhfw-prompt-box", PROMPT_MAX_HEIGHT, text_html(prompt))
+    messages = "".join(
         f'<div class="rlhfw-message"><span class="rlhfw-role">{html.escape(m["role"])}:</span>'
         f'{text_html(m["content"])}</div>'
         for m in prompt
     )
+    return _scroll_box("rlhfw-prompt-box", PROMPT_MAX_HEIGHT, messages)
 
 
-def _side_html(title: str, source: str | None, text: str) -> str:
+# words, runs of whitespace, single other characters: "order #1234." → "order", " ", "#", "1234", "."
+_TOKEN = re.compile(r"\w+|\s+|[^\w\s]")
+
+
+def diff_html(left: str, right: str) -> tuple[str, str]:
+    """Both answers as inert HTML (escaped, line breaks as <br>) with what differs wrapped in <mark>.
+
+    A word-level diff (`difflib.SequenceMatcher` over words, whitespace and punctuation, whitespace kept):
+    answers that differ by one number mark just that number on each side; the spaces between two changed
+    words are marked with them, so a changed phrase is one mark. Each piece is escaped on its own before it
+    is wrapped, so no model text is ever read as markup.
+    """
+    tokens_left, tokens_right = _TOKEN.findall(left), _TOKEN.findall(right)  # "\r\n" stays in one token
+    opcodes = SequenceMatcher(None, tokens_left, tokens_right, autojunk=False).get_opcodes()  # autojunk drops " "
+    pieces_left: list[tuple[bool, str]] = []  # (differs, text)
+    pieces_right: list[tuple[bool, str]] = []
+    for n, (op, i1, i2, j1, j2) in enumerate(opcodes):
+        text_left, text_right = "".join(tokens_left[i1:i2]), "".join(tokens_right[j1:j2])
+        # equal and non-equal opcodes alternate: an equal run inside the list lies between two changes
+        differs = op != "equal" or (0 < n < len(opcodes) - 1 and text_left.isspace())
+        pieces_left.append((differs, text_left))
+        pieces_right.append((differs, text_right))
+    return _marked(pieces_left), _marked(pieces_right)
+
+
+def _marked(pieces: list[tuple[bool, str]]) -> str:
+    """Runs of differing pieces escaped and wrapped in one <mark>; the rest escaped."""
+    out: list[str] = []
+    for differs, run in groupby(pieces, key=lambda piece: piece[0]):
+        text = _inert("".join(text for _, text in run))
+        out.append(f"<mark>{text}</mark>" if differs and text else text)
+    return "".join(out)
+
+
+# shown as nothing though their category is a letter, mark or symbol (fillers, the braille blank, CGJ)
+_BLANK_GLYPHS = frozenset("\u034f\u115f\u1160\u2800\u3164\uffa0")
+
+
+def _shows_nothing(char: str) -> bool:
+    return char in _BLANK_GLYPHS or unicodedata.category(char) in ("Cc", "Cf", "Zs", "Zl", "Zp")
+
+
+def blank_reason(text: str) -> str | None:
+    """Why `text` shows nothing — "empty", "only whitespace: U+0020 ×3" or "only invisible characters:
+    U+200B ×3, U+000A ×1" (code points in order of first use) — or None if any character is visible."""
+    if not text:
+        return "empty"
+    if not all(_shows_nothing(char) for char in text):
+        return None
+    counts = ", ".join(f"U+{ord(char):04X} ×{n}" for char, n in Counter(text).items())
+    kind = "whitespace" if text.isspace() else "invisible characters"
+    return f"only {kind}: {counts}"
+
+
+def _blank_badge(text: str, reason: str) -> str:
+    names = ", ".join(f"U+{ord(char):04X} {unicodedata.name(char, 'unnamed')}" for char in dict.fromkeys(text))
+    style = ("display: inline-block; padding: 2px 8px; border-radius: 4px; font-weight: bold; "
+             "background: #fff3cd; color: #664d03; border: 1px solid #e0b000")
+    return (f'<div class="rlhfw-blank" style="{style}" title="{html.escape(names or "no characters")}">'
+            f"⚠ blank answer ({html.escape(reason)})</div>")
+
+
+def _side_html(title: str, source: str | None, text: str, marked_html: str | None = None) -> str:
+    """One answer: its title (and source), then the answer in a scroll box — `marked_html` if given (already
+    inert), else `text` escaped — or, when the answer shows nothing, a badge saying so."""
     source_html = f' <span class="rlhfw-source">— {html.escape(source)}</span>' if source else ""
     title_html = f'<div class="rlhfw-side-title">{title}{source_html}</div>'
-    return f'<div class="rlhfw-side">{title_html}{text_html(text)}</div>'
+    reason = blank_reason(text)
+    if reason is not None:
+        body = _blank_badge(text, reason)
+    else:
+        inner = _inert(text) if marked_html is None else marked_html
+        body = _scroll_box("rlhfw-answer", ANSWER_MAX_HEIGHT, f'<div class="rlhfw-text">{inner}</div>')
+    return f'<div class="rlhfw-side">{title_html}{body}</div>'
 
 
 def _button(description: str, css_class: str, tooltip: str, style: str = "") -> widgets.Button:
@@ -146,6 +250,8 @@ class LabelingPanel(widgets.VBox):
         source_key: the metadata key naming each side's source (default "model").
         retry_every_s: while the store is unreachable, seconds between tries to save the kept label
             (default 2.0).
+        highlight_differences: start with the words that differ between the two answers marked (default
+            False); the panel's **highlight differences** toggle switches it.
     """
 
     def __init__(
@@ -158,6 +264,7 @@ class LabelingPanel(widgets.VBox):
         show_note: bool = True,
         source_key: str = "model",
         retry_every_s: float = 2.0,
+        highlight_differences: bool = False,
     ) -> None:
         if not retry_every_s > 0:
             raise ValueError(f"retry_every_s must be a positive number of seconds, got {retry_every_s!r}")
@@ -189,6 +296,12 @@ class LabelingPanel(widgets.VBox):
         self._right.add_class("rlhfw-right")
         self._responses = widgets.HBox([self._left, self._right], layout=widgets.Layout(width="100%"))
         self._responses.add_class("rlhfw-responses")
+        self._highlight = widgets.ToggleButton(
+            value=highlight_differences, description="highlight differences",
+            tooltip="mark the words that differ between the two answers", layout=widgets.Layout(width="auto"),
+        )
+        self._highlight.add_class("rlhfw-highlight")
+        self._highlight.observe(lambda _: self._render_answers(), names="value")
         self._done = widgets.HTML()
         self._done.add_class("rlhfw-done")
         self._choices = widgets.HBox([
@@ -212,10 +325,12 @@ class LabelingPanel(widgets.VBox):
         legend.add_class("rlhfw-legend")
         self._status = widgets.HTML()
         self._status.add_class("rlhfw-status")
+        reload_hint = widgets.HTML(html.escape(RELOAD_HINT))
+        reload_hint.add_class("rlhfw-reload-hint")
 
         super().__init__([
             widgets.HBox([self._annotator, self._progress, self._count]),
-            self._pair,
+            widgets.HBox([self._pair, self._highlight], layout=widgets.Layout(align_items="center")),
             self._prompt,
             self._responses,
             self._done,
@@ -223,6 +338,7 @@ class LabelingPanel(widgets.VBox):
             self._note,
             widgets.HBox([self._keys, legend]),
             self._status,
+            reload_hint,
         ])
         self.add_class("rlhfw-panel")
         self._render()
@@ -346,7 +462,7 @@ class LabelingPanel(widgets.VBox):
         shown: ShownPair | None = self.session.current
         for button in self._choices.children:
             button.disabled = self.session.waiting
-        for part in (self._pair, self._prompt, self._responses, self._choices):
+        for part in (self._pair, self._highlight, self._prompt, self._responses, self._choices):
             _hide(part, shown is None)
         _hide(self._done, shown is not None)
         if shown is None and self.session.waiting:
@@ -365,8 +481,16 @@ class LabelingPanel(widgets.VBox):
             self._pair.value = f"<b>Pair {shown.id}</b>" + (" — same prompt, other answers" if same else "")
             self._shown_prompt = (shown.id, shown.prompt)
         self._prompt.value = prompt_html(shown.prompt)
-        self._left.value = _side_html("A", shown.left_source, shown.left)
-        self._right.value = _side_html("B", shown.right_source, shown.right)
+        self._render_answers()
+
+    def _render_answers(self) -> None:
+        """Both answers of the pair on screen, their differences marked while **highlight differences** is on."""
+        shown: ShownPair | None = self.session.current
+        if shown is None:
+            return
+        left, right = diff_html(shown.left, shown.right) if self._highlight.value else (None, None)
+        self._left.value = _side_html("A", shown.left_source, shown.left, left)
+        self._right.value = _side_html("B", shown.right_source, shown.right, right)
 
     def _say(self, message: str) -> None:
         self._status.value = message
