@@ -545,11 +545,12 @@ def test_phase_times_add_up_to_the_update_and_flops_are_counted(tmp_path: Path) 
         assert trainer.model_shape == shape
         tokens = trainer.last_token_counts
         assert tokens["batch"] == 8 and 0 < tokens["response"] <= 16
-        by_hand = ppo_update_flops(shape, batch=8, prompt_tokens=tokens["prompt"],
-                                   response_tokens=tokens["response"], num_ppo_epochs=2)
-        assert flops["generation"] == by_hand["generation"]  # sampling runs on merged weights: the base's count
-        assert flops["reference_forward"] == by_hand["reference_forward"]  # adapters off
-        assert flops["train_forward_backward"] > by_hand["reference_forward"]
+        # LoRA r=16 on every linear: r·(in + out) = 16·(4·512 + 3·1024) = 81920 per layer; policy on all 4 layers,
+        # value on the top 2; sampling on merged weights
+        by_hand = ppo_update_flops(shape, batch=8, prompt_tokens=tokens["prompt"], response_tokens=tokens["response"],
+                                   num_ppo_epochs=2, policy_lora=4 * 81920, value_lora=2 * 81920, value_layers=2,
+                                   reward_flops=flops["reward"])
+        assert flops == by_hand
         assert metrics["perf/gflops"] == pytest.approx(flops["total"] / wall / 1e9)
         assert metrics["perf/flops_utilization"] == pytest.approx(metrics["perf/gflops"] / 50.0)
 

@@ -120,6 +120,9 @@ class PPOTrainer:
         else:
             self.backend = SeparateModels(base)
         self.backend.value_head.to(self.accelerator.device)
+        # the adapters' matmul weights, for the FLOP count (read while the module tree is PEFT's own)
+        self._lora_counts = ({name: lora_params(self.backend.peft, name) for name in (POLICY, VALUE, REFERENCE)}
+                             if isinstance(self.backend, SharedBackbone) else {})
         self.reward = as_reward_function(reward)
         self._reward_shape = _reward_model_shape(self.reward)
         self.gold = gold
@@ -160,7 +163,6 @@ class PPOTrainer:
         self.last_flops: dict[str, float] = {}
         self.last_token_counts: dict[str, int] = {}
         """the last update's `batch` (rollouts), `prompt` (padded prompt tokens) and `response` (generated tokens)"""
-        self._lora_counts: dict[str, int] | None = None
         """the last update's model FLOPs per phase and in total (`ppo.flops.ppo_update_flops`)"""
         self.metrics = metrics if metrics is not None else self._run_metrics(resume_from)
         self.trackers = attach_trackers(self.metrics, config.report_to if self.is_main else "none", run_name="ppo",
@@ -450,9 +452,6 @@ class PPOTrainer:
         value_layers = None
         if shared and backend.value_start:
             value_layers = self.model_shape.num_layers - backend.value_start
-        if self._lora_counts is None:
-            self._lora_counts = ({name: lora_params(backend.peft, name) for name in (POLICY, VALUE, REFERENCE)}
-                                 if shared else {})
         lora = self._lora_counts
         self.last_token_counts = {"batch": len(rollout), "prompt": rollout.context_length,
                                   "response": rollout.responses.shape[1]}
