@@ -132,6 +132,8 @@ class RewardModel:
         self.max_length = max_length
         self.trimmed = 0
         """conversations scored so far whose prompt was trimmed to fit `max_length`"""
+        self.tokens_scored = 0
+        """token positions run through the model so far, padding included (PPO counts its FLOPs from them)"""
         self.__name__ = "reward_model"  # TRL names reward-function metrics after this
 
     @property
@@ -161,6 +163,7 @@ class RewardModel:
         for start in range(0, len(convs), self.batch_size):
             inputs, n_trimmed = self._encode(convs[start : start + self.batch_size])
             out.append(self.model(**inputs).logits[:, 0].float().cpu())
+            self.tokens_scored += inputs["input_ids"].numel()
             trimmed += n_trimmed
         self.trimmed += trimmed
         _say_trimmed(trimmed, len(convs), self.max_length, "conversations scored")

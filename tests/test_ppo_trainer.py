@@ -505,6 +505,56 @@ def test_bf16_updates_stay_finite_with_float32_master_weights(tmp_path: Path) ->
     assert out.dtype == torch.float32
 
 
+PHASES = ("keep_last_good", "generation", "reference_forward", "value_forward", "reward", "train_forward_backward",
+          "optimizer", "gold")
+
+
+def test_phase_times_add_up_to_the_update_and_flops_are_counted(tmp_path: Path) -> None:
+    """`time/<phase>` covers the update's wall time (`time/rollout + time/update`) to within a few %, and the FLOP
+    count is the shape's (`ppo.flops`) at the rollout's token counts, a reward model's forwards included."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_widgets.models import load_tokenizer
+    from rlhf_widgets.ppo.flops import ModelShape, ppo_update_flops
+    from rlhf_widgets.reward import RewardModel
+    from rlhf_widgets.sandbox import base_model_path
+
+    path = base_model_path()
+    reward = RewardModel(AutoModelForSequenceClassification.from_pretrained(path, num_labels=1),
+                         load_tokenizer(path, padding_side="right"))
+    trainer = PPOTrainer(PROMPTS, small_config(tmp_path, mini_batch_size=4, num_ppo_epochs=2, peak_gflops=50.0),
+                         reward=reward, gold=gold_reward)
+    for _ in range(2):
+        tokens_before = reward.tokens_scored
+        metrics = trainer.step()
+        wall = metrics["time/rollout"] + metrics["time/update"]
+        phases = {k.removeprefix("time/"): v for k, v in metrics.items() if k.startswith("time/")
+                  and k not in ("time/rollout", "time/update", "time/other")}
+        assert set(phases) == set(PHASES)  # no policy forward: the old log-probs are recorded while sampling
+        assert all(v > 0 for v in phases.values()), phases
+        assert 0.9 * wall <= sum(phases.values()) <= wall, (phases, wall)
+        assert metrics["time/other"] == pytest.approx(wall - sum(phases.values()))
+        # the FLOPs: this update's shape, adapters and token counts, plus the reward model's 2·params·tokens
+        flops = trainer.last_flops
+        scored = reward.tokens_scored - tokens_before
+        assert scored > 0
+        assert flops["reward"] == 2 * ModelShape.from_model(reward.model).params * scored
+        assert metrics["perf/model_flops"] == flops["total"] == sum(
+            v for k, v in flops.items() if k != "total")
+        shape = ModelShape.from_model(load_causal_lm(path)[0])
+        assert trainer.model_shape == shape
+        tokens = trainer.last_token_counts
+        assert tokens["batch"] == 8 and 0 < tokens["response"] <= 16
+        # LoRA r=16 on every linear: r·(in + out) = 16·(4·512 + 3·1024) = 81920 per layer; policy on all 4 layers,
+        # value on the top 2; sampling on merged weights
+        by_hand = ppo_update_flops(shape, batch=8, prompt_tokens=tokens["prompt"], response_tokens=tokens["response"],
+                                   num_ppo_epochs=2, policy_lora=4 * 81920, value_lora=2 * 81920, value_layers=2,
+                                   reward_flops=flops["reward"])
+        assert flops == by_hand
+        assert metrics["perf/gflops"] == pytest.approx(flops["total"] / wall / 1e9)
+        assert metrics["perf/flops_utilization"] == pytest.approx(metrics["perf/gflops"] / 50.0)
+
+
 def test_mixed_precision_auto_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
     from rlhf_widgets.ppo import precision
 

@@ -123,6 +123,10 @@ class PPOConfig:
     collective_timeout_s: float = field(default=1800.0, metadata=_help(
         "Seconds a process waits in a collective (all-reduce, barrier) for the others: how long the survivors wait "
         "when a process hangs (a process that dies is noticed at once). Set by the first trainer of a process."))
+    peak_gflops: float | None = field(default=None, metadata=_help(
+        "This machine's peak GFLOP/s in the run's compute dtype (per process), e.g. a measured GEMM peak: each "
+        "update then logs perf/flops_utilization = perf/model_flops / its seconds / the peak. None: not logged "
+        "(perf/model_flops and perf/gflops are logged either way; see rlhf_widgets.ppo.flops)."))
     report_to: None | str | list[str] = field(default="none", metadata=_help(
         "Trackers that also get every metric and event, with the Hugging Face names: 'tensorboard', 'wandb', "
         "'trackio', a list of them, 'all' (those installed) or 'none'. The MetricsLog always records."))
@@ -158,6 +162,7 @@ class PPOConfig:
             "nonfinite_grads": self.nonfinite_grads in (None, "stop", "skip")
             and not (self.mixed_precision == "fp16" and self.nonfinite_grads == "stop"),
             "collective_timeout_s": self.collective_timeout_s > 0,
+            "peak_gflops": self.peak_gflops is None or (self.peak_gflops > 0 and math.isfinite(self.peak_gflops)),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -16,6 +16,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from rlhf_widgets.data import last_user_content
 from rlhf_widgets.generation import encode_prompts, exact_sampling
 from rlhf_widgets.ppo import core
+from rlhf_widgets.ppo.timing import NO_CLOCK, PhaseClock
 from rlhf_widgets.rewards import RewardFunction, score_responses
 
 
@@ -115,7 +116,8 @@ def forward_inputs(sequences: torch.Tensor, attention_mask: torch.Tensor) -> dic
 @torch.no_grad()
 def make_rollout(backend, tokenizer, prompts: Sequence, reward: RewardFunction, *, temperature: float,
                  max_new_tokens: int, missing_eos_penalty: float, recorded_logprobs: bool = True,
-                 forward_batch_size: int = 32, device: torch.device | str = "cpu") -> Rollout:
+                 forward_batch_size: int = 32, device: torch.device | str = "cpu",
+                 clock: PhaseClock = NO_CLOCK) -> Rollout:
     """Sample one response per prompt from the policy and measure everything the PPO update needs.
 
     Args:
@@ -124,19 +126,22 @@ def make_rollout(backend, tokenizer, prompts: Sequence, reward: RewardFunction, 
         recorded_logprobs: take the old log-probs from the sampling step (True) or from one more no-cache
             policy forward over the batch (False).
         forward_batch_size: rollouts per no-grad forward for log-probs and values.
+        clock: times the phases (`generation`, `policy_forward`, `reference_forward`, `value_forward`, `reward`).
     Raises `TrainingStopped` on non-finite log-probs, values or scores.
     """
     # 1. sample responses from the current policy (left-padded queries, stop at any stop token), from exactly
     #    softmax(logits / T): the checkpoint's generation_config (e.g. a repetition penalty) is swapped out
-    query = encode_prompts(tokenizer, prompts, device)
-    context = query["input_ids"].shape[1]
-    sampled = SampledLogprobs(temperature) if recorded_logprobs else None
-    with exact_sampling(backend.sampling_model, tokenizer) as stops:
-        out = backend.generate(
-            **query, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-            eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
-            logits_processor=LogitsProcessorList([sampled] if sampled else []),
-        )
+    with clock("generation"):
+        query = encode_prompts(tokenizer, prompts, device)
+        context = query["input_ids"].shape[1]
+        sampled = SampledLogprobs(temperature) if recorded_logprobs else None
+        with exact_sampling(backend.sampling_model, tokenizer) as stops:
+            out = backend.generate(
+                **query, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
+                logits_processor=LogitsProcessorList([sampled] if sampled else []),
+            )
+        logprobs = sampled.logprobs(out[:, context:]) if sampled else None
     responses = out[:, context:]
     # 2. truncate after the first stop token (EOS or the turn end); the mask covers the response up to and
     #    including it — the reward is read there, and only responses without one get the missing-EOS penalty
@@ -145,7 +150,6 @@ def make_rollout(backend, tokenizer, prompts: Sequence, reward: RewardFunction, 
     last = torch.where(contains_eos, is_eos.int().argmax(dim=1), responses.shape[1] - 1)
     positions = torch.arange(responses.shape[1], device=responses.device).unsqueeze(0)
     r_mask = (positions <= last.unsqueeze(1)).long()
-    logprobs = sampled.logprobs(responses) if sampled else None
     responses = torch.where(r_mask.bool(), responses, torch.full_like(responses, tokenizer.pad_token_id))
     seq = torch.cat([query["input_ids"], responses], dim=1)
     mask = torch.cat([query["attention_mask"], r_mask], dim=1)
@@ -158,21 +162,25 @@ def make_rollout(backend, tokenizer, prompts: Sequence, reward: RewardFunction, 
         inputs = forward_inputs(seq[i : i + forward_batch_size], mask[i : i + forward_batch_size])
         labels = responses[i : i + forward_batch_size]
         if logprobs is None:
-            logits = backend.policy_logits(**inputs, logits_to_keep=keep)[:, :-1]
-            policy_lp.append(core.logprobs_from_logits(logits, labels, temperature))
-            del logits
+            with clock("policy_forward"):
+                logits = backend.policy_logits(**inputs, logits_to_keep=keep)[:, :-1]
+                policy_lp.append(core.logprobs_from_logits(logits, labels, temperature))
+                del logits
         # + the frozen lower layers of the value network (None when the value adapter spans them all)
-        ref, trunk = backend.reference_logits(**inputs, logits_to_keep=keep, return_trunk=True)
-        ref_lp.append(core.logprobs_from_logits(ref[:, :-1], labels, temperature))
-        del ref
+        with clock("reference_forward"):
+            ref, trunk = backend.reference_logits(**inputs, logits_to_keep=keep, return_trunk=True)
+            ref_lp.append(core.logprobs_from_logits(ref[:, :-1], labels, temperature))
+            del ref
         trunks.append(trunk)
-        values.append(backend.values(**inputs, trunk=trunk)[:, context - 1 : -1])
+        with clock("value_forward"):
+            values.append(backend.values(**inputs, trunk=trunk)[:, context - 1 : -1])
     logprobs = torch.cat(policy_lp) if logprobs is None else logprobs
 
     # 4. score the decoded responses; penalise those cut off before EOS
-    texts = [tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip()
-             for r, m in zip(responses, r_mask, strict=True)]
-    scores = score_responses(reward, list(prompts), texts).to(seq.device)
+    with clock("reward"):
+        texts = [tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip()
+                 for r, m in zip(responses, r_mask, strict=True)]
+        scores = score_responses(reward, list(prompts), texts).to(seq.device)
     if missing_eos_penalty:
         scores = core.apply_missing_eos_penalty(scores, contains_eos, missing_eos_penalty)
     rollout = Rollout(

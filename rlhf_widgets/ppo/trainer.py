@@ -44,13 +44,15 @@ from rlhf_widgets.data import prompt_list
 from rlhf_widgets.metrics import MetricsLog
 from rlhf_widgets.models import ModelLike, load_causal_lm, lora_config, model_name
 from rlhf_widgets.ppo import core
-from rlhf_widgets.ppo.backbone import SeparateModels, SharedBackbone
+from rlhf_widgets.ppo.backbone import POLICY, REFERENCE, VALUE, SeparateModels, SharedBackbone
 from rlhf_widgets.ppo.config import PPOConfig
 from rlhf_widgets.ppo.control import TrainingControl
 from rlhf_widgets.ppo.distributed import PeerLost, Processes
+from rlhf_widgets.ppo.flops import ModelShape, lora_params, ppo_update_flops
 from rlhf_widgets.ppo.memory import auto_micro_batch_size, release_freed_memory
 from rlhf_widgets.ppo.precision import Precision, resolve_mixed_precision
 from rlhf_widgets.ppo.rollout import Rollout, TrainingStopped, forward_inputs, make_rollout, shape_rewards
+from rlhf_widgets.ppo.timing import PhaseClock
 from rlhf_widgets.ppo.zero import ZeroEngine
 from rlhf_widgets.rewards import RewardFunction, as_reward_function, score_responses
 from rlhf_widgets.stages import FINAL, StageResult, is_quantized
@@ -102,7 +104,10 @@ class PPOTrainer:
         torch.manual_seed(config.seed)  # identical adapter init on every process
         base, self.tokenizer, self.model_settings = self._load(model)
         self.model_config = base.config
+        self.model_shape = ModelShape.from_model(base)
+        """the policy's matmul shape, for the FLOP count (`ppo.flops`)"""
         quantized = is_quantized(base)
+        self._checkpointing = config.uses_activation_checkpointing(quantized)
         if config.shared_base:
             self.backend = SharedBackbone(
                 base, _ppo_lora(self.model_settings),
@@ -115,7 +120,11 @@ class PPOTrainer:
         else:
             self.backend = SeparateModels(base)
         self.backend.value_head.to(self.accelerator.device)
+        # the adapters' matmul weights, for the FLOP count (read while the module tree is PEFT's own)
+        self._lora_counts = ({name: lora_params(self.backend.peft, name) for name in (POLICY, VALUE, REFERENCE)}
+                             if isinstance(self.backend, SharedBackbone) else {})
         self.reward = as_reward_function(reward)
+        self._reward_shape = _reward_model_shape(self.reward)
         self.gold = gold
         self.prompts = prompt_list(prompts)
         self.output_dir = Path(config.output_dir)
@@ -149,6 +158,12 @@ class PPOTrainer:
         self._last_good: dict | None = None
         self._grad_norms: list[float] = []
         self._skipped_steps = 0
+        self.clock = PhaseClock(self.accelerator.device)
+        """seconds per phase of the current update (`ppo.timing`), logged as `time/<phase>`"""
+        self.last_flops: dict[str, float] = {}
+        self.last_token_counts: dict[str, int] = {}
+        """the last update's `batch` (rollouts), `prompt` (padded prompt tokens) and `response` (generated tokens)"""
+        """the last update's model FLOPs per phase and in total (`ppo.flops.ppo_update_flops`)"""
         self.metrics = metrics if metrics is not None else self._run_metrics(resume_from)
         self.trackers = attach_trackers(self.metrics, config.report_to if self.is_main else "none", run_name="ppo",
                                         config=config.to_dict(), output_dir=config.output_dir)
@@ -225,9 +240,13 @@ class PPOTrainer:
         process is gone; the caller (`train`) puts the last good state back."""
         cfg = self.config
         start = time.perf_counter()
-        self._keep_last_good()
+        clock = self.clock
+        clock.reset()
+        with clock("keep_last_good"):
+            self._keep_last_good()
         update = self.update + 1
         procs = self.processes
+        reward_tokens = getattr(self.reward, "tokens_scored", 0)
 
         # 1–4. rollout: sample from the current policy, truncate after EOS, log-probs of policy and reference,
         #      values, and reward scores (the missing-EOS penalty applied)
@@ -239,7 +258,7 @@ class PPOTrainer:
                     self.backend, self.tokenizer, self._next_prompts(), self._reward_in_float32(),
                     temperature=self.temperature, max_new_tokens=cfg.max_new_tokens,
                     missing_eos_penalty=cfg.missing_eos_penalty, recorded_logprobs=cfg.rollout_logprobs == "generate",
-                    forward_batch_size=cfg.rollout_batch_size, device=self.accelerator.device)
+                    forward_batch_size=cfg.rollout_batch_size, device=self.accelerator.device, clock=clock)
         except TrainingStopped as err:
             error = TrainingStopped(f"{err} of update {update}")
         except Exception as err:  # noqa: BLE001 - raised on every process at the agreement point
@@ -263,7 +282,8 @@ class PPOTrainer:
         release_freed_memory()
         stats = self._ppo_epochs(rollout)
         procs.where = f"the gold scores of update {update}"
-        gold_scores = self._gold_scores(rollout)
+        with clock("gold"):
+            gold_scores = self._gold_scores(rollout)
 
         # 8. adapt β (on all processes' mean KL: every process keeps the same β), step the schedule, report
         n_episodes = len(rollout) * procs.count
@@ -273,8 +293,9 @@ class PPOTrainer:
         self.update += 1
         self.episode += n_episodes
         procs.where = f"the report of update {update}"
-        metrics = self._report(rollout, stats, gold_scores, mean_kl, kl_coef, lr, rollout_seconds,
-                               time.perf_counter() - start - rollout_seconds)
+        update_seconds = time.perf_counter() - start - rollout_seconds
+        self.last_flops = self._flops(rollout, getattr(self.reward, "tokens_scored", 0) - reward_tokens)
+        metrics = self._report(rollout, stats, gold_scores, mean_kl, kl_coef, lr, rollout_seconds, update_seconds)
         metrics["eps"] = n_episodes / (time.perf_counter() - start)
         metrics["episode"] = self.episode
         if self.is_main:
@@ -321,11 +342,13 @@ class PPOTrainer:
                 try:
                     for mc_start in range(0, len(minibatch), micro):
                         idx = torch.tensor(minibatch[mc_start : mc_start + micro], device=dev)
-                        self._micro_batch(rollout, idx, len(idx) / len(minibatch), context, keep, stats, update)
+                        with self.clock("train_forward_backward"):
+                            self._micro_batch(rollout, idx, len(idx) / len(minibatch), context, keep, stats, update)
                 except Exception as err:  # noqa: BLE001 - raised on every process at the agreement point
                     error = err
                 self.processes.agree(error)
-                self._optimizer_step(where)
+                with self.clock("optimizer"):
+                    self._optimizer_step(where)
                 release_freed_memory()
         return stats
 
@@ -420,6 +443,28 @@ class PPOTrainer:
         self.processes.agree(error)
         return scores
 
+    def _flops(self, rollout: Rollout, reward_tokens: int) -> dict[str, float]:
+        """This process's model FLOPs of the update that made `rollout`, per phase (`ppo.flops`): from the model's
+        shape, the rollout's padded token counts, the adapters, and — when the reward is a `RewardModel` — the
+        tokens it scored."""
+        backend = self.backend
+        shared = isinstance(backend, SharedBackbone)
+        value_layers = None
+        if shared and backend.value_start:
+            value_layers = self.model_shape.num_layers - backend.value_start
+        lora = self._lora_counts
+        self.last_token_counts = {"batch": len(rollout), "prompt": rollout.context_length,
+                                  "response": rollout.responses.shape[1]}
+        reward = 0.0 if self._reward_shape is None else 2.0 * self._reward_shape.params * reward_tokens
+        return ppo_update_flops(
+            self.model_shape, batch=len(rollout), prompt_tokens=rollout.context_length,
+            response_tokens=rollout.responses.shape[1], num_ppo_epochs=self.config.num_ppo_epochs,
+            shared_base=shared, policy_lora=lora.get(POLICY, 0), value_lora=lora.get(VALUE, 0),
+            reference_lora=lora.get(REFERENCE, 0), value_layers=value_layers,
+            merged_generation=not shared or backend.merge_for_generation,
+            policy_forward_in_rollout=self.config.rollout_logprobs == "forward",
+            activation_checkpointing=self._checkpointing, reward_flops=reward)
+
     def _report(self, rollout: Rollout, stats: dict[str, list[float]], gold_scores: list[float] | None,
                 mean_kl: float, kl_coef: float, lr: float, rollout_seconds: float,
                 update_seconds: float) -> dict[str, float]:
@@ -447,6 +492,17 @@ class PPOTrainer:
             "time/rollout": rollout_seconds,
             "time/update": update_seconds,
         })
+        # where the seconds went: the phases, and what they leave of rollout + update (`ppo.timing`)
+        phases = {f"time/{phase}": seconds for phase, seconds in self.clock.seconds.items()
+                  if phase != "gold" or self.gold is not None}
+        metrics.update(phases)
+        metrics["time/other"] = rollout_seconds + update_seconds - sum(phases.values())
+        # model FLOPs of this process's update (`ppo.flops`) and the FLOP/s they were done at
+        flops, seconds = self.last_flops["total"], rollout_seconds + update_seconds
+        metrics["perf/model_flops"] = flops
+        metrics["perf/gflops"] = flops / seconds / 1e9
+        if self.config.peak_gflops:
+            metrics["perf/flops_utilization"] = flops / seconds / (self.config.peak_gflops * 1e9)
         if gold_scores is not None:
             metrics["gold/score"] = sum(gold_scores) / len(gold_scores)
         metrics = self.processes.reduce_metrics(metrics)
@@ -718,6 +774,18 @@ def _continues(log: bytes, snapshot: bytes) -> bool:
         except json.JSONDecodeError:  # a half-written last line (a crash mid-write): MetricsLog.load cuts it
             continue
     return True
+
+
+def _reward_model_shape(reward) -> ModelShape | None:
+    """The matmul shape of a `RewardModel`'s model (it counts the tokens it scores), else None: a reward function's
+    FLOPs are unknown and not counted."""
+    model = getattr(reward, "model", None)
+    if not isinstance(getattr(reward, "tokens_scored", None), int) or not isinstance(model, torch.nn.Module):
+        return None
+    try:
+        return ModelShape.from_model(model)
+    except (AttributeError, ZeroDivisionError):
+        return None
 
 
 def _ppo_lora(settings: ModelConfig):

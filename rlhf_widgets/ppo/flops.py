@@ -1,0 +1,158 @@
+"""Model FLOPs of a PPO update, counted from the model's shape and the update's token counts (pure functions).
+
+Counting convention (the one MFU figures use, applied to what the trainer actually runs):
+
+- a matmul with an `in × out` weight costs 2·in·out FLOPs per token it is applied to (a multiply and an add);
+  the model's matmul "parameters" are the decoder layers' linear weights (attention q/k/v/o, the MLP), the LM
+  head's `hidden × vocab` and the LoRA adapters' `r·(in + out)` each. Not counted: embedding look-ups, norms,
+  rotary, activations, softmax, the attention score matmuls (QKᵀ and AV: 4·seq·hidden per token and layer, a
+  few % at PPO's short sequences), the value and reward heads (`hidden × 1`);
+- a forward costs 2·params·tokens;
+- a backward costs 2·params·tokens for the input gradients of every weight the gradient flows through, trained
+  or frozen, plus 2·params·tokens for the weight gradients of the trained ones. So a trained weight costs 3× its
+  forward (the usual 6·N·tokens) and a frozen weight on the gradient's path 2× — a LoRA policy on a frozen base
+  still backpropagates through every base layer above its lowest adapter (with PPO's targets, "all-linear" on
+  every layer, that is all of them) and through the LM head;
+- activation checkpointing recomputes the checkpointed layers' forward once more in the backward;
+- tokens are what is computed, padding included: a rollout of B sequences of P prompt (left-padded) + T response
+  tokens runs B·(P + T) tokens through the decoder layers, B·(T + 1) through the LM head (`logits_to_keep`),
+  and generating it runs B·P (prefill) + B·(T − 1) (one token per step, KV cache) through the layers and B·T
+  through the LM head.
+
+`ppo_update_flops` returns the count per phase, the same phases the trainer times (`time/…`), so a phase's
+achieved FLOP/s is its FLOPs over its seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The matmul parameters of a decoder-only LM: what its FLOPs per token are made of."""
+
+    num_layers: int
+    layer_params: int
+    """in·out summed over one decoder layer's linear weights (all layers alike)"""
+    lm_head_params: int
+    """hidden × vocab (computed whether or not it is tied to the embeddings)"""
+
+    @property
+    def params(self) -> int:
+        """Every matmul parameter: the layers and the LM head."""
+        return self.num_layers * self.layer_params + self.lm_head_params
+
+    @classmethod
+    def from_config(cls, config) -> ModelShape:
+        """A Llama-family config (Llama, Mistral, Qwen2, SmolLM: q/k/v/o attention with grouped KV heads, a gated
+        MLP of gate/up/down, an untied or tied `hidden × vocab` LM head)."""
+        hidden, layers = config.hidden_size, config.num_hidden_layers
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or hidden // heads
+        attention = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2  # q, o + k, v
+        mlp = 3 * hidden * config.intermediate_size  # gate, up, down
+        return cls(num_layers=layers, layer_params=attention + mlp, lm_head_params=hidden * config.vocab_size)
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> ModelShape:
+        """Read off a loaded causal LM (any architecture; PEFT-wrapped and 4-bit ones too): its linear layers'
+        in·out, LoRA adapters excluded, the output embedding as the LM head, the rest split evenly over the
+        decoder layers."""
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        head = base.get_output_embeddings()
+        head_params = _in_out(head) if head is not None else 0
+        total = sum(_in_out(m) for name, m in base.named_modules()
+                    if "lora_" not in name and m is not head and _in_out(m))
+        layers = base.config.num_hidden_layers
+        return cls(num_layers=layers, layer_params=total // layers, lm_head_params=head_params)
+
+
+def _in_out(module: nn.Module | None) -> int:
+    """in·out of a linear layer (nn.Linear and its 4-bit / 8-bit subclasses: from the features, not the packed
+    weight; GPT-2's Conv1D: from its weight), else 0."""
+    if isinstance(module, nn.Linear):
+        return module.in_features * module.out_features
+    if type(module).__name__ == "Conv1D":
+        return module.weight.shape[0] * module.weight.shape[1]
+    return 0
+
+
+def lora_params(model: nn.Module, adapter: str) -> int:
+    """The parameters of one LoRA adapter, all layers together — r·(in + out) per adapted weight — which is its
+    matmul parameter count (an adapter's forward is x·A then ·B)."""
+    return sum(p.numel() for name, p in model.named_parameters()
+               if f".{adapter}." in name and ("lora_A" in name or "lora_B" in name))
+
+
+def forward(params: float, tokens: float) -> float:
+    """A forward: 2·params·tokens."""
+    return 2.0 * params * tokens
+
+
+def forward_backward(trained: float, frozen: float, tokens: float, recompute: bool = False) -> float:
+    """Forward + backward over `tokens`: 3× the forward for `trained` weights, 2× for `frozen` ones the gradient
+    flows through (input gradients only); `recompute` (activation checkpointing) adds one more forward."""
+    passes_trained, passes_frozen = (4, 3) if recompute else (3, 2)
+    return 2.0 * tokens * (passes_trained * trained + passes_frozen * frozen)
+
+
+PHASES = ("generation", "policy_forward", "reference_forward", "value_forward", "reward", "train_forward_backward")
+"""The FLOP-carrying phases of an update (each also a `time/<phase>` metric); the optimizer step's FLOPs
+(a few per trained parameter) are not counted."""
+
+
+def ppo_update_flops(shape: ModelShape, *, batch: int, prompt_tokens: int, response_tokens: int,
+                     num_ppo_epochs: int, shared_base: bool = True, policy_lora: int = 0, value_lora: int = 0,
+                     reference_lora: int = 0, value_layers: int | None = None, merged_generation: bool = True,
+                     policy_forward_in_rollout: bool = False, activation_checkpointing: bool = False,
+                     reward_flops: float = 0.0) -> dict[str, float]:
+    """FLOPs of one update of our `PPOTrainer`, per phase (`PHASES`) and their `"total"`.
+
+    Args:
+        shape: the policy's `ModelShape` (policy, reference and value network share it).
+        batch: B, rollouts in the update (on this process).
+        prompt_tokens: P, the padded prompt length; response_tokens: T, the generated length (the longest
+            response: every sequence is computed to it).
+        shared_base: LoRA adapters on one frozen base (True) or full trained models (`SeparateModels`).
+        policy_lora, value_lora, reference_lora: the adapters' parameter counts (`lora_params`); the value
+            adapter's are on its `value_layers` only; a reference adapter is the kept SFT adapter of a 4-bit base
+            (the reference and, under the value adapter, the value network run it; the policy adapter replaces it).
+        value_layers: how many top layers the value network runs per forward (None: all; the rest is the trunk,
+            read off the reference forward).
+        merged_generation: sampling runs on merged weights (no adapter matmuls).
+        policy_forward_in_rollout: the old log-probs come from a policy forward (`rollout_logprobs="forward"`)
+            rather than from sampling.
+        activation_checkpointing: the trained forwards are recomputed in the backward.
+        reward_flops: the reward function's FLOPs for this batch, counted by the caller (0 when unknown).
+    """
+    L, layer, head = shape.num_layers, shape.layer_params, shape.lm_head_params
+    seq_tokens = batch * (prompt_tokens + response_tokens)  # decoder layers, each rollout/training forward
+    head_tokens = batch * (response_tokens + 1)  # LM head: logits_to_keep = T + 1
+    value_depth = L if value_layers is None or not shared_base else value_layers
+    if not shared_base:
+        policy_lora = value_lora = reference_lora = 0
+    gen_lora = 0 if merged_generation else policy_lora
+    flops = {
+        "generation": forward(L * layer + gen_lora, batch * (prompt_tokens + response_tokens - 1))
+        + forward(head, batch * response_tokens),
+        "policy_forward": (forward(L * layer + policy_lora, seq_tokens) + forward(head, head_tokens)
+                           if policy_forward_in_rollout else 0.0),
+        "reference_forward": forward(L * layer + reference_lora, seq_tokens) + forward(head, head_tokens),
+        "value_forward": forward(value_depth * layer + value_lora + reference_lora * value_depth / L, seq_tokens),
+        "reward": float(reward_flops),
+    }
+    ck = activation_checkpointing
+    if shared_base:  # the frozen base on the gradient's path (the value's: + a reference adapter), adapters trained
+        policy = (forward_backward(policy_lora, L * layer, seq_tokens, ck)
+                  + forward_backward(0, head, head_tokens))
+        value = forward_backward(value_lora, value_depth * layer + reference_lora * value_depth / L, seq_tokens, ck)
+    else:  # every weight trained; the value network has no LM head
+        policy = forward_backward(L * layer, 0, seq_tokens, ck) + forward_backward(head, 0, head_tokens)
+        value = forward_backward(L * layer, 0, seq_tokens, ck)
+    flops["train_forward_backward"] = num_ppo_epochs * (policy + value)
+    flops["total"] = sum(flops[p] for p in PHASES)
+    return flops
