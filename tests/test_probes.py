@@ -204,3 +204,18 @@ def test_compare_policies_adds_probe_columns_only_when_asked() -> None:
     keyword = compare_policies({"honest": honest}, eval_prompts, baseline="honest", probes=probes,
                                probe_classifier=refusal_keywords)
     assert keyword.loc["honest", "correct_refusal_rate"] == 1.0  # "I can't help with that." reads as a refusal
+
+
+def test_a_sampler_remembers_the_comparison_prompts_not_the_probes() -> None:
+    """A stateful sampler (best-of-N keeps `last`) is asked the probes first, so after `compare_policies` its state
+    belongs to the comparison's prompts (notebook 06 reads `best_of.last` with them)."""
+    asked: list[list] = []
+
+    def sampler(prompts: list) -> list[str]:
+        asked.append(list(prompts))
+        return ["Sorry to hear that."] * len(prompts)
+
+    eval_prompts = [p.prompt for p in SANDBOX if p.kind == "benign"][:3]
+    compare_policies({"a": sampler, "b": lambda ps: ["Hello."] * len(ps)}, eval_prompts, baseline="b",
+                     probes=SANDBOX[::16])
+    assert asked[-1] == eval_prompts and len(asked) == 2

@@ -155,11 +155,11 @@ def compare_policies(
     for name, policy in policies.items():
         policy_seed = seed if name == baseline else seed + 1
         if _is_sampler(policy):  # e.g. best-of-N: its analytic KL when it knows one
-            responses[name] = sample_policy(policy, prompts, seed=policy_seed)
-            kls[name] = float(getattr(policy, "kl", float("nan")))
-            if probe_set is not None:
+            if probe_set is not None:  # probes first: a sampler's state (best-of-N's `last`) is then the prompts'
                 answers = sample_policy(policy, [p.prompt for p in probe_set], seed=policy_seed)
                 probe_reports[name] = probe_report(probe_set, answers, probe_classifier)
+            responses[name] = sample_policy(policy, prompts, seed=policy_seed)
+            kls[name] = float(getattr(policy, "kl", float("nan")))
             continue
         model, tokenizer = load_causal_lm(policy)
         responses[name] = _sample_loaded(model, tokenizer, prompts, policy_seed)
