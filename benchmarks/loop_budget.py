@@ -87,17 +87,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--own-prompts", type=int, default=64, help="held-out prompts of the RM-on-own-answers check")
     parser.add_argument("--verbosity-bias", type=float, default=0.0, help="the annotator's verbosity_bias")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--arms", default="iterative,one_round", help="which arms to run (comma-separated)")
     parser.add_argument("--out", default="runs/bench-loop-budget")
     args = parser.parse_args(argv)
     out = Path(args.out)
     sft = str(train_sft(config=SFTStageConfig(output_dir=str(out / "sft"), seed=args.seed)).model_path)
     pool = load_prompts("sandbox", n=args.prompts, seed=31)
-    results = {"settings": vars(args),
-               "iterative": run_arm("iterative", args.rounds, args, sft, pool, out),
-               "one_round": run_arm("one_round", 1, args, sft, pool, out)}
+    arms = {"iterative": args.rounds, "one_round": 1}
+    results = {"settings": vars(args)}
+    for arm in args.arms.split(","):
+        results[arm] = run_arm(arm, arms[arm], args, sft, pool, out)
     print(f"\n{'arm':<10} {'labels':>6} {'updates':>7} {'gold win vs SFT':>15} {'KL':>6} {'words':>6} "
           f"{'RM gold agr. (own answers)':>27}")
-    for arm in ("iterative", "one_round"):
+    for arm in args.arms.split(","):
         r = results[arm]
         print(f"{arm:<10} {r['labels']:>6} {r['ppo_updates']:>7} {r['gold_win_rate_vs_sft']:>15.3f} "
               f"{r['kl_to_sft']:>6.2f} {r['words']:>6.1f} {r['rm_gold_agreement_own_answers']:>27.3f}")

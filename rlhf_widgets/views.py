@@ -140,9 +140,28 @@ ONLINE_VIEW = (
     Panel("Clipped completions", ("completions/clipped_ratio",), (), "share", left_range=(0, 1)),
     Panel("Learning rate", ("learning_rate",)),
 )
+LOOP_VIEW = (  # the iterative loop: one point per round (step = round)
+    Panel("Win rate against SFT", ("loop/gold_win_rate_vs_sft", "loop/rm_win_rate_vs_sft"), (), "share of prompts",
+          colors=(("loop/gold_win_rate_vs_sft", GOLD), ("loop/rm_win_rate_vs_sft", PROXY)),
+          labels=(("loop/gold_win_rate_vs_sft", "gold"), ("loop/rm_win_rate_vs_sft", "reward model")),
+          left_range=(0, 1)),
+    Panel("Win rate against the previous round", ("loop/win_rate_vs_previous",), (), "share of prompts",
+          left_range=(0, 1)),
+    Panel("Reward model on the round's new answers", ("loop/rm_gold_agreement_before", "loop/rm_gold_agreement_after",
+                                                      "loop/rm_accuracy_before", "loop/rm_accuracy_after"),
+          (), "share of held-out pairs", left_range=(0, 1),
+          labels=(("loop/rm_gold_agreement_before", "gold agreement, before retraining"),
+                  ("loop/rm_gold_agreement_after", "gold agreement, after"),
+                  ("loop/rm_accuracy_before", "label accuracy, before"),
+                  ("loop/rm_accuracy_after", "label accuracy, after"))),
+    Panel("KL to SFT", ("loop/kl_to_sft",), (), "nats / response"),
+    Panel("Answer length", ("loop/words",), (), "words"),
+    Panel("Labels", ("loop/ai_labels",), ("loop/human_labels",), "pairs labeled by the AI labeler",
+          "pairs labeled by people", labels=(("loop/ai_labels", "AI labeler"), ("loop/human_labels", "people"))),
+)
 STAGE_VIEWS: dict[str, tuple[Panel, ...]] = {
     "ppo": PPO_VIEW, "sft": SFT_VIEW, "reward": REWARD_VIEW, "dpo": DPO_VIEW, "grpo": ONLINE_VIEW,
-    "rloo": ONLINE_VIEW,
+    "rloo": ONLINE_VIEW, "loop": LOOP_VIEW,
 }
 """The designed view of each stage (keys are the stage names trainers log under)."""
 

@@ -62,7 +62,7 @@ def _flattened(fig: go.Figure) -> list[str]:
     return flat
 
 
-@pytest.mark.parametrize("stage", ["sft", "reward", "ppo", "dpo", "grpo"])
+@pytest.mark.parametrize("stage", ["sft", "reward", "ppo", "dpo", "grpo", "loop"])
 def test_designed_views_keep_one_scale_per_axis_on_real_runs(stage: str) -> None:
     log = MetricsLog.load(LOGS / f"{stage}.jsonl")
     fig = figure_from_log(log)
