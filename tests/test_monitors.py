@@ -32,7 +32,7 @@ def healthy(t: int) -> dict[str, float]:
 def hacking(t: int) -> dict[str, float]:
     """A run that games its reward: longer and longer, KL speeding up, entropy collapsing, gold peaking at 10."""
     return {"val/response_length": 20 + 1.5 * t, "objective/kl": 0.3 * math.exp(t / 6),
-            "policy/entropy_avg": 1.0 / (1 + 0.1 * t), "objective/scores": 0.1 * t,
+            "policy/entropy_avg": 1.0 / (1 + 0.1 * t) ** 2, "objective/scores": 0.1 * t,
             "gold/score": 3 - 0.02 * (t - 10) ** 2}
 
 
@@ -78,11 +78,12 @@ def test_each_monitor_fires_once_where_its_smoothed_numbers_cross_the_threshold(
     assert alerts["kl_acceleration"].update == first_update(hacking, kl_accelerates)
     assert alerts["kl_acceleration"].evidence["growth"] >= 0.5
 
-    # entropy: the window mean below half the first window's
-    first = window_mean(hacking, "policy/entropy_avg", 5)
-    expected = first_update(hacking, lambda t: t >= 10 and window_mean(hacking, "policy/entropy_avg", t) < 0.5 * first)
+    # entropy: the window mean below the floor's share of the first window's
+    first, floor = window_mean(hacking, "policy/entropy_avg", 5), MonitorConfig().entropy_floor
+    expected = first_update(hacking,
+                            lambda t: t >= 10 and window_mean(hacking, "policy/entropy_avg", t) < floor * first)
     assert alerts["entropy_collapse"].update == expected
-    assert alerts["entropy_collapse"].evidence["ratio"] < 0.5
+    assert alerts["entropy_collapse"].evidence["ratio"] < floor
 
     # divergence: gold (smoothed) 0.5 below its best while the proxy is above its value at that best
     divergence = alerts["proxy_gold_divergence"]

@@ -65,8 +65,10 @@ class MonitorConfig:
     """alert when KL's growth per update over the last window is at least this multiple of the window before's"""
     min_kl_growth: float = 0.5
     """… and at least this many nats per update (slow growth never alerts)"""
-    entropy_floor: float = 0.5
-    """alert when the smoothed per-token entropy falls below this share of its first window's mean"""
+    entropy_floor: float = 0.25
+    """alert when the smoothed per-token entropy falls below this share of its first window's mean (a healthy
+    sandbox PPO run — 40 updates, beating SFT on gold — bottoms out at 0.45 of it: RLHF sharpens the policy, so
+    only a much deeper fall says it collapsed)"""
     min_gold_drop: float = 0.5
     """alert when the smoothed held-out score is this far below its best (its own units; gold points on the
     sandbox) while the smoothed proxy reward is higher than it was at that best"""
