@@ -70,11 +70,12 @@ def test_ppo_overoptimization_curve_reads_the_log(ppo_run: StageResult) -> None:
 def test_monitors_stay_quiet_on_the_default_run_and_fire_on_a_verbosity_biased_proxy(
         ppo_run: StageResult, biased_reward, sft_model_dir: Path, tmp_path: Path) -> None:
     assert check_log(ppo_run.metrics) == []  # the default run: proxy and gold rise together, lengths stay
-    cfg = PPOConfig(output_dir=str(tmp_path), num_updates=40, seed=0, sample_every=0)
+    # 20 updates: on this run the length drift is flagged at update 11 (27.6 vs 17.8 tokens, +55%)
+    cfg = PPOConfig(output_dir=str(tmp_path), num_updates=20, seed=0, sample_every=0)
     biased = PPOTrainer(sandbox_prompts(1000, seed=2), cfg, model=sft_model_dir,
                         reward=biased_reward.reward_model, gold=gold_reward).train(show_progress=False)
     alerts = check_log(biased.metrics)
     print("alerts on the verbosity-biased run:", [(a.kind, a.update, a.message) for a in alerts])
     assert "length_drift" in {a.kind for a in alerts}
     drift = next(a for a in alerts if a.kind == "length_drift")
-    assert drift.evidence and drift.update <= 40
+    assert drift.evidence and drift.update <= 20
