@@ -18,18 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhf_widgets.config import field_help
+
 SANDBOX = "sandbox"
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass
 class DemonstrationArguments:
     """Where SFT's demonstrations come from."""
 
-    data: str | None = field(default=None, metadata=_help(
+    data: str | None = field(default=None, metadata=field_help(
         "Demonstrations: a .jsonl / .json / .parquet file, a dataset directory or a hub id, in a format TRL's "
         "SFTTrainer reads (prompt/completion, messages, text). Default: the sandbox's (sandbox model only)."))
 
@@ -38,7 +36,7 @@ class DemonstrationArguments:
 class PreferenceArguments:
     """Where a preference stage's pairs come from."""
 
-    data: str = field(metadata=_help(
+    data: str = field(metadata=field_help(
         "Preference pairs: a file, a dataset directory or a hub id, in any format `load_preferences` reads "
         "(TRL standard / conversational / implicit prompt, HH-RLHF transcripts)."))
 
@@ -47,15 +45,15 @@ class PreferenceArguments:
 class PromptArguments:
     """An RL stage's prompts and reward."""
 
-    reward_model: str = field(metadata=_help(
+    reward_model: str = field(metadata=field_help(
         "The reward: a directory written by a reward-model stage (`.../reward/final`), or 'gold' for the "
         "sandbox's gold scorer."))
-    prompts: str = field(default=SANDBOX, metadata=_help(
+    prompts: str = field(default=SANDBOX, metadata=field_help(
         "Training prompts: 'sandbox', or a file, dataset directory or hub id `load_prompts` reads (prompt-only, "
         "conversational, or the prompts of a preference dataset)."))
-    n_prompts: int | None = field(default=None, metadata=_help(
+    n_prompts: int | None = field(default=None, metadata=field_help(
         "Use the first N prompts (default: all; the sandbox makes 1000)."))
-    log_gold: bool = field(default=False, metadata=_help(
+    log_gold: bool = field(default=False, metadata=field_help(
         "Also log the sandbox's gold score of every rollout (PPO; sandbox prompts only)."))
 
 
@@ -63,40 +61,41 @@ class PromptArguments:
 class LabelArguments:
     """Candidate pairs from a policy, labeled by an AI labeler, exported as a preference dataset."""
 
-    model: str = field(metadata=_help("The policy whose answers are compared (the SFT model's directory, a hub id)."))
-    store: str = field(default="runs/labels.sqlite", metadata=_help(
+    model: str = field(metadata=field_help(
+        "The policy whose answers are compared (the SFT model's directory, a hub id)."))
+    store: str = field(default="runs/labels.sqlite", metadata=field_help(
         "The label store (SQLite file); pairs are made only when it has none."))
-    prompts: str = field(default=SANDBOX, metadata=_help(
+    prompts: str = field(default=SANDBOX, metadata=field_help(
         "'sandbox', or a file, dataset directory or hub id `load_prompts` reads."))
-    n_prompts: int | None = field(default=64, metadata=_help("Use the first N prompts (0 or empty: all)."))
-    answers_per_prompt: int = field(default=4, metadata=_help("Answers sampled per prompt."))
-    pairs_per_prompt: int = field(default=3, metadata=_help("Pairs labeled per prompt, among its answers."))
-    labeler: str = field(default="simulated", metadata=_help(
+    n_prompts: int | None = field(default=64, metadata=field_help("Use the first N prompts (0 or empty: all)."))
+    answers_per_prompt: int = field(default=4, metadata=field_help("Answers sampled per prompt."))
+    pairs_per_prompt: int = field(default=3, metadata=field_help("Pairs labeled per prompt, among its answers."))
+    labeler: str = field(default="simulated", metadata=field_help(
         "Who labels: 'simulated' (the sandbox's noisy annotator), 'gold' (the sandbox's gold scorer), or a reward "
         "model directory."))
-    annotator: str | None = field(default=None, metadata=_help(
+    annotator: str | None = field(default=None, metadata=field_help(
         "The name the labels are recorded under (default: the labeler's)."))
-    export: str | None = field(default="runs/preferences.jsonl", metadata=_help(
+    export: str | None = field(default="runs/preferences.jsonl", metadata=field_help(
         "Write the labeled pairs here (.jsonl / .jsonl.gz / .parquet); empty to skip."))
-    seed: int = field(default=0, metadata=_help("Seed of the prompts, the sampling and the simulated annotator."))
+    seed: int = field(default=0, metadata=field_help("Seed of the prompts, the sampling and the simulated annotator."))
 
 
 @dataclass
 class EvaluateArguments:
     """Policies compared on held-out prompts."""
 
-    policies: list[str] = field(metadata=_help(
+    policies: list[str] = field(metadata=field_help(
         "name=model pairs, e.g. SFT=runs/sft/final PPO=runs/ppo/final; the first is the baseline."))
-    reward_model: str | None = field(default=None, metadata=_help(
+    reward_model: str | None = field(default=None, metadata=field_help(
         "A reward-model directory: adds RM win rates and scores."))
-    prompts: str = field(default=SANDBOX, metadata=_help(
+    prompts: str = field(default=SANDBOX, metadata=field_help(
         "Held-out prompts: 'sandbox' (its test split, judged by gold too), or a file, dataset directory or hub id "
         "`load_prompts` reads."))
-    n_prompts: int | None = field(default=128, metadata=_help("Use the first N prompts (default 128)."))
-    kl_reference: str | None = field(default=None, metadata=_help(
+    n_prompts: int | None = field(default=128, metadata=field_help("Use the first N prompts (default 128)."))
+    kl_reference: str | None = field(default=None, metadata=field_help(
         "The model KL is measured against (default: the baseline's)."))
-    output: str | None = field(default=None, metadata=_help("Also write the table here as JSON."))
-    seed: int = field(default=0, metadata=_help("Sampling seed."))
+    output: str | None = field(default=None, metadata=field_help("Also write the table here as JSON."))
+    seed: int = field(default=0, metadata=field_help("Sampling seed."))
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -231,16 +230,16 @@ def _evaluate(args: EvaluateArguments) -> dict:
 class LoopArguments:
     """The iterative loop's models, labeler and prompts."""
 
-    sft_model: str = field(metadata=_help("The SFT policy round 1 samples from (a directory or hub id)."))
-    labeler: str = field(default="simulated", metadata=_help(
+    sft_model: str = field(metadata=field_help("The SFT policy round 1 samples from (a directory or hub id)."))
+    labeler: str = field(default="simulated", metadata=field_help(
         "Who labels each round's pairs: 'simulated' (the sandbox's annotator), 'gold', or a reward-model "
         "directory."))
-    prompts: str = field(default=SANDBOX, metadata=_help(
+    prompts: str = field(default=SANDBOX, metadata=field_help(
         "The prompt pool each round takes fresh prompts from: 'sandbox' or a source `load_prompts` reads."))
-    held_out_prompts: str | None = field(default=None, metadata=_help(
+    held_out_prompts: str | None = field(default=None, metadata=field_help(
         "Held-out prompts of the comparison (default with 'sandbox': its test split, judged by gold too); "
         "--eval_prompts says how many."))
-    ppo_updates: int = field(default=20, metadata=_help("PPO updates per round (policy_update='ppo')."))
+    ppo_updates: int = field(default=20, metadata=field_help("PPO updates per round (policy_update='ppo')."))
 
 
 def _loop(config, args: LoopArguments) -> dict:

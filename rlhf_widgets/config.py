@@ -19,6 +19,11 @@ _DEVICES = ("auto", "cpu", "cuda", "mps")
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+def field_help(text: str) -> dict[str, str]:
+    """A dataclass field's `metadata`: the help text `HfArgumentParser` shows for it on the command line."""
+    return {"help": text}
+
+
 @dataclass
 class ModelConfig(trl.ModelConfig):
     """TRL's `ModelConfig` with workbench defaults: the sandbox model, LoRA dropout off, a device choice.

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf_widgets.config import SANDBOX
+from rlhf_widgets.config import SANDBOX, field_help
 from rlhf_widgets.data import PromptSource, load_prompts, prompt_list, split_by_prompt
 from rlhf_widgets.labeling import PreferenceStore, label_with
 from rlhf_widgets.labeling.labelers import Labeler
@@ -46,33 +46,29 @@ STEPS = ("pairs", "labels", "reward", "policy", "evaluate")
 STATE_FILE = "loop.json"
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
 @dataclass
 class LoopConfig:
     """Sizes and choices of the iterative loop (the stages' own configs are passed to `IterativeLoop`)."""
 
-    output_dir: str = field(default="runs/loop", metadata=_help(
+    output_dir: str = field(default="runs/loop", metadata=field_help(
         "Where the label store, each round's checkpoints (round-k/) and the loop's state (loop.json) go."))
-    rounds: int = field(default=3, metadata=_help("Rounds to run."))
-    prompts_per_round: int = field(default=100, metadata=_help("Fresh prompts the policy answers each round."))
-    answers_per_prompt: int = field(default=4, metadata=_help("Answers sampled per prompt."))
-    pairs_per_prompt: int = field(default=6, metadata=_help(
+    rounds: int = field(default=3, metadata=field_help("Rounds to run."))
+    prompts_per_round: int = field(default=100, metadata=field_help("Fresh prompts the policy answers each round."))
+    answers_per_prompt: int = field(default=4, metadata=field_help("Answers sampled per prompt."))
+    pairs_per_prompt: int = field(default=6, metadata=field_help(
         "Pairs per prompt among its answers, at most (the round's label budget is about prompts x pairs)."))
-    policy_update: str = field(default="ppo", metadata=_help(
+    policy_update: str = field(default="ppo", metadata=field_help(
         "'ppo' (from the current policy against the new reward model) or 'dpo' (on the round's pairs, the current "
         "policy as reference)."))
-    reward_init: str = field(default="continue", metadata=_help(
+    reward_init: str = field(default="continue", metadata=field_help(
         "'continue' (train the previous round's reward model on all labels so far) or 'retrain' (start from the "
         "SFT model each round)."))
-    held_out_fraction: float = field(default=0.2, metadata=_help(
+    held_out_fraction: float = field(default=0.2, metadata=field_help(
         "Share of each round's prompts (with their pairs) kept out of reward training, to measure the reward model "
         "on the new policy's answers before and after retraining."))
-    eval_prompts: int = field(default=64, metadata=_help("Held-out prompts of the round-over-round comparison."))
-    ai_annotator: str = field(default="ai", metadata=_help("The name the AI labeler's labels are recorded under."))
-    seed: int = field(default=0, metadata=_help("Seed of the sampling, splits and trainers."))
+    eval_prompts: int = field(default=64, metadata=field_help("Held-out prompts of the round-over-round comparison."))
+    ai_annotator: str = field(default="ai", metadata=field_help("The name the AI labeler's labels are recorded under."))
+    seed: int = field(default=0, metadata=field_help("Seed of the sampling, splits and trainers."))
 
     def __post_init__(self) -> None:
         checks = {

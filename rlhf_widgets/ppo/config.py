@@ -14,120 +14,119 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from rlhf_widgets.config import field_help
+
 LR_SCHEDULES = ("constant", "linear", "cosine")
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass
 class PPOConfig:
     """PPO with a KL penalty against the reference (SFT) policy."""
 
-    output_dir: str = field(default="runs/ppo", metadata=_help(
+    output_dir: str = field(default="runs/ppo", metadata=field_help(
         "Where metrics, checkpoints (checkpoint-N/, last/) and the final policy (final/) go."))
-    seed: int = field(default=0, metadata=_help("Seed for prompt order, sampling and initialisation."))
-    num_updates: int = field(default=60, metadata=_help(
+    seed: int = field(default=0, metadata=field_help("Seed for prompt order, sampling and initialisation."))
+    num_updates: int = field(default=60, metadata=field_help(
         "PPO updates to run (rollout → score → GAE → epochs of minibatch steps)."))
-    batch_size: int = field(default=32, metadata=_help("Rollouts (prompt, response) per update, per process."))
-    mini_batch_size: int = field(default=16, metadata=_help(
+    batch_size: int = field(default=32, metadata=field_help("Rollouts (prompt, response) per update, per process."))
+    mini_batch_size: int = field(default=16, metadata=field_help(
         "Rollouts per optimizer step; must divide batch_size."))
-    micro_batch_size: int | None = field(default=None, metadata=_help(
+    micro_batch_size: int | None = field(default=None, metadata=field_help(
         "Rollouts per forward/backward inside a minibatch; gradients accumulate to one step (less memory, the same "
         "update up to per-micro-batch loss averaging). None = auto: the whole minibatch on GPU and for separate "
         "models; on CPU with a shared base, as many as keep one forward's saved activations under ~256 MiB."))
-    num_ppo_epochs: int = field(default=4, metadata=_help("Passes over each batch of rollouts."))
-    learning_rate: float = field(default=3e-4, metadata=_help(
+    num_ppo_epochs: int = field(default=4, metadata=field_help("Passes over each batch of rollouts."))
+    learning_rate: float = field(default=3e-4, metadata=field_help(
         "AdamW learning rate of the policy and value adapters and the value head (the schedule's peak)."))
-    lr_scheduler_type: str = field(default="constant", metadata=_help(
+    lr_scheduler_type: str = field(default="constant", metadata=field_help(
         "Learning-rate schedule over num_updates, stepped once per update (transformers' schedules): 'constant', "
         "'linear' (to 0 at num_updates, as TRL's PPO and the N+ recipe) or 'cosine'. Saved in checkpoints; past "
         "num_updates the rate stays at the schedule's end value."))
-    warmup_updates: int = field(default=0, metadata=_help(
+    warmup_updates: int = field(default=0, metadata=field_help(
         "Updates of linear warm-up from 0 at the start of the schedule."))
-    max_grad_norm: float = field(default=1.0, metadata=_help("Gradient-norm clip per optimizer step (0 = off)."))
-    max_new_tokens: int = field(default=48, metadata=_help(
+    max_grad_norm: float = field(default=1.0, metadata=field_help("Gradient-norm clip per optimizer step (0 = off)."))
+    max_new_tokens: int = field(default=48, metadata=field_help(
         "Response length limit in tokens; longer responses are cut and get the missing-EOS penalty."))
-    temperature: float = field(default=1.0, metadata=_help(
+    temperature: float = field(default=1.0, metadata=field_help(
         "Sampling temperature; log-probs are always computed from logits / temperature."))
-    kl_estimator: str = field(default="k1", metadata=_help(
+    kl_estimator: str = field(default="k1", metadata=field_help(
         "Per-token KL estimate in the reward: 'k1' (log ratio, unbiased) or 'k3' (non-negative, lower variance)."))
-    kl_coef: float = field(default=0.05, metadata=_help(
+    kl_coef: float = field(default=0.05, metadata=field_help(
         "β, the KL penalty coefficient (the initial value when adaptive_kl)."))
-    adaptive_kl: bool = field(default=False, metadata=_help(
+    adaptive_kl: bool = field(default=False, metadata=field_help(
         "Adapt β to reach kl_target (Ziegler et al. 2019) instead of keeping it fixed."))
-    kl_target: float = field(default=6.0, metadata=_help("Target KL (nats per sequence) of the adaptive controller."))
-    kl_horizon: int = field(default=10000, metadata=_help("Horizon (episodes) of the adaptive controller."))
-    gamma: float = field(default=1.0, metadata=_help("Discount factor."))
-    lam: float = field(default=0.95, metadata=_help("GAE λ."))
-    cliprange: float = field(default=0.2, metadata=_help("Policy ratio clip ε."))
-    cliprange_value: float = field(default=0.2, metadata=_help(
+    kl_target: float = field(default=6.0, metadata=field_help(
+        "Target KL (nats per sequence) of the adaptive controller."))
+    kl_horizon: int = field(default=10000, metadata=field_help("Horizon (episodes) of the adaptive controller."))
+    gamma: float = field(default=1.0, metadata=field_help("Discount factor."))
+    lam: float = field(default=0.95, metadata=field_help("GAE λ."))
+    cliprange: float = field(default=0.2, metadata=field_help("Policy ratio clip ε."))
+    cliprange_value: float = field(default=0.2, metadata=field_help(
         "Value clip around the rollout values (0 = no value clipping)."))
-    vf_coef: float = field(default=0.1, metadata=_help("Value loss coefficient."))
-    whiten_advantages: bool = field(default=True, metadata=_help(
+    vf_coef: float = field(default=0.1, metadata=field_help("Value loss coefficient."))
+    whiten_advantages: bool = field(default=True, metadata=field_help(
         "Normalise advantages to mean 0 / std 1 per batch."))
-    whiten_rewards: bool = field(default=False, metadata=_help(
+    whiten_rewards: bool = field(default=False, metadata=field_help(
         "Normalise the KL-shaped rewards per batch (off in the reference implementations)."))
-    whiten_globally: bool = field(default=True, metadata=_help(
+    whiten_globally: bool = field(default=True, metadata=field_help(
         "With several processes, whiten with the mean and variance of all processes' batches together (the update "
         "then does not depend on how the batch is split); False = each process's own batch (TRL's PPO)."))
-    missing_eos_penalty: float = field(default=1.0, metadata=_help(
+    missing_eos_penalty: float = field(default=1.0, metadata=field_help(
         "Subtracted from the score of a response that hit max_new_tokens without EOS (0 = off)."))
-    shared_base: bool = field(default=True, metadata=_help(
+    shared_base: bool = field(default=True, metadata=field_help(
         "One base model for policy (LoRA adapter), reference (adapters off) and value (adapter + head); LoRA "
         "rank, alpha and targets come from ModelConfig, with dropout 0. False = separate full models (~3x memory; "
         "not with a 4-bit base)."))
-    value_layers_fraction: float = field(default=0.5, metadata=_help(
+    value_layers_fraction: float = field(default=0.5, metadata=field_help(
         "Shared base: the share of the top decoder layers that carry the value adapter (rounded up). Below them the "
         "value network is the frozen base, computed once per rollout, so each value forward/backward runs only the "
         "top layers. 1.0 = the value adapter on every layer."))
-    activation_checkpointing: bool | None = field(default=None, metadata=_help(
+    activation_checkpointing: bool | None = field(default=None, metadata=field_help(
         "Recompute activations in the backward pass (much less memory, ~1.3x the compute); None = on with a 4-bit "
         "base, off otherwise (shared base)."))
-    fast_paths: bool = field(default=True, metadata=_help(
+    fast_paths: bool = field(default=True, metadata=field_help(
         "Shared base: PEFT fast paths (cached adapter switching, plain-LoRA forwards, merged sampling) with the same "
         "numbers as PEFT's own code; False runs PEFT's own everywhere."))
-    merge_for_generation: bool | None = field(default=None, metadata=_help(
+    merge_for_generation: bool | None = field(default=None, metadata=field_help(
         "Shared base: sample from merged weights (W + the policy's LoRA delta, a transient copy) instead of the "
         "adapter beside every linear. True needs plain LoRA on float32 linears; None = on where allowed and the "
         "adapted weights take <= 64 MiB, off under TF32 matmuls."))
-    rollout_logprobs: str = field(default="generate", metadata=_help(
+    rollout_logprobs: str = field(default="generate", metadata=field_help(
         "Where the rollout's policy log-probs come from: 'generate' (recorded while sampling, saving one policy "
         "forward) or 'forward' (a separate no-cache forward over the sampled batch)."))
-    rollout_batch_size: int = field(default=32, metadata=_help(
+    rollout_batch_size: int = field(default=32, metadata=field_help(
         "Rollouts per no-grad forward when computing log-probs and values."))
-    sample_every: int | None = field(default=None, metadata=_help(
+    sample_every: int | None = field(default=None, metadata=field_help(
         "Log a table of sample outputs every this many updates (0 = never); None = sized to the run: about ten "
         "tables, at least one every 5 updates."))
-    samples_to_log: int = field(default=4, metadata=_help("Rows in each sample table."))
-    save_every: int = field(default=0, metadata=_help(
+    samples_to_log: int = field(default=4, metadata=field_help("Rows in each sample table."))
+    save_every: int = field(default=0, metadata=field_help(
         "Checkpoint every this many updates (0 = only at the end, in last/)."))
-    max_ratio: float = field(default=10.0, metadata=_help(
+    max_ratio: float = field(default=10.0, metadata=field_help(
         "Safety rail: stop when the mean policy ratio leaves [1/max_ratio, max_ratio]."))
-    min_kl: float = field(default=-1.0, metadata=_help(
+    min_kl: float = field(default=-1.0, metadata=field_help(
         "Safety rail: stop when the mean KL (nats per sequence, all processes) falls below this. Always measured "
         "with k1 = log π − log π_ref, whatever kl_estimator: k1's mean over sampled tokens estimates KL ≥ 0, so a "
         "clearly negative one means the reference or the log-probs are wrong (k3 is ≥ 0 per token and could never "
         "show it)."))
-    mixed_precision: str = field(default="auto", metadata=_help(
+    mixed_precision: str = field(default="auto", metadata=field_help(
         "Compute dtype of the forwards and backwards: 'auto' (bf16 on CUDA GPUs with bf16 and on CPUs with native "
         "bf16 — AVX512-BF16 / AMX — else float32), 'bf16' (autocast), 'fp16' (autocast + dynamic loss scaling) or "
         "'no' (float32). Trained weights, optimizer state, the value head and the losses stay float32 "
         "(rlhf_widgets.ppo.precision); ModelConfig.dtype is how the frozen base is stored."))
-    nonfinite_grads: str | None = field(default=None, metadata=_help(
+    nonfinite_grads: str | None = field(default=None, metadata=field_help(
         "A minibatch whose gradient (after averaging across processes) is NaN/inf, with a finite loss: 'stop' (the "
         "step is not taken; the run stops with the last good update's weights, and a checkpoint with the reason) or "
         "'skip' (the step is not taken; counted in train/skipped_steps). None = 'skip' with fp16, whose loss scaler "
         "skips overflowing steps by design, else 'stop'."))
-    collective_timeout_s: float = field(default=1800.0, metadata=_help(
+    collective_timeout_s: float = field(default=1800.0, metadata=field_help(
         "Seconds a process waits in a collective (all-reduce, barrier) for the others: how long the survivors wait "
         "when a process hangs (a process that dies is noticed at once). Set by the first trainer of a process."))
-    peak_gflops: float | None = field(default=None, metadata=_help(
+    peak_gflops: float | None = field(default=None, metadata=field_help(
         "This machine's peak GFLOP/s in the run's compute dtype (per process), e.g. a measured GEMM peak: each "
         "update then logs perf/flops_utilization = perf/model_flops / its seconds / the peak. None: not logged "
         "(perf/model_flops and perf/gflops are logged either way; see rlhf_widgets.ppo.flops)."))
-    report_to: None | str | list[str] = field(default="none", metadata=_help(
+    report_to: None | str | list[str] = field(default="none", metadata=field_help(
         "Trackers that also get every metric and event, with the Hugging Face names: 'tensorboard', 'wandb', "
         "'trackio', a list of them, 'all' (those installed) or 'none'. The MetricsLog always records."))
 
