@@ -9,6 +9,7 @@ on the test server. Writes `test-artifacts/labeling_panel.png` and
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -142,11 +143,10 @@ def labels_store(request: pytest.FixtureRequest) -> str | None:
     return request.getfixturevalue("pg_url") if request.param == "postgresql" else None
 
 
-@pytest.fixture
-def lab(tmp_path: Path, labels_store: str | None) -> Iterator[Lab]:
-    root = tmp_path / "work"
-    (root / "runs").mkdir(parents=True)
-    _notebook_with_overrides(root / NOTEBOOK.name, labels_store)
+@contextlib.contextmanager
+def running_lab(tmp_path: Path, root: Path, notebook: str, **extra_env: str) -> Iterator[Lab]:
+    """A JupyterLab server on loopback over `root` (its own config, runtime, settings and workspace folders under
+    `tmp_path`, the HF libraries offline), waited for until it answers; `lab.url` opens `notebook`. Stopped after."""
     _write_lab_settings(tmp_path / "lab-settings")
     token, port = secrets.token_hex(16), _free_port()
     env = {
@@ -160,6 +160,7 @@ def lab(tmp_path: Path, labels_store: str | None) -> Iterator[Lab]:
         "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings"),
         "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "lab-workspaces"),
         "IPYTHONDIR": str(tmp_path / "ipython"),
+        **extra_env,
     }
     log = tmp_path / "jupyter.log"
     with log.open("wb") as log_file:
@@ -184,7 +185,7 @@ def lab(tmp_path: Path, labels_store: str | None) -> Iterator[Lab]:
             if time.monotonic() > deadline:
                 pytest.fail(f"jupyter lab did not answer within 90 s:\n{lab.log_tail()}")
             time.sleep(0.5)
-        lab.url = f"{lab.url}/lab/tree/{NOTEBOOK.name}?token={token}"
+        lab.url = f"{lab.url}/lab/tree/{notebook}?token={token}"
         yield lab
     finally:
         server.terminate()  # the server shuts its kernels down
@@ -193,6 +194,15 @@ def lab(tmp_path: Path, labels_store: str | None) -> Iterator[Lab]:
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+@pytest.fixture
+def lab(tmp_path: Path, labels_store: str | None) -> Iterator[Lab]:
+    root = tmp_path / "work"
+    (root / "runs").mkdir(parents=True)
+    _notebook_with_overrides(root / NOTEBOOK.name, labels_store)
+    with running_lab(tmp_path, root, NOTEBOOK.name) as lab:
+        yield lab
 
 
 def _normalised(text: str) -> str:

@@ -13,12 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import secrets
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,9 +24,8 @@ from test_browser_labeling import (
     CHROMIUM_ARGS,
     NOTEBOOK_STATE,
     Lab,
-    _free_port,
     _run_all_cells,
-    _write_lab_settings,
+    running_lab,
 )
 
 from rlhf_widgets.sandbox import base_model_path
@@ -99,46 +93,9 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     root = tmp_path / "work"
     root.mkdir()
     _notebook(root / NOTEBOOK.name)
-    _write_lab_settings(tmp_path / "lab-settings")
-    token, port = secrets.token_hex(16), _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
-           "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
-           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "lab-workspaces"), "IPYTHONDIR": str(tmp_path / "ipython")}
-    log = tmp_path / "jupyter.log"
-    with log.open("wb") as log_file:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}", "--ip=127.0.0.1",
-             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-             "--LabApp.expose_app_in_browser=True"],
-            cwd=root, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    lab = Lab(url=f"http://127.0.0.1:{port}", root=root, log=log)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"jupyter lab exited with {server.returncode}:\n{lab.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{lab.url}/api/status?token={token}", timeout=5) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"jupyter lab did not answer within 90 s:\n{lab.log_tail()}")
-            time.sleep(0.5)
-        lab.url = f"{lab.url}/lab/tree/{NOTEBOOK.name}?token={token}"
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    with running_lab(tmp_path, root, NOTEBOOK.name, PYTHONPATH=pythonpath) as lab:
         yield lab
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 def _status(page) -> str:
