@@ -92,10 +92,14 @@ class TrainingDefaults:
 
     `class SFTStageConfig(TrainingDefaults, trl.SFTConfig)` gets: no remote logging, no activation
     checkpointing (the models here are small; TRL turns it on by default), and on a machine without
-    CUDA `use_cpu=True` with bf16 off (CPU trainers need both) — except under an `accelerate launch` with the
+    CUDA `use_cpu=True` — except under an `accelerate launch` with the
     DeepSpeed config (`rlhf_widgets/accelerate_configs/zero2.yaml`), where `use_cpu=True` would replace the engine
     with plain CPU data parallel: there the processes keep `use_cpu=False` and talk over gloo (`ddp_backend`).
     FSDP without CUDA is refused (accelerate runs FSDP only across accelerators).
+
+    `bf16=None` (the default) trains under bf16 autocast where the hardware computes bf16 natively: a CUDA GPU with
+    bf16, or a CPU with AVX512-BF16 / AMX (`rlhf_widgets.ppo.precision.cpu_has_native_bf16`) — the weights, the
+    optimizer state and the loss stay float32 (transformers' CPU AMP). `bf16=False` is float32 everywhere.
     """
 
     report_to: None | str | list[str] = field(
@@ -108,7 +112,8 @@ class TrainingDefaults:
         default=None, metadata={"help": "Deprecated alias of activation_checkpointing in transformers 5."}
     )
     bf16: bool | None = field(
-        default=None, metadata={"help": "bf16 mixed precision; None = on for GPUs that support it, off on CPU."}
+        default=None, metadata={"help": "bf16 mixed precision (autocast, float32 weights); None = on where the "
+                                          "GPU or CPU computes bf16 natively (AVX512-BF16 / AMX), False = float32."}
     )
     logging_steps: float = field(default=5, metadata={"help": "Optimizer steps between two metric logs."})
     save_strategy: str = field(default="no", metadata={"help": "Trainer checkpoints; the stage saves its result."})
@@ -127,7 +132,9 @@ class TrainingDefaults:
             else:
                 self.use_cpu = True
             if self.bf16 is None:
-                self.bf16 = False
+                from rlhf_widgets.ppo.precision import cpu_has_native_bf16
+
+                self.bf16 = cpu_has_native_bf16()
         elif self.bf16 is None:
             self.bf16 = torch.cuda.is_bf16_supported()
         super().__post_init__()

@@ -10,6 +10,7 @@ generation, best-of-N and evaluation; PPO's rollout samples the same way and als
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -38,6 +39,10 @@ class SamplingSettings:
     """nucleus sampling mass (1.0 = off)"""
     top_k: int = 0
     """keep only the k most likely tokens (0 = off)"""
+    mixed_precision: str = "auto"
+    """compute dtype of a float32 model's sampling forwards: "auto" = bf16 autocast where the hardware computes bf16
+    natively (a CPU with AVX512-BF16 / AMX, a CUDA GPU with bf16 — `ppo.precision.resolve_mixed_precision`), "no" =
+    float32, "bf16" = always; a model stored in half precision samples in its own dtype"""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
@@ -48,6 +53,9 @@ class SamplingSettings:
             raise ValueError(f"SamplingSettings.top_p={self.top_p}: must be in (0, 1]")
         if self.top_k < 0:
             raise ValueError(f"SamplingSettings.top_k={self.top_k}: must be >= 0")
+        if self.mixed_precision not in ("auto", "no", "bf16"):
+            raise ValueError(f"SamplingSettings.mixed_precision={self.mixed_precision!r}: must be 'auto', 'no' or "
+                             "'bf16'")
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments for `model.generate`."""
@@ -160,6 +168,18 @@ def decode_responses(
     return out
 
 
+def sampling_autocast(model: torch.nn.Module, setting: str = "auto") -> contextlib.AbstractContextManager:
+    """Autocast for sampling from `model` under `SamplingSettings.mixed_precision` (a no-op context for "no", and
+    for a model not stored in float32)."""
+    from rlhf_widgets.ppo.precision import Precision, resolve_mixed_precision
+
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = embeddings.weight if embeddings is not None else next(model.parameters())
+    if setting == "no" or weight.dtype != torch.float32:
+        return contextlib.nullcontext()
+    return Precision(resolve_mixed_precision(setting, weight.device), weight.device).autocast()
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -180,7 +200,7 @@ def generate(
     model.eval()
     results: list[Generation] = []
     starts = range(0, len(prompts), batch_size)
-    with exact_sampling(model, tokenizer) as stops:
+    with exact_sampling(model, tokenizer) as stops, sampling_autocast(model, settings.mixed_precision):
         for start in tqdm(starts, desc="generating", disable=not show_progress, unit="batch"):
             batch = encode_prompts(tokenizer, prompts[start : start + batch_size], device)
             ids = model.generate(**batch, **settings.generate_kwargs(), pad_token_id=tokenizer.pad_token_id,

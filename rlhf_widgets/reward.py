@@ -33,6 +33,7 @@ from rlhf_widgets.config import SANDBOX, ModelConfig, TrainingDefaults, as_model
 from rlhf_widgets.data import as_messages, message_text, split_by_prompt
 from rlhf_widgets.metrics import MetricsLog
 from rlhf_widgets.models import choose_device, load_reward_backbone, load_tokenizer
+from rlhf_widgets.ppo.precision import Float32Linear
 from rlhf_widgets.stages import FINAL, StageResult, copied, run_trl_trainer, stage_metrics
 
 REWARD_META = "rlhf_widgets_reward.json"
@@ -258,6 +259,24 @@ def _adapters_to_compute_dtype(model: PreTrainedModel, only: str = "") -> None:
             param.data = param.data.to(dtype)
 
 
+def _score_head_in_float32(model: PreTrainedModel) -> None:
+    """Make a linear scoring head compute in float32 under bf16/fp16 autocast (the body stays half precision).
+
+    The Bradley–Terry loss reads the *difference* of two scores; a half-precision head rounds each score to 8
+    (bf16) or 11 (fp16) mantissa bits, which for two close answers is most of their margin — the same reason PPO's
+    value head stays float32. A head other than one `nn.Linear`
+    (e.g. RoBERTa's two-layer classifier) keeps autocast's precision, and that is said once.
+    """
+    head_name = score_head(model)
+    head = getattr(model, head_name)
+    if type(head) is torch.nn.Linear:
+        head.__class__ = Float32Linear  # same parameters and state-dict keys; saved and loaded as nn.Linear
+    else:
+        warnings.warn(f"{type(model).__name__}.{head_name} is a {type(head).__name__}, not one nn.Linear: it computes "
+                      "in the half precision of bf16/fp16 training; pass bf16=False to train the reward model in "
+                      "float32", stacklevel=3)
+
+
 def _tokenized_pairs(pairs: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int | None
                      ) -> tuple[datasets.Dataset, int]:
     """`chosen_ids` / `rejected_ids` of every pair, made by `reward_token_ids` — the function scoring uses, so
@@ -305,6 +324,8 @@ def train_reward_model(
     metrics = stage_metrics(metrics, config.output_dir, "reward")
     torch.manual_seed(config.seed)  # the score head is initialised at random
     backbone, tokenizer = load_reward_backbone(model_cfg)
+    if config.bf16 or config.fp16:
+        _score_head_in_float32(backbone)
     if eval_ds is not None and config.eval_strategy == "no":
         config.eval_strategy = "epoch"
     train_ids, trimmed = _tokenized_pairs(train_ds, tokenizer, config.max_length)

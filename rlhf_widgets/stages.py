@@ -117,6 +117,10 @@ def run_trl_trainer(stage: str, trainer_cls: type, config: Any, model: Any, toke
     quiet_trainer(trainer)
     start = time.perf_counter()
     trainer.train()
+    # under bf16/fp16 accelerate wraps the model's forward in autocast and leaves it wrapped after training: take the
+    # wrapper off, so the model a stage hands on (a reward model that scores, a policy that samples) computes as the
+    # one it saved does when loaded again
+    trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     return trainer, time.perf_counter() - start
 
 

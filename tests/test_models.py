@@ -79,3 +79,54 @@ def test_unreachable_hub_fails_fast_for_models(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ModelLoadError, match="hub could not provide it"):
         load_causal_lm("nobody-here/no-model")
     assert time.perf_counter() - start < 2.0
+
+
+def test_short_context_models_run_eager_attention_on_cpu(tmp_path: Path) -> None:
+    """On CPU a model of short context (the sandbox: 256 positions) runs eager attention, faster than SDPA's flash
+    kernel at its lengths; a long-context model keeps transformers' choice, and an explicit setting always wins."""
+    from transformers import LlamaConfig
+
+    from rlhf_widgets.models import CPU_EAGER_ATTENTION_MAX_CONTEXT, choose_attention
+
+    cpu = torch.device("cpu")
+    assert load_causal_lm("sandbox")[0].config._attn_implementation == "eager"
+    LlamaConfig(max_position_embeddings=CPU_EAGER_ATTENTION_MAX_CONTEXT + 1).save_pretrained(tmp_path)
+    assert choose_attention(ModelConfig(), str(tmp_path), cpu) is None
+    assert choose_attention(ModelConfig(attn_implementation="sdpa"), "sandbox", cpu) == "sdpa"
+    assert choose_attention(ModelConfig(), "sandbox", torch.device("cuda")) is None
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "no-bf16"])
+def test_trl_stages_train_in_bf16_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    """Every TRL stage's config (TrainingDefaults) turns bf16 autocast on for a CPU with native bf16, off for one
+    without; bf16=False is float32 anywhere."""
+    from rlhf_widgets.dpo import DPOStageConfig
+    from rlhf_widgets.reward import RewardStageConfig
+    from rlhf_widgets.sft import SFTStageConfig
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU rule")
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": native, "amx_bf16": False})
+    for config_cls in (SFTStageConfig, RewardStageConfig, DPOStageConfig):
+        assert config_cls(output_dir="unused").bf16 is native
+        assert config_cls(output_dir="unused", bf16=False).bf16 is False
+
+
+def test_sampling_autocasts_a_float32_model_where_bf16_is_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`SamplingSettings.mixed_precision="auto"` samples a float32 model under bf16 autocast on a CPU with native
+    bf16, in float32 on one without; "no" is float32 anywhere; a model stored in bf16 samples in its own dtype."""
+    from rlhf_widgets.generation import SamplingSettings, sampling_autocast
+
+    model, _ = load_causal_lm("sandbox")
+
+    def autocast_on(setting: str, m=model) -> bool:
+        with sampling_autocast(m, setting):
+            return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    assert autocast_on("auto") and autocast_on("bf16") and not autocast_on("no")
+    assert not autocast_on("auto", model.to(torch.bfloat16))
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": False})
+    assert not autocast_on("auto", model.float())
+    with pytest.raises(ValueError, match="mixed_precision='fp32'"):
+        SamplingSettings(mixed_precision="fp32")

@@ -703,3 +703,16 @@ def test_cuda_resume_is_exact_and_half_precision_trains(tmp_path: Path) -> None:
         state = trainer.backend.trainable_state()
         assert {v.dtype for v in state.values()} == {torch.float32}
         assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_auto_micro_batch_counts_half_precision_activations() -> None:
+    """The automatic CPU micro-batch fits ~2.5x the rollouts under bf16 autocast (2-byte matmul inputs and MLP
+    activations): at SmolLM-135M's shape and 64 tokens, 2 rollouts per forward in float32, 4 in bf16."""
+    from transformers import LlamaConfig
+
+    from rlhf_widgets.ppo.memory import auto_micro_batch_size
+
+    shape = LlamaConfig(hidden_size=576, num_hidden_layers=30, intermediate_size=1536)
+    assert auto_micro_batch_size(shape, 64, 16) == 2
+    assert auto_micro_batch_size(shape, 64, 16, half_precision=True) == 4
+    assert auto_micro_batch_size(shape, 64, 3, half_precision=True) == 3  # a divisor of the minibatch

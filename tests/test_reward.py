@@ -89,3 +89,22 @@ def test_lora_reward_training_runs_and_reloads(sft_pair_rows, tmp_path: Path, lo
     assert torch.allclose(result.reward_model.raw_score(prompts, responses), again.raw_score(prompts, responses),
                           atol=atol)
     assert (again.bias, again.scale) == (result.reward_model.bias, result.reward_model.scale)
+
+
+@pytest.mark.parametrize("use_peft", [False, True], ids=["full", "lora"])
+def test_bf16_training_keeps_the_score_head_in_float32(sft_pair_rows, tmp_path: Path, use_peft: bool) -> None:
+    """Under bf16 autocast the body computes in bf16 but the scoring head in float32: a bf16 head rounds each score
+    to 8 mantissa bits, most of the margin between two close answers. After training, the model the stage returns
+    scores exactly as the saved one reloaded (accelerate's autocast wrapper around `forward` is taken off)."""
+    pairs = label_rows(sft_pair_rows[:64], SimulatedAnnotator(seed=1))
+    cfg = RewardStageConfig(output_dir=str(tmp_path), max_steps=2, eval_fraction=0, bf16=True)
+    result = train_reward_model(pairs, cfg, model=ModelConfig(use_peft=use_peft, lora_r=8))
+    rm = result.reward_model
+    inputs, _ = rm._encode([[{"role": "user", "content": "Where is order #31313?"},
+                             {"role": "assistant", "content": "Check your tracking number."}]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = rm.model(**inputs).logits
+    assert logits.dtype == torch.float32
+    again = RewardModel.load(result.model_path)
+    prompts, responses = ["Where is order #31313?"], ["Check your tracking number."]
+    assert torch.allclose(rm.raw_score(prompts, responses), again.raw_score(prompts, responses), atol=1e-5)

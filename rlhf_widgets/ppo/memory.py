@@ -9,13 +9,18 @@ CPU_ACTIVATION_BUDGET = 256 * 2**20
 """bytes of saved activations per forward that the automatic micro-batch size aims for on CPU"""
 
 
-def auto_micro_batch_size(model_config, seq_len: int, mini_batch_size: int) -> int:
+def auto_micro_batch_size(model_config, seq_len: int, mini_batch_size: int, half_precision: bool = False) -> int:
     """Rollouts per forward/backward on CPU: as many as keep one forward's saved activations under
-    `CPU_ACTIVATION_BUDGET`, estimated from the model shape, and dividing `mini_batch_size`."""
+    `CPU_ACTIVATION_BUDGET`, estimated from the model shape, and dividing `mini_batch_size`.
+
+    `half_precision`: the forwards run under bf16/fp16 autocast, which saves the matmuls' inputs and the MLP's
+    activations in 2 bytes (the residual stream and the norms stay float32) — about 2.5× the rollouts fit."""
     hidden = model_config.hidden_size
     mlp = getattr(model_config, "intermediate_size", None) or 4 * hidden
-    # fp32 tensors a decoder block keeps for backward, per token: ~12 of hidden size, ~4 of MLP size
-    per_row = seq_len * model_config.num_hidden_layers * (12 * hidden + 4 * mlp) * 4
+    # tensors a decoder block keeps for backward, per token: ~12 of hidden size, ~4 of MLP size; float32, or under
+    # autocast ~half the hidden-size ones and all MLP-size ones in 2 bytes
+    hidden_bytes, mlp_bytes = (3, 2) if half_precision else (4, 4)
+    per_row = seq_len * model_config.num_hidden_layers * (12 * hidden * hidden_bytes + 4 * mlp * mlp_bytes)
     fit = max(1, min(mini_batch_size, CPU_ACTIVATION_BUDGET // per_row))
     return max(d for d in range(1, fit + 1) if mini_batch_size % d == 0)
 

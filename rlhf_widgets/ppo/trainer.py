@@ -231,7 +231,8 @@ class PPOTrainer:
             return cfg.micro_batch_size
         if self.accelerator.device.type != "cpu" or not cfg.shared_base:
             return cfg.mini_batch_size  # (full mode: every micro-batch adds a pass over all weight gradients)
-        return auto_micro_batch_size(self.model_config, seq_len, cfg.mini_batch_size)
+        return auto_micro_batch_size(self.model_config, seq_len, cfg.mini_batch_size,
+                                     half_precision=self.precision.mode != "no")
 
     # ---------------------------------------------------------------- one update
     def step(self) -> dict[str, float]:
