@@ -10,7 +10,6 @@ generation, best-of-N and evaluation; PPO's rollout samples the same way and als
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -168,18 +167,6 @@ def decode_responses(
     return out
 
 
-def sampling_autocast(model: torch.nn.Module, setting: str = "auto") -> contextlib.AbstractContextManager:
-    """Autocast for sampling from `model` under `SamplingSettings.mixed_precision` (a no-op context for "no", and
-    for a model not stored in float32)."""
-    from rlhf_widgets.ppo.precision import Precision, resolve_mixed_precision
-
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    weight = embeddings.weight if embeddings is not None else next(model.parameters())
-    if setting == "no" or weight.dtype != torch.float32:
-        return contextlib.nullcontext()
-    return Precision(resolve_mixed_precision(setting, weight.device), weight.device).autocast()
-
-
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -192,6 +179,8 @@ def generate(
     show_progress: bool = False,
 ) -> list[Generation]:
     """Sample one response per prompt, in batches of `batch_size`; `seed` makes sampling reproducible."""
+    from rlhf_widgets.ppo.precision import inference_autocast  # (the ppo package imports this module)
+
     settings = settings or SamplingSettings()
     if seed is not None:
         torch.manual_seed(seed)
@@ -200,7 +189,7 @@ def generate(
     model.eval()
     results: list[Generation] = []
     starts = range(0, len(prompts), batch_size)
-    with exact_sampling(model, tokenizer) as stops, sampling_autocast(model, settings.mixed_precision):
+    with exact_sampling(model, tokenizer) as stops, inference_autocast(model, settings.mixed_precision):
         for start in tqdm(starts, desc="generating", disable=not show_progress, unit="batch"):
             batch = encode_prompts(tokenizer, prompts[start : start + batch_size], device)
             ids = model.generate(**batch, **settings.generate_kwargs(), pad_token_id=tokenizer.pad_token_id,

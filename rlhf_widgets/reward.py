@@ -32,8 +32,8 @@ from rlhf_widgets.chat import render
 from rlhf_widgets.config import SANDBOX, ModelConfig, TrainingDefaults, as_model_config
 from rlhf_widgets.data import as_messages, message_text, split_by_prompt
 from rlhf_widgets.metrics import MetricsLog
-from rlhf_widgets.models import choose_device, load_reward_backbone, load_tokenizer
-from rlhf_widgets.ppo.precision import Float32Linear
+from rlhf_widgets.models import choose_attention, choose_device, load_reward_backbone, load_tokenizer
+from rlhf_widgets.ppo.precision import Float32Linear, inference_autocast
 from rlhf_widgets.stages import FINAL, StageResult, copied, run_trl_trainer, stage_metrics
 
 REWARD_META = "rlhf_widgets_reward.json"
@@ -113,6 +113,9 @@ class RewardModel:
     """A trained reward model behind one call: `score(prompts, responses) -> (N,) tensor`.
 
     `bias` and `scale` normalise raw scores: `(raw - bias) / scale`; `fit_normalization` sets them.
+    `mixed_precision` is the compute dtype of scoring a float32 model ("auto": bf16 autocast where the hardware
+    computes bf16 natively, "no": float32, "bf16"; `ppo.precision.inference_autocast`); the score head computes in
+    float32 either way (`_score_head_in_float32`), so only the body's rounding reaches the scores.
     """
 
     def __init__(
@@ -124,8 +127,13 @@ class RewardModel:
         scale: float = 1.0,
         batch_size: int = 32,
         max_length: int = 512,
+        mixed_precision: str = "auto",
     ) -> None:
+        if mixed_precision not in ("auto", "no", "bf16"):
+            raise ValueError(f"RewardModel mixed_precision={mixed_precision!r}: must be 'auto', 'no' or 'bf16'")
         self.model = model.eval()
+        self.mixed_precision = mixed_precision
+        _score_head_in_float32(model)
         self.tokenizer = tokenizer
         self.bias = bias
         self.scale = scale
@@ -163,7 +171,8 @@ class RewardModel:
         out, trimmed = [], 0
         for start in range(0, len(convs), self.batch_size):
             inputs, n_trimmed = self._encode(convs[start : start + self.batch_size])
-            out.append(self.model(**inputs).logits[:, 0].float().cpu())
+            with inference_autocast(self.model, self.mixed_precision):
+                out.append(self.model(**inputs).logits[:, 0].float().cpu())
             self.tokens_scored += inputs["input_ids"].numel()
             trimmed += n_trimmed
         self.trimmed += trimmed
@@ -204,7 +213,8 @@ class RewardModel:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", batch_size: int = 32) -> RewardModel:
+    def load(cls, path: str | Path, device: str = "auto", batch_size: int = 32, mixed_precision: str = "auto"
+             ) -> RewardModel:
         """Reload what `save` wrote; scores equal the saved model's."""
         path = Path(path)
         meta_file = path / REWARD_META
@@ -220,9 +230,10 @@ class RewardModel:
             _adapters_to_compute_dtype(model)
         else:
             dev = choose_device(device)
-            model = AutoModelForSequenceClassification.from_pretrained(path).to(dev)
+            attention = choose_attention(ModelConfig(), str(path), dev)
+            model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation=attention).to(dev)
         return cls(model, tokenizer, bias=meta["bias"], scale=meta["scale"], batch_size=batch_size,
-                   max_length=meta["max_length"])
+                   max_length=meta["max_length"], mixed_precision=mixed_precision)
 
 
 @dataclass
@@ -260,21 +271,18 @@ def _adapters_to_compute_dtype(model: PreTrainedModel, only: str = "") -> None:
 
 
 def _score_head_in_float32(model: PreTrainedModel) -> None:
-    """Make a linear scoring head compute in float32 under bf16/fp16 autocast (the body stays half precision).
+    """Make the scoring head compute in float32 under bf16/fp16 autocast (the body stays half precision).
 
     The Bradley–Terry loss reads the *difference* of two scores; a half-precision head rounds each score to 8
     (bf16) or 11 (fp16) mantissa bits, which for two close answers is most of their margin — the same reason PPO's
-    value head stays float32. A head other than one `nn.Linear`
-    (e.g. RoBERTa's two-layer classifier) keeps autocast's precision, and that is said once.
+    value head stays float32. Every `nn.Linear` of the head becomes a `Float32Linear` (the same parameters and
+    state-dict keys: it saves and loads as `nn.Linear`), also inside PEFT's `modules_to_save` wrapper and a
+    two-layer classifier head (RoBERTa's).
     """
-    head_name = score_head(model)
-    head = getattr(model, head_name)
-    if type(head) is torch.nn.Linear:
-        head.__class__ = Float32Linear  # same parameters and state-dict keys; saved and loaded as nn.Linear
-    else:
-        warnings.warn(f"{type(model).__name__}.{head_name} is a {type(head).__name__}, not one nn.Linear: it computes "
-                      "in the half precision of bf16/fp16 training; pass bf16=False to train the reward model in "
-                      "float32", stacklevel=3)
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    for module in getattr(base, score_head(model)).modules():
+        if type(module) is torch.nn.Linear:
+            module.__class__ = Float32Linear
 
 
 def _tokenized_pairs(pairs: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int | None

@@ -115,12 +115,13 @@ def test_trl_stages_train_in_bf16_where_the_cpu_has_it(monkeypatch: pytest.Monke
 def test_sampling_autocasts_a_float32_model_where_bf16_is_native(monkeypatch: pytest.MonkeyPatch) -> None:
     """`SamplingSettings.mixed_precision="auto"` samples a float32 model under bf16 autocast on a CPU with native
     bf16, in float32 on one without; "no" is float32 anywhere; a model stored in bf16 samples in its own dtype."""
-    from rlhf_widgets.generation import SamplingSettings, sampling_autocast
+    from rlhf_widgets.generation import SamplingSettings
+    from rlhf_widgets.ppo.precision import inference_autocast
 
     model, _ = load_causal_lm("sandbox")
 
     def autocast_on(setting: str, m=model) -> bool:
-        with sampling_autocast(m, setting):
+        with inference_autocast(m, setting):
             return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})

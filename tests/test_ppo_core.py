@@ -228,3 +228,19 @@ def test_whitening_across_processes_equals_whitening_the_whole_batch(shape, seed
     torch.testing.assert_close(torch.cat(got), whole, rtol=1e-5, atol=1e-5)
     if m1.sum() > 1:
         assert not torch.allclose(core.masked_whiten(x1, m1, shift_mean=shift), got[0], atol=1e-3)
+
+
+def test_float32_linear_computes_in_float32_under_autocast_whatever_its_weights_dtype():
+    from rlhf_widgets.ppo.precision import Float32Linear
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 2)
+    x = torch.randn(3, 8)
+    expected = layer(x)
+    layer.__class__ = Float32Linear
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(layer(x), expected)
+        layer.to(torch.bfloat16)  # a 4-bit model's head, kept in its compute dtype
+        out = layer(x.to(torch.bfloat16))
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, expected, atol=0.05)

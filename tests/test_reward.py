@@ -108,3 +108,22 @@ def test_bf16_training_keeps_the_score_head_in_float32(sft_pair_rows, tmp_path: 
     again = RewardModel.load(result.model_path)
     prompts, responses = ["Where is order #31313?"], ["Check your tracking number."]
     assert torch.allclose(rm.raw_score(prompts, responses), again.raw_score(prompts, responses), atol=1e-5)
+
+
+def test_scoring_runs_in_bf16_autocast_where_native_with_a_float32_head(trained_reward, monkeypatch) -> None:
+    """`RewardModel(mixed_precision="auto")` scores a float32 model under bf16 autocast on a CPU with native bf16
+    (the body's rounding only: the linear head stays float32), and exactly in float32 with "no"."""
+    rm = trained_reward.reward_model
+    prompts = ["My order #12345 hasn't arrived. What should I do?"] * 3
+    responses = ["Check your tracking number.", "That is not my problem.", "Hello! I'm sorry. Check your tracking."]
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    exact = RewardModel(rm.model, rm.tokenizer, mixed_precision="no").raw_score(prompts, responses)
+    fast = RewardModel(rm.model, rm.tokenizer, mixed_precision="auto").raw_score(prompts, responses)
+    assert not torch.equal(fast, exact), "auto computed in float32"
+    assert torch.allclose(fast, exact, atol=0.05 * exact.abs().max().item()), (fast, exact)
+    assert fast.argsort().tolist() == exact.argsort().tolist()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        inputs, _ = rm._encode([[{"role": "user", "content": prompts[0]}, {"role": "assistant", "content": "Hi."}]])
+        assert rm.model(**inputs).logits.dtype == torch.float32
+    with pytest.raises(ValueError, match="mixed_precision='fp32'"):
+        RewardModel(rm.model, rm.tokenizer, mixed_precision="fp32")

@@ -54,6 +54,17 @@ def resolve_mixed_precision(setting: str, device: torch.device) -> str:
     return setting
 
 
+def inference_autocast(model: nn.Module, setting: str = "auto") -> contextlib.AbstractContextManager:
+    """Autocast for no-grad forwards of `model` (sampling, reward scoring) under a "auto" / "no" / "bf16" setting
+    (`resolve_mixed_precision`); a no-op context for "no" and for a model not stored in float32 (a bf16 / fp16 /
+    4-bit model computes in its own dtype)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = embeddings.weight if embeddings is not None else next(model.parameters())
+    if setting == "no" or weight.dtype != torch.float32:
+        return contextlib.nullcontext()
+    return Precision(resolve_mixed_precision(setting, weight.device), weight.device).autocast()
+
+
 class Precision:
     """The compute precision of one run on one device: `autocast()` around forwards, the fp16 loss scaler.
 
@@ -90,9 +101,14 @@ class Precision:
 
 class Float32Linear(nn.Linear):
     """A `nn.Linear` that computes in float32 even inside autocast (the value head: V is a regression target, and
-    bf16's 8-bit mantissa would round every value the returns and advantages are built from)."""
+    bf16's 8-bit mantissa would round every value the returns and advantages are built from; a reward model's score
+    head, for the same reason), whatever dtype its weights are stored in."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            return super().forward(x.float())
+            if self.weight.dtype == torch.float32:
+                return super().forward(x.float())
+            # weights kept in half precision (a 4-bit model's head in its compute dtype): still a float32 matmul
+            bias = None if self.bias is None else self.bias.float()
+            return nn.functional.linear(x.float(), self.weight.float(), bias)
 
