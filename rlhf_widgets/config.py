@@ -127,14 +127,15 @@ class TrainingDefaults:
                 raise ValueError("FSDP through accelerate needs GPUs: accelerate runs FSDP only across accelerators, "
                                  "and on CPU each process would train alone. Launch with DeepSpeed ZeRO-2 "
                                  "(rlhf_widgets/accelerate_configs/zero2.yaml) or plain data parallel (--multi_gpu)")
-            if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+            deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+            if deepspeed:
                 self.ddp_backend = self.ddp_backend or "gloo"
             else:
                 self.use_cpu = True
-            if self.bf16 is None:
+            if self.bf16 is None:  # (transformers refuses bf16 on CPU without use_cpu: DeepSpeed's config decides)
                 from rlhf_widgets.ppo.precision import cpu_has_native_bf16
 
-                self.bf16 = cpu_has_native_bf16()
+                self.bf16 = not deepspeed and cpu_has_native_bf16()
         elif self.bf16 is None:
             self.bf16 = torch.cuda.is_bf16_supported()
         super().__post_init__()

@@ -106,15 +106,22 @@ def test_trl_stages_train_in_bf16_where_the_cpu_has_it(monkeypatch: pytest.Monke
 
     if torch.cuda.is_available():
         pytest.skip("the CPU rule")
+    monkeypatch.delenv("RLHF_WIDGETS_CPU_BF16", raising=False)  # the float32 switch would mask it
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": native, "amx_bf16": False})
     for config_cls in (SFTStageConfig, RewardStageConfig, DPOStageConfig):
         assert config_cls(output_dir="unused").bf16 is native
         assert config_cls(output_dir="unused", bf16=False).bf16 is False
+    monkeypatch.setenv("RLHF_WIDGETS_CPU_BF16", "0")  # the workbench-wide float32 switch
+    assert SFTStageConfig(output_dir="unused").bf16 is False
+    from rlhf_widgets.ppo.precision import resolve_mixed_precision
+
+    assert resolve_mixed_precision("auto", torch.device("cpu")) == "no"
 
 
 def test_sampling_autocasts_a_float32_model_where_bf16_is_native(monkeypatch: pytest.MonkeyPatch) -> None:
     """`SamplingSettings.mixed_precision="auto"` samples a float32 model under bf16 autocast on a CPU with native
-    bf16, in float32 on one without; "no" is float32 anywhere; a model stored in bf16 samples in its own dtype."""
+    bf16, in float32 on one without; "no" (the default) is float32 anywhere; a model stored in bf16 samples in its
+    own dtype."""
     from rlhf_widgets.generation import SamplingSettings
     from rlhf_widgets.ppo.precision import inference_autocast
 
@@ -124,10 +131,12 @@ def test_sampling_autocasts_a_float32_model_where_bf16_is_native(monkeypatch: py
         with inference_autocast(m, setting):
             return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
+    monkeypatch.delenv("RLHF_WIDGETS_CPU_BF16", raising=False)  # the float32 switch would mask it
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
     assert autocast_on("auto") and autocast_on("bf16") and not autocast_on("no")
     assert not autocast_on("auto", model.to(torch.bfloat16))
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": False})
     assert not autocast_on("auto", model.float())
+    assert SamplingSettings().mixed_precision == "no"
     with pytest.raises(ValueError, match="mixed_precision='fp32'"):
         SamplingSettings(mixed_precision="fp32")

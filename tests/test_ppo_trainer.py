@@ -561,6 +561,7 @@ def test_mixed_precision_auto_follows_the_hardware(monkeypatch: pytest.MonkeyPat
     from rlhf_widgets.ppo import precision
 
     cpu = torch.device("cpu")
+    monkeypatch.delenv("RLHF_WIDGETS_CPU_BF16", raising=False)  # the float32 switch would mask it
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True, "avx2": True})
     assert precision.resolve_mixed_precision("auto", cpu) == "bf16"
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": False})

@@ -116,6 +116,7 @@ def test_scoring_runs_in_bf16_autocast_where_native_with_a_float32_head(trained_
     rm = trained_reward.reward_model
     prompts = ["My order #12345 hasn't arrived. What should I do?"] * 3
     responses = ["Check your tracking number.", "That is not my problem.", "Hello! I'm sorry. Check your tracking."]
+    monkeypatch.delenv("RLHF_WIDGETS_CPU_BF16", raising=False)  # the float32 switch would mask it
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
     exact = RewardModel(rm.model, rm.tokenizer, mixed_precision="no").raw_score(prompts, responses)
     fast = RewardModel(rm.model, rm.tokenizer, mixed_precision="auto").raw_score(prompts, responses)

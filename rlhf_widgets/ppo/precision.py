@@ -19,6 +19,7 @@ base keeps float32 adapters.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 from torch import nn
@@ -27,8 +28,17 @@ MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+CPU_BF16_ENV = "RLHF_WIDGETS_CPU_BF16"
+"""Set to "0" to treat the CPU as one without native bf16: every "auto" setting (TRL stages' `bf16=None`,
+`PPOConfig.mixed_precision`, sampling, reward scoring) then computes in float32 — the whole workbench's float32
+switch, e.g. `RLHF_WIDGETS_CPU_BF16=0 make quickstart`."""
+
+
 def cpu_has_native_bf16() -> bool:
-    """This CPU has bf16 matmul instructions (x86 AVX512-BF16 / AMX-BF16, or Arm's BF16 extension)."""
+    """This CPU has bf16 matmul instructions (x86 AVX512-BF16 / AMX-BF16, or Arm's BF16 extension), and
+    `RLHF_WIDGETS_CPU_BF16` is not "0"."""
+    if os.environ.get(CPU_BF16_ENV, "").strip() == "0":
+        return False
     capabilities = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.8
     if capabilities is None:
         return False
