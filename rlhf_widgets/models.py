@@ -200,24 +200,6 @@ def _generation_config(path: str) -> GenerationConfig | None:
         return None
 
 
-CPU_EAGER_ATTENTION_MAX_CONTEXT = 512
-"""On CPU a model whose context is at most this many tokens runs eager attention unless told otherwise."""
-
-
-def choose_attention(cfg: ModelConfig, path: str, device: torch.device) -> str | None:
-    """`cfg.attn_implementation`, or when unset: "eager" on CPU for a model of short context (at most
-    `CPU_EAGER_ATTENTION_MAX_CONTEXT` positions, e.g. the sandbox's 256), else transformers' own choice (SDPA).
-
-    At the short sequences such a model sees, CPU eager attention beats PyTorch's flash kernel, whose backward
-    dominates: forward + backward under bf16 autocast 63 vs 86 ms at the sandbox shape (16 × 80 tokens), 567 vs
-    685 ms at SmolLM-135M's (4 × 64). Eager keeps the n² attention probabilities for backward, so long-context
-    models stay on SDPA."""
-    if cfg.attn_implementation is not None or device.type != "cpu":
-        return cfg.attn_implementation
-    context = getattr(_load_hf_config(path), "max_position_embeddings", None)
-    return "eager" if context is not None and context <= CPU_EAGER_ATTENTION_MAX_CONTEXT else None
-
-
 def _from_pretrained(auto_cls: Any, path: str, cfg: ModelConfig, device: torch.device, **kwargs: Any) -> Any:
     dtype = choose_dtype(device, cfg.dtype)
     quant = quantization_config(cfg, device, dtype)
@@ -226,7 +208,7 @@ def _from_pretrained(auto_cls: Any, path: str, cfg: ModelConfig, device: torch.d
         device_map = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
         kwargs.update(quantization_config=quant, device_map=device_map)
     try:
-        model = auto_cls.from_pretrained(path, dtype=dtype, attn_implementation=choose_attention(cfg, path, device),
+        model = auto_cls.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation,
                                          **_hub_kwargs(path), **kwargs)
     except OSError as err:
         _load_hf_config(path)

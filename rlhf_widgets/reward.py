@@ -32,7 +32,7 @@ from rlhf_widgets.chat import render
 from rlhf_widgets.config import SANDBOX, ModelConfig, TrainingDefaults, as_model_config
 from rlhf_widgets.data import as_messages, message_text, split_by_prompt
 from rlhf_widgets.metrics import MetricsLog
-from rlhf_widgets.models import choose_attention, choose_device, load_reward_backbone, load_tokenizer
+from rlhf_widgets.models import choose_device, load_reward_backbone, load_tokenizer
 from rlhf_widgets.ppo.precision import Float32Linear, inference_autocast
 from rlhf_widgets.stages import FINAL, StageResult, copied, run_trl_trainer, stage_metrics
 
@@ -113,9 +113,9 @@ class RewardModel:
     """A trained reward model behind one call: `score(prompts, responses) -> (N,) tensor`.
 
     `bias` and `scale` normalise raw scores: `(raw - bias) / scale`; `fit_normalization` sets them.
-    `mixed_precision` is the compute dtype of scoring a float32 model ("auto": bf16 autocast where the hardware
-    computes bf16 natively, "no": float32, "bf16"; `ppo.precision.inference_autocast`); the score head computes in
-    float32 either way (`_score_head_in_float32`), so only the body's rounding reaches the scores.
+    `mixed_precision` is the compute dtype of scoring a float32 model ("no": float32, the default; "auto": bf16
+    autocast where the hardware computes bf16 natively; "bf16"; `ppo.precision.inference_autocast`); the score head
+    computes in float32 either way (`_score_head_in_float32`), so only the body's rounding reaches the scores.
     """
 
     def __init__(
@@ -127,7 +127,7 @@ class RewardModel:
         scale: float = 1.0,
         batch_size: int = 32,
         max_length: int = 512,
-        mixed_precision: str = "auto",
+        mixed_precision: str = "no",
     ) -> None:
         if mixed_precision not in ("auto", "no", "bf16"):
             raise ValueError(f"RewardModel mixed_precision={mixed_precision!r}: must be 'auto', 'no' or 'bf16'")
@@ -213,7 +213,7 @@ class RewardModel:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", batch_size: int = 32, mixed_precision: str = "auto"
+    def load(cls, path: str | Path, device: str = "auto", batch_size: int = 32, mixed_precision: str = "no"
              ) -> RewardModel:
         """Reload what `save` wrote; scores equal the saved model's."""
         path = Path(path)
@@ -230,8 +230,7 @@ class RewardModel:
             _adapters_to_compute_dtype(model)
         else:
             dev = choose_device(device)
-            attention = choose_attention(ModelConfig(), str(path), dev)
-            model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation=attention).to(dev)
+            model = AutoModelForSequenceClassification.from_pretrained(path).to(dev)
         return cls(model, tokenizer, bias=meta["bias"], scale=meta["scale"], batch_size=batch_size,
                    max_length=meta["max_length"], mixed_precision=mixed_precision)
 

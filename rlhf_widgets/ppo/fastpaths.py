@@ -51,9 +51,6 @@ class _PlainLoRALinear(nn.Module):
         self._scaling, self._adapter = layer.scaling, adapter  # a plain dict: read per call, as PEFT does
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and torch.is_autocast_enabled(x.device.type):
-            # cast once for the base and the adapter matmul (autocast would cast x for each: the same bf16 values)
-            x = x.to(torch.get_autocast_dtype(x.device.type))
         y = self.base_layer(x)
         scale = self._scaling[self._adapter]
         down = torch.nn.functional.linear(x, self.lora_A)
