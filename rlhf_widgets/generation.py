@@ -55,9 +55,9 @@ class SamplingSettings:
             raise ValueError(f"SamplingSettings.top_p={self.top_p}: must be in (0, 1]")
         if self.top_k < 0:
             raise ValueError(f"SamplingSettings.top_k={self.top_k}: must be >= 0")
-        if self.mixed_precision not in ("auto", "no", "bf16"):
-            raise ValueError(f"SamplingSettings.mixed_precision={self.mixed_precision!r}: must be 'auto', 'no' or "
-                             "'bf16'")
+        from rlhf_widgets.ppo.precision import check_inference_precision  # (the ppo package imports this module)
+
+        check_inference_precision("SamplingSettings.mixed_precision", self.mixed_precision)
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments for `model.generate`."""

@@ -33,7 +33,7 @@ from rlhf_widgets.config import SANDBOX, ModelConfig, TrainingDefaults, as_model
 from rlhf_widgets.data import as_messages, message_text, split_by_prompt
 from rlhf_widgets.metrics import MetricsLog
 from rlhf_widgets.models import choose_device, load_reward_backbone, load_tokenizer
-from rlhf_widgets.ppo.precision import Float32Linear, inference_autocast
+from rlhf_widgets.ppo.precision import Float32Linear, check_inference_precision, inference_autocast
 from rlhf_widgets.stages import FINAL, StageResult, copied, run_trl_trainer, stage_metrics
 
 REWARD_META = "rlhf_widgets_reward.json"
@@ -129,8 +129,7 @@ class RewardModel:
         max_length: int = 512,
         mixed_precision: str = "no",
     ) -> None:
-        if mixed_precision not in ("auto", "no", "bf16"):
-            raise ValueError(f"RewardModel mixed_precision={mixed_precision!r}: must be 'auto', 'no' or 'bf16'")
+        check_inference_precision("RewardModel mixed_precision", mixed_precision)
         self.model = model.eval()
         self.mixed_precision = mixed_precision
         _score_head_in_float32(model)
@@ -332,6 +331,7 @@ def train_reward_model(
     torch.manual_seed(config.seed)  # the score head is initialised at random
     backbone, tokenizer = load_reward_backbone(model_cfg)
     if config.bf16 or config.fp16:
+        # before PEFT copies the head into modules_to_save; RewardModel makes it so for scoring (and reloads) anyway
         _score_head_in_float32(backbone)
     if eval_ds is not None and config.eval_strategy == "no":
         config.eval_strategy = "epoch"

@@ -31,6 +31,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture
+def pretend_cpu_bf16(monkeypatch: pytest.MonkeyPatch):
+    """`pretend_cpu_bf16(True)` makes this CPU one that computes bf16 natively (AVX512-BF16), `(False)` one that
+    does not; the workbench's float32 switch (`RLHF_WIDGETS_CPU_BF16`), which would mask either, is cleared."""
+    from rlhf_widgets.ppo.precision import CPU_BF16_ENV
+
+    monkeypatch.delenv(CPU_BF16_ENV, raising=False)
+
+    def pretend(native: bool) -> None:
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": native, "amx_bf16": False})
+
+    return pretend
+
+
 def build_hub_like_model(path: Path, hidden: int = 64) -> Path:
     """A tiny random Llama + byte-level BPE tokenizer saved like a hub checkpoint: EOS '</s>', no pad token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

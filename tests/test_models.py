@@ -81,7 +81,7 @@ def test_unreachable_hub_fails_fast_for_models(monkeypatch: pytest.MonkeyPatch) 
     assert time.perf_counter() - start < 2.0
 
 
-def test_trl_stages_stay_float32_on_cpu_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trl_stages_stay_float32_on_cpu_unless_asked(monkeypatch: pytest.MonkeyPatch, pretend_cpu_bf16) -> None:
     """Every TRL stage's config (TrainingDefaults) trains in float32 on CPU by default, even where bf16 is native
     (calibrated sandbox tests fed by bf16 SFT / reward models failed); `bf16=True` asks for CPU autocast."""
     from rlhf_widgets.dpo import DPOStageConfig
@@ -90,8 +90,7 @@ def test_trl_stages_stay_float32_on_cpu_unless_asked(monkeypatch: pytest.MonkeyP
 
     if torch.cuda.is_available():
         pytest.skip("the CPU rule")
-    monkeypatch.delenv("RLHF_WIDGETS_CPU_BF16", raising=False)  # the float32 switch would mask it
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True, "amx_bf16": False})
+    pretend_cpu_bf16(True)
     for config_cls in (SFTStageConfig, RewardStageConfig, DPOStageConfig):
         assert config_cls(output_dir="unused").bf16 is False
         assert config_cls(output_dir="unused", bf16=True).bf16 is True
@@ -101,7 +100,7 @@ def test_trl_stages_stay_float32_on_cpu_unless_asked(monkeypatch: pytest.MonkeyP
     assert resolve_mixed_precision("auto", torch.device("cpu")) == "no"
 
 
-def test_sampling_autocasts_a_float32_model_where_bf16_is_native(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sampling_autocasts_a_float32_model_where_bf16_is_native(pretend_cpu_bf16) -> None:
     """`SamplingSettings.mixed_precision="auto"` samples a float32 model under bf16 autocast on a CPU with native
     bf16, in float32 on one without; "no" (the default) is float32 anywhere; a model stored in bf16 samples in its
     own dtype."""
@@ -114,11 +113,10 @@ def test_sampling_autocasts_a_float32_model_where_bf16_is_native(monkeypatch: py
         with inference_autocast(m, setting):
             return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
-    monkeypatch.delenv("RLHF_WIDGETS_CPU_BF16", raising=False)  # the float32 switch would mask it
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    pretend_cpu_bf16(True)
     assert autocast_on("auto") and autocast_on("bf16") and not autocast_on("no")
     assert not autocast_on("auto", model.to(torch.bfloat16))
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": False})
+    pretend_cpu_bf16(False)
     assert not autocast_on("auto", model.float())
     assert SamplingSettings().mixed_precision == "no"
     with pytest.raises(ValueError, match="mixed_precision='fp32'"):

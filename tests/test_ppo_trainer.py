@@ -557,14 +557,13 @@ def test_phase_times_add_up_to_the_update_and_flops_are_counted(tmp_path: Path) 
         assert metrics["perf/flops_utilization"] == pytest.approx(metrics["perf/gflops"] / 50.0)
 
 
-def test_mixed_precision_auto_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mixed_precision_auto_follows_the_hardware(pretend_cpu_bf16) -> None:
     from rlhf_widgets.ppo import precision
 
     cpu = torch.device("cpu")
-    monkeypatch.delenv("RLHF_WIDGETS_CPU_BF16", raising=False)  # the float32 switch would mask it
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True, "avx2": True})
+    pretend_cpu_bf16(True)
     assert precision.resolve_mixed_precision("auto", cpu) == "bf16"
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": False})
+    pretend_cpu_bf16(False)
     assert precision.resolve_mixed_precision("auto", cpu) == "no"
     assert precision.resolve_mixed_precision("no", cpu) == "no"
     assert precision.resolve_mixed_precision("fp16", cpu) == "fp16"

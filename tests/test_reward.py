@@ -110,14 +110,13 @@ def test_bf16_training_keeps_the_score_head_in_float32(sft_pair_rows, tmp_path: 
     assert torch.allclose(rm.raw_score(prompts, responses), again.raw_score(prompts, responses), atol=1e-5)
 
 
-def test_scoring_runs_in_bf16_autocast_where_native_with_a_float32_head(trained_reward, monkeypatch) -> None:
+def test_scoring_runs_in_bf16_autocast_where_native_with_a_float32_head(trained_reward, pretend_cpu_bf16) -> None:
     """`RewardModel(mixed_precision="auto")` scores a float32 model under bf16 autocast on a CPU with native bf16
     (the body's rounding only: the linear head stays float32), and exactly in float32 with "no"."""
     rm = trained_reward.reward_model
     prompts = ["My order #12345 hasn't arrived. What should I do?"] * 3
     responses = ["Check your tracking number.", "That is not my problem.", "Hello! I'm sorry. Check your tracking."]
-    monkeypatch.delenv("RLHF_WIDGETS_CPU_BF16", raising=False)  # the float32 switch would mask it
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    pretend_cpu_bf16(True)
     exact = RewardModel(rm.model, rm.tokenizer, mixed_precision="no").raw_score(prompts, responses)
     fast = RewardModel(rm.model, rm.tokenizer, mixed_precision="auto").raw_score(prompts, responses)
     assert not torch.equal(fast, exact), "auto computed in float32"

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+INFERENCE_PRECISION = ("auto", "no", "bf16")
+"""the settings of no-grad forwards (`inference_autocast`): fp16 without a loss scaler is for training only"""
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -62,6 +64,13 @@ def resolve_mixed_precision(setting: str, device: torch.device) -> str:
         raise ValueError("PPOConfig.mixed_precision='bf16': this GPU has no bf16 (pre-Ampere); use 'fp16' (with "
                          "loss scaling) or 'no'")
     return setting
+
+
+def check_inference_precision(owner: str, setting: str) -> None:
+    """Raise a ValueError naming `owner` (e.g. "SamplingSettings.mixed_precision") unless `setting` is one of
+    `INFERENCE_PRECISION`."""
+    if setting not in INFERENCE_PRECISION:
+        raise ValueError(f"{owner}={setting!r}: must be 'auto', 'no' or 'bf16'")
 
 
 def inference_autocast(model: nn.Module, setting: str = "auto") -> contextlib.AbstractContextManager:
