@@ -8,7 +8,8 @@
 
 `--threads` sets torch's intra-op threads (0 = torch's default). Each update is timed in wall-clock and in
 process CPU seconds (`time.process_time`, all threads). `--precision`: ours' `PPOConfig.mixed_precision` ("no" =
-float32, "bf16" = autocast with float32 master weights); TRL's "bf16": `bf16=True` with
+float32, "bf16" = autocast with float32 master weights, and the reward model scored under bf16 autocast with its
+float32 score head, `RewardModel(mixed_precision="bf16")`); TRL's "bf16": `bf16=True` with
 `ACCELERATE_MIXED_PRECISION=bf16` (accelerate's autocast of the training forward), "bf16-flag": `bf16=True`
 alone, which TRL 1.9.2's PPO does not pass on to its own Accelerator under transformers 5 (a float32 run). TRL's
 `--mode lora` passes `peft_config` (LoRA `--lora-r`, `--lora-alpha`, `--lora-targets`, dropout 0 — ours) and no
@@ -88,7 +89,9 @@ def run_ours(args: argparse.Namespace) -> dict:
     prompts = json.loads(Path(args.prompts).read_text())
     t0 = time.perf_counter()
     rm = AutoModelForSequenceClassification.from_pretrained(args.reward, num_labels=1, dtype=torch.float32)
-    reward = RewardModel(rm, load_tokenizer(args.reward, padding_side="right"))
+    # bf16 runs score the reward model under bf16 autocast too (float32 score head): a user's setting of ours
+    reward = RewardModel(rm, load_tokenizer(args.reward, padding_side="right"),
+                         mixed_precision="bf16" if args.precision == "bf16" else "no")
     config = PPOConfig(
         output_dir=str(Path(args.workdir) / f"ours-{args.mode}-{args.precision}"), seed=SEED,
         num_updates=args.updates + 1, mixed_precision=args.precision,
@@ -100,7 +103,8 @@ def run_ours(args: argparse.Namespace) -> dict:
     load_s = time.perf_counter() - t0
     rss_after_load = _peak_rss_mib()
     assert trainer.accelerator.device.type == "cpu"
-    assert all(p.dtype == torch.float32 for p in trainer.backend.parameters())  # bf16 too: fp32 master weights
+    trained = trainer.backend.policy_parameters + trainer.backend.value_parameters
+    assert all(p.dtype == torch.float32 for p in trained)  # bf16 too: fp32 master weights (the frozen base: bf16)
     assert trainer.precision.mode == args.precision
     times, cpu_times, lengths, eos, phases, flops, tokens = [], [], [], [], [], [], []
     for _ in range(args.updates + 1):

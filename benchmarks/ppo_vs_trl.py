@@ -18,8 +18,11 @@ same 16 sandbox prompts: batch 16, 24 new tokens, 4 PPO epochs, one minibatch, t
   transformers 5 (its own `Accelerator` reads the precision from the environment only): that run,
   `trl-lora-bf16flag`, is float32 — each TRL row reports the precision its Accelerator used;
 - `ours-shared-fp32`, `ours-shared-bf16`: our shared-base LoRA with the defaults, `mixed_precision="no"` and
-  `"bf16"` (autocast, float32 master weights); `RewardModel(classifier, tokenizer)` as the reward; on CPU the
-  micro-batch is chosen from the model shape (16 at the tiny shape, 4 at 100M);
+  `"bf16"` (autocast, float32 master weights; the frozen base linears then stored in bf16 where sampling does not
+  merge, `FastPaths.store_frozen_in`); `RewardModel(classifier, tokenizer)` as the reward, in the bf16 run with
+  `mixed_precision="bf16"` (body under autocast, score head float32 — TRL's reward forward stays float32); on CPU
+  the micro-batch is chosen from the model shape and the compute dtype (16 at the tiny shape; 2 at 135m in
+  float32, 4 in bf16);
 - `ours-shared-whole-fp32`: the same with the whole minibatch per forward (`micro_batch_size=16`, TRL's setting);
 - `ours-full-fp32`: `shared_base=False` (full policy + reference copy + value network, like TRL).
 (`trl-full-bf16`, `trl-lora-bf16flag`, `ours-shared-whole-bf16` and `ours-full-bf16` can be asked for by id.)

@@ -716,3 +716,41 @@ def test_auto_micro_batch_counts_half_precision_activations() -> None:
     assert auto_micro_batch_size(shape, 64, 16) == 2
     assert auto_micro_batch_size(shape, 64, 16, half_precision=True) == 4
     assert auto_micro_batch_size(shape, 64, 3, half_precision=True) == 3  # a divisor of the minibatch
+
+
+def test_frozen_base_stored_in_bf16_computes_what_autocast_computes(tmp_path: Path, monkeypatch) -> None:
+    """Under bf16 autocast the frozen base linears are kept in bf16 (`FastPaths.store_frozen_in`), where sampling
+    does not merge: autocast would cast them to the same bf16 tensors at every use. One PPO update gives the same
+    metrics and adapter weights, bit for bit, as with float32 base weights; the embeddings (tied to the LM head),
+    the adapters and the value head stay float32; a run that merges for sampling keeps its float32 base."""
+    from rlhf_widgets.ppo.fastpaths import FastPaths
+
+    def run(store: bool, **overrides) -> PPOTrainer:
+        if not store:
+            monkeypatch.setattr(FastPaths, "store_frozen_in", lambda self, dtype: 0)
+        torch.manual_seed(0)
+        trainer = PPOTrainer(PROMPTS, small_config(tmp_path / str(store), mixed_precision="bf16", sample_every=0,
+                                                   **overrides), reward=gold_reward)
+        monkeypatch.undo()
+        return trainer
+
+    stored, plain = run(True, merge_for_generation=False), run(False, merge_for_generation=False)
+    dtypes = {n: p.dtype for n, p in stored.backend.peft.named_parameters()}
+    base_linears = [n for n in dtypes if n.endswith("base_layer.weight")]
+    assert base_linears and all(dtypes[n] == torch.bfloat16 for n in base_linears)
+    assert {dtypes[n] for n in dtypes if "lora_" in n or "embed" in n} == {torch.float32}
+    assert {p.dtype for p in stored.backend.value_head.parameters()} == {torch.float32}
+    assert {p.dtype for p in plain.backend.peft.parameters()} == {torch.float32}
+    torch.manual_seed(1)  # the trainers sample from the global generator
+    got = stored.step()
+    torch.manual_seed(1)
+    expected = plain.step()
+    assert got["objective/kl"] != 0.0 and got["loss/policy_avg"] != 0.0
+    for key in expected:
+        if not key.startswith(("time/", "perf/", "eps")):
+            assert got[key] == expected[key], key
+    for key, value in plain.backend.trainable_state().items():
+        torch.testing.assert_close(stored.backend.trainable_state()[key], value, rtol=0, atol=0, msg=key)
+    merging = run(True)  # float32 and tiny: samples from merged W + ΔW, which needs the float32 W
+    assert merging.backend.merge_for_generation
+    assert {p.dtype for p in merging.backend.peft.parameters()} == {torch.float32}

@@ -135,11 +135,14 @@ class SharedBackbone(nn.Module):
         activation_checkpointing: recompute activations in backward.
         value_layers: how many of the top decoder layers carry the value adapter (None = all of them).
         fast_paths, merge_for_generation: see `fastpaths.FastPaths`.
+        autocast_dtype: the half precision every forward will autocast to (None: float32, or forwards not all
+            autocast): the frozen base linears are then stored in it (`FastPaths.store_frozen_in`).
     """
 
     def __init__(self, base: PreTrainedModel | PeftModel, lora: LoraConfig,
                  activation_checkpointing: bool = False, value_layers: int | None = None,
-                 fast_paths: bool = True, merge_for_generation: bool | None = None) -> None:
+                 fast_paths: bool = True, merge_for_generation: bool | None = None,
+                 autocast_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         # the decoder stack without the LM head (PEFT wraps the model in place: it stays this module)
         self._stack = stack = base.get_base_model().base_model if isinstance(base, PeftModel) else base.base_model
@@ -197,6 +200,8 @@ class SharedBackbone(nn.Module):
             p.requires_grad_(False)
         self.fast = FastPaths(self.peft, self._policy_params + self._value_params, frozen, merge_adapter=POLICY,
                               enabled=fast_paths, merge_for_generation=merge_for_generation)
+        if autocast_dtype is not None:
+            self.fast.store_frozen_in(autocast_dtype)
         self._value_params += list(self.value_head.parameters())
         self.fast.activate(POLICY)
 

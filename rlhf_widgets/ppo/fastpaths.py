@@ -29,6 +29,9 @@ from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+HALF_STORED = "_rlhf_widgets_stored_from"
+"""attribute of a frozen base linear that `FastPaths.store_frozen_in` keeps in half precision: its former dtype"""
+
 MERGE_AUTO_MAX_BYTES = 64 << 20
 """`merge_for_generation=None` merges float32 adapted weights up to this size (at 135M params merging saved no
 time and added the copy to peak memory)."""
@@ -66,7 +69,8 @@ def why_not_plain(layer: nn.Module, adapter: str) -> str | None:
         return f"is a {type(layer).__module__}.{type(layer).__name__}, not a plain LoRA linear"
     if layer.lora_variant.get(adapter) is not None or layer.lora_bias.get(adapter):
         return "uses DoRA or a LoRA bias, which plain LoRA arithmetic (and a merged weight) leaves out"
-    dtypes = {layer.get_base_layer().weight.dtype, layer.lora_A[adapter].weight.dtype,
+    base = layer.get_base_layer()
+    dtypes = {getattr(base, HALF_STORED, base.weight.dtype), layer.lora_A[adapter].weight.dtype,
               layer.lora_B[adapter].weight.dtype}
     if len(dtypes) > 1:
         return f"mixes dtypes {sorted(map(str, dtypes))} (PEFT casts between them)"
@@ -126,6 +130,42 @@ class FastPaths:
             if why is not None:
                 return f"{qualname} {why}"
         return None
+
+    # ---------------------------------------------------------------- half-precision frozen base
+    def store_frozen_in(self, dtype: torch.dtype) -> int:
+        """Keep the frozen float32 base linears in `dtype` (bf16 / fp16) for a run whose every forward autocasts to
+        it: autocast casts a float32 weight that does not require grad afresh at every use (~40 times per PPO
+        update, every generated token included), and the cast gives the same `dtype` tensor each time, so storing
+        it once computes the same numbers in less time and half the memory (a 135M-param update on CPU: 18.0 s instead
+        of 22.4 s, benchmarks/ppo_vs_trl.py). Only where sampling does not merge
+        (a merged `W + ΔW` needs the float32 `W`) and never for a weight shared with the input embeddings (a tied
+        LM head), the LoRA adapters or anything that trains; the adapters are saved alone, so a saved policy is
+        unaffected. Returns the number of linears converted (0 with the fast paths off or while merging)."""
+        if not self.enabled or self.merge_for_generation:
+            return 0
+        embeddings = self.peft.get_input_embeddings()
+        tied = {embeddings.weight.data_ptr()} if embeddings is not None else set()
+        adapter_linears = {id(m) for layer in self._tuner_layers if isinstance(layer, LoraLayer)
+                           for d in (layer.lora_A, layer.lora_B) for m in d.values()}
+        adapter_params = {id(p) for p in self._trainable + self._frozen}
+        converted = 0
+        for module in self.peft.modules():
+            if (type(module) is not nn.Linear or id(module) in adapter_linears or id(module.weight) in adapter_params
+                    or module.weight.dtype != torch.float32 or module.weight.data_ptr() in tied):
+                continue
+            setattr(module, HALF_STORED, module.weight.dtype)
+            module.weight.data = module.weight.data.to(dtype)
+            if module.bias is not None:
+                module.bias.data = module.bias.data.to(dtype)
+            converted += 1
+        if converted:
+            # a loaded weight may be a view of the checkpoint's memory-mapped file, which any one of them keeps
+            # mapped (with every page read so far resident): copy out the few left in float32 (embeddings, norms)
+            # so the mapping of the converted ones goes
+            for param in self.peft.parameters():
+                if id(param) not in adapter_params and param.dtype == torch.float32:
+                    param.data = param.data.clone()
+        return converted
 
     # ---------------------------------------------------------------- adapter switching
     def activate(self, adapter: str | list[str]) -> None:

@@ -113,7 +113,10 @@ class PPOTrainer:
                 base, _ppo_lora(self.model_settings),
                 activation_checkpointing=config.uses_activation_checkpointing(quantized),
                 value_layers=config.value_layers(base.config.num_hidden_layers),
-                fast_paths=config.fast_paths, merge_for_generation=config.merge_for_generation)
+                fast_paths=config.fast_paths, merge_for_generation=config.merge_for_generation,
+                # every forward of the backbone runs under the trainer's autocast (ZeRO's engine: left alone)
+                autocast_dtype=(self.precision.dtype if self.precision.mode != "no"
+                                and self.accelerator.distributed_type != DistributedType.DEEPSPEED else None))
         elif quantized:
             raise ValueError("PPOConfig(shared_base=False) trains full models, which a 4-bit base cannot: use "
                              "shared_base=True (LoRA adapters on the quantized base) or load without load_in_4bit")
