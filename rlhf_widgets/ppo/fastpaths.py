@@ -145,12 +145,10 @@ class FastPaths:
             return 0
         embeddings = self.peft.get_input_embeddings()
         tied = {embeddings.weight.data_ptr()} if embeddings is not None else set()
-        adapter_linears = {id(m) for layer in self._tuner_layers if isinstance(layer, LoraLayer)
-                           for d in (layer.lora_A, layer.lora_B) for m in d.values()}
-        adapter_params = {id(p) for p in self._trainable + self._frozen}
+        adapter_params = {id(p) for p in self._trainable + self._frozen}  # every adapter's A and B weights
         converted = 0
         for module in self.peft.modules():
-            if (type(module) is not nn.Linear or id(module) in adapter_linears or id(module.weight) in adapter_params
+            if (type(module) is not nn.Linear or id(module.weight) in adapter_params
                     or module.weight.dtype != torch.float32 or module.weight.data_ptr() in tied):
                 continue
             setattr(module, HALF_STORED, module.weight.dtype)
