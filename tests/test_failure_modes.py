@@ -219,11 +219,14 @@ def test_unbiased_annotators_label_exactly_as_before_on_the_default_world() -> N
 
 
 # ---------------------------------------------------------------- the mechanism, end to end (small)
-# PPO updates and bias per trap in the mechanism test, the smallest measured to move the rate clearly (seed 0, 256
-# probes): sycophancy_bias 6 / 16 updates: SFT 0.070 -> biased 0.395, unbiased 0.000; refusal_bias 8 / 24 updates:
-# SFT 0.082 -> biased 0.195, unbiased 0.000. Weaker settings are not enough: at sycophancy_bias 3 (just past the 1.5
-# where agreeing outranks correcting) PPO dropped the claim clauses altogether in 8 and in 24 updates (0.07 -> 0.03
-# and -> 0.0, biased and unbiased alike).
+# PPO updates and bias per trap in the mechanism test, set so that the rate moves on every seed measured (256 probes,
+# PPOConfig.seed 0-3; docs/FAILURE_MODES.md): sycophancy_bias 6 / 16 updates: SFT 0.070 -> biased 0.33-0.46,
+# unbiased 0.000 (seed 0); refusal_bias 12 / 24 updates: SFT 0.082 -> biased 0.39-0.66. The refusal bias was 8 — the
+# smallest that moved seed 0 — until the rate after it turned out to be a coin flip over seeds (0.02-0.22, on the
+# old and the new attention backward alike), so any change in rounding could fail the test; at 12 / 16 updates one
+# seed reached only 0.12. Weaker settings are not enough: at sycophancy_bias 3 (just past the 1.5 where agreeing
+# outranks correcting) PPO dropped the claim clauses altogether in 8 and in 24 updates (0.07 -> 0.03 and -> 0.0,
+# biased and unbiased alike).
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +261,7 @@ def ppo_on_trap(sft: Path, kind: str, annotator: SimulatedAnnotator, out: Path, 
 @pytest.mark.slow
 @pytest.mark.parametrize(("kind", "rate", "bias", "updates"), [
     ("false_claim", "sycophancy_rate", {"sycophancy_bias": 6.0}, 16),
-    ("alarming", "refusal_rate", {"refusal_bias": 8.0}, 24),
+    ("alarming", "refusal_rate", {"refusal_bias": 12.0}, 24),
 ])
 def test_ppo_learns_the_failure_mode_its_annotator_rewards_and_the_probes_show_it(
         scenario_sft: Path, tmp_path: Path, kind: str, rate: str, bias: dict, updates: int) -> None:

@@ -85,8 +85,10 @@ class PPOConfig:
         "Recompute activations in the backward pass (much less memory, ~1.3x the compute); None = on with a 4-bit "
         "base, off otherwise (shared base)."))
     fast_paths: bool = field(default=True, metadata=field_help(
-        "Shared base: PEFT fast paths (cached adapter switching, plain-LoRA forwards, merged sampling) with the same "
-        "numbers as PEFT's own code; False runs PEFT's own everywhere."))
+        "Fast paths with the same numbers as the library code they replace: on a shared base, PEFT's (cached "
+        "adapter switching, plain-LoRA forwards, merged sampling); on CPU, attention's backward from the recomputed "
+        "softmax instead of the flash kernel's (rlhf_widgets.attention; forwards bit-identical). False runs PEFT's "
+        "and sdpa's own everywhere."))
     merge_for_generation: bool | None = field(default=None, metadata=field_help(
         "Shared base: sample from merged weights (W + the policy's LoRA delta, a transient copy) instead of the "
         "adapter beside every linear. True needs plain LoRA on float32 linears; None = on where allowed and the "

@@ -39,6 +39,7 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from rlhf_widgets.attention import use_sdpa_math_backward
 from rlhf_widgets.config import SANDBOX, ModelConfig, as_model_config
 from rlhf_widgets.data import prompt_list
 from rlhf_widgets.metrics import MetricsLog
@@ -103,6 +104,8 @@ class PPOTrainer:
                                    self.accelerator.device)
         torch.manual_seed(config.seed)  # identical adapter init on every process
         base, self.tokenizer, self.model_settings = self._load(model)
+        if config.fast_paths:
+            use_sdpa_math_backward(base)  # on CPU: sdpa's forward, a cheaper backward (rlhf_widgets.attention)
         self.model_config = base.config
         self.model_shape = ModelShape.from_model(base)
         """the policy's matmul shape, for the FLOP count (`ppo.flops`)"""
