@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--probes-per-kind", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=1.0, help="annotators' Bradley-Terry temperature")
     parser.add_argument("--sycophancy-bias", type=float, default=6.0)
-    parser.add_argument("--refusal-bias", type=float, default=8.0)
+    parser.add_argument("--refusal-bias", type=float, default=12.0)
     parser.add_argument("--verbosity-bias", type=float, default=0.6)
     args = parser.parse_args()
     out = Path(args.out)
