@@ -30,7 +30,7 @@ class _SdpaMathBackward(torch.autograd.Function):
     """sdpa's forward; backward from the float32 softmax of the same scores and mask."""
 
     @staticmethod
-    def forward(ctx, query, key, value, module, attention_mask, scaling, is_causal, kwargs):  # noqa: PLR0913
+    def forward(ctx, query, key, value, module, attention_mask, scaling, is_causal, kwargs):
         out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, 0.0, scaling, is_causal, **kwargs)
         ctx.save_for_backward(query, key, value, attention_mask)
         ctx.scale = scaling if scaling is not None else query.shape[-1] ** -0.5
