@@ -142,5 +142,6 @@ def test_ppo_trains_through_it_on_cpu_unless_the_fast_paths_are_off(tmp_path, mo
     assert trainer.model_config._attn_implementation == (SDPA_MATH_BACKWARD if fast_paths else "sdpa")
     metrics = trainer.step()
     assert metrics["val/ratio"] == pytest.approx(1.0, abs=1e-5)  # the forward is sdpa's: same log-probs as sampled
-    # every decoder layer's attention in the policy's backward, the value network's top half in its own
-    assert len(backwards) == (trainer.model_config.num_hidden_layers * 3 // 2 if fast_paths else 0)
+    # every decoder layer's attention in the policy's backward, the value network's top layers in its own
+    layers = trainer.model_config.num_hidden_layers
+    assert len(backwards) == (layers + (config.value_layers(layers) or layers) if fast_paths else 0)
