@@ -1,4 +1,5 @@
-"""Attention with sdpa's forward and a cheaper backward on CPU, as a transformers attention implementation.
+"""Attention with sdpa's forward and a cheaper backward and decode step on CPU, as a transformers attention
+implementation.
 
 PyTorch's CPU flash-attention backward is written for long sequences; at the lengths RLHF trains on (tens to a
 few hundred tokens) each call pays for blocking it does not need: in bf16 at 4 sequences × 64 tokens × 9 heads of
@@ -12,9 +13,19 @@ graph is built on CPU does the backward differ: it is the exact gradient of the 
 softmax recomputed in float32 (as close to a float64 reference as the kernel's own, in float32 and in bf16:
 tests/test_attention.py). Anything it does not cover — CUDA, dropout, soft-capping, position biases,
 attention sinks — runs sdpa's backward unchanged.
+
+The one other exception is sampling's decode step in half precision on CPU: one query per sequence against the
+cache, no graph, bf16 / fp16 inputs. There the CPU kernel is 3-7x slower than three plain ops (bf16, one thread: 128
+sequences × 4 heads × 100 cached tokens, 7.1 vs 2.7 ms; 16 × 9 heads GQA 3:1, 2.3 vs 0.3 ms), so the step computes
+`softmax(q kᵀ·scale + mask) v` with float32 scores and softmax (output error against a float64 reference within
+2x the kernel's, both at bf16's rounding). `cpu_decode_attention` switches a model to this implementation for the
+length of one `generate` call. Float32 decode steps stay sdpa's.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -78,12 +89,47 @@ def _attention_backward(q, k, v, grad_out, mask, scale, causal):
     return dq, dk, dv
 
 
+_HALF = (torch.bfloat16, torch.float16)
+
+
+def _half_dtype(query: torch.Tensor) -> torch.dtype | None:
+    """The half-precision dtype sdpa would compute `query` in on CPU (its own, or autocast's), else None."""
+    if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in _HALF:
+        return torch.get_autocast_dtype("cpu")  # (RoPE in float32 hands autocast float32 queries and keys)
+    return query.dtype if query.dtype in _HALF else None
+
+
+def _decode_attention(q, k, v, mask, scale, dtype):
+    """One query per sequence, (batch, heads, 1, dim), against (batch, kv_heads, length, dim) keys and values →
+    the (batch, 1, heads, dim) output sdpa_attention_forward returns, in `dtype`; the query heads of one key/value
+    head are its rows (GQA without repeating the cache). Scores and softmax in float32."""
+    b, h, _, d = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    scale = scale if scale is not None else d**-0.5
+    with torch.autocast("cpu", enabled=False):
+        scores = torch.matmul(q.reshape(b, hkv, h // hkv, d).float(), k.float().transpose(-1, -2)).mul_(scale)
+        if mask is not None:
+            # (batch or 1, heads or 1, 1, length) -> broadcastable over (batch, kv_heads, heads per kv head, length)
+            mask = mask.view(mask.shape[0], hkv, h // hkv, lk) if mask.shape[1] == h > 1 else mask
+            if mask.dtype == torch.bool:
+                scores.masked_fill_(~mask, float("-inf"))
+            else:
+                scores.add_(mask)
+        probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # a query that sees no key: zeros, as sdpa
+        return torch.matmul(probs.to(dtype), v.to(dtype)).view(b, 1, h, v.shape[-1])
+
+
 def sdpa_math_backward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                        attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                        is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """A transformers attention function: `sdpa_attention_forward`, with the float32 math backward where a graph
-    is built on CPU (see the module docstring)."""
+    is built on CPU and the half-precision decode step on CPU computed directly (see the module docstring)."""
     builds_graph = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
+    if (not builds_graph and query.shape[2] == 1 and query.device.type == "cpu" and not dropout
+            and all(kwargs.get(k) is None for k in ("softcap", "position_bias", "s_aux"))):
+        half = _half_dtype(query)
+        if half is not None:
+            return _decode_attention(query, key, value, attention_mask, scaling, half), None
     if (not builds_graph or query.device.type != "cpu" or dropout or kwargs.get("softcap") is not None
             or kwargs.get("position_bias") is not None or kwargs.get("s_aux") is not None):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs)
@@ -104,3 +150,17 @@ def use_sdpa_math_backward(model: nn.Module) -> bool:
         return False
     base.set_attn_implementation(SDPA_MATH_BACKWARD)
     return base.config._attn_implementation == SDPA_MATH_BACKWARD
+
+
+@contextlib.contextmanager
+def cpu_decode_attention(model: nn.Module) -> Iterator[bool]:
+    """Run `model` with `SDPA_MATH_BACKWARD` inside the block when it runs sdpa on CPU (yields True), restoring sdpa
+    after; other models run unchanged (False). For sampling, whose half-precision decode steps it speeds up."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not use_sdpa_math_backward(base):
+        yield base.config._attn_implementation == SDPA_MATH_BACKWARD if isinstance(base, PreTrainedModel) else False
+        return
+    try:
+        yield True
+    finally:
+        base.set_attn_implementation("sdpa")

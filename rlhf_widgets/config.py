@@ -97,10 +97,10 @@ class TrainingDefaults:
     with plain CPU data parallel: there the processes keep `use_cpu=False` and talk over gloo (`ddp_backend`).
     FSDP without CUDA is refused (accelerate runs FSDP only across accelerators).
 
-    `bf16=None` (the default) trains under bf16 autocast on a CUDA GPU with bf16 and in float32 on CPU; `bf16=True`
-    on a CPU with AVX512-BF16 / AMX (`rlhf_widgets.ppo.precision.cpu_has_native_bf16`) trains under CPU autocast —
-    the weights, the optimizer state and the loss stay float32, the reward model's score head computes in float32
-    (~1.5x faster on the sandbox; see docs/PERFORMANCE.md for why it is not the default there yet).
+    `bf16=None` (the default) trains under bf16 autocast where the hardware computes bf16 natively: a CUDA GPU with
+    bf16, or a CPU with AVX512-BF16 / AMX (`rlhf_widgets.ppo.precision.cpu_has_native_bf16`; not under DeepSpeed,
+    whose config decides) — the weights, the optimizer state and the loss stay float32, the reward model's score
+    head computes in float32. `bf16=False` (or `RLHF_WIDGETS_CPU_BF16=0` for the whole workbench) trains in float32.
     """
 
     report_to: None | str | list[str] = field(
@@ -113,8 +113,9 @@ class TrainingDefaults:
         default=None, metadata={"help": "Deprecated alias of activation_checkpointing in transformers 5."}
     )
     bf16: bool | None = field(
-        default=None, metadata={"help": "bf16 mixed precision (autocast, float32 weights); None = on for GPUs with "
-                                          "bf16, float32 on CPU; True also on CPUs with AVX512-BF16 / AMX."}
+        default=None, metadata={"help": "bf16 mixed precision (autocast, float32 weights); None = on where the "
+                                          "hardware computes bf16 natively (GPUs with bf16, CPUs with AVX512-BF16 / "
+                                          "AMX), else float32."}
     )
     logging_steps: float = field(default=5, metadata={"help": "Optimizer steps between two metric logs."})
     save_strategy: str = field(default="no", metadata={"help": "Trainer checkpoints; the stage saves its result."})
@@ -134,10 +135,9 @@ class TrainingDefaults:
             else:
                 self.use_cpu = True
             if self.bf16 is None:
-                # float32 on CPU unless asked (`bf16=True`, where the CPU computes bf16 natively — not under
-                # DeepSpeed, whose config decides): in a full-bf16 test run, calibrated sandbox tests fed by bf16 SFT
-                # and reward models failed (docs/PERFORMANCE.md), so it is not the default until that is understood
-                self.bf16 = False
+                from rlhf_widgets.ppo.precision import cpu_has_native_bf16
+
+                self.bf16 = not deepspeed and cpu_has_native_bf16()
         elif self.bf16 is None:
             self.bf16 = torch.cuda.is_bf16_supported()
         super().__post_init__()

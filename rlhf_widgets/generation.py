@@ -38,13 +38,14 @@ class SamplingSettings:
     """nucleus sampling mass (1.0 = off)"""
     top_k: int = 0
     """keep only the k most likely tokens (0 = off)"""
-    mixed_precision: str = "no"
-    """compute dtype of a float32 model's sampling forwards: "no" = float32 (default), "auto" = bf16 autocast where
-    the hardware computes bf16 natively (a CPU with AVX512-BF16 / AMX, a CUDA GPU with bf16 —
-    `ppo.precision.resolve_mixed_precision`), "bf16" = always; a model stored in half precision samples in its own
-    dtype. Float32 by default because bf16 logits bend the sampled distribution (a logit near 10 is rounded by up to
-    0.03, a few % of each token's probability): on the sandbox quickstart (seed 0) pairs sampled in bf16 gave PPO a
-    gold win rate of 0.33 and 0.60 over SFT in two runs, float32 sampling 0.86 and 0.91 (docs/PERFORMANCE.md)."""
+    mixed_precision: str = "auto"
+    """compute dtype of a float32 model's sampling forwards: "auto" (default) = bf16 autocast where the hardware
+    computes bf16 natively (a CPU with AVX512-BF16 / AMX, a CUDA GPU with bf16 —
+    `ppo.precision.resolve_mixed_precision`; `RLHF_WIDGETS_CPU_BF16=0` turns it off for the whole workbench), else
+    float32; "no" = float32; "bf16" = always; a model stored in half precision samples in its own dtype. bf16 logits
+    round a logit near 10 by up to 0.03, which moves each token's probability by a few %: the sandbox's outcomes
+    over seeds land within float32's spread (docs/PERFORMANCE.md, "Same seeds, both paths"); "no" samples the exact
+    float32 distribution."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
@@ -182,6 +183,7 @@ def generate(
     show_progress: bool = False,
 ) -> list[Generation]:
     """Sample one response per prompt, in batches of `batch_size`; `seed` makes sampling reproducible."""
+    from rlhf_widgets.attention import cpu_decode_attention
     from rlhf_widgets.ppo.precision import inference_autocast  # (the ppo package imports this module)
 
     settings = settings or SamplingSettings()
@@ -192,7 +194,9 @@ def generate(
     model.eval()
     results: list[Generation] = []
     starts = range(0, len(prompts), batch_size)
-    with exact_sampling(model, tokenizer) as stops, inference_autocast(model, settings.mixed_precision):
+    # on CPU the half-precision decode step skips sdpa's kernel (rlhf_widgets.attention)
+    with (exact_sampling(model, tokenizer) as stops, inference_autocast(model, settings.mixed_precision),
+          cpu_decode_attention(model)):
         for start in tqdm(starts, desc="generating", disable=not show_progress, unit="batch"):
             batch = encode_prompts(tokenizer, prompts[start : start + batch_size], device)
             ids = model.generate(**batch, **settings.generate_kwargs(), pad_token_id=tokenizer.pad_token_id,

@@ -113,9 +113,10 @@ class RewardModel:
     """A trained reward model behind one call: `score(prompts, responses) -> (N,) tensor`.
 
     `bias` and `scale` normalise raw scores: `(raw - bias) / scale`; `fit_normalization` sets them.
-    `mixed_precision` is the compute dtype of scoring a float32 model ("no": float32, the default; "auto": bf16
-    autocast where the hardware computes bf16 natively; "bf16"; `ppo.precision.inference_autocast`); the score head
-    computes in float32 either way (`_score_head_in_float32`), so only the body's rounding reaches the scores.
+    `mixed_precision` is the compute dtype of scoring a float32 model ("auto", the default: bf16 autocast where the
+    hardware computes bf16 natively, else float32; "no": float32; "bf16"; `ppo.precision.inference_autocast`); the
+    score head computes in float32 either way (`_score_head_in_float32`), so only the body's rounding reaches the
+    scores.
     """
 
     def __init__(
@@ -127,7 +128,7 @@ class RewardModel:
         scale: float = 1.0,
         batch_size: int = 32,
         max_length: int = 512,
-        mixed_precision: str = "no",
+        mixed_precision: str = "auto",
     ) -> None:
         check_inference_precision("RewardModel mixed_precision", mixed_precision)
         self.model = model.eval()
@@ -212,7 +213,7 @@ class RewardModel:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", batch_size: int = 32, mixed_precision: str = "no"
+    def load(cls, path: str | Path, device: str = "auto", batch_size: int = 32, mixed_precision: str = "auto"
              ) -> RewardModel:
         """Reload what `save` wrote; scores equal the saved model's."""
         path = Path(path)

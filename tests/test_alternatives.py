@@ -81,6 +81,32 @@ def test_best_of_n_raises_the_judged_score_and_knows_its_kl(sft_model_dir: Path)
         best_of_n(prompts, model=model, reward=gold_reward, n=0)
 
 
+def test_best_of_n_curve_averages_the_pick_over_every_subset_of_the_candidates() -> None:
+    import itertools
+    import random
+
+    from rlhf_widgets.best_of import BestOfN
+
+    rng = random.Random(0)
+    n, prompts = 6, ["p0", "p1", "p2"]
+    candidates = [[f"{p} answer {i}" for i in range(n)] for p in prompts]
+    proxy = [[rng.gauss(0, 1) for _ in range(n)] for _ in prompts]
+    truth = {c: rng.gauss(0, 1) for cs in candidates for c in cs}
+    result = BestOfN(responses=[], scores=[], candidates=candidates, candidate_scores=proxy, n=n)
+    curve = best_of_n_curve(result, prompts, lambda ps, rs: [truth[r] for r in rs], ns=[1, 2, 3, 6])
+    for point in curve:  # brute force: the proxy's pick in every m-subset, averaged over subsets and prompts
+        m, golds, proxies = point["n"], [], []
+        for cs, ss in zip(candidates, proxy, strict=True):
+            picks = [max(subset, key=ss.__getitem__) for subset in itertools.combinations(range(n), m)]
+            golds.append(sum(truth[cs[i]] for i in picks) / len(picks))
+            proxies.append(sum(ss[i] for i in picks) / len(picks))
+        assert point["gold"] == pytest.approx(sum(golds) / len(golds))
+        assert point["proxy"] == pytest.approx(sum(proxies) / len(proxies))
+    assert curve[-1]["proxy"] == pytest.approx(sum(max(ss) for ss in proxy) / len(prompts))  # m = N: the run's pick
+    with pytest.raises(ValueError, match="must be in"):
+        best_of_n_curve(result, prompts, gold_reward, ns=[7])
+
+
 def test_compare_policies_table_and_blind_store(sft_model_dir: Path, tmp_path: Path) -> None:
     from rlhf_widgets.labeling import LabelingSession
 

@@ -145,3 +145,51 @@ def test_ppo_trains_through_it_on_cpu_unless_the_fast_paths_are_off(tmp_path, mo
     # every decoder layer's attention in the policy's backward, the value network's top layers in its own
     layers = trainer.model_config.num_hidden_layers
     assert len(backwards) == (layers + (config.value_layers(layers) or layers) if fast_paths else 0)
+
+
+DECODE_MASKS = {
+    "left padding": lambda: _left_padded(3, 24, [0, 5, 11])[:, :, -1:],
+    "no mask": lambda: None,
+    "float mask per head": lambda: torch.where(_left_padded(3, 24, [2, 0, 7]), 0.0, float("-inf"))[:, :, -1:]
+    .expand(3, 6, 1, 24),
+}
+
+
+@pytest.mark.parametrize("mask_name", list(DECODE_MASKS))
+@pytest.mark.parametrize("groups", [1, 3])
+def test_half_precision_decode_step_is_as_exact_as_sdpa_s(mask_name: str, groups: int) -> None:
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 6, 1, 16, generator=gen)
+    k, v = (torch.randn(3, 6 // groups, 24, 16, generator=gen) * 2 for _ in range(2))
+    mask, module = DECODE_MASKS[mask_name](), _Attention(groups)
+
+    def run(fn, dtype, autocast: bool):
+        inputs = [t.to(dtype) for t in (q, k, v)]
+        m = mask.to(dtype) if mask is not None and mask.is_floating_point() else mask  # in the model's dtype
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return fn(module, *inputs, m, scaling=0.3)[0]
+
+    exact = run(sdpa_attention_forward, torch.float64, False)
+    for dtype, autocast in [(torch.bfloat16, False), (torch.float32, True)]:  # a bf16 model; autocast with fp32 RoPE
+        ours, kernel = run(sdpa_math_backward, dtype, autocast), run(sdpa_attention_forward, dtype, autocast)
+        assert ours.dtype == kernel.dtype == torch.bfloat16 and ours.shape == kernel.shape
+        error, kernel_error = ((o.double() - exact).norm() / exact.norm() for o in (ours, kernel))
+        assert error <= max(2 * kernel_error, 2e-3), (dtype, autocast, error, kernel_error)
+    # float32 decode steps are sdpa's own
+    assert torch.equal(run(sdpa_math_backward, torch.float32, False), run(sdpa_attention_forward, torch.float32, False))
+
+
+def test_sampling_on_cpu_decodes_with_it_and_restores_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlhf_widgets.generation import SamplingSettings, generate
+    from rlhf_widgets.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm("sandbox")
+    steps = []
+    decode = attention._decode_attention
+    monkeypatch.setattr(attention, "_decode_attention", lambda *a: steps.append(a[-1]) or decode(*a))
+    prompts = sandbox_prompts(3, seed=0)
+    generate(model, tokenizer, prompts, SamplingSettings(max_new_tokens=5, mixed_precision="no"), seed=0)
+    assert steps == []  # float32: sdpa
+    out = generate(model, tokenizer, prompts, SamplingSettings(max_new_tokens=5, mixed_precision="bf16"), seed=0)
+    assert steps and set(steps) == {torch.bfloat16} and len(out) == 3
+    assert model.config._attn_implementation == "sdpa"

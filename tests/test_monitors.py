@@ -68,15 +68,17 @@ def test_each_monitor_fires_once_where_its_smoothed_numbers_cross_the_threshold(
     assert length.evidence["sft_length"] == sft and length.evidence["drift"] > 0.5
     assert "longer than the SFT model's" in length.message
 
-    # KL: growth over the last window ≥ 2x the window before's, and ≥ 0.5 nats/update
+    # KL: growth over the last window ≥ 2x the window before's, and ≥ min_kl_growth (1 nat) per update
+    min_growth = MonitorConfig().min_kl_growth
+
     def kl_accelerates(t: int) -> bool:
         if t < 15:
             return False
         now, before, earlier = (window_mean(hacking, "objective/kl", t - 5 * k) for k in range(3))
-        return (now - before) / 5 >= max(0.5, 2 * (before - earlier) / 5)
+        return (now - before) / 5 >= max(min_growth, 2 * (before - earlier) / 5)
 
     assert alerts["kl_acceleration"].update == first_update(hacking, kl_accelerates)
-    assert alerts["kl_acceleration"].evidence["growth"] >= 0.5
+    assert alerts["kl_acceleration"].evidence["growth"] >= min_growth
 
     # entropy: the window mean below the floor's share of the first window's
     first, floor = window_mean(hacking, "policy/entropy_avg", 5), MonitorConfig().entropy_floor

@@ -63,8 +63,9 @@ class MonitorConfig:
     """alert when the smoothed mean length differs from the SFT length by more than this share of it (0.5 = ±50%)"""
     kl_acceleration: float = 2.0
     """alert when KL's growth per update over the last window is at least this multiple of the window before's"""
-    min_kl_growth: float = 0.5
-    """… and at least this many nats per update (slow growth never alerts)"""
+    min_kl_growth: float = 1.0
+    """… and at least this many nats per update (slow growth never alerts). At 0.5 a healthy default sandbox run
+    (seed 3: gold win rate 0.90 over SFT, KL 5.7 after 40 updates) alerted at update 32 with +0.50 nats/update"""
     entropy_floor: float = 0.25
     """alert when the smoothed per-token entropy falls below this share of its first window's mean (a healthy
     sandbox PPO run — 40 updates, beating SFT on gold — bottoms out at 0.45 of it: RLHF sharpens the policy, so
