@@ -18,8 +18,11 @@ The one other exception is sampling's decode step in half precision on CPU: one 
 cache, no graph, bf16 / fp16 inputs. There the CPU kernel is 3-7x slower than three plain ops (bf16, one thread: 128
 sequences × 4 heads × 100 cached tokens, 7.1 vs 2.7 ms; 16 × 9 heads GQA 3:1, 2.3 vs 0.3 ms), so the step computes
 `softmax(q kᵀ·scale + mask) v` with float32 scores and softmax (output error against a float64 reference within
-2x the kernel's, both at bf16's rounding). `cpu_decode_attention` switches a model to this implementation for the
-length of one `generate` call. Float32 decode steps stay sdpa's.
+2x the kernel's, both at bf16's rounding). Float32 decode steps stay sdpa's.
+
+Who uses it: the PPO trainer's policy on CPU (`PPOConfig.fast_paths`); `generation.generate` and the TRL stages'
+training (`stages.run_trl_trainer`) on CPU, for the length of the call (`cpu_math_attention`). The sandbox SFT
+stage in bf16 trains 12% faster with it (1,024 demonstrations: 14.6 → 12.8 s, 2 threads).
 """
 
 from __future__ import annotations
@@ -153,9 +156,10 @@ def use_sdpa_math_backward(model: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def cpu_decode_attention(model: nn.Module) -> Iterator[bool]:
+def cpu_math_attention(model: nn.Module) -> Iterator[bool]:
     """Run `model` with `SDPA_MATH_BACKWARD` inside the block when it runs sdpa on CPU (yields True), restoring sdpa
-    after; other models run unchanged (False). For sampling, whose half-precision decode steps it speeds up."""
+    after, so a model saved or handed on afterwards names sdpa; other models run unchanged (False). Around sampling
+    (its half-precision decode steps) and the TRL stages' training (the backward)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not use_sdpa_math_backward(base):
         yield base.config._attn_implementation == SDPA_MATH_BACKWARD if isinstance(base, PreTrainedModel) else False

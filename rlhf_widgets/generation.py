@@ -183,7 +183,7 @@ def generate(
     show_progress: bool = False,
 ) -> list[Generation]:
     """Sample one response per prompt, in batches of `batch_size`; `seed` makes sampling reproducible."""
-    from rlhf_widgets.attention import cpu_decode_attention
+    from rlhf_widgets.attention import cpu_math_attention
     from rlhf_widgets.ppo.precision import inference_autocast  # (the ppo package imports this module)
 
     settings = settings or SamplingSettings()
@@ -196,7 +196,7 @@ def generate(
     starts = range(0, len(prompts), batch_size)
     # on CPU the half-precision decode step skips sdpa's kernel (rlhf_widgets.attention)
     with (exact_sampling(model, tokenizer) as stops, inference_autocast(model, settings.mixed_precision),
-          cpu_decode_attention(model)):
+          cpu_math_attention(model)):
         for start in tqdm(starts, desc="generating", disable=not show_progress, unit="batch"):
             batch = encode_prompts(tokenizer, prompts[start : start + batch_size], device)
             ids = model.generate(**batch, **settings.generate_kwargs(), pad_token_id=tokenizer.pad_token_id,

@@ -23,6 +23,7 @@ from typing import Any
 
 from peft import PeftModel
 
+from rlhf_widgets.attention import cpu_math_attention
 from rlhf_widgets.callbacks import MetricsCallback
 from rlhf_widgets.chat import accepts_system_role, fit_messages
 from rlhf_widgets.config import ModelConfig, as_model_config
@@ -116,7 +117,8 @@ def run_trl_trainer(stage: str, trainer_cls: type, config: Any, model: Any, toke
     )
     quiet_trainer(trainer)
     start = time.perf_counter()
-    trainer.train()
+    with cpu_math_attention(model):  # on CPU: sdpa's forward, a cheaper exact backward (rlhf_widgets.attention)
+        trainer.train()
     # under bf16/fp16 accelerate wraps the model's forward in autocast and leaves it wrapped after training: take the
     # wrapper off, so the model a stage hands on (a reward model that scores, a policy that samples) computes as the
     # one it saved does when loaded again

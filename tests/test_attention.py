@@ -193,3 +193,17 @@ def test_sampling_on_cpu_decodes_with_it_and_restores_sdpa(monkeypatch: pytest.M
     out = generate(model, tokenizer, prompts, SamplingSettings(max_new_tokens=5, mixed_precision="bf16"), seed=0)
     assert steps and set(steps) == {torch.bfloat16} and len(out) == 3
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_trl_stages_train_through_it_on_cpu_and_hand_on_sdpa(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlhf_widgets.sft import SFTStageConfig, train_sft
+
+    backwards = []
+    exact_backward = attention._attention_backward
+    monkeypatch.setattr(attention, "_attention_backward", lambda *a: backwards.append(1) or exact_backward(*a))
+    config = SFTStageConfig(output_dir=str(tmp_path), sandbox_demos=16, num_train_epochs=1, per_device_train_batch_size=8)
+    result = train_sft(config=config)
+    assert len(backwards) == 2 * 4  # 2 steps × the sandbox model's 4 layers
+    saved = AutoModelForCausalLM.from_pretrained(result.model_path)
+    assert saved.config._attn_implementation == "sdpa"
+    assert "sdpa_math_backward" not in (result.model_path / "config.json").read_text()

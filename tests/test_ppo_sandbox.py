@@ -1,7 +1,6 @@
 """PPO on the sandbox for real: from the SFT model against the learned reward model, judged by gold.
 
-Also the overoptimization picture (Gao et al. 2022) with a verbosity-biased reward model as proxy:
-as KL to the SFT model grows, the proxy keeps rising while the gold score peaks and falls.
+Also what a verbosity-biased reward model does as a proxy: best-of-N buys its score, not gold's.
 
 The thresholds hold over seeds, not just the one the suite runs: docs/PERFORMANCE.md ("Seed-robust sandbox tests")
 has each assertion's figures for seeds 0-3 of the whole chain (SFT, pairs, labels, reward models, PPO).
@@ -50,17 +49,16 @@ def test_ppo_beats_sft_on_gold_with_bounded_kl(ppo_run: StageResult, sft_model_d
     assert sum(gold[-5:]) / 5 > sum(gold[:5]) / 5
 
 
-def test_overoptimization_best_of_n_with_a_verbosity_biased_proxy(biased_reward, sft_model_dir: Path) -> None:
-    # N up to 128: with this proxy gold stays flat to N ~ 32 and falls after (docs/FAILURE_MODES.md has the seeds)
-    prompts = sandbox_prompts(24, seed=12, split="test")
+def test_best_of_n_with_a_verbosity_biased_proxy_buys_proxy_score_not_gold(biased_reward, sft_model_dir: Path) -> None:
+    # Over seeds 0-3 of the chain (docs/PERFORMANCE.md) best-of-128 raised this proxy by 1.6-2.0 while gold moved
+    # -0.24 to +0.11; whether gold then peaks and falls within N <= 128 (Gao et al.'s shape) varies with the seed
+    prompts = sandbox_prompts(32, seed=12, split="test")
     result = best_of_n(prompts, model=sft_model_dir, reward=biased_reward.reward_model, n=128, seed=0)
     curve = best_of_n_curve(result, prompts, gold_reward)
     proxy, gold = [p["proxy"] for p in curve], [p["gold"] for p in curve]
     print("best-of-N curve", [(p["n"], round(p["proxy"], 2), round(p["gold"], 2)) for p in curve])
-    assert proxy == sorted(proxy)  # the proxy only rises with N ...
-    peak = max(range(len(gold)), key=gold.__getitem__)
-    assert peak < len(gold) - 1 and gold[-1] < gold[peak] - 0.15, gold  # ... while gold peaks and falls
-    assert proxy[-1] > proxy[peak] + 0.2, proxy  # they diverge
+    assert proxy == sorted(proxy) and proxy[-1] > proxy[0] + 1.2, proxy  # the proxy rises with N ...
+    assert gold[-1] < gold[0] + 0.3, gold  # ... gold does not follow
 
 
 def test_ppo_overoptimization_curve_reads_the_log(ppo_run: StageResult) -> None:
