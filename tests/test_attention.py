@@ -201,7 +201,8 @@ def test_trl_stages_train_through_it_on_cpu_and_hand_on_sdpa(tmp_path, monkeypat
     backwards = []
     exact_backward = attention._attention_backward
     monkeypatch.setattr(attention, "_attention_backward", lambda *a: backwards.append(1) or exact_backward(*a))
-    config = SFTStageConfig(output_dir=str(tmp_path), sandbox_demos=16, num_train_epochs=1, per_device_train_batch_size=8)
+    config = SFTStageConfig(output_dir=str(tmp_path), sandbox_demos=16, num_train_epochs=1,
+                            per_device_train_batch_size=8)
     result = train_sft(config=config)
     assert len(backwards) == 2 * 4  # 2 steps × the sandbox model's 4 layers
     saved = AutoModelForCausalLM.from_pretrained(result.model_path)
