@@ -3,7 +3,8 @@
 The page: a title, the run's settings, the stage timings as a table, the comparison of the policies (readable
 numbers, each example in full on hover and on click), the reward model's summary (with a warning when too few
 held-out pairs back it), and each stage's designed figures (`views.figure_from_log`), plus the proxy-vs-gold
-figure of a PPO run that logged a gold score. Plotly's script is inlined once, so the file opens offline. Every
+figure of a PPO run that logged a gold score, and what the reward-hacking monitors (`evaluation.check_log`) say about
+a PPO run — also in `report.json` under "alerts". Plotly's script is inlined once, so the file opens offline. Every
 text from a model, a user or a config is HTML-escaped.
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from rlhf_widgets.evaluation.monitors import check_log
 from rlhf_widgets.metrics import MetricsLog
 from rlhf_widgets.views import figure_from_log, overoptimization_figure, reward_report_figures
 
@@ -76,7 +78,10 @@ def write_report(out: Path, config: Mapping[str, Any], numbers: Mapping[str, Any
     page's title.
     """
     out = Path(out)
-    everything = {"config": dict(config), "numbers": dict(numbers), "seconds": dict(seconds)}
+    alerts = {stage: check_log(log, stage=stage) for stage, log in logs.items() if stage == "ppo"}
+    everything = {"config": dict(config), "numbers": dict(numbers), "seconds": dict(seconds),
+                  "alerts": {stage: [{"kind": a.kind, "update": a.update, "message": a.message} for a in found]
+                             for stage, found in alerts.items()}}
     (out / "report.json").write_text(json.dumps(everything, indent=2, default=str))
     figures = _Figures()
     body = [f"<h1>{_e(title)}</h1>",
@@ -90,8 +95,10 @@ def write_report(out: Path, config: Mapping[str, Any], numbers: Mapping[str, Any
             parts += [figures.html(fig) for fig in reward_report_figures(reward_report).values()]
         body.append(_section("Reward model", "".join(parts)))
     for stage, log in logs.items():
-        parts = [f'<p class="note">{_e(STAGE_NOTES.get(stage, ""))}</p>',
-                 figures.html(figure_from_log(log, title=""))]
+        parts = [f'<p class="note">{_e(STAGE_NOTES.get(stage, ""))}</p>']
+        if stage in alerts:
+            parts.append(_alerts(alerts[stage]))
+        parts.append(figures.html(figure_from_log(log, title="")))
         overoptimization = _overoptimization(log)
         if overoptimization is not None:
             parts.append(figures.html(overoptimization))
@@ -105,6 +112,17 @@ def write_report(out: Path, config: Mapping[str, Any], numbers: Mapping[str, Any
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _alerts(alerts: list) -> str:
+    """The reward-hacking monitors' verdict on a PPO log (`evaluation.check_log`)."""
+    if not alerts:
+        return ('<p class="note">The reward-hacking monitors raised nothing (length drift, KL acceleration, entropy '
+                'collapse, proxy–gold divergence).</p>')
+    items = "".join(f"<li>update {a.update} · {_e(a.kind.replace('_', ' '))}: {_e(a.message)}</li>" for a in alerts)
+    return (f'<div class="warn"><b>The reward-hacking monitors raised {len(alerts)} alert'
+            f'{"s" if len(alerts) > 1 else ""}</b> — look at the samples before trusting this policy '
+            f"(docs/FAILURE_MODES.md):<ul>{items}</ul></div>")
 
 
 def _e(text: Any) -> str:

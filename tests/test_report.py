@@ -64,7 +64,7 @@ def test_report_is_designed_self_contained_and_escaped(tmp_path: Path) -> None:
     ppo = MetricsLog(run_name="ppo")
     for step in range(1, 13):
         ppo.log({"objective/kl": 0.2 * step, "objective/scores": 0.1 * step, "gold/score": 1 + 0.05 * step,
-                 "objective/rlhf_reward": 0.08 * step, "val/response_length": 20.0 + step}, step=step, stage="ppo")
+                 "objective/rlhf_reward": 0.08 * step, "val/response_length": 20.0 + 2 * step}, step=step, stage="ppo")
     ppo.log_event("setting", f"note {HOSTILE}", step=6, stage="ppo")
     numbers = {
         "comparison": {"SFT": {"gold_win_rate": 0.5, "gold_mean": 1.23456, "kl_to_reference": 0.0,
@@ -96,6 +96,24 @@ def test_report_is_designed_self_contained_and_escaped(tmp_path: Path) -> None:
     assert "Proxy and gold reward against KL" in text  # the PPO log has gold: its overoptimization figure
     assert json.loads((tmp_path / "report.json").read_text())["numbers"]["reward"]["n_pairs"] == 3
     assert not re.search(r"Stages and seconds: \{", text)
+    # the monitors' verdict on the PPO log: its lengths grew from 22 to 44 tokens, past +50% at update 9
+    assert "raised 1 alert" in text and "update 9 · length drift" in text
+    assert json.loads((tmp_path / "report.json").read_text())["alerts"]["ppo"][0]["kind"] == "length_drift"
+
+
+def test_report_says_when_the_monitors_raised_nothing_and_escapes_their_messages(tmp_path: Path) -> None:
+    from rlhf_widgets.evaluation.monitors import Alert
+    from rlhf_widgets.report import _alerts
+
+    quiet = MetricsLog(run_name="ppo")
+    for step in range(1, 13):
+        quiet.log({"objective/kl": 0.1 * step, "objective/scores": 0.1 * step, "gold/score": 1 + 0.1 * step,
+                   "val/response_length": 20.0}, step=step, stage="ppo")
+    text = write_report(tmp_path, {}, {}, {}, {"ppo": quiet}).read_text()
+    assert "monitors raised nothing" in text and "class=\"warn\"" not in text
+    assert json.loads((tmp_path / "report.json").read_text())["alerts"] == {"ppo": []}
+    assert HOSTILE not in _alerts([Alert("length_drift", 3, HOSTILE)]) and "&lt;script&gt;" in _alerts(
+        [Alert("length_drift", 3, HOSTILE)])
 
 
 def test_reward_model_figures_join_its_summary(tmp_path: Path) -> None:
