@@ -81,28 +81,30 @@ def test_unreachable_hub_fails_fast_for_models(monkeypatch: pytest.MonkeyPatch) 
     assert time.perf_counter() - start < 2.0
 
 
-def test_trl_stages_stay_float32_on_cpu_unless_asked(monkeypatch: pytest.MonkeyPatch, pretend_cpu_bf16) -> None:
-    """Every TRL stage's config (TrainingDefaults) trains in float32 on CPU by default, even where bf16 is native
-    (calibrated sandbox tests fed by bf16 SFT / reward models failed); `bf16=True` asks for CPU autocast."""
+def test_trl_stages_train_in_bf16_where_the_cpu_computes_it(monkeypatch: pytest.MonkeyPatch, pretend_cpu_bf16) -> None:
+    """Every TRL stage's config (TrainingDefaults) trains under bf16 autocast on a CPU with native bf16 by default,
+    in float32 on one without; `bf16=False` and `RLHF_WIDGETS_CPU_BF16=0` keep float32."""
     from rlhf_widgets.dpo import DPOStageConfig
     from rlhf_widgets.reward import RewardStageConfig
     from rlhf_widgets.sft import SFTStageConfig
 
     if torch.cuda.is_available():
         pytest.skip("the CPU rule")
-    pretend_cpu_bf16(True)
     for config_cls in (SFTStageConfig, RewardStageConfig, DPOStageConfig):
+        pretend_cpu_bf16(True)
+        assert config_cls(output_dir="unused").bf16 is True
+        assert config_cls(output_dir="unused", bf16=False).bf16 is False
+        pretend_cpu_bf16(False)
         assert config_cls(output_dir="unused").bf16 is False
-        assert config_cls(output_dir="unused", bf16=True).bf16 is True
     monkeypatch.setenv("RLHF_WIDGETS_CPU_BF16", "0")  # the workbench-wide float32 switch
-    from rlhf_widgets.ppo.precision import resolve_mixed_precision
+    from rlhf_widgets.ppo.precision import cpu_has_native_bf16, resolve_mixed_precision
 
-    assert resolve_mixed_precision("auto", torch.device("cpu")) == "no"
+    assert resolve_mixed_precision("auto", torch.device("cpu")) == "no" and not cpu_has_native_bf16()
 
 
 def test_sampling_autocasts_a_float32_model_where_bf16_is_native(pretend_cpu_bf16) -> None:
-    """`SamplingSettings.mixed_precision="auto"` samples a float32 model under bf16 autocast on a CPU with native
-    bf16, in float32 on one without; "no" (the default) is float32 anywhere; a model stored in bf16 samples in its
+    """`SamplingSettings.mixed_precision="auto"` (the default) samples a float32 model under bf16 autocast on a CPU
+    with native bf16, in float32 on one without; "no" is float32 anywhere; a model stored in bf16 samples in its
     own dtype."""
     from rlhf_widgets.generation import SamplingSettings
     from rlhf_widgets.ppo.precision import inference_autocast
@@ -118,6 +120,6 @@ def test_sampling_autocasts_a_float32_model_where_bf16_is_native(pretend_cpu_bf1
     assert not autocast_on("auto", model.to(torch.bfloat16))
     pretend_cpu_bf16(False)
     assert not autocast_on("auto", model.float())
-    assert SamplingSettings().mixed_precision == "no"
+    assert SamplingSettings().mixed_precision == "auto"
     with pytest.raises(ValueError, match="mixed_precision='fp32'"):
         SamplingSettings(mixed_precision="fp32")
