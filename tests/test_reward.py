@@ -41,13 +41,16 @@ def test_scores_are_normalised_on_the_sampled_responses(trained_reward, sft_pair
 
 
 def test_scores_are_deterministic_batched_and_normalisable(trained_reward) -> None:
-    rm = trained_reward.reward_model
+    # float32 scoring, pinned: batch-invariance to 1e-5 is float32's (bf16's rounding moves a score by ~1e-3)
+    rm = RewardModel(trained_reward.reward_model.model, trained_reward.reward_model.tokenizer, mixed_precision="no")
     prompts = ["My order #12345 hasn't arrived. What should I do?"] * 3
     responses = ["Check your tracking number.", "That is not my problem.", "Hello! I'm sorry. Check your tracking."]
     one_by_one = torch.cat([rm.score([p], [r], normalize=False) for p, r in zip(prompts, responses, strict=True)])
     batched = rm.score(prompts, responses, normalize=False)
     assert torch.allclose(one_by_one, batched, atol=1e-5)
-    rm_copy = RewardModel(rm.model, rm.tokenizer)
+    bf16 = RewardModel(rm.model, rm.tokenizer, mixed_precision="bf16").score(prompts, responses, normalize=False)
+    assert torch.allclose(bf16, batched, atol=0.02) and not torch.equal(bf16, batched)  # bf16 really ran
+    rm_copy = RewardModel(rm.model, rm.tokenizer, mixed_precision="no")
     rm_copy.fit_normalization(prompts, responses)
     normed = rm_copy.score(prompts, responses)
     assert abs(normed.mean().item()) < 1e-5 and abs(normed.std().item() - 1) < 1e-4
