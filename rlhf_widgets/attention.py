@@ -128,13 +128,13 @@ def sdpa_math_backward(module: nn.Module, query: torch.Tensor, key: torch.Tensor
     """A transformers attention function: `sdpa_attention_forward`, with the float32 math backward where a graph
     is built on CPU and the half-precision decode step on CPU computed directly (see the module docstring)."""
     builds_graph = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
-    if (not builds_graph and query.shape[2] == 1 and query.device.type == "cpu" and not dropout
-            and all(kwargs.get(k) is None for k in ("softcap", "position_bias", "s_aux"))):
+    covered = query.device.type == "cpu" and not dropout and all(
+        kwargs.get(k) is None for k in ("softcap", "position_bias", "s_aux"))
+    if covered and not builds_graph and query.shape[2] == 1:
         half = _half_dtype(query)
         if half is not None:
             return _decode_attention(query, key, value, attention_mask, scaling, half), None
-    if (not builds_graph or query.device.type != "cpu" or dropout or kwargs.get("softcap") is not None
-            or kwargs.get("position_bias") is not None or kwargs.get("s_aux") is not None):
+    if not (covered and builds_graph):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs)
     return _SdpaMathBackward.apply(query, key, value, module, attention_mask, scaling, is_causal, kwargs), None
 
