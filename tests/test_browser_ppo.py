@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,23 +43,29 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="playwright is not installed"),
 ]
 
-# ms from the next click to the first change of the status line's text (rejects after `timeoutMs`)
-ARM = """(timeoutMs) => {
+# ms from the next click to the first change of the status line's text that matches `expect` (a regular
+# expression; any change when null): the training thread redraws the line when an update ends, and such a
+# redraw can land between the click and the kernel's answer to it. Rejects after `timeoutMs`.
+ARM = """([timeoutMs, expect]) => {
   const status = document.querySelector('.rlhfw-ppo-status');
   const before = status.innerText;
+  const wanted = expect === null ? null : new RegExp(expect);
   window.__rlhfwStatus = new Promise((resolve, reject) => {
     let t0 = null;
     const start = () => { if (t0 === null) t0 = performance.now(); };
     const observer = new MutationObserver(() => {
-      if (t0 === null || status.innerText === before) return;
+      const text = status.innerText;
+      if (t0 === null || text === before || (wanted !== null && !wanted.test(text))) return;
       observer.disconnect(); clearTimeout(timer);
       document.removeEventListener('click', start, true);
-      resolve({ms: performance.now() - t0, text: status.innerText});
+      resolve({ms: performance.now() - t0, text});
     });
     observer.observe(status, {childList: true, subtree: true, characterData: true});
     document.addEventListener('click', start, true);
-    const timer = setTimeout(() => { observer.disconnect(); reject(new Error('the status did not change')); },
-                             timeoutMs);
+    const timer = setTimeout(() => {
+      observer.disconnect();
+      reject(new Error(`the status did not change to match ${expect}; it reads ${status.innerText}`));
+    }, timeoutMs);
   });
 }"""
 
@@ -114,9 +121,10 @@ def _expect(page, buttons: dict[str, bool], status: str, timeout_s: float = 300)
         time.sleep(0.05)
 
 
-def _click(page, name: str) -> dict:
-    """Click a panel button; return {ms, text} of the status line's first change after the click."""
-    page.evaluate(ARM, 30_000)
+def _click(page, name: str, expect: str | None = None) -> dict:
+    """Click a panel button; return {ms, text} of the status line's first change after the click that matches
+    the regular expression `expect` (any change when None)."""
+    page.evaluate(ARM, [30_000, expect])
     page.click(f".rlhfw-ppo-{name}")
     return page.evaluate("() => window.__rlhfwStatus")
 
@@ -169,14 +177,16 @@ def test_ppo_panel_in_jupyterlab(lab: Lab, tmp_path: Path) -> None:
             area = page.locator(".jp-OutputArea-output .rlhfw-ppo-panel").first.bounding_box()
             assert drawn["width"] >= 0.95 * area["width"], f"plot {drawn['width']} px wide in a {area['width']} px area"
 
-            feedback["pause"] = _click(page, "pause")
-            assert "pause requested — finishing update" in feedback["pause"]["text"]
+            feedback["pause"] = _click(page, "pause", "pause requested|paused after")
+            # "paused after" when the update in flight ended before the kernel read the click
+            assert re.search(r"pause requested — finishing update \d+|paused after update \d+",
+                             feedback["pause"]["text"]), feedback["pause"]
             paused = _expect(page, PAUSED, "paused after update")
             paused_at = int(paused.split("paused after update ")[1].split()[0])
 
             page.fill(".rlhfw-set-kl_coef input", "0.2")
             page.press(".rlhfw-set-kl_coef input", "Enter")
-            feedback["apply"] = _click(page, "apply")
+            feedback["apply"] = _click(page, "apply", "queued")
             queued = [line.strip() for line in feedback["apply"]["text"].splitlines() if "queued" in line]
             assert queued == [f"β 0.05 → 0.2 queued, applies at update {paused_at + 1}"]  # β only, not lr
 
@@ -188,7 +198,7 @@ def test_ppo_panel_in_jupyterlab(lab: Lab, tmp_path: Path) -> None:
             settings = [e["data"] for e in _log(lab) if e["kind"] == "setting"]
             assert [(s["name"], s["new"]) for s in settings] == [("kl_coef", 0.2)]
 
-            feedback["stop"] = _click(page, "stop")
+            feedback["stop"] = _click(page, "stop", "stop requested")
             assert feedback["stop"]["text"].startswith("stop requested — finishing update")
             assert feedback["stop"]["ms"] <= STOP_FEEDBACK_MS, feedback["stop"]
             _expect(page, STOPPING, "stop requested")
