@@ -156,15 +156,14 @@ def use_sdpa_math_backward(model: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def cpu_math_attention(model: nn.Module) -> Iterator[bool]:
-    """Run `model` with `SDPA_MATH_BACKWARD` inside the block when it runs sdpa on CPU (yields True), restoring sdpa
-    after, so a model saved or handed on afterwards names sdpa; other models run unchanged (False). Around sampling
-    (its half-precision decode steps) and the TRL stages' training (the backward)."""
+def cpu_math_attention(model: nn.Module) -> Iterator[None]:
+    """Run `model` with `SDPA_MATH_BACKWARD` inside the block when it runs sdpa on CPU, restoring sdpa after, so a
+    model saved or handed on afterwards names sdpa; other models (already switched, eager, on an accelerator) run
+    unchanged. Around sampling (its half-precision decode steps) and the TRL stages' training (the backward)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if not use_sdpa_math_backward(base):
-        yield base.config._attn_implementation == SDPA_MATH_BACKWARD if isinstance(base, PreTrainedModel) else False
-        return
+    switched = use_sdpa_math_backward(base)
     try:
-        yield True
+        yield
     finally:
-        base.set_attn_implementation("sdpa")
+        if switched:
+            base.set_attn_implementation("sdpa")
