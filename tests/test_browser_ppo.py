@@ -76,6 +76,8 @@ IDLE = {"start": True, "pause": False, "resume": False, "stop": False}
 RUNNING = {"start": False, "pause": True, "resume": False, "stop": True}
 PAUSED = {"start": False, "pause": False, "resume": True, "stop": True}
 STOPPING = {"start": False, "pause": False, "resume": False, "stop": False}
+# Pause's answer; "paused after" when the update in flight ended before the kernel read the click
+PAUSE_FEEDBACK = r"pause requested — finishing update \d+|paused after update \d+"
 
 
 def _notebook(dest: Path) -> None:
@@ -177,10 +179,8 @@ def test_ppo_panel_in_jupyterlab(lab: Lab, tmp_path: Path) -> None:
             area = page.locator(".jp-OutputArea-output .rlhfw-ppo-panel").first.bounding_box()
             assert drawn["width"] >= 0.95 * area["width"], f"plot {drawn['width']} px wide in a {area['width']} px area"
 
-            feedback["pause"] = _click(page, "pause", "pause requested|paused after")
-            # "paused after" when the update in flight ended before the kernel read the click
-            assert re.search(r"pause requested — finishing update \d+|paused after update \d+",
-                             feedback["pause"]["text"]), feedback["pause"]
+            feedback["pause"] = _click(page, "pause", PAUSE_FEEDBACK)
+            assert re.search(PAUSE_FEEDBACK, feedback["pause"]["text"]), feedback["pause"]
             paused = _expect(page, PAUSED, "paused after update")
             paused_at = int(paused.split("paused after update ")[1].split()[0])
 
