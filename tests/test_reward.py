@@ -2,12 +2,14 @@
 
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from conftest import label_rows, sandbox_prompts
 
-from rlhf_widgets.config import ModelConfig
+from rlhf_widgets.config import SANDBOX, ModelConfig
 from rlhf_widgets.evaluation import reward_report
+from rlhf_widgets.models import load_reward_backbone
 from rlhf_widgets.reward import RewardModel, RewardStageConfig, train_reward_model
 from rlhf_widgets.sandbox import SimulatedAnnotator, gold_reward
 
@@ -68,6 +70,28 @@ def test_saved_and_reloaded_reward_model_scores_identically(trained_reward, tmp_
     responses = ["I'm sorry. I have refunded the duplicate charge.", "Please reset your password."]
     assert torch.allclose(rm.score(prompts, responses), again.score(prompts, responses), atol=1e-5)
     rm.bias, rm.scale = saved
+
+
+def test_reward_report_scores_a_multi_turn_prompt_with_all_its_turns() -> None:
+    """The report scores each prompt as given — the whole conversation, as the reward model trains on it and PPO
+    scores it — not by its last user turn alone."""
+    torch.manual_seed(0)  # an untrained score head: any reward model reads the earlier turns
+    rm = RewardModel(*load_reward_backbone(SANDBOX), mixed_precision="no")
+    conversation = [{"role": "user", "content": "My order #12345 hasn't arrived."},
+                    {"role": "assistant", "content": "Check your tracking number."},
+                    {"role": "user", "content": "I did, it says nothing. What now?"}]
+    chosen = ["I'm sorry. I have opened a trace for order #12345.", "I'm sorry. We will refund you."]
+    rejected = ["Check your tracking number.", "That is not my problem."]
+    pairs = datasets.Dataset.from_list([
+        {"prompt": conversation, "chosen": [{"role": "assistant", "content": c}],
+         "rejected": [{"role": "assistant", "content": r}]} for c, r in zip(chosen, rejected, strict=True)])
+    whole = rm.score([conversation] * 2, chosen, normalize=False)
+    last_turn_only = rm.score([conversation[-1]["content"]] * 2, chosen, normalize=False)
+    assert not torch.allclose(whole, last_turn_only, atol=1e-4), "the earlier turns must change the score"
+    report = reward_report(rm, pairs)
+    assert report["chosen_scores"] == pytest.approx(whole.tolist(), abs=1e-6)
+    assert report["rejected_scores"] == pytest.approx(
+        rm.score([conversation] * 2, rejected, normalize=False).tolist(), abs=1e-6)
 
 
 def test_verbosity_biased_labels_show_in_the_length_report(biased_reward, trained_reward, sft_pair_rows) -> None:

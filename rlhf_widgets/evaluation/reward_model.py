@@ -9,7 +9,7 @@ import math
 import datasets
 import numpy as np
 
-from rlhf_widgets.data import last_user_content, message_text
+from rlhf_widgets.data import message_text
 from rlhf_widgets.evaluation.compare import words
 from rlhf_widgets.rewards import RewardFunction, score_responses
 
@@ -22,14 +22,15 @@ def reward_report(
 ) -> dict:
     """Evaluate a reward model on held-out preference pairs (`prompt` / `chosen` / `rejected` columns).
 
-    Returns a dict of plain numbers and lists: `accuracy`, `mean_margin`, `n_pairs`,
+    Each prompt is scored as given: a multi-turn prompt with all its turns, as the reward model trained on it and
+    as PPO scores it. Returns a dict of plain numbers and lists: `accuracy`, `mean_margin`, `n_pairs`,
     `chosen_scores` / `rejected_scores`, `calibration` (bins of predicted P(chosen ≻ rejected) against
     the observed rate, both orderings counted so the curve is symmetric), `length` (accuracy per bin of
     word-count difference, and `prefers_longer`: how often the RM picks the longer response where the
     lengths differ), and — when `gold` is given — `gold_agreement` (share of pairs where the RM orders
     the two responses as the gold scorer does; gold ties excluded) and gold's own `prefers_longer`.
     """
-    prompts = [last_user_content(p) for p in pairs["prompt"]]
+    prompts = list(pairs["prompt"])
     chosen = [message_text(c) for c in pairs["chosen"]]
     rejected = [message_text(r) for r in pairs["rejected"]]
     rc = reward_model.score(prompts, chosen, normalize=False).numpy().astype(float)
