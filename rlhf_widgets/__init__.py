@@ -38,6 +38,8 @@ _EXPORTS = {
     "RewardStageConfig": "rlhf_widgets.reward",
     "RewardModel": "rlhf_widgets.reward",
     "train_reward_model": "rlhf_widgets.reward",
+    "RewardEnsemble": "rlhf_widgets.reward_ensemble",
+    "train_reward_ensemble": "rlhf_widgets.reward_ensemble",
     "DPOStageConfig": "rlhf_widgets.dpo",
     "train_dpo": "rlhf_widgets.dpo",
     "GRPOStageConfig": "rlhf_widgets.grpo",

@@ -46,8 +46,8 @@ class PromptArguments:
     """An RL stage's prompts and reward."""
 
     reward_model: str = field(metadata=field_help(
-        "The reward: a directory written by a reward-model stage (`.../reward/final`), or 'gold' for the "
-        "sandbox's gold scorer."))
+        "The reward: a directory written by a reward-model stage (`.../reward/final`) or a reward-ensemble one, "
+        "or 'gold' for the sandbox's gold scorer."))
     prompts: str = field(default=SANDBOX, metadata=field_help(
         "Training prompts: 'sandbox', or a file, dataset directory or hub id `load_prompts` reads (prompt-only, "
         "conversational, or the prompts of a preference dataset)."))
@@ -87,7 +87,7 @@ class EvaluateArguments:
     policies: list[str] = field(metadata=field_help(
         "name=model pairs, e.g. SFT=runs/sft/final PPO=runs/ppo/final; the first is the baseline."))
     reward_model: str | None = field(default=None, metadata=field_help(
-        "A reward-model directory: adds RM win rates and scores."))
+        "A reward-model (or reward-ensemble) directory: adds RM win rates and scores."))
     prompts: str = field(default=SANDBOX, metadata=field_help(
         "Held-out prompts: 'sandbox' (its test split, judged by gold too), or a file, dataset directory or hub id "
         "`load_prompts` reads."))
@@ -123,9 +123,9 @@ def _reward(source: str):
         from rlhf_widgets.sandbox import gold_reward
 
         return gold_reward
-    from rlhf_widgets.reward import RewardModel
+    from rlhf_widgets.rewards import as_reward_function
 
-    return RewardModel.load(source)
+    return as_reward_function(source)
 
 
 def _summary(result) -> dict[str, Any]:

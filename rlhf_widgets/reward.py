@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
 import torch
@@ -35,6 +36,9 @@ from rlhf_widgets.metrics import MetricsLog
 from rlhf_widgets.models import choose_device, load_reward_backbone, load_tokenizer
 from rlhf_widgets.ppo.precision import Float32Linear, check_inference_precision, inference_autocast
 from rlhf_widgets.stages import FINAL, StageResult, copied, run_trl_trainer, stage_metrics
+
+if TYPE_CHECKING:
+    from rlhf_widgets.reward_ensemble import RewardEnsemble
 
 REWARD_META = "rlhf_widgets_reward.json"
 """File beside the saved weights with what is needed to reload: normalisation, base model, adapter flag."""
@@ -299,7 +303,7 @@ def _tokenized_pairs(pairs: datasets.Dataset, tokenizer: PreTrainedTokenizerBase
     return datasets.Dataset.from_dict({"chosen_ids": chosen, "rejected_ids": rejected}), trimmed
 
 
-def _fit_normalization_on(reward_model: RewardModel, pairs: datasets.Dataset, n: int) -> None:
+def fit_normalization_on_pairs(reward_model: RewardModel | RewardEnsemble, pairs: datasets.Dataset, n: int) -> None:
     """Normalise on both responses of the first ⌈n/2⌉ training pairs (they are the sampler's outputs)."""
     rows = pairs.select(range(min(len(pairs), (n + 1) // 2)))
     prompts = [p for p in rows["prompt"] for _ in range(2)]
@@ -351,7 +355,7 @@ def train_reward_model(
         _adapters_to_compute_dtype(trainer.model)
     reward_model = RewardModel(trainer.model, tokenizer, max_length=config.max_length or 512)
     if config.normalize_on:
-        _fit_normalization_on(reward_model, train_ds, config.normalize_on)
+        fit_normalization_on_pairs(reward_model, train_ds, config.normalize_on)
     final = reward_model.save(Path(config.output_dir) / FINAL)
     metrics.log_event("saved", f"reward model saved to {final}", step=trainer.state.global_step, stage="reward")
     return RewardModelResult(stage="reward", model_path=final, metrics=metrics, train_seconds=seconds,

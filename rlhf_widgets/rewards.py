@@ -2,11 +2,12 @@
 
 A reward function takes N prompts (strings or chat-message lists) and N response texts and returns N floats
 (a list or a (N,) tensor); higher is better. Everything that scores responses speaks it: PPO, GRPO / RLOO,
-best-of-N, AI labelers and evaluation. A trained `RewardModel` is one (call it), and so is the sandbox's
-`gold_reward`.
+best-of-N, AI labelers and evaluation. A trained `RewardModel` is one (call it), so is a `RewardEnsemble` of them,
+and so is the sandbox's `gold_reward`.
 
 Adapters, for what does not speak it yet:
-- `as_reward_function(x)`: a reward function as is; a saved reward-model directory → `RewardModel.load`.
+- `as_reward_function(x)`: a reward function as is; a saved reward-model directory → `RewardModel.load`, a saved
+  ensemble directory → `RewardEnsemble.load`.
 - `pointwise(fn)`: a per-item scorer `fn(prompt, response) -> float`.
 - `trl_reward_function(reward)`: TRL's reward-function signature `f(prompts, completions, **kwargs) -> list`
   (GRPO / RLOO), whose prompts and completions may be conversational.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -34,16 +36,24 @@ RewardFunction = Callable[[Sequence[Prompt], Sequence[str]], "Sequence[float] | 
 
 
 def as_reward_function(reward: RewardFunction | str | os.PathLike) -> RewardFunction:
-    """`reward` as a reward function: a directory written by `RewardModel.save` is loaded; a callable is
-    returned as it is. Raises TypeError for anything else, naming what it got."""
+    """`reward` as a reward function: a directory written by `RewardModel.save` or `RewardEnsemble.save` is loaded;
+    a callable is returned as it is. Raises FileNotFoundError for a path that is neither, naming it, and TypeError
+    for anything else, naming what it got."""
     if isinstance(reward, (str, os.PathLike)):
-        from rlhf_widgets.reward import RewardModel
+        from rlhf_widgets.reward import REWARD_META, RewardModel
+        from rlhf_widgets.reward_ensemble import ENSEMBLE_META, RewardEnsemble
 
-        return RewardModel.load(reward)
+        path = Path(reward)
+        if (path / ENSEMBLE_META).is_file():
+            return RewardEnsemble.load(path)
+        if (path / REWARD_META).is_file():
+            return RewardModel.load(path)
+        raise FileNotFoundError(f"reward={str(reward)!r} is neither a saved reward model (no {REWARD_META}) nor a "
+                                f"saved reward ensemble (no {ENSEMBLE_META})")
     if callable(reward):
         return reward
-    raise TypeError(f"reward must be a reward function `(prompts, responses) -> scores`, a RewardModel or a saved "
-                    f"reward-model directory, got {type(reward).__name__}")
+    raise TypeError(f"reward must be a reward function `(prompts, responses) -> scores` (a RewardModel, a "
+                    f"RewardEnsemble) or a saved directory of either, got {type(reward).__name__}")
 
 
 def score_responses(reward: RewardFunction, prompts: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor:

@@ -18,7 +18,8 @@ from rlhf_widgets.config import ModelConfig
 from rlhf_widgets.sandbox import SimulatedAnnotator, gold_reward
 from rlhf_widgets.stages import StageResult
 
-STAGES = ("train_sft", "train_reward_model", "train_dpo", "train_grpo", "train_rloo", "train_ppo")
+STAGES = ("train_sft", "train_reward_model", "train_reward_ensemble", "train_dpo", "train_grpo", "train_rloo",
+          "train_ppo")
 
 
 def test_every_stage_has_the_same_call_shape() -> None:

@@ -1,6 +1,7 @@
 """How good is a reward model: held-out accuracy, margin, calibration, score distributions, accuracy against
 response-length difference (does it simply prefer longer answers?), and agreement with a gold scorer's
-preferences where one exists (the sandbox). Numbers only; `views.reward_report_figures` draws them."""
+preferences where one exists (the sandbox); for an ensemble, each member's and how often they disagree. Numbers
+only; `views.reward_report_figures` draws them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 
 from rlhf_widgets.data import message_text
 from rlhf_widgets.evaluation.compare import words
+from rlhf_widgets.reward_ensemble import RewardEnsemble
 from rlhf_widgets.rewards import RewardFunction, score_responses
 
 
@@ -29,12 +31,24 @@ def reward_report(
     word-count difference, and `prefers_longer`: how often the RM picks the longer response where the
     lengths differ), and — when `gold` is given — `gold_agreement` (share of pairs where the RM orders
     the two responses as the gold scorer does; gold ties excluded) and gold's own `prefers_longer`.
+
+    A `RewardEnsemble`'s numbers above are those of its combined score (which is on the members' normalised
+    scale: an ensemble has no raw one), and `ensemble` adds `objective`, `uncertainty_weight`,
+    `member_accuracy` (one per member), `member_gold_agreement` (with `gold`) and `disagreement`: the share of
+    pairs on which the members do not all prefer the same response.
     """
     prompts = list(pairs["prompt"])
     chosen = [message_text(c) for c in pairs["chosen"]]
     rejected = [message_text(r) for r in pairs["rejected"]]
-    rc = reward_model.score(prompts, chosen, normalize=False).numpy().astype(float)
-    rr = reward_model.score(prompts, rejected, normalize=False).numpy().astype(float)
+    if isinstance(reward_model, RewardEnsemble):
+        member_chosen, member_rejected = (reward_model.member_scores(prompts, chosen),
+                                          reward_model.member_scores(prompts, rejected))  # (K, N) each
+        rc = reward_model.combine(member_chosen).numpy().astype(float)
+        rr = reward_model.combine(member_rejected).numpy().astype(float)
+        member_margin = (member_chosen - member_rejected).numpy().astype(float)
+    else:
+        rc = reward_model.score(prompts, chosen, normalize=False).numpy().astype(float)
+        rr = reward_model.score(prompts, rejected, normalize=False).numpy().astype(float)
     margin = rc - rr
     correct = margin > 0
 
@@ -85,4 +99,15 @@ def reward_report(
         gold_longer = np.where(dlen > 0, gc > gr, gc < gr)
         both = differ & decided
         report["length"]["gold_prefers_longer"] = float(gold_longer[both].mean()) if both.any() else float("nan")
+    if isinstance(reward_model, RewardEnsemble):
+        prefers_chosen = member_margin > 0  # (K, N)
+        report["ensemble"] = {
+            "objective": reward_model.objective,
+            "uncertainty_weight": reward_model.uncertainty_weight,
+            "member_accuracy": prefers_chosen.mean(axis=1).tolist(),
+            "disagreement": float(1 - (prefers_chosen.all(axis=0) | ~prefers_chosen.any(axis=0)).mean()),
+        }
+        if gold is not None:
+            report["ensemble"]["member_gold_agreement"] = [
+                float((member == (gc > gr))[decided].mean()) for member in prefers_chosen]
     return report
