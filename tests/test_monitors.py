@@ -1,6 +1,7 @@
 """Reward-hacking monitors: each alert on constructed PPO logs (fires where the smoothed numbers cross its
 threshold, with the evidence; stays quiet on a healthy run; fires once), live as a MetricsLog subscriber, and on
-real short sandbox PPO runs — quiet against the default reward model, firing against a verbosity-biased one."""
+real short sandbox PPO runs — quiet against the default reward model, firing against a verbosity-biased one. The
+gold-free ensemble alerts on constructed logs of a `RewardEnsemble` run (PPO's `reward/...` metrics)."""
 
 from __future__ import annotations
 
@@ -140,3 +141,76 @@ def test_attached_to_a_live_log_alerts_become_events_once(tmp_path: Path) -> Non
     again.attach(resumed, replay=True)
     assert len(again.alerts) == 4
     assert len([e for e in resumed.events() if e.kind == ALERT_EVENT]) == 4
+
+
+# ---------------------------------------------------------------- the gold-free alerts of an ensemble reward
+def ensemble_healthy(t: int) -> dict[str, float]:
+    """A healthy run against an ensemble: the members' spread steady, conservative score and mean rising together."""
+    run = healthy(t)
+    wobble = 0.3 * math.sin(1.7 * t)
+    return {**run, "reward/ensemble_spread": 0.3 + 0.05 * wobble, "reward/ensemble_mean": run["objective/scores"] + 0.4}
+
+
+def disagreeing(t: int) -> dict[str, float]:
+    """The members' spread grows by 0.03 per update: twice its first window's mean (0.29) by update 15."""
+    return {**ensemble_healthy(t), "reward/ensemble_spread": 0.2 * (1 + 0.15 * t)}
+
+
+def exploited(t: int) -> dict[str, float]:
+    """The conservative score peaks at update 10 and falls while the members' mean keeps rising."""
+    return {**ensemble_healthy(t), "objective/scores": 1 - 0.03 * (t - 10) ** 2, "reward/ensemble_mean": 0.1 * t}
+
+
+def test_ensemble_disagreement_fires_where_the_smoothed_spread_passes_twice_its_first_window() -> None:
+    assert check_log(make_log(ensemble_healthy)) == []  # a steady spread: quiet
+    assert check_log(make_log(ensemble_healthy, gold=False)) == []
+    alerts = check_log(make_log(disagreeing, gold=False))
+    assert [a.kind for a in alerts] == ["ensemble_disagreement"]
+    first = window_mean(disagreeing, "reward/ensemble_spread", 5)
+    expected = first_update(disagreeing, lambda t: t >= 10 and window_mean(disagreeing, "reward/ensemble_spread", t)
+                            > 2 * first)
+    alert = alerts[0]
+    assert alert.update == expected
+    assert alert.evidence["first_spread"] == pytest.approx(first)
+    assert alert.evidence["spread"] == pytest.approx(window_mean(disagreeing, "reward/ensemble_spread", expected))
+    assert alert.evidence["ratio"] > 2 and "disagree" in alert.message
+    # a stricter rise waits for a larger spread
+    later = check_log(make_log(disagreeing, gold=False), MonitorConfig(disagreement_rise=2.5))
+    assert [a.kind for a in later] == ["ensemble_disagreement"] and later[0].update > expected
+
+
+def test_a_tiny_spread_that_doubles_is_noise_not_disagreement() -> None:
+    """Members that nearly agree (spread 0.01 → 0.07): far more than twice the first window, but the rise is under
+    min_disagreement_rise (0.1 of the reference responses' score std)."""
+    def nearly_agree(t: int) -> dict[str, float]:
+        return {**ensemble_healthy(t), "reward/ensemble_spread": 0.01 * (1 + 0.2 * t)}
+
+    assert check_log(make_log(nearly_agree)) == []
+    assert [a.kind for a in check_log(make_log(nearly_agree), MonitorConfig(min_disagreement_rise=0.01))] == [
+        "ensemble_disagreement"]
+
+
+def test_conservative_divergence_fires_when_the_conservative_score_falls_while_the_mean_rises() -> None:
+    def both_fall(t: int) -> dict[str, float]:
+        scores = 1 - 0.03 * (t - 10) ** 2
+        return {**ensemble_healthy(t), "objective/scores": scores, "reward/ensemble_mean": scores + 0.4}
+
+    assert check_log(make_log(both_fall, gold=False)) == []  # the same fall with the mean: not divergence
+    alerts = check_log(make_log(exploited, gold=False))
+    assert [a.kind for a in alerts] == ["conservative_divergence"]
+    alert = alerts[0]
+    smoothed = {t: window_mean(exploited, "objective/scores", t) for t in range(5, UPDATES + 1)}
+    best = max(smoothed, key=smoothed.get)
+    assert alert.evidence["conservative_best_update"] == best
+    assert alert.update == first_update(exploited, lambda t: t > best and smoothed[best] - smoothed[t] >= 0.5)
+    assert alert.evidence["ensemble_mean"] > alert.evidence["mean_at_conservative_best"]
+    assert "exploiting" in alert.message
+
+
+def test_the_new_thresholds_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"MonitorConfig.disagreement_rise=1.0: must be > 1"):
+        MonitorConfig(disagreement_rise=1.0)
+    with pytest.raises(ValueError, match=r"MonitorConfig.min_disagreement_rise=-0.1: must be >= 0"):
+        MonitorConfig(min_disagreement_rise=-0.1)
+    with pytest.raises(ValueError, match=r"MonitorConfig.min_conservative_drop=0: must be > 0"):
+        MonitorConfig(min_conservative_drop=0)

@@ -7,7 +7,8 @@
 - `leaderboard`: Bradley–Terry (Elo-scale) ratings with bootstrap intervals from any pairwise judgments.
 - `probes`: failure-mode probes — sycophancy rate, benign refusal rate, correct refusal rate — for any policy.
 - `monitors`: reward-hacking alerts from a PPO run's metrics (length drift, KL acceleration, entropy collapse,
-  proxy rising while the held-out score falls).
+  proxy rising while the held-out score falls; without gold, a reward ensemble's members disagreeing more, and its
+  conservative score falling while their mean rises).
 """
 
 from rlhf_widgets.evaluation.compare import compare_policies, evaluation_store, sample_policy, sequence_kl, win_rate

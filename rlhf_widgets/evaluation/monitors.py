@@ -1,6 +1,6 @@
 """Reward-hacking monitors: alerts, with the evidence, computed from a PPO run's `MetricsLog`.
 
-Four signs that a policy is gaming its reward rather than getting better (Gao et al. 2022; "The N+
+Six signs that a policy is gaming its reward rather than getting better (Gao et al. 2022; "The N+
 Implementation Details of RLHF with PPO", Huang et al. 2024, on what to watch):
 
 - ``length_drift``: the mean response length (``val/response_length``, tokens) has moved from the SFT
@@ -12,7 +12,21 @@ Implementation Details of RLHF with PPO", Huang et al. 2024, on what to watch):
   its first window's — the policy keeps saying one thing;
 - ``proxy_gold_divergence`` (only where a held-out score is logged, ``gold/score``: the sandbox's gold, or a
   held-out judge): the held-out score has fallen at least ``min_gold_drop`` below its best while the proxy
-  reward (``objective/scores``) has kept rising since then — overoptimization.
+  reward (``objective/scores``) has kept rising since then — overoptimization;
+- ``ensemble_disagreement`` (only where the reward is a `RewardEnsemble`: PPO logs ``reward/ensemble_spread``, the
+  members' standard deviation per response, averaged over the batch): the spread has risen above
+  ``disagreement_rise`` times its first window's mean, and by at least ``min_disagreement_rise``;
+- ``conservative_divergence`` (the same runs: ``reward/ensemble_mean``, the members' mean score): the conservative
+  score PPO optimises (``objective/scores``, the ensemble's combination: worst member, or mean − λ·variance) has
+  fallen at least ``min_conservative_drop`` below its best while the members' mean has kept rising since then.
+
+The last two need no gold. Members of an ensemble agree where they were trained and disagree where the policy
+leaves that data (Coste et al. 2023, "Reward Model Ensembles Help Mitigate Overoptimization"; Eisenstein et al.
+2023, "Helping or Herding? Reward Model Ensembles Mitigate but do not Eliminate Reward Hacking"): rising
+disagreement says the policy is being scored where the reward model is guessing, and a mean that rises while the
+worst member (or the variance-penalised mean) falls says some members are being exploited — proxy–gold
+divergence with the conservative score in the gold's place. Errors every member shares stay invisible to both
+(Eisenstein et al.): quiet ensemble monitors are no proof of a healthy run.
 
 Every series is smoothed by a trailing mean over ``window`` updates before it is compared, so one noisy
 batch does not raise an alert. Each kind of alert fires once per run, at the first update where it holds.
@@ -35,9 +49,15 @@ KL = "objective/kl"
 TOKEN_ENTROPY = "policy/entropy_avg"
 PROXY = "objective/scores"
 GOLD = "gold/score"
+SPREAD = "reward/ensemble_spread"
+ENSEMBLE_MEAN = "reward/ensemble_mean"
 ALERT_EVENT = "alert"
 """The event kind alerts are logged under."""
-ALERT_KINDS: tuple[str, ...] = ("length_drift", "kl_acceleration", "entropy_collapse", "proxy_gold_divergence")
+ALERT_KINDS: tuple[str, ...] = ("length_drift", "kl_acceleration", "entropy_collapse", "proxy_gold_divergence",
+                                 "ensemble_disagreement", "conservative_divergence")
+OVEROPTIMIZATION_KINDS: tuple[str, ...] = ("proxy_gold_divergence", "ensemble_disagreement", "conservative_divergence")
+"""The alerts that say the reward model is being exploited (a held-out score or the ensemble's members disagree
+with it); the others flag drift, which a healthy run that learns a new style can show too."""
 
 
 @dataclass(frozen=True)
@@ -73,17 +93,29 @@ class MonitorConfig:
     min_gold_drop: float = 0.5
     """alert when the smoothed held-out score is this far below its best (its own units; gold points on the
     sandbox) while the smoothed proxy reward is higher than it was at that best"""
+    disagreement_rise: float = 2.0
+    """alert when the smoothed ensemble spread exceeds this multiple of its first window's mean (2.0: the members
+    disagree twice as much on the policy's answers as they did on the first updates', nearly the SFT model's)"""
+    min_disagreement_rise: float = 0.1
+    """… and exceeds it by at least this much (normalised score units: the members' scores have std 1 on the
+    reference responses), so a spread that starts near 0 — members that nearly agree — never alerts on noise"""
+    min_conservative_drop: float = 0.5
+    """alert when the smoothed conservative score (`objective/scores` of an ensemble) is this far below its best
+    (normalised score units) while the smoothed members' mean is higher than it was at that best"""
 
     def __post_init__(self) -> None:
-        checks = {"window": self.window >= 1, "length_drift": self.length_drift > 0,
-                  "kl_acceleration": self.kl_acceleration > 1, "min_kl_growth": self.min_kl_growth >= 0,
-                  "entropy_floor": 0 < self.entropy_floor < 1, "min_gold_drop": self.min_gold_drop > 0}
-        bad = [name for name, ok in checks.items() if not ok]
+        checks = {"window": (self.window >= 1, "must be >= 1"),
+                  "length_drift": (self.length_drift > 0, "must be > 0"),
+                  "kl_acceleration": (self.kl_acceleration > 1, "must be > 1"),
+                  "min_kl_growth": (self.min_kl_growth >= 0, "must be >= 0"),
+                  "entropy_floor": (0 < self.entropy_floor < 1, "must be in (0, 1)"),
+                  "min_gold_drop": (self.min_gold_drop > 0, "must be > 0"),
+                  "disagreement_rise": (self.disagreement_rise > 1, "must be > 1 (a multiple of the first spread)"),
+                  "min_disagreement_rise": (self.min_disagreement_rise >= 0, "must be >= 0"),
+                  "min_conservative_drop": (self.min_conservative_drop > 0, "must be > 0")}
+        bad = [name for name, (ok, _) in checks.items() if not ok]
         if bad:
-            hint = {"window": "must be >= 1", "length_drift": "must be > 0", "kl_acceleration": "must be > 1",
-                    "min_kl_growth": "must be >= 0", "entropy_floor": "must be in (0, 1)",
-                    "min_gold_drop": "must be > 0"}[bad[0]]
-            raise ValueError(f"MonitorConfig.{bad[0]}={getattr(self, bad[0])!r}: {hint}")
+            raise ValueError(f"MonitorConfig.{bad[0]}={getattr(self, bad[0])!r}: {checks[bad[0]][1]}")
 
 
 class RewardHackingMonitor:
@@ -106,8 +138,11 @@ class RewardHackingMonitor:
         self.sft_length = sft_length
         self.stage = stage
         self.alerts: list[Alert] = []
-        self._series: dict[str, list[float]] = {LENGTH: [], KL: [], TOKEN_ENTROPY: [], PROXY: [], GOLD: []}
+        self._series: dict[str, list[float]] = {LENGTH: [], KL: [], TOKEN_ENTROPY: [], PROXY: [], GOLD: [],
+                                                 SPREAD: [], ENSEMBLE_MEAN: []}
         self._gold_best: tuple[float, int, float] | None = None  # (smoothed gold, update, smoothed proxy then)
+        # (smoothed conservative score, update, smoothed members' mean then)
+        self._conservative_best: tuple[float, int, float] | None = None
 
     @property
     def fired(self) -> set[str]:
@@ -122,12 +157,13 @@ class RewardHackingMonitor:
                 values.append(float(value))
         if self.sft_length is None and self._series[LENGTH]:
             self.sft_length = self._series[LENGTH][0]
-        new = [alert for check in (self._length, self._kl, self._entropy, self._divergence)
+        checks = (self._length, self._kl, self._entropy, self._divergence, self._disagreement, self._conservative)
+        new = [alert for check in checks
                if (alert := check(update)) is not None and alert.kind not in self.fired]
         self.alerts.extend(new)
         return new
 
-    # ---------------------------------------------------------------- the four checks
+    # ---------------------------------------------------------------- the checks
     def _smoothed(self, name: str, back: int = 0) -> float | None:
         """Mean of the `window` values ending `back` windows before the latest; None if there are too few."""
         values, w = self._series[name], self.config.window
@@ -193,6 +229,40 @@ class RewardHackingMonitor:
                      "overoptimizing the reward model",
                      {"gold": gold, "gold_best": best, "gold_best_update": best_update, "proxy": proxy,
                       "proxy_at_gold_best": proxy_then, "threshold": self.config.min_gold_drop})
+
+    def _disagreement(self, update: int) -> Alert | None:
+        values, w = self._series[SPREAD], self.config.window
+        now = self._smoothed(SPREAD)
+        if now is None or len(values) < 2 * w:  # the latest window must not overlap the first
+            return None
+        first = sum(values[:w]) / w
+        rise = self.config.disagreement_rise
+        if now <= rise * first or now - first < self.config.min_disagreement_rise:
+            return None
+        return Alert("ensemble_disagreement", update,
+                     f"the reward-model ensemble's members disagree more and more: spread {first:.3f} over the first "
+                     f"{w} updates → {now:.3f} over the last {w}: the policy is being scored where the reward models "
+                     "were not trained — look at the samples",
+                     {"spread": now, "first_spread": first, "ratio": now / first if first > 0 else math.inf,
+                      "threshold": rise, "min_rise": self.config.min_disagreement_rise})
+
+    def _conservative(self, update: int) -> Alert | None:
+        conservative, mean = self._smoothed(PROXY), self._smoothed(ENSEMBLE_MEAN)
+        if conservative is None or mean is None:
+            return None
+        if self._conservative_best is None or conservative > self._conservative_best[0]:
+            self._conservative_best = (conservative, update, mean)
+            return None
+        best, best_update, mean_then = self._conservative_best
+        if best - conservative < self.config.min_conservative_drop or mean <= mean_then:
+            return None
+        return Alert("conservative_divergence", update,
+                     f"the ensemble's conservative score fell {best - conservative:.2f} from its best ({best:.2f} at "
+                     f"update {best_update} → {conservative:.2f}) while the members' mean rose "
+                     f"{mean - mean_then:+.2f}: the policy is exploiting some of the reward models",
+                     {"conservative": conservative, "conservative_best": best, "conservative_best_update": best_update,
+                      "ensemble_mean": mean, "mean_at_conservative_best": mean_then,
+                      "threshold": self.config.min_conservative_drop})
 
     # ---------------------------------------------------------------- a MetricsLog subscriber
     def attach(self, log: MetricsLog, replay: bool = True) -> Callable[[], None]:
