@@ -4,7 +4,8 @@ The page: a title, the run's settings, the stage timings as a table, the compari
 numbers, each example in full on hover and on click), the reward model's summary (with a warning when too few
 held-out pairs back it), and each stage's designed figures (`views.figure_from_log`), plus the proxy-vs-gold
 figure of a PPO run that logged a gold score, and what the reward-hacking monitors (`evaluation.check_log`) say about
-a PPO run — also in `report.json` under "alerts". Plotly's script is inlined once, so the file opens offline. Every
+a PPO run — also in `report.json` under "alerts" — with what the run did on one (`PPOConfig.on_alert`: stopped or
+rolled back; `report.json` "alarm"). Plotly's script is inlined once, so the file opens offline. Every
 text from a model, a user or a config is HTML-escaped.
 """
 
@@ -14,12 +15,12 @@ import datetime as dt
 import html
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rlhf_widgets.evaluation.monitors import check_log
-from rlhf_widgets.metrics import MetricsLog
+from rlhf_widgets.metrics import Event, MetricsLog
 from rlhf_widgets.views import figure_from_log, overoptimization_figure, reward_report_figures
 
 FEW_PAIRS = 50
@@ -79,9 +80,12 @@ def write_report(out: Path, config: Mapping[str, Any], numbers: Mapping[str, Any
     """
     out = Path(out)
     alerts = {stage: check_log(log, stage=stage) for stage, log in logs.items() if stage == "ppo"}
+    actions = {stage: _alarm_actions(log) for stage, log in logs.items() if stage == "ppo"}
     everything = {"config": dict(config), "numbers": dict(numbers), "seconds": dict(seconds),
                   "alerts": {stage: [{"kind": a.kind, "update": a.update, "message": a.message} for a in found]
-                             for stage, found in alerts.items()}}
+                             for stage, found in alerts.items()},
+                  "alarm": {stage: [{"action": e.kind, "update": e.step, "message": e.message, **e.data} for e in done]
+                            for stage, done in actions.items()}}
     (out / "report.json").write_text(json.dumps(everything, indent=2, default=str))
     figures = _Figures()
     body = [f"<h1>{_e(title)}</h1>",
@@ -97,7 +101,7 @@ def write_report(out: Path, config: Mapping[str, Any], numbers: Mapping[str, Any
     for stage, log in logs.items():
         parts = [f'<p class="note">{_e(STAGE_NOTES.get(stage, ""))}</p>']
         if stage in alerts:
-            parts.append(_alerts(alerts[stage]))
+            parts.append(_alerts(alerts[stage], actions[stage]))
         parts.append(figures.html(figure_from_log(log, title="")))
         overoptimization = _overoptimization(log)
         if overoptimization is not None:
@@ -114,15 +118,23 @@ def write_report(out: Path, config: Mapping[str, Any], numbers: Mapping[str, Any
     return path
 
 
-def _alerts(alerts: list) -> str:
-    """The reward-hacking monitors' verdict on a PPO log (`evaluation.check_log`)."""
+def _alarm_actions(log: MetricsLog) -> list[Event]:
+    """What a PPO run did on an alert (`PPOConfig.on_alert`): its "stopped" / "rollback" events that name one."""
+    return [e for e in log.events() if e.kind in ("stopped", "rollback") and "alert" in e.data]
+
+
+def _alerts(alerts: list, actions: Sequence[Event] = ()) -> str:
+    """The reward-hacking monitors' verdict on a PPO log (`evaluation.check_log`), and what the run did on an alert
+    (`actions`: `_alarm_actions`)."""
+    done = "".join(f"<p><b>{'Rolled back' if e.kind == 'rollback' else 'Stopped'} at update {e.step}</b>: "
+                   f"{_e(e.message)}</p>" for e in actions)
     if not alerts:
         return ('<p class="note">The reward-hacking monitors raised nothing (length drift, KL acceleration, entropy '
-                'collapse, proxy–gold divergence).</p>')
+                'collapse, proxy–gold divergence, ensemble disagreement, conservative divergence).</p>' + done)
     items = "".join(f"<li>update {a.update} · {_e(a.kind.replace('_', ' '))}: {_e(a.message)}</li>" for a in alerts)
     return (f'<div class="warn"><b>The reward-hacking monitors raised {len(alerts)} alert'
             f'{"s" if len(alerts) > 1 else ""}</b> — look at the samples before trusting this policy '
-            f"(docs/FAILURE_MODES.md):<ul>{items}</ul></div>")
+            f"(docs/FAILURE_MODES.md):<ul>{items}</ul>{done}</div>")
 
 
 def _e(text: Any) -> str:

@@ -14,6 +14,10 @@ Adapters, for what does not speak it yet:
 - `JudgeReward(judge, reference)`: a pairwise judge `(prompt, a, b) -> "a" | "b" | "tie"` scores each response
   against a reference answer to the same prompt (win 1, tie ½, loss 0).
 The other direction, a reward function as a pairwise judge, is `labeling.RewardModelLabeler`.
+
+A reward that combines several members' scores (`EnsembleReward`: a `RewardEnsemble`) can also hand over each
+member's scores from the same pass (`score_with_members`), so a trainer can log their disagreement without scoring
+twice.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
@@ -67,6 +71,34 @@ def score_responses(reward: RewardFunction, prompts: Sequence[Prompt], responses
         raise ValueError(f"the reward function {_name(reward)} returned scores of shape {tuple(scores.shape)} for "
                          f"{len(responses)} responses; it must return one float per response")
     return scores
+
+
+@runtime_checkable
+class EnsembleReward(Protocol):
+    """A reward function whose score combines K members' scores (`reward_ensemble.RewardEnsemble` is one)."""
+
+    def member_scores(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor:
+        """Every member's scores, shape (K, N)."""
+        ...
+
+    def combine(self, member_scores: torch.Tensor) -> torch.Tensor:
+        """The reward's scores (N,) from the members' (K, N) — what calling the reward returns."""
+        ...
+
+
+def score_with_members(reward: RewardFunction, prompts: Sequence[Prompt], responses: Sequence[str]
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`(scores, member_scores)`: for an `EnsembleReward`, its combined scores (N,) and its members' (K, N) from one
+    pass over the members; for any other reward, `score_responses(...)` and None. Float32 CPU tensors."""
+    if not isinstance(reward, EnsembleReward):
+        return score_responses(reward, prompts, responses), None
+    if len(prompts) != len(responses):
+        raise ValueError(f"score_with_members: {len(prompts)} prompts but {len(responses)} responses")
+    members = torch.as_tensor(reward.member_scores(list(prompts), list(responses))).detach().float().cpu()
+    if members.dim() != 2 or members.shape[1] != len(responses):
+        raise ValueError(f"the ensemble reward {_name(reward)} returned member scores of shape "
+                         f"{tuple(members.shape)} for {len(responses)} responses; it must return (members, responses)")
+    return reward.combine(members).float(), members
 
 
 class pointwise:  # noqa: N801 - used like a function decorator

@@ -51,9 +51,11 @@ class StageResult:
     train_seconds: float
     """wall time of the training loop, seconds"""
     status: str = "finished"
-    """"finished", "stopped" (by the user) or "failed" (a safety stop restored the last good weights)"""
+    """"finished", "stopped" (by the user, or by a reward-hacking alert: PPO's `on_alert`) or "failed" (a safety
+    stop restored the last good weights)"""
     reason: str = ""
-    """why the run stopped or failed ("" when it finished)"""
+    """why the run stopped or failed ("" when it finished); a PPO run stopped by an alert names it, and a rollback
+    the update whose weights it kept"""
 
 
 def stage_metrics(metrics: MetricsLog | None, output_dir: str | Path, stage: str) -> MetricsLog:

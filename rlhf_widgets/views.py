@@ -53,7 +53,7 @@ PALETTE = ("#1f77b4", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7
 CHOSEN, REJECTED = "#1f77b4", "#d62728"
 PROXY, GOLD = "#ff7f0e", "#2ca02c"
 EVENT_COLOURS = {"setting": "#1f77b4", "paused": "#7f7f7f", "resumed": "#7f7f7f", "stopped": "#d62728",
-                 "error": "#d62728", "saved": "#2ca02c"}
+                 "error": "#d62728", "saved": "#2ca02c", "alert": "#ff7f0e", "rollback": "#d62728"}
 """Marker colour per event kind (others: dark grey)."""
 
 

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from rlhf_widgets.config import field_help
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
+ON_ALERT = ("continue", "stop", "rollback")
+"""What a reward-hacking alert does to a PPO run (`PPOConfig.on_alert`)."""
 
 
 @dataclass
@@ -111,6 +113,20 @@ class PPOConfig:
         "with k1 = log π − log π_ref, whatever kl_estimator: k1's mean over sampled tokens estimates KL ≥ 0, so a "
         "clearly negative one means the reference or the log-probs are wrong (k3 is ≥ 0 per token and could never "
         "show it)."))
+    on_alert: str = field(default="continue", metadata=field_help(
+        "What a reward-hacking alert of a kind in alert_kinds does (the monitors of rlhf_widgets.evaluation.monitors "
+        "watch the run's log; thresholds: PPOTrainer's monitor=), decided at the end of the update that raised it: "
+        "'continue' (the alert is logged as an event and training goes on), 'stop' (the run ends after that update: "
+        "status 'stopped', the reason naming the alert) or 'rollback' (the policy and value weights and the optimizer "
+        "state go back to the last checkpoint before that update — checkpoint-N/ with save_every, else every "
+        "MonitorConfig.window updates; the run's starting state counts; kept in memory either way, one more copy of "
+        "the trainable state and its optimizer moments — they are saved as the final policy and the run ends: status "
+        "'stopped', the reason naming the update rolled back to and the alert)."))
+    alert_kinds: list[str] | None = field(default=None, metadata=field_help(
+        "The alert kinds on_alert acts on (the others are only logged). None = the overoptimization alerts: "
+        "ensemble_disagreement and conservative_divergence (raised only with a RewardEnsemble reward) and "
+        "proxy_gold_divergence (only with gold=). length_drift, kl_acceleration and entropy_collapse flag drift, "
+        "which a healthy run that learns a new style can show too: they act only when listed."))
     mixed_precision: str = field(default="auto", metadata=field_help(
         "Compute dtype of the forwards and backwards: 'auto' (bf16 on CUDA GPUs with bf16 and on CPUs with native "
         "bf16 — AVX512-BF16 / AMX — else float32), 'bf16' (autocast), 'fp16' (autocast + dynamic loss scaling) or "
@@ -133,6 +149,9 @@ class PPOConfig:
         "'trackio', a list of them, 'all' (those installed) or 'none'. The MetricsLog always records."))
 
     def __post_init__(self) -> None:
+        # here, not at the top: evaluation imports the reward stage, which imports ppo.precision (and so this package)
+        from rlhf_widgets.evaluation.monitors import ALERT_KINDS
+
         if self.sample_every is None:
             self.sample_every = max(1, min(5, self.num_updates // 10))
         checks = {
@@ -164,6 +183,9 @@ class PPOConfig:
             and not (self.mixed_precision == "fp16" and self.nonfinite_grads == "stop"),
             "collective_timeout_s": self.collective_timeout_s > 0,
             "peak_gflops": self.peak_gflops is None or (self.peak_gflops > 0 and math.isfinite(self.peak_gflops)),
+            "on_alert": self.on_alert in ON_ALERT,
+            "alert_kinds": self.alert_kinds is None
+            or (len(self.alert_kinds) > 0 and all(kind in ALERT_KINDS for kind in self.alert_kinds)),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -181,6 +203,8 @@ class PPOConfig:
                 "mixed_precision": "must be 'auto', 'no', 'bf16' or 'fp16'",
                 "nonfinite_grads": "must be None, 'stop' or 'skip'; with mixed_precision='fp16' the loss scaler "
                 "skips overflowing steps by design, so 'stop' would end the run at its first overflow: use 'skip'",
+                "on_alert": f"must be one of {ON_ALERT}",
+                "alert_kinds": f"must be None or a non-empty list of {ALERT_KINDS}",
             }.get(name, "out of range")
             raise ValueError(f"PPOConfig.{name}={getattr(self, name)!r}: {hint}")
 
@@ -199,6 +223,13 @@ class PPOConfig:
         if self.nonfinite_grads is not None:
             return self.nonfinite_grads
         return "skip" if self.mixed_precision == "fp16" else "stop"
+
+    @property
+    def alarm_kinds(self) -> tuple[str, ...]:
+        """`alert_kinds` with None resolved: the overoptimization alerts (`monitors.OVEROPTIMIZATION_KINDS`)."""
+        from rlhf_widgets.evaluation.monitors import OVEROPTIMIZATION_KINDS
+
+        return OVEROPTIMIZATION_KINDS if self.alert_kinds is None else tuple(self.alert_kinds)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 
 from rlhf_widgets.ppo.rollout import TrainingStopped
 
@@ -119,6 +120,14 @@ class Processes:
         if stopped:
             raise TrainingStopped(f"{message} {where}") from (error if rank == self.index else None)
         raise UpdateError(f"{described} {where}") from (error if rank == self.index else None)
+
+    def broadcast(self, obj: Any) -> Any:
+        """The main process's `obj` (picklable) on every process: a decision taken where the metrics log lives,
+        followed by all. One process: `obj` itself."""
+        if self.count == 1:
+            return obj
+        with self._collective("a broadcast"):
+            return broadcast_object_list([obj], from_process=0)[0]
 
     def barrier(self) -> None:
         """Wait for every process."""

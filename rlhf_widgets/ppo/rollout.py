@@ -7,7 +7,8 @@ response tokens (the longest response of the batch), H hidden size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +18,7 @@ from rlhf_widgets.data import last_user_content
 from rlhf_widgets.generation import encode_prompts, exact_sampling
 from rlhf_widgets.ppo import core
 from rlhf_widgets.ppo.timing import NO_CLOCK, PhaseClock
-from rlhf_widgets.rewards import RewardFunction, score_responses
+from rlhf_widgets.rewards import RewardFunction, score_with_members
 
 
 class TrainingStopped(RuntimeError):
@@ -54,6 +55,10 @@ class Rollout:
     """(B, P + T, H) frozen hidden state entering the value adapter's first layer; None when it spans them all"""
     scores: torch.Tensor
     """(B,) reward scores, the missing-EOS penalty applied"""
+    member_scores: torch.Tensor | None = None
+    """(K, B) each member's scores when the reward is an ensemble (`rewards.EnsembleReward`), the missing-EOS penalty
+    applied to every member alike (so `scores` is still their combination: worst, mean, mean − λ·variance); None
+    for any other reward"""
     rewards: torch.Tensor | None = None
     """(B, T) KL-shaped per-token rewards: −β·KL everywhere, + the score at the last response token (step 5)"""
     non_score_rewards: torch.Tensor | None = None
@@ -117,16 +122,21 @@ def forward_inputs(sequences: torch.Tensor, attention_mask: torch.Tensor) -> dic
 def make_rollout(backend, tokenizer, prompts: Sequence, reward: RewardFunction, *, temperature: float,
                  max_new_tokens: int, missing_eos_penalty: float, recorded_logprobs: bool = True,
                  forward_batch_size: int = 32, device: torch.device | str = "cpu",
-                 clock: PhaseClock = NO_CLOCK) -> Rollout:
+                 clock: PhaseClock = NO_CLOCK,
+                 reward_precision: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+                 ) -> Rollout:
     """Sample one response per prompt from the policy and measure everything the PPO update needs.
 
     Args:
         backend: a `SharedBackbone` or `SeparateModels`.
-        reward: the reward function `(prompts, responses) -> scores`.
+        reward: the reward function `(prompts, responses) -> scores`; an ensemble (`rewards.EnsembleReward`) is
+            scored once per member and its members' scores kept in `Rollout.member_scores`.
         recorded_logprobs: take the old log-probs from the sampling step (True) or from one more no-cache
             policy forward over the batch (False).
         forward_batch_size: rollouts per no-grad forward for log-probs and values.
         clock: times the phases (`generation`, `policy_forward`, `reference_forward`, `value_forward`, `reward`).
+        reward_precision: the context the reward is called in (the trainer's: float32 outside its autocast; a
+            reward model scores in its own precision).
     Raises `TrainingStopped` on non-finite log-probs, values or scores.
     """
     # 1. sample responses from the current policy (left-padded queries, stop at any stop token), from exactly
@@ -176,18 +186,22 @@ def make_rollout(backend, tokenizer, prompts: Sequence, reward: RewardFunction, 
             values.append(backend.values(**inputs, trunk=trunk)[:, context - 1 : -1])
     logprobs = torch.cat(policy_lp) if logprobs is None else logprobs
 
-    # 4. score the decoded responses; penalise those cut off before EOS
-    with clock("reward"):
+    # 4. score the decoded responses (an ensemble: each member once, combined from those scores); penalise those
+    #    cut off before EOS
+    with clock("reward"), reward_precision():
         texts = [tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip()
                  for r, m in zip(responses, r_mask, strict=True)]
-        scores = score_responses(reward, list(prompts), texts).to(seq.device)
+        scores, member_scores = score_with_members(reward, list(prompts), texts)
+    scores = scores.to(seq.device)
     if missing_eos_penalty:
         scores = core.apply_missing_eos_penalty(scores, contains_eos, missing_eos_penalty)
+        if member_scores is not None:  # (K, B): the (B,) cut-off flags broadcast over the members
+            member_scores = core.apply_missing_eos_penalty(member_scores, contains_eos.cpu(), missing_eos_penalty)
     rollout = Rollout(
         prompts=list(prompts), prompt_texts=[last_user_content(p) for p in prompts], texts=texts,
         sequences=seq, attention_mask=mask, responses=responses, response_mask=r_mask.float(),
         contains_eos=contains_eos, logprobs=logprobs, ref_logprobs=torch.cat(ref_lp), values=torch.cat(values),
-        value_trunk=torch.cat(trunks) if trunks[0] is not None else None, scores=scores,
+        value_trunk=torch.cat(trunks) if trunks[0] is not None else None, scores=scores, member_scores=member_scores,
     )
     for name, what in (("logprobs", "log-probs"), ("ref_logprobs", "reference log-probs"), ("values", "values"),
                        ("scores", "reward scores")):

@@ -14,12 +14,18 @@ Failure handling: before every update the trainable weights and optimizer state 
 puts that state back on every process and writes `last/` with the reason; a rail ends the run with status
 "failed", another exception is raised after the checkpoint. A process that dies makes the others raise
 `PeerLost` at their next collective (no checkpoint: the weights in memory are put back to the last good update).
+
+Reward-hacking alarm: during `train()` a `RewardHackingMonitor` (`evaluation.monitors`) watches the run's log and
+logs each alert as an event; at the end of an update that raised an alert of a kind in `PPOConfig.alarm_kinds`,
+`PPOConfig.on_alert` decides — on the main process, whose log it is, followed by every process — whether the run goes
+on, stops there, or rolls the weights back to the last checkpoint before that update and stops. With a
+`RewardEnsemble` reward every update also logs the members' scores and their disagreement (`reward/...`), which the
+gold-free monitors read.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import math
 import os
@@ -32,6 +38,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
@@ -59,6 +66,9 @@ from rlhf_widgets.rewards import RewardFunction, as_reward_function, score_respo
 from rlhf_widgets.stages import FINAL, StageResult, is_quantized
 from rlhf_widgets.trackers import attach_trackers
 
+if TYPE_CHECKING:
+    from rlhf_widgets.evaluation.monitors import Alert, MonitorConfig, RewardHackingMonitor
+
 STATE_FILE = "trainer_state.pt"
 """A checkpoint's shared state: weights, optimizer, schedule, β, counters, the number of processes, the reason"""
 PROCESS_FILE = "process_state_{rank}.pt"
@@ -82,6 +92,8 @@ class PPOTrainer:
         gold: an optional held-out reward function logged as `gold/score`, never trained on (the sandbox's gold).
         resume_from: a checkpoint directory written by `save_checkpoint` (`checkpoint-N/`, `last/`), by as many
             processes as this run has.
+        monitor: thresholds of the reward-hacking monitors that watch `train()` (default `MonitorConfig()`); what
+            an alert does is `config.on_alert`.
     """
 
     def __init__(
@@ -94,6 +106,7 @@ class PPOTrainer:
         metrics: MetricsLog | None = None,
         gold: RewardFunction | None = None,
         resume_from: str | Path | None = None,
+        monitor: MonitorConfig | None = None,
     ) -> None:
         config = config or PPOConfig()
         self.config = config
@@ -162,6 +175,14 @@ class PPOTrainer:
         self._order: list[int] = []
         self.last_micro_batch_size: int | None = None
         self._last_good: dict | None = None
+        # imported here, not at the top: evaluation imports the reward stage, which imports ppo.precision (this package)
+        from rlhf_widgets.evaluation.monitors import MonitorConfig
+
+        self.monitor_config = monitor or MonitorConfig()
+        """the reward-hacking monitors' thresholds (`evaluation.MonitorConfig`)"""
+        self.monitor: RewardHackingMonitor | None = None
+        """the monitor watching the current (or last) `train()`; its `alerts` are what it raised"""
+        self._rollback_point: tuple[int, dict] | None = None  # (update, a `_keep_last_good` state) for on_alert
         self._grad_norms: list[float] = []
         self._skipped_steps = 0
         self.clock = PhaseClock(self.accelerator.device)
@@ -251,6 +272,7 @@ class PPOTrainer:
         clock.reset()
         with clock("keep_last_good"):
             self._keep_last_good()
+            self._keep_rollback_point()
         update = self.update + 1
         procs = self.processes
         reward_tokens = getattr(self.reward, "tokens_scored", 0)
@@ -262,10 +284,11 @@ class PPOTrainer:
         try:
             with self.precision.autocast():
                 rollout = make_rollout(
-                    self.backend, self.tokenizer, self._next_prompts(), self._reward_in_float32(),
+                    self.backend, self.tokenizer, self._next_prompts(), self.reward,
                     temperature=self.temperature, max_new_tokens=cfg.max_new_tokens,
                     missing_eos_penalty=cfg.missing_eos_penalty, recorded_logprobs=cfg.rollout_logprobs == "generate",
-                    forward_batch_size=cfg.rollout_batch_size, device=self.accelerator.device, clock=clock)
+                    forward_batch_size=cfg.rollout_batch_size, device=self.accelerator.device, clock=clock,
+                    reward_precision=self.precision.full_precision)  # a reward model scores in its own precision
         except TrainingStopped as err:
             error = TrainingStopped(f"{err} of update {update}")
         except Exception as err:  # noqa: BLE001 - raised on every process at the agreement point
@@ -308,17 +331,6 @@ class PPOTrainer:
         if self.is_main:
             self.metrics.log(metrics, step=self.update, stage="ppo")
         return metrics
-
-    def _reward_in_float32(self) -> RewardFunction:
-        """The reward function, run outside autocast: a reward model scores in its own precision."""
-        if self.precision.mode == "no":
-            return self.reward
-
-        @functools.wraps(self.reward, assigned=("__name__", "__qualname__"), updated=())
-        def reward(prompts, responses):
-            with self.precision.full_precision():
-                return self.reward(prompts, responses)
-        return reward
 
     def _shape(self, rollout: Rollout, kl_coef: float) -> None:
         """Steps 5–6 (`rollout.shape_rewards`); with `whiten_globally` and several processes the whitening uses all
@@ -514,6 +526,12 @@ class PPOTrainer:
             metrics["perf/flops_utilization"] = flops / seconds / (self.config.peak_gflops * 1e9)
         if gold_scores is not None:
             metrics["gold/score"] = sum(gold_scores) / len(gold_scores)
+        if rollout.member_scores is not None:  # (K, B): an ensemble's members, scored once in the rollout
+            members = rollout.member_scores
+            # their population std per response (as `RewardEnsemble.score_with_spread`), averaged over the batch
+            metrics["reward/ensemble_spread"] = members.std(dim=0, unbiased=False).mean().item()
+            metrics["reward/ensemble_mean"] = members.mean().item()
+            metrics.update({f"reward/member_{i}": row.mean().item() for i, row in enumerate(members)})
         metrics = self.processes.reduce_metrics(metrics)
         metrics.update({"objective/kl": mean_kl, "objective/kl_coef": kl_coef, "val/var_explained": var_explained,
                         "lr": lr, "train/skipped_steps": self._skipped_steps})
@@ -544,27 +562,81 @@ class PPOTrainer:
     def _restore_last_good(self) -> None:
         """Put back the state kept before the failed update (weights, optimizer moments, loss scale)."""
         self.optimizer.zero_grad(set_to_none=True)
-        if self._last_good is None:
-            return
-        self.backend.load_trainable_state(self._last_good["weights"])
+        if self._last_good is not None:
+            self._restore(self._last_good)
+
+    def _restore(self, state: dict) -> None:
+        """Put back a state `_keep_last_good` kept. The optimizer gets a copy: it keeps the tensors it is given and
+        updates them in place, and a kept state may be put back again (a rollback point outlives one update)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.backend.load_trainable_state(state["weights"])
         if self.zero is not None:
-            self.zero.load_state(self._last_good["zero"])
+            self.zero.load_state(copy.deepcopy(state["zero"]))
         else:
-            self.optimizer.load_state_dict(self._last_good["optimizer"])
-        if self._last_good["scaler"] is not None:
-            self.precision.scaler.load_state_dict(self._last_good["scaler"])
+            self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        if state["scaler"] is not None:
+            self.precision.scaler.load_state_dict(state["scaler"])
+
+    # ---------------------------------------------------------------- the reward-hacking alarm
+    def _keep_rollback_point(self) -> None:
+        """With `on_alert="rollback"`: keep the last good state (just taken, before this update) as the point a
+        rollback returns to, when this update follows a checkpoint (`save_every`; without checkpoints every
+        `MonitorConfig.window` updates) or none is kept yet (the state the run started from)."""
+        cfg = self.config
+        if cfg.on_alert != "rollback":
+            return
+        every = cfg.save_every or self.monitor_config.window
+        if self._rollback_point is None or self.update % every == 0:
+            self._rollback_point = (self.update, self._last_good)
+
+    def _alarm(self, raised: list[Alert]) -> Alert | None:
+        """The first of `raised` (this update's alerts) of a kind `on_alert` acts on, or None — decided on the main
+        process, whose log the monitor watches, and the same on every process."""
+        cfg = self.config
+        if cfg.on_alert == "continue":
+            return None
+        acting = next((alert for alert in raised if alert.kind in cfg.alarm_kinds), None) if self.is_main else None
+        self.processes.where = f"the alarm of update {self.update}"
+        return self.processes.broadcast(acting)
+
+    def _act_on(self, alert: Alert) -> None:
+        """End the run for `alert` as `on_alert` says: "stop" keeps this update's weights; "rollback" first puts
+        back the weights and optimizer state of the rollback point (the last checkpoint before the alert's update).
+        Either way the status is "stopped" and the reason names the alert; an event ("stopped" / "rollback") says
+        it in the log."""
+        control = self.control
+        cause = f"the {alert.kind} alert at update {alert.update}: {alert.message}"
+        if self.config.on_alert == "stop":
+            control.state, control.reason = "stopped", f"stopped by {cause}"
+            self._event("stopped", control.reason, alert=alert.kind, alert_update=alert.update)
+            return
+        target, state = self._rollback_point
+        self._restore(state)
+        self._rollback_point = None  # the weights are that point's now: a later run keeps its own
+        every = self.config.save_every
+        source = f" (checkpoint-{target}/)" if every and target and target % every == 0 else ""
+        control.state, control.reason = "stopped", f"rolled back to update {target}{source} after {cause}"
+        self._event("rollback", control.reason, alert=alert.kind, alert_update=alert.update, rolled_back_to=target)
 
     # ---------------------------------------------------------------- the loop
     def train(self, num_updates: int | None = None, show_progress: bool = True) -> StageResult:
         """Run updates until `num_updates` (default `config.num_updates`) or a stop; then checkpoint to `last/`
         and save the policy to `final/` (the result's `model_path`). A safety stop ends the run with status
         "failed" and the reason; another exception inside an update is raised after `last/` is written with the
-        reason (see the module docstring)."""
+        reason (see the module docstring). A reward-hacking alert ends it as `config.on_alert` says (status
+        "stopped", the reason naming the alert — and, for a rollback, the update whose weights `final/` and `last/`
+        hold; the counters in `last/` stay those of the alert's update)."""
         total = num_updates if num_updates is not None else self.config.num_updates
         control = self.control
         control.state, control.reason = "running", ""
         bar = tqdm(total=total, initial=min(self.update, total), desc="PPO",
                    disable=not (show_progress and self.is_main))
+        # the monitors read the run's log as it is written (the history too: a resumed or continued run); each
+        # alert becomes an "alert" event there
+        from rlhf_widgets.evaluation.monitors import RewardHackingMonitor  # (see __init__)
+
+        monitor = self.monitor = RewardHackingMonitor(self.monitor_config)
+        unwatch = monitor.attach(self.metrics)
         start = time.perf_counter()
         try:
             while self.update < total:
@@ -581,6 +653,7 @@ class PPOTrainer:
                     self._event("stopped", "stopped by the user")
                     break
                 self._apply(control.take_pending())
+                seen = len(monitor.alerts)
                 try:
                     self.step()
                 except (PeerLost, KeyboardInterrupt) as err:  # no checkpoint: it needs every process / is unwanted
@@ -602,6 +675,10 @@ class PPOTrainer:
                 bar.update(1)
                 if self.config.save_every and self.update % self.config.save_every == 0:
                     self.save_checkpoint(self.output_dir / f"checkpoint-{self.update}")
+                alert = self._alarm(monitor.alerts[seen:])
+                if alert is not None:
+                    self._act_on(alert)
+                    break
             else:
                 control.state = "finished"
         except BaseException as err:
@@ -611,6 +688,7 @@ class PPOTrainer:
             raise
         finally:
             bar.close()
+            unwatch()
         seconds = time.perf_counter() - start
         self.save_checkpoint(self.output_dir / "last")
         final = self.save_policy(self.output_dir / FINAL)
@@ -818,8 +896,9 @@ def train_ppo(
     metrics: MetricsLog | None = None,
     gold: RewardFunction | None = None,
     resume_from: str | Path | None = None,
+    monitor: MonitorConfig | None = None,
 ) -> StageResult:
     """PPO in one call, the same shape as every other stage: `PPOTrainer(...).train()`."""
     trainer = PPOTrainer(prompts, config, model=model, reward=reward, metrics=metrics, gold=gold,
-                         resume_from=resume_from)
+                         resume_from=resume_from, monitor=monitor)
     return trainer.train()
