@@ -39,6 +39,21 @@ class BestOfN:
         return ([c[i] for c, i in zip(self.candidates, picks, strict=True)],
                 [s[i] for s, i in zip(self.candidate_scores, picks, strict=True)])
 
+    def rescored(self, prompts: Sequence, reward: RewardFunction) -> BestOfN:
+        """The same N candidates per prompt picked by another reward function: what `reward` would have chosen from
+        exactly these samples (e.g. an unbiased reward model against a flawed proxy, or a conservative ensemble
+        objective against its mean). `prompts` are the ones the candidates answer, in order."""
+        prompts = prompt_list(prompts)
+        if len(prompts) != len(self.candidates):
+            raise ValueError(f"rescored: {len(prompts)} prompts for the candidates of {len(self.candidates)}")
+        flat = [c for cs in self.candidates for c in cs]
+        scores = score_responses(as_reward_function(reward), [p for p in prompts for _ in range(self.n)], flat)
+        rows = scores.view(len(prompts), self.n).tolist()
+        picks = [max(range(self.n), key=lambda i: s[i]) for s in rows]
+        return BestOfN(responses=[c[i] for c, i in zip(self.candidates, picks, strict=True)],
+                       scores=[s[i] for s, i in zip(rows, picks, strict=True)], candidates=self.candidates,
+                       candidate_scores=rows, n=self.n)
+
 
 def best_of_n(
     prompts: Sequence, *, model: ModelLike, reward: RewardFunction, n: int = 8,

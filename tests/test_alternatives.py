@@ -107,6 +107,21 @@ def test_best_of_n_curve_averages_the_pick_over_every_subset_of_the_candidates()
         best_of_n_curve(result, prompts, gold_reward, ns=[7])
 
 
+def test_best_of_n_rescored_picks_the_same_candidates_by_another_reward() -> None:
+    from rlhf_widgets.best_of import BestOfN
+
+    prompts = ["p0", "p1"]
+    candidates = [["short", "a much longer answer", "mid answer"], ["x y", "x", "x y z w"]]
+    result = BestOfN(responses=["short", "x"], scores=[0.0, 0.0], candidates=candidates,
+                     candidate_scores=[[3.0, 1.0, 2.0], [0.0, 5.0, 1.0]], n=3)
+    by_length = result.rescored(prompts, lambda ps, rs: [float(len(r.split())) for r in rs])
+    assert by_length.responses == ["a much longer answer", "x y z w"] and by_length.scores == [4.0, 4.0]
+    assert by_length.candidates is candidates and by_length.candidate_scores == [[1.0, 4.0, 2.0], [2.0, 1.0, 4.0]]
+    assert result.responses == ["short", "x"]  # the original pick is left as it was
+    with pytest.raises(ValueError, match="1 prompts for the candidates of 2"):
+        result.rescored(prompts[:1], gold_reward)
+
+
 def test_compare_policies_table_and_blind_store(sft_model_dir: Path, tmp_path: Path) -> None:
     from rlhf_widgets.labeling import LabelingSession
 

@@ -123,3 +123,16 @@ def test_sampling_autocasts_a_float32_model_where_bf16_is_native(pretend_cpu_bf1
     assert SamplingSettings().mixed_precision == "auto"
     with pytest.raises(ValueError, match="mixed_precision='fp32'"):
         SamplingSettings(mixed_precision="fp32")
+
+
+def test_cpu_precision_path_names_the_path_and_its_reason(pretend_cpu_bf16, monkeypatch) -> None:
+    """The line CI and the quickstart print: which precision "auto" takes here, and why."""
+    from rlhf_widgets.ppo.precision import cpu_precision_path
+
+    pretend_cpu_bf16(True)
+    assert cpu_precision_path().startswith("bf16 autocast") and "avx512_bf16" in cpu_precision_path()
+    pretend_cpu_bf16(False)
+    assert cpu_precision_path().startswith("float32") and "no native bf16" in cpu_precision_path()
+    pretend_cpu_bf16(True)
+    monkeypatch.setenv("RLHF_WIDGETS_CPU_BF16", "0")
+    assert cpu_precision_path() == "float32 (RLHF_WIDGETS_CPU_BF16=0; the CPU has avx512_bf16)"

@@ -13,11 +13,13 @@ from rlhf_widgets.ppo.panel import SettingEntry, TrainingPanel
 from rlhf_widgets.sandbox import gold_reward
 
 
-def wait_for(condition, timeout: float = 120.0) -> None:
+def wait_for(condition, what: str = "the training thread", timeout: float = 300.0) -> None:
+    """Wait until `condition()` holds: a state, never a number of updates assumed to fit in some time (the timeout
+    only ends a hung run)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for the training thread")
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.02)
 
 
@@ -97,8 +99,9 @@ def test_panel_buttons_drive_a_ppo_run(tmp_path: Path) -> None:
     assert trainer.control.state == "stopped" and stopped_at < cfg.num_updates
     assert buttons(panel) == IDLE and f"stopped after update {stopped_at}" in panel.status.value
 
-    panel.start_button.click()  # continues the run
-    wait_for(lambda: trainer.update >= stopped_at + 1)
+    panel.start_button.click()  # continues the run, until it has logged a samples table (every 4th update)
+    wait_for(lambda: trainer.update >= stopped_at + 1 and "<table" in panel.samples.widget.value,
+             "a continued update and a logged samples table")
     panel.stop_button.click()
     panel.wait(timeout=120)
     assert trainer.update > stopped_at and trainer.control.state == "stopped"

@@ -48,6 +48,18 @@ def cpu_has_native_bf16() -> bool:
     return any(flags.get(name) for name in ("avx512_bf16", "amx_bf16", "bf16"))
 
 
+def cpu_precision_path() -> str:
+    """One line saying which precision every "auto" setting takes on this CPU, and why: "bf16 (…)" or
+    "float32 (…)" — printed by CI and the quickstart so a result says which path produced it."""
+    flags = getattr(torch.cpu, "get_capabilities", dict)()
+    native = [name for name in ("avx512_bf16", "amx_bf16", "bf16") if flags.get(name)]
+    if os.environ.get(CPU_BF16_ENV, "").strip() == "0":
+        return f"float32 ({CPU_BF16_ENV}=0{'; the CPU has ' + ', '.join(native) if native else ''})"
+    if native:
+        return f"bf16 autocast (the CPU computes bf16 natively: {', '.join(native)}; {CPU_BF16_ENV}=0 for float32)"
+    return "float32 (the CPU has no native bf16: no avx512_bf16 or amx_bf16)"
+
+
 def resolve_mixed_precision(setting: str, device: torch.device) -> str:
     """`setting` ("auto", "no", "bf16", "fp16") → the one a run on `device` uses ("no", "bf16" or "fp16").
 
