@@ -7,6 +7,10 @@ Each filter is scoped to one message from one source, never to a whole category 
 - transformers 5 warns that `is_gradient_checkpointing` / `gradient_checkpointing_enable` are deprecated when
   PEFT or TRL call the old names (PEFT's `get_peft_model` does, on every LoRA model): a FutureWarning about code
   inside those libraries. Ignored for those two messages, from `transformers.modeling_utils` only.
+- `kernels` (a dependency of transformers since 5.25) logs "Skipping publisher trust check for
+  'kernels-community/quantization-bitsandbytes' because Hugging Face Hub is in offline mode" each time bitsandbytes
+  looks for its CPU kernel offline (every notebook's first cell under HF_HUB_OFFLINE): nothing a user asked for or can
+  act on. A filter on its logger (`kernels._internals.hf_hub`) drops that one line.
 - DeepSpeed, when installed, logs "Setting accelerator to CPU…" as accelerate imports it on a machine without a
   GPU; a filter on its logger (`DeepSpeed`) drops that line.
 - In a notebook, transformers' trainers print every logged dict under a progress bar (`ProgressCallback`), or
@@ -28,6 +32,7 @@ from typing import Any
 LIBRARY_LOG_NOISE = {
     "bitsandbytes.backends.cpu.ops": re.compile(r"Failed to load CPU gemm_4bit_forward from kernels-community"),
     "DeepSpeed": re.compile(r"Setting accelerator to CPU"),
+    "kernels._internals.hf_hub": re.compile(r"Skipping publisher trust check for 'kernels-community/"),
 }
 """logger name → the message it drops"""
 LIBRARY_WARNING_NOISE = (

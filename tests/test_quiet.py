@@ -10,9 +10,12 @@ def test_library_log_noise_is_dropped_and_other_records_kept(caplog) -> None:
     quiet.install()
     bnb = logging.getLogger("bitsandbytes.backends.cpu.ops")
     deepspeed = logging.getLogger("DeepSpeed")
+    kernels = logging.getLogger("kernels._internals.hf_hub")
     with caplog.at_level(logging.WARNING):
         bnb.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure …", "x")
         deepspeed.warning("Setting accelerator to CPU. If you have GPU or other accelerator, …")
+        kernels.warning("Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' because "
+                        "Hugging Face Hub is in offline mode.")
         bnb.warning("4-bit weights on CPU need widths that are multiples of 64")
     assert [r.getMessage() for r in caplog.records] == ["4-bit weights on CPU need widths that are multiples of 64"]
 
