@@ -140,9 +140,9 @@ class RewardHackingMonitor:
         self.alerts: list[Alert] = []
         self._series: dict[str, list[float]] = {LENGTH: [], KL: [], TOKEN_ENTROPY: [], PROXY: [], GOLD: [],
                                                  SPREAD: [], ENSEMBLE_MEAN: []}
-        self._gold_best: tuple[float, int, float] | None = None  # (smoothed gold, update, smoothed proxy then)
-        # (smoothed conservative score, update, smoothed members' mean then)
-        self._conservative_best: tuple[float, int, float] | None = None
+        # per held score (gold; the ensemble's conservative score): (its smoothed best, that update, the smoothed
+        # rising score then — the proxy; the members' mean)
+        self._best: dict[str, tuple[float, int, float]] = {}
 
     @property
     def fired(self) -> set[str]:
@@ -213,16 +213,27 @@ class RewardHackingMonitor:
                      {"entropy": now, "first_entropy": first, "ratio": now / first,
                       "threshold": self.config.entropy_floor})
 
+    def _fallen_from_best(self, held: str, rising: str, update: int, drop: float) -> tuple[float, ...] | None:
+        """The shape both divergence checks share: the smoothed `held` score is at least `drop` below its best while
+        the smoothed `rising` one is higher than it was at that best. Returns (held, best, best update, rising,
+        rising at the best) when it holds; keeps the best (per `held` series) as it goes."""
+        now, other = self._smoothed(held), self._smoothed(rising)
+        if now is None or other is None:
+            return None
+        best = self._best.get(held)
+        if best is None or now > best[0]:
+            self._best[held] = (now, update, other)
+            return None
+        best_value, best_update, other_then = best
+        if best_value - now < drop or other <= other_then:
+            return None
+        return now, best_value, best_update, other, other_then
+
     def _divergence(self, update: int) -> Alert | None:
-        gold, proxy = self._smoothed(GOLD), self._smoothed(PROXY)
-        if gold is None or proxy is None:
+        found = self._fallen_from_best(GOLD, PROXY, update, self.config.min_gold_drop)
+        if found is None:
             return None
-        if self._gold_best is None or gold > self._gold_best[0]:
-            self._gold_best = (gold, update, proxy)
-            return None
-        best, best_update, proxy_then = self._gold_best
-        if best - gold < self.config.min_gold_drop or proxy <= proxy_then:
-            return None
+        gold, best, best_update, proxy, proxy_then = found
         return Alert("proxy_gold_divergence", update,
                      f"the held-out score fell {best - gold:.2f} from its best ({best:.2f} at update {best_update} "
                      f"→ {gold:.2f}) while the proxy reward rose {proxy - proxy_then:+.2f}: the policy is "
@@ -247,15 +258,10 @@ class RewardHackingMonitor:
                       "threshold": rise, "min_rise": self.config.min_disagreement_rise})
 
     def _conservative(self, update: int) -> Alert | None:
-        conservative, mean = self._smoothed(PROXY), self._smoothed(ENSEMBLE_MEAN)
-        if conservative is None or mean is None:
+        found = self._fallen_from_best(PROXY, ENSEMBLE_MEAN, update, self.config.min_conservative_drop)
+        if found is None:
             return None
-        if self._conservative_best is None or conservative > self._conservative_best[0]:
-            self._conservative_best = (conservative, update, mean)
-            return None
-        best, best_update, mean_then = self._conservative_best
-        if best - conservative < self.config.min_conservative_drop or mean <= mean_then:
-            return None
+        conservative, best, best_update, mean, mean_then = found
         return Alert("conservative_divergence", update,
                      f"the ensemble's conservative score fell {best - conservative:.2f} from its best ({best:.2f} at "
                      f"update {best_update} → {conservative:.2f}) while the members' mean rose "
