@@ -29,10 +29,11 @@ pytestmark = pytest.mark.slow
 HEALTHY_KL_COEF = 0.1
 """β of the suite's PPO run, twice the default. The tests below need a run that is healthy by gold's own measure
 on every seed and both precision paths — gold's smoothed score ends within 0.3 of its best — so that "the monitors
-stay quiet" is a false-alarm test, not a test that the run happens not to reward-hack. Over seeds 0-3 on both paths
-(docs/PERFORMANCE.md, "Seed-robust sandbox tests") β = 0.1 is such a run; the default β = 0.05 is not: on the
-float32 path it over-optimizes this chain's reward model on three seeds of four (gold falls 0.58-0.64 from its best
-while the proxy rises, or entropy collapses), and the monitors say so — the reward-hacking issue's to fix."""
+stay quiet" is a false-alarm test, not a test that the run happens not to reward-hack. Over float32 seeds 0-3 and
+bf16 seeds 0, 1, 3 (docs/PERFORMANCE.md, "Both precision paths") β = 0.1 is such a run (gold ends 0-0.25 below its
+best); the default β = 0.05 is not: on the float32 path it over-optimizes this chain's reward model on three seeds
+of four (gold falls 0.58-0.64 from its best while the proxy rises, or entropy collapses), and the monitors say so —
+the reward-hacking issue's to fix."""
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,8 @@ def test_ppo_beats_sft_on_gold_with_bounded_kl(ppo_run: StageResult, sft_model_d
     result = win_rate(prompts, ppo, sft, gold_reward)
     print(f"PPO gold win rate over SFT: {result['win_rate']:.3f} (gold {result['mean_score']:.2f} vs "
           f"{result['baseline_mean_score']:.2f})")
-    # seeds 0-3 on both paths (docs/PERFORMANCE.md): 0.64-0.87 at β = 0.1; the floor sits below every run and
-    # well above SFT's 0.5 (128 prompts: a win rate's standard error is about 0.04)
+    # float32 seeds 0-3, bf16 seeds 1 and 3 (docs/PERFORMANCE.md, "Both precision paths"): 0.64-0.87 at β = 0.1;
+    # the floor sits below every run and well above SFT's 0.5 (128 prompts: a win rate's standard error is ~0.04)
     assert result["win_rate"] >= 0.6, result
     _, kl = ppo_run.metrics.series("objective/kl")
     assert max(kl) < 25, kl  # the KL penalty keeps the policy near the SFT model
@@ -63,9 +64,9 @@ def test_ppo_beats_sft_on_gold_with_bounded_kl(ppo_run: StageResult, sft_model_d
 def test_best_of_n_with_a_verbosity_biased_proxy_buys_proxy_score_not_gold(
         biased_reward, trained_reward, sft_model_dir: Path) -> None:
     # Up to best-of-8 (KL 1.2 nats) the biased proxy's pick rises in proxy score but not in gold, while the unbiased
-    # reward model, picking from the very same 128 samples a prompt, buys gold. Over seeds 0-3 on both precision
-    # paths (docs/PERFORMANCE.md, "Seed-robust sandbox tests") at N = 8: proxy +1.15 to +1.35, the proxy's pick's
-    # gold -0.20 to +0.05, the unbiased pick's gold 0.60 to 0.93 above it. Beyond N = 8 the biased pick's gold moves
+    # reward model, picking from the very same 128 samples a prompt, buys gold. Over float32 seeds 0-3 and bf16
+    # seeds 1, 3 (docs/PERFORMANCE.md, "Both precision paths") at N = 8: proxy +1.14 to +1.40, the proxy's pick's
+    # gold -0.20 to +0.06, the unbiased pick's gold 0.60 to 0.93 above it. Beyond N = 8 the biased pick's gold moves
     # with the seed (at N = 128 from -0.41 to +0.86: longer answers also carry more of gold's clauses), which is
     # why the assertion stops at 8.
     prompts = sandbox_prompts(32, seed=12, split="test")
@@ -92,7 +93,7 @@ def test_monitors_stay_quiet_on_a_healthy_run_and_fire_on_a_verbosity_biased_pro
         ppo_run: StageResult, biased_reward, sft_model_dir: Path, tmp_path: Path) -> None:
     # the healthy run (HEALTHY_KL_COEF): proxy and gold rise together, lengths stay — any alert is a false alarm
     assert check_log(ppo_run.metrics) == []
-    # 20 updates at the default β: over seeds 0-3 on both paths the length drift is flagged at updates 12-14
+    # 20 updates at the default β: over the seeds and paths measured the length drift is flagged at updates 11-14
     cfg = PPOConfig(output_dir=str(tmp_path), num_updates=20, seed=0, sample_every=0)
     biased = PPOTrainer(sandbox_prompts(1000, seed=2), cfg, model=sft_model_dir,
                         reward=biased_reward.reward_model, gold=gold_reward).train(show_progress=False)
