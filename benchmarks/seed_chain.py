@@ -50,16 +50,9 @@ def ppo_figures(run, sft_dir: Path, seed: int) -> dict:
 def loop_figures(sft_dir: Path, seed: int, out_dir: Path) -> dict:
     """What `tests/test_loop.py` asserts of its three rounds (the final policy's gold win rate over SFT), with
     every seed of its recipe shifted by `seed`."""
-    from rlhf_widgets.data import load_prompts
-    from rlhf_widgets.loop import IterativeLoop, LoopConfig
+    from test_loop import make_loop
 
-    config = LoopConfig(output_dir=str(out_dir), rounds=3, prompts_per_round=48, answers_per_prompt=4,
-                        pairs_per_prompt=6, eval_prompts=96, seed=seed)
-    loop = IterativeLoop(load_prompts("sandbox", n=3 * 48, seed=31), config, sft_model=str(sft_dir),
-                         labeler=SimulatedAnnotator(temperature=1.0, seed=seed), gold=gold_reward,
-                         reward_config=RewardStageConfig(seed=seed),
-                         ppo_config=PPOConfig(num_updates=12, seed=seed, sample_every=0))
-    history = loop.run()
+    history = make_loop(str(out_dir), str(sft_dir), seed=seed).run()
     return {"final_win_rate": history[-1].metrics["loop/gold_win_rate_vs_sft"],
             "rounds": [dict(r.metrics) for r in history]}
 

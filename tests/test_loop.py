@@ -27,18 +27,19 @@ make_loop({out!r}, {sft!r}).run()
 """
 
 
-def make_loop(out: str, sft: str) -> IterativeLoop:
+def make_loop(out: str, sft: str, seed: int = 0) -> IterativeLoop:
+    """The test's three-round loop; `seed` shifts every seed of the recipe (benchmarks/seed_chain.py measures it)."""
     from rlhf_widgets.data import load_prompts
     from rlhf_widgets.ppo import PPOConfig
     from rlhf_widgets.reward import RewardStageConfig
     from rlhf_widgets.sandbox import SimulatedAnnotator, gold_reward
 
     config = LoopConfig(output_dir=out, rounds=3, prompts_per_round=48, answers_per_prompt=4, pairs_per_prompt=6,
-                        eval_prompts=96, seed=0)
+                        eval_prompts=96, seed=seed)
     return IterativeLoop(load_prompts("sandbox", n=3 * 48, seed=31), config, sft_model=sft,
-                         labeler=SimulatedAnnotator(temperature=1.0, seed=0), gold=gold_reward,
-                         reward_config=RewardStageConfig(seed=0),
-                         ppo_config=PPOConfig(num_updates=12, seed=0, sample_every=0))
+                         labeler=SimulatedAnnotator(temperature=1.0, seed=seed), gold=gold_reward,
+                         reward_config=RewardStageConfig(seed=seed),
+                         ppo_config=PPOConfig(num_updates=12, seed=seed, sample_every=0))
 
 
 def test_three_rounds_killed_after_the_first_and_resumed(sft_model_dir: Path, tmp_path: Path) -> None:
