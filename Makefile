@@ -7,6 +7,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # torch: keep an existing install (e.g. Colab's); otherwise pin the CPU build our machines carry
 TORCH_PIN ?= torch==2.13.0
+# test processes (pytest-xdist, whole modules each, longest first: tests/conftest.py); each gets its share of the
+# cores. 2 suits a 2-core CI machine; 0 = the suite in this process
+TEST_WORKERS ?= 2
 
 .PHONY: install browser quickstart test lint clean-runs
 
@@ -29,7 +32,7 @@ quickstart: $(STAMP)
 # the PostgreSQL tests get a throw-away server on loopback (installed from Debian's packages if missing),
 # stopped when the suite ends; without one they are skipped and say why
 test: $(STAMP) browser
-	bash scripts/postgres.sh run $(PY) -m pytest -q -ra
+	bash scripts/postgres.sh run $(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(PY) -m ruff check rlhf_widgets tests benchmarks

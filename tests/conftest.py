@@ -8,11 +8,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# `make test` runs the suite in TEST_WORKERS processes (pytest-xdist): each takes its share of the cores for
+# torch's (and its notebook kernels' and launched workers') threads, so 2 processes on 2 cores don't fight over 4
+TEST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if TEST_WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // TEST_WORKERS)))
 
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+if TEST_WORKERS > 1:
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 pytest_plugins = ["families", "pg_fixtures"]  # model-family checkpoints; a PostgreSQL server
 
@@ -22,7 +30,19 @@ CHAT_TEMPLATE = (
 )
 
 
+LONGEST_FIRST = ("test_ppo_sandbox.py", "test_failure_modes.py", "test_loop.py", "test_notebooks.py",
+                 "test_alternatives.py", "test_notebook_failure_modes.py", "test_ppo_distributed.py",
+                 "test_ppo_faults.py", "test_notebook_iterative.py", "test_browser_ppo.py", "test_browser_labeling.py")
+"""Test modules that take longest, longest first: 50 s to 18 min of one core each on the float32 path
+(`pytest --durations`, docs/PERFORMANCE.md "Suite time"). `make test` hands whole modules to its processes
+(`--dist loadfile`: a module's fixtures are built once) in collection order, so these go first and the short
+ones fill in around them; a module not listed keeps its place after them."""
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering, whose module order this changes
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module's order is kept
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")
