@@ -52,6 +52,7 @@ PALETTE = ("#1f77b4", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7
 """Trace colours in a panel, in order (left axis)."""
 CHOSEN, REJECTED = "#1f77b4", "#d62728"
 PROXY, GOLD = "#ff7f0e", "#2ca02c"
+ENSEMBLE_MEAN, SPREAD = "#222222", "#7f7f7f"
 EVENT_COLOURS = {"setting": "#1f77b4", "paused": "#7f7f7f", "resumed": "#7f7f7f", "stopped": "#d62728",
                  "error": "#d62728", "saved": "#2ca02c", "alert": "#ff7f0e", "rollback": "#d62728"}
 """Marker colour per event kind (others: dark grey)."""
@@ -64,9 +65,10 @@ class Panel:
     `left` / `right`: metric names (or `fnmatch` patterns such as `rewards/*/mean`) on the left and on the
     right-hand y axis; `left_title` / `right_title` name their units. `x`: a metric drawn on the x axis instead
     of the step (an x–y panel: each point is one logged record holding both). `colors`: fixed colours per metric
-    (default: `PALETTE` in order on the left, green on the right). `labels`: short legend names per metric
-    (default: the metric name; the hover text always names the metric). `left_range` / `right_range`: fixed
-    axis ranges (a share from 0 to 1), default autoscaled.
+    (default: `PALETTE` in order on the left, green on the right). `labels`: short legend names per metric, or
+    per pattern with one `*`, whose `*` in the label stands for what it matched (`("reward/member_*", "member *")`
+    names `reward/member_0` "member 0"); default the metric name; the hover text always names the metric.
+    `left_range` / `right_range`: fixed axis ranges (a share from 0 to 1), default autoscaled.
     """
 
     title: str
@@ -92,6 +94,11 @@ PPO_VIEW = (
     Panel("Reward vs KL", ("objective/scores",), ("gold/score",), "reward model", "gold", x="objective/kl",
           x_title="KL (nats / response)", colors=(("objective/scores", PROXY), ("gold/score", GOLD)),
           labels=(("objective/scores", "RM score"), ("gold/score", "gold"))),
+    Panel("Reward-model ensemble", ("reward/member_*", "reward/ensemble_mean"), ("reward/ensemble_spread",),
+          "reward model", "spread (std across members)",
+          colors=(("reward/ensemble_mean", ENSEMBLE_MEAN), ("reward/ensemble_spread", SPREAD)),
+          labels=(("reward/member_*", "member *"), ("reward/ensemble_mean", "ensemble mean"),
+                  ("reward/ensemble_spread", "spread"))),
     Panel("Response length", ("val/response_length",), (), "tokens"),
     Panel("Entropy", ("policy/entropy_avg",), (), "nats / token"),
     Panel("Policy update: clipping", ("policy/clipfrac_avg",), ("policy/approxkl_avg",), "clip fraction",
@@ -208,6 +215,19 @@ def _matching(patterns: Sequence[str], names: Sequence[str]) -> list[str]:
     return out
 
 
+def _label(metric: str, labels: Sequence[tuple[str, str]]) -> str:
+    """`metric`'s legend name from a panel's `labels` (see `Panel`): its own, else its pattern's with the `*` filled
+    in, else the metric name."""
+    named = dict(labels)
+    if metric in named:
+        return named[metric]
+    for pattern, label in labels:
+        head, star, tail = pattern.partition("*")
+        if star and "*" not in tail and fnmatch.fnmatchcase(metric, pattern):
+            return label.replace("*", metric[len(head):len(metric) - len(tail)])
+    return metric
+
+
 def stage_of(log: MetricsLog) -> str | None:
     """The stage a log belongs to: the `stage` its records were logged under, else its run name; None if neither
     names a stage with a designed view."""
@@ -270,7 +290,7 @@ def panel_traces(panel: Panel, index: int, records: Records) -> list[TraceData]:
     """The traces of `panel` (drawn as panel number `index`) from `records`; metrics never logged are left out, and
     a series identical to one already in the panel (GRPO's one reward function beside the total) is drawn once."""
     names = _names(records)
-    colors, labels = dict(panel.colors), dict(panel.labels)
+    colors = dict(panel.colors)
     traces = []
     for right, patterns in ((False, panel.left), (True, panel.right)):
         for k, metric in enumerate(_matching(patterns, [n for n in names if not n.startswith("eval_")])):
@@ -284,7 +304,7 @@ def panel_traces(panel: Panel, index: int, records: Records) -> list[TraceData]:
                         x.append(float(step) if panel.x is None else values[panel.x])
                         y.append(values[name])
                 if steps and not any(t.steps == steps and t.y == y for t in traces):  # (a sum of one term)
-                    label = labels.get(metric, metric) + (" (eval)" if dashed else "")
+                    label = _label(metric, panel.labels) + (" (eval)" if dashed else "")
                     traces.append(TraceData(name, label, index, right, x, y, steps, color, dashed))
     return traces
 

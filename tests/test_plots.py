@@ -66,7 +66,8 @@ def _flattened(fig: go.Figure) -> list[str]:
 def test_designed_views_keep_one_scale_per_axis_on_real_runs(stage: str) -> None:
     log = MetricsLog.load(LOGS / f"{stage}.jsonl")
     fig = figure_from_log(log)
-    assert _panel_titles(fig) == [p.title for p in STAGE_VIEWS[stage]][: len(_panel_titles(fig))]
+    titles = _panel_titles(fig)
+    assert titles == [p.title for p in STAGE_VIEWS[stage] if p.title in titles], "the view's panels, in its order"
     assert len(_panel_titles(fig)) >= 4, "a real run fills most of its stage's panels"
     assert _flattened(fig) == []
     assert _flattened(figure_from_log(log, view="all")) == []
@@ -100,6 +101,40 @@ def test_ppo_view_answers_reward_and_kl_first() -> None:
     every = figure_from_log(log, view="all")
     assert {t.meta for t in every.data} >= {"lr", "val/num_eos_tokens", "objective/entropy", "time/rollout"}
     assert len({(t.xaxis, t.yaxis) for t in every.data}) == len(every.data)
+
+
+def test_ppo_view_draws_an_ensembles_members_mean_and_spread_only_when_logged() -> None:
+    """A reward-model ensemble's per-update scores (`PPOTrainer` logs them when the reward is a `RewardEnsemble`):
+    each member and their mean on the left axis, the spread on the right, named for a reader. A single reward model
+    logs none of them, and its run shows no ensemble panel — live too, until the first ensemble record."""
+    log = MetricsLog(run_name="ppo")
+    dashboard = LiveDashboard(log, min_interval=0.0)
+    log.log({"objective/scores": 0.1, "objective/kl": 0.0}, step=1, stage="ppo")
+    assert "Reward-model ensemble" not in _panel_titles(dashboard.figure)
+    for step in (2, 3, 4):
+        members = [0.2 * step, 0.3 * step + 0.1, 0.5 * step - 0.4]
+        log.log({"objective/scores": min(members), "objective/kl": 0.1 * step,
+                 **{f"reward/member_{i}": score for i, score in enumerate(members)},
+                 "reward/ensemble_mean": sum(members) / 3, "reward/ensemble_spread": 0.05 * step ** 2},
+                step=step, stage="ppo")
+    dashboard.flush()
+    for fig in (dashboard.figure, figure_from_log(log)):
+        titles = _panel_titles(fig)
+        assert titles[:4] == ["Reward", "KL to the reference", "Reward vs KL", "Reward-model ensemble"]
+        drawn = [t for t in fig.data if t.meta.startswith("reward/")]
+        assert [(t.meta, t.name) for t in drawn] == [
+            ("reward/member_0", "member 0"), ("reward/member_1", "member 1"), ("reward/member_2", "member 2"),
+            ("reward/ensemble_mean", "ensemble mean"), ("reward/ensemble_spread", "spread")]
+        *scores, spread = drawn
+        assert len({(t.xaxis, t.yaxis) for t in scores}) == 1, "members and their mean share the left axis"
+        assert spread.xaxis == scores[0].xaxis and spread.yaxis != scores[0].yaxis, "the spread has its own axis"
+        assert list(spread.x) == [2, 3, 4] and list(spread.y) == pytest.approx([0.2, 0.45, 0.8])
+        assert len({t.line.color for t in drawn}) == 5
+        assert _flattened(fig) == []
+    single = figure_from_log(MetricsLog.load(LOGS / "ppo.jsonl"))  # a real run scored by one reward model
+    assert "Reward-model ensemble" not in _panel_titles(single)
+    assert not [t.meta for t in single.data if t.meta.startswith("reward/")]
+    dashboard.close()
 
 
 def test_train_and_eval_are_separate_traces_and_summaries_do_not_extend_curves() -> None:

@@ -1,12 +1,14 @@
 """The training control panel without a browser: its buttons drive real background runs (PPO, and GRPO through
 TRL's callback hooks); the settings it sends are exactly those the user changed."""
 
+import html
 import math
 import time
 from pathlib import Path
 
 import pytest
 from conftest import sandbox_prompts
+from test_ppo_alarm import ALERT_UPDATE, MONITOR, PROMPTS, config, drifting_ensemble
 
 from rlhf_widgets.ppo import PPOConfig, PPOPanel, PPOTrainer
 from rlhf_widgets.ppo.panel import SettingEntry, TrainingPanel
@@ -152,4 +154,39 @@ def test_panel_drives_grpo_through_the_trl_callback(tmp_path: Path) -> None:
     assert "cannot continue" in panel.status.value
     kinds = [e.kind for e in run.metrics.events()]
     assert kinds.count("setting") == 2 and {"paused", "resumed", "stopped", "saved"} <= set(kinds)
+    panel.close()
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"on_alert": "stop"},
+     f"stopped by the reward-hacking alarm after update {ALERT_UPDATE} of 6 — ensemble_disagreement: "),
+    ({"on_alert": "rollback", "save_every": 2},
+     f"rolled back to update 2 (checkpoint-2/), the last checkpoint before the alert (update {ALERT_UPDATE}, "
+     "ensemble_disagreement: "),
+    ({"on_alert": "rollback"},
+     f"rolled back to update 2, the last copy of the weights kept before the alert (update {ALERT_UPDATE}, "
+     "ensemble_disagreement: "),
+], ids=["stop", "rollback-to-checkpoint", "rollback-in-memory"])
+def test_status_says_the_alarm_stopped_or_rolled_back_the_run_and_why(tmp_path: Path, settings: dict,
+                                                                     expected: str) -> None:
+    """A tiny run whose ensemble's members drift apart (tests/test_ppo_alarm.py): the alarm ends it at update 4, and
+    the status line says what it did, after which alert, the alert's own message and — after a rollback — whose
+    policy final/ holds. The text reaches the page escaped. A later stop by the user reads as any user stop."""
+    trainer = PPOTrainer(PROMPTS, config(tmp_path, **settings), reward=drifting_ensemble(), monitor=MONITOR)
+    panel = PPOPanel(trainer)
+    trainer.train(show_progress=False)
+    panel.refresh()
+    (alert,) = [e for e in trainer.metrics.events() if e.kind == "alert"]
+    status = panel.status_text().split("\n")[0]
+    assert status.startswith(expected + alert.message)
+    if settings["on_alert"] == "rollback":
+        assert "— the policy in final/ is " + ("that checkpoint's" if "save_every" in settings else "update 2's") \
+            in status
+    assert "'" in status and "'" not in panel.status.value  # the alert's message, escaped
+    assert html.escape(status.partition(" · ")[0]) in panel.status.value
+
+    trainer.control.stop()  # Start after the alarm continues the run; the user stops it before its next update
+    trainer.train(show_progress=False)
+    panel.refresh()
+    assert panel.status_text().startswith(f"stopped after update {ALERT_UPDATE} of 6 — Start continues the run")
     panel.close()

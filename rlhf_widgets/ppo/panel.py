@@ -13,7 +13,8 @@ Controls do what they say:
 - a setting is sent only when the user changed it since it was created or last applied (a slider snapped to its
   grid by the browser sends nothing); each setting has a slider and a typed entry, which is the value applied;
 - every click answers at once in the status line ("stop requested — finishing update 7", "β 0.05 → 0.2 queued,
-  applies at update 8");
+  applies at update 8"); when PPO's reward-hacking alarm stopped the run or rolled it back, the status line says
+  which, after which alert and why (`alarm_text`);
 - buttons are enabled exactly when they can act: Start when no run is under way and updates remain (Start after
   Stop continues the run), Pause while running, Resume while paused or pausing, Stop during a run.
 """
@@ -57,6 +58,32 @@ def phase(run: Any) -> str:
 def _continues(run: Any) -> bool:
     """Start after Stop continues this run (PPO) rather than being impossible (a TRL loop)."""
     return getattr(run, "continues_after_stop", True)
+
+
+def alarm_text(run: Any) -> str | None:
+    """What the reward-hacking alarm did, when it is what stopped the run (`PPOConfig.on_alert`), else None.
+
+    Read from the run's log: the "stopped" / "rollback" event that names an alert and says the run's current
+    `control.reason` (a later user stop has its own reason), and the monitor's "alert" event with the alert's
+    message. A rollback says the update whose weights `final/` holds (the run's counters stay at the alert's)."""
+    from rlhf_widgets.evaluation.monitors import ALERT_EVENT  # (here: evaluation imports this package)
+
+    events = run.metrics.events()
+    action = next((e for e in reversed(events) if e.kind in ("stopped", "rollback") and "alert" in e.data
+                   and e.message == run.control.reason), None)
+    if action is None:
+        return None
+    kind, at = action.data["alert"], action.data["alert_update"]
+    why = next((e.message for e in events if e.kind == ALERT_EVENT and e.data.get("monitor") == kind), action.message)
+    if action.kind == "stopped":
+        return f"stopped by the reward-hacking alarm after update {at} of {total_updates(run)} — {kind}: {why}"
+    target = action.data["rolled_back_to"]
+    checkpoint = f"checkpoint-{target}/"
+    if f"({checkpoint})" in action.message:  # the trainer names the checkpoint it returned to
+        return (f"rolled back to update {target} ({checkpoint}), the last checkpoint before the alert (update {at}, "
+                f"{kind}: {why}) — the policy in final/ is that checkpoint's")
+    return (f"rolled back to update {target}, the last copy of the weights kept before the alert (update {at}, "
+            f"{kind}: {why}) — the policy in final/ is update {target}'s")
 
 
 def _fmt(value: float) -> str:
@@ -248,6 +275,7 @@ class TrainingPanel:
         run, control = self.run, self.run.control
         now, done, total = phase(run), run.update, total_updates(run)
         settings = run.settings
+        alarm = alarm_text(run) if now == "stopped" else None
         text = {
             "idle": f"ready — {total} updates planned",
             "running": f"running update {done + 1} of {total}",
@@ -255,7 +283,7 @@ class TrainingPanel:
             "paused": f"paused after update {done} of {total}",
             "stopping": (f"stop requested — finishing update {done + 1}" if control.state == "running"
                          else "stop requested — stopping"),
-            "stopped": f"stopped after update {done} of {total} — " + (
+            "stopped": alarm or f"stopped after update {done} of {total} — " + (
                 "Start continues the run" if _continues(run) else
                 "the policy is saved in final/; this trainer cannot continue a stopped run"),
             "finished": f"finished — {done} of {total} updates",
