@@ -10,12 +10,21 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
 from rlhf_widgets.config import SANDBOX
 from rlhf_widgets.metrics import MetricsLog
 from rlhf_widgets.report import write_report
+
+if TYPE_CHECKING:
+    import datasets
+
+    from rlhf_widgets.reward import RewardStageConfig
+    from rlhf_widgets.rewards import RewardFunction
+    from rlhf_widgets.sandbox import SimulatedAnnotator
+    from rlhf_widgets.stages import StageResult
 
 STAGES = ("sft", "pairs", "reward", "ppo", "dpo", "evaluate")
 """The quickstart's stages, in order."""
@@ -80,44 +89,22 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
         stages.set_postfix_str(stage)
         start = time.perf_counter()
         if stage == "sft":
-            from rlhf_widgets.sft import SFTStageConfig, train_sft
-
-            sft = train_sft(config=SFTStageConfig(output_dir=str(out / "sft"), sandbox_demos=config.sft_demos,
-                                                  seed=config.seed), model=SANDBOX)
+            sft = quickstart_sft(config)
             state["sft_path"], logs["sft"] = sft.model_path, sft.metrics
         elif stage == "pairs":
-            from rlhf_widgets.labeling import PreferenceStore, label_with
-            from rlhf_widgets.labeling.pairs import generate_pairs
-
-            prompts = [p.text for p in sandbox.make_prompts(config.pair_prompts, seed=config.seed + 1)]
-            rows = generate_pairs(prompts, model=state["sft_path"], k=config.answers_per_prompt, name="sft",
-                                  max_pairs_per_prompt=config.pairs_per_prompt, seed=config.seed)
-            store = PreferenceStore(out / "labels.sqlite")
-            store.add_pairs(rows)
-            annotator = sandbox.SimulatedAnnotator(temperature=config.annotator_temperature,
-                                                   verbosity_bias=config.verbosity_bias, seed=config.seed)
-            label_with(store, annotator, annotator=annotator.name, show_progress=False)
-            state["pairs"] = store.to_dataset(annotator=annotator.name)
+            state["pairs"] = quickstart_pairs(config, state["sft_path"])
             result.numbers["pairs"] = len(state["pairs"])
         elif stage == "reward":
             from rlhf_widgets.evaluation import reward_report
-            from rlhf_widgets.reward import RewardStageConfig, train_reward_model
+            from rlhf_widgets.reward import train_reward_model
 
-            rm = train_reward_model(state["pairs"], RewardStageConfig(output_dir=str(out / "reward"),
-                                                                      seed=config.seed), model=state["sft_path"])
+            rm = train_reward_model(state["pairs"], quickstart_reward_config(config), model=state["sft_path"])
             report = reward_report(rm.reward_model, rm.eval_dataset, gold=sandbox.gold_reward)
             state["reward_model"], state["reward_report"], logs["reward"] = rm.reward_model, report, rm.metrics
             result.numbers["reward"] = {k: report[k] for k in ("accuracy", "gold_agreement", "mean_margin",
                                                                "expected_calibration_error", "n_pairs")}
         elif stage == "ppo":
-            from rlhf_widgets.ppo import PPOConfig, PPOTrainer
-
-            # the reward model is already normalised on SFT samples (its training pairs)
-            train_prompts = [p.text for p in sandbox.make_prompts(1000, seed=config.seed + 2)]
-            trainer = PPOTrainer(train_prompts, PPOConfig(output_dir=str(out / "ppo"), num_updates=config.ppo_updates,
-                                                          seed=config.seed),
-                                 model=state["sft_path"], reward=state["reward_model"], gold=sandbox.gold_reward)
-            ppo = trainer.train(show_progress=False)
+            ppo = quickstart_ppo(config, state["sft_path"], state["reward_model"])
             state["ppo_path"], logs["ppo"] = ppo.model_path, ppo.metrics
         elif stage == "dpo":
             from rlhf_widgets.data import one_pair_per_prompt
@@ -128,15 +115,76 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
                             DPOStageConfig(output_dir=str(out / "dpo"), seed=config.seed), model=state["sft_path"])
             state["dpo_path"], logs["dpo"] = dpo.model_path, dpo.metrics
         elif stage == "evaluate":
-            result.numbers["comparison"] = _compare(state, config)
+            result.numbers["comparison"] = quickstart_compare(state, config)
         result.seconds[stage] = round(time.perf_counter() - start, 1)
     result.report_path = write_report(out, asdict(config), result.numbers, result.seconds, logs,
                                       reward_report=state.get("reward_report"))
     return result
 
 
-def _compare(state: dict, config: QuickstartConfig) -> dict:
-    """Gold and RM win rates over SFT, KL to SFT and length, for every policy the run produced."""
+def quickstart_sft(config: QuickstartConfig) -> StageResult:
+    """The quickstart's SFT stage: the sandbox model on `config.sft_demos` demonstrations, in `<output_dir>/sft`."""
+    from rlhf_widgets.sft import SFTStageConfig, train_sft
+
+    return train_sft(config=SFTStageConfig(output_dir=str(Path(config.output_dir) / "sft"),
+                                           sandbox_demos=config.sft_demos, seed=config.seed), model=SANDBOX)
+
+
+def quickstart_pairs(config: QuickstartConfig, sft_path: str | Path) -> datasets.Dataset:
+    """The quickstart's pairs stage: pairs among `config.answers_per_prompt` answers of the SFT model to
+    `config.pair_prompts` sandbox prompts, labeled by the simulated annotator into `<output_dir>/labels.sqlite`;
+    returns the labeled pairs (`PreferenceStore.to_dataset`, the annotator's labels)."""
+    from rlhf_widgets import sandbox
+    from rlhf_widgets.labeling import PreferenceStore, label_with
+    from rlhf_widgets.labeling.pairs import generate_pairs
+
+    prompts = [p.text for p in sandbox.make_prompts(config.pair_prompts, seed=config.seed + 1)]
+    rows = generate_pairs(prompts, model=sft_path, k=config.answers_per_prompt, name="sft",
+                          max_pairs_per_prompt=config.pairs_per_prompt, seed=config.seed)
+    store = PreferenceStore(Path(config.output_dir) / "labels.sqlite")
+    store.add_pairs(rows)
+    annotator = quickstart_annotator(config)
+    label_with(store, annotator, annotator=annotator.name, show_progress=False)
+    return store.to_dataset(annotator=annotator.name)
+
+
+def quickstart_annotator(config: QuickstartConfig) -> SimulatedAnnotator:
+    """The quickstart's simulated annotator (`sandbox.SimulatedAnnotator`) for `config`'s temperature, verbosity
+    bias and seed."""
+    from rlhf_widgets import sandbox
+
+    return sandbox.SimulatedAnnotator(temperature=config.annotator_temperature, verbosity_bias=config.verbosity_bias,
+                                      seed=config.seed)
+
+
+def quickstart_reward_config(config: QuickstartConfig) -> RewardStageConfig:
+    """The quickstart's reward-model settings: `<output_dir>/reward`, the run's seed, `RewardStageConfig`'s
+    defaults otherwise."""
+    from rlhf_widgets.reward import RewardStageConfig
+
+    return RewardStageConfig(output_dir=str(Path(config.output_dir) / "reward"), seed=config.seed)
+
+
+def quickstart_ppo(config: QuickstartConfig, sft_path: str | Path, reward: RewardFunction) -> StageResult:
+    """The quickstart's PPO stage: `config.ppo_updates` updates from the SFT model against `reward` (already
+    normalised on SFT samples), on 1,000 sandbox prompts, in `<output_dir>/ppo`, with the sandbox's gold logged as
+    `gold/score` (so the reward-hacking monitors' gold alert can fire)."""
+    from rlhf_widgets import sandbox
+    from rlhf_widgets.ppo import PPOConfig, PPOTrainer
+
+    train_prompts = [p.text for p in sandbox.make_prompts(1000, seed=config.seed + 2)]
+    trainer = PPOTrainer(train_prompts, PPOConfig(output_dir=str(Path(config.output_dir) / "ppo"),
+                                                  num_updates=config.ppo_updates, seed=config.seed),
+                         model=sft_path, reward=reward, gold=sandbox.gold_reward)
+    return trainer.train(show_progress=False)
+
+
+def quickstart_compare(state: dict, config: QuickstartConfig) -> dict:
+    """Gold and RM win rates over SFT, KL to SFT and length, for every policy the run produced.
+
+    `state` holds what the stages produced: "sft_path" (required), "reward_model", "ppo_path", "dpo_path"; with a
+    reward model and `config.best_of > 1` best-of-N of the SFT model joins the table. Returns policy name → row
+    (`evaluation.compare_policies`' columns)."""
     from rlhf_widgets import sandbox
     from rlhf_widgets.best_of import BestOfNSampler
     from rlhf_widgets.evaluation import compare_policies

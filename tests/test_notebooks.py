@@ -126,7 +126,7 @@ def test_tour_runs_headless(tmp_path: Path) -> None:
 def test_quickstart_notebook_reports_numbers_from_the_run(tmp_path: Path) -> None:
     """Notebook 00 runs the whole loop; every comparison number in its report is recomputed from the
     artifacts the run saved (same seeds) and found identical, and the HTML report shows them."""
-    from rlhf_widgets.pipeline import QuickstartConfig, _compare
+    from rlhf_widgets.pipeline import QuickstartConfig, quickstart_compare
     from rlhf_widgets.report import format_number
     from rlhf_widgets.reward import RewardModel
 
@@ -142,7 +142,7 @@ def test_quickstart_notebook_reports_numbers_from_the_run(tmp_path: Path) -> Non
     config = QuickstartConfig(output_dir=str(out), **sizes)
     state = {"sft_path": out / "sft" / "final", "ppo_path": out / "ppo" / "final",
              "dpo_path": out / "dpo" / "final", "reward_model": RewardModel.load(out / "reward" / "final")}
-    again = _compare(state, config)
+    again = quickstart_compare(state, config)
     for name, row in comparison.items():
         for key in ("gold_win_rate", "gold_mean", "rm_win_rate", "mean_words"):
             assert again[name][key] == pytest.approx(row[key], abs=1e-6), (name, key)
