@@ -108,11 +108,20 @@ def _load_hf_config(path: str) -> transformers.PretrainedConfig:
     except OSError as err:
         if Path(path).exists():
             raise ModelLoadError(f"'{path}' exists but holds no loadable model config ({err})") from err
-        raise ModelLoadError(
-            f"Could not load model '{path}': it is not a local directory and the Hugging Face hub could not "
-            "provide it (no network, or an unknown id). Pass a local model directory, or 'sandbox' for the "
-            "offline default."
-        ) from err
+        # from None: the hub client's and transformers' chained tracebacks (a screen of them) say no more than this
+        raise _not_available(path) from None
+
+
+def _not_available(name: str) -> ModelLoadError:
+    """The one error for a model that is neither a local directory nor to be had from the hub: why, and what to do."""
+    if hub.offline():
+        why, fix = ("HF_HUB_OFFLINE is set, and no copy is in the local cache",
+                    "; or, with network access, unset HF_HUB_OFFLINE to download it")
+    else:
+        why, fix = "no network, or an unknown id", ""
+    return ModelLoadError(f"Could not load model '{name}': it is not a local directory and the Hugging Face hub "
+                          f"could not provide it ({why}). Pass a local model directory, or 'sandbox' for the offline "
+                          f"default{fix}.")
 
 
 def check_4bit_supported(model_config: transformers.PretrainedConfig, device: torch.device) -> None:

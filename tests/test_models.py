@@ -1,3 +1,4 @@
+import traceback
 from pathlib import Path
 
 import pytest
@@ -35,10 +36,30 @@ def test_reward_backbone_has_one_score_and_right_padding(hub_like_model_dir: Pat
     assert model(**batch).logits.shape == (2, 1)
 
 
-def test_unknown_hub_id_offline_gives_clear_error() -> None:
-    with pytest.raises(ModelLoadError,
-                       match="not a local directory.*no-such-org/no-such-model|no-such-org/no-such-model.*not a local"):
-        load_causal_lm("no-such-org/no-such-model")
+def shown_traceback(err: BaseException) -> str:
+    """What Python (or a notebook) prints for `err`: its traceback and every exception chained to it."""
+    return "".join(traceback.format_exception(type(err), err, err.__traceback__))
+
+
+def assert_one_readable_error(err: BaseException, model: str) -> None:
+    """One exception on screen, naming the model and the way out; no chained hub / HTTP tracebacks above it."""
+    shown = shown_traceback(err)
+    assert shown.count("Traceback (most recent call last)") == 1, shown
+    assert "LocalEntryNotFoundError" not in shown and "huggingface_hub" not in shown, shown
+    assert model in str(err) and "'sandbox'" in str(err) and "local model directory" in str(err), str(err)
+
+
+@pytest.mark.parametrize("load", [
+    lambda name: load_causal_lm(name),
+    lambda name: load_causal_lm(ModelConfig(model_name_or_path=name, use_peft=True, load_in_4bit=True)),  # nb 07
+    lambda name: load_tokenizer(name),
+    lambda name: load_reward_backbone(name),
+], ids=["causal_lm", "causal_lm_4bit", "tokenizer", "reward_backbone"])
+def test_unknown_hub_id_offline_gives_one_readable_error(load) -> None:
+    """HF_HUB_OFFLINE is set (conftest): no cached copy, so one ModelLoadError that says so and what to do."""
+    with pytest.raises(ModelLoadError, match="not a local directory.*HF_HUB_OFFLINE") as caught:
+        load("no-such-org/no-such-model")
+    assert_one_readable_error(caught.value, "no-such-org/no-such-model")
 
 
 def test_cpu_dtype_is_fp32_and_explicit_dtype_is_kept() -> None:
@@ -76,9 +97,10 @@ def test_unreachable_hub_fails_fast_for_models(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
     monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", False)
     start = time.perf_counter()
-    with pytest.raises(ModelLoadError, match="hub could not provide it"):
+    with pytest.raises(ModelLoadError, match="hub could not provide it") as caught:
         load_causal_lm("nobody-here/no-model")
     assert time.perf_counter() - start < 2.0
+    assert_one_readable_error(caught.value, "nobody-here/no-model")
 
 
 def test_trl_stages_train_in_bf16_where_the_cpu_computes_it(monkeypatch: pytest.MonkeyPatch, pretend_cpu_bf16) -> None:
