@@ -31,6 +31,7 @@ _EXPORTS = {
     "save_preferences": "rlhf_widgets.data",
     "load_prompts": "rlhf_widgets.data",
     "demonstrations": "rlhf_widgets.data",
+    "data_file": "rlhf_widgets.data",
     # stages
     "StageResult": "rlhf_widgets.stages",
     "SFTStageConfig": "rlhf_widgets.sft",

@@ -32,7 +32,8 @@ sums up what was skipped and why (`LoadReport` has the full list); `on_error="ra
 first with a `PreferenceDataError` / `PromptDataError` naming the row, the field and the problem
 (`row 17: 'rejected' is empty`); `on_error="skip"` skips without a warning. Whole-source problems (a
 missing or empty file, an unreachable hub) always raise. `save_preferences` writes .jsonl / .jsonl.gz
-/ .parquet files that `load_preferences` reads back identically.
+/ .parquet files that `load_preferences` reads back identically. `data_file(name)` is the path of one of the
+project's small example files (`data/`), wherever the package is installed.
 """
 
 from __future__ import annotations
@@ -560,6 +561,23 @@ def _prompt_value(field: str, value: Any) -> Prompt:
     if len(messages) == 1:
         return messages[0]["content"]
     return messages
+
+
+# ------------------------------------------------------------------------------------ the project's data/ folder
+_INSTALLED_DATA = Path(__file__).parent / "data_files"  # where a wheel carries data/ (pyproject.toml, package-dir)
+_CHECKOUT_DATA = Path(__file__).parents[1] / "data"  # a source checkout, or an editable install of one
+
+
+def data_file(name: str) -> Path:
+    """The path of `name` in the project's `data/` folder (data/README.md), wherever the package runs:
+    `data_file("preferences/conversational.jsonl")`. An installed wheel carries the folder inside the package;
+    a source checkout (or an editable install) has it beside the package. FileNotFoundError lists the files."""
+    folder = _INSTALLED_DATA if _INSTALLED_DATA.is_dir() else _CHECKOUT_DATA
+    path = folder / name
+    if not path.is_file():
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.suffix != ".md")
+        raise FileNotFoundError(f"no data file {name!r} in {folder}; there are: {', '.join(files)}")
+    return path
 
 
 # ------------------------------------------------------------------------------------ reading sources

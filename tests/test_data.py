@@ -23,6 +23,7 @@ from rlhf_widgets.data import (
     PromptDataError,
     RowProblem,
     as_messages,
+    data_file,
     last_user_content,
     load_preferences,
     load_prompts,
@@ -672,3 +673,12 @@ def test_committed_data_files_are_what_the_script_makes_and_each_loads(tmp_path:
     for path in (REPO / "data/preferences").iterdir():
         assert load_preferences(path, on_error="raise").to_list() == standard.to_list(), path.name
         assert load_prompts(path) == [p[0]["content"] for p in standard["prompt"]]
+
+
+def test_data_file_finds_the_data_folder_through_the_package() -> None:
+    """Notebooks read data/ through `data_file`, from any folder: in a checkout (or an editable install) it is the
+    repository's data/; an installed wheel carries the same files inside the package (tests/test_install.py)."""
+    assert data_file("preferences/conversational.jsonl") == REPO / "data" / "preferences" / "conversational.jsonl"
+    assert load_prompts(data_file("prompts/sandbox_test.jsonl")) == load_prompts("sandbox", split="test", n=128)
+    with pytest.raises(FileNotFoundError, match="'prompts/no_such.jsonl'.*prompts/sandbox_train.jsonl"):
+        data_file("prompts/no_such.jsonl")

@@ -31,15 +31,18 @@ TOUR = {
 }
 
 
-def run_notebook(name: str, overrides: str, cwd: Path, timeout: int = 600) -> nbformat.NotebookNode:
-    """Execute notebooks/<name>.ipynb with `overrides` run right after its parameters cell; return it."""
-    book = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+def run_notebook(notebook: str | Path, overrides: str, cwd: Path, timeout: int = 600,
+                 kernel_name: str = "python3") -> nbformat.NotebookNode:
+    """Execute notebooks/<notebook>.ipynb (or the notebook file at a Path) in a kernel whose working directory is
+    `cwd`, with `overrides` run right after its parameters cell; return it."""
+    path = notebook if isinstance(notebook, Path) else NOTEBOOKS / f"{notebook}.ipynb"
+    book = nbformat.read(path, as_version=4)
     index = next(i for i, c in enumerate(book.cells) if "parameters" in c.metadata.get("tags", []))
     if overrides:
         book.cells.insert(index + 1, nbformat.v4.new_code_cell(overrides))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the kernel inherits the environment
-    NotebookClient(book, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
-    nbformat.write(book, cwd / f"{name}.executed.ipynb")
+    NotebookClient(book, timeout=timeout, kernel_name=kernel_name, resources={"metadata": {"path": str(cwd)}}).execute()
+    nbformat.write(book, cwd / f"{path.stem}.executed.ipynb")
     return book
 
 
@@ -76,6 +79,37 @@ def test_notebooks_are_thin_and_parameterised() -> None:
         imports = re.findall(r"^from (rlhf_widgets[\w.]*) import", "\n".join(c.source for c in code), re.M)
         public = {"rlhf_widgets", "rlhf_widgets.sandbox"}
         assert set(imports) <= public, f"{path.name}: {imports}: use the public surface"
+
+
+PROJECT_NAME = re.search(r'^name = "(.+)"$', (NOTEBOOKS.parent / "pyproject.toml").read_text(), re.M).group(1)
+INSTALL_SOURCE_ENV = "RLHF_WIDGETS_SOURCE"
+INSTALL_LINE = f"""%pip install -q "{{os.environ.get('{INSTALL_SOURCE_ENV}', '{PROJECT_NAME}')}}\""""
+"""The one install line of every notebook's Colab cell: a pip requirement from RLHF_WIDGETS_SOURCE, by default the
+project's published name (pyproject.toml; README, "Installing")."""
+
+
+def test_every_colab_cell_installs_from_the_one_documented_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    from IPython.utils.text import DollarFormatter
+
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        book = nbformat.read(path, as_version=4)
+        colab = next(c for c in book.cells if c.cell_type == "code").source
+        installs = [line.strip() for line in colab.splitlines() if "pip install" in line]
+        assert installs == [INSTALL_LINE], f"{path.name}: {installs}"
+        assert "git+" not in path.read_text(), f"{path.name}: installs from a git URL"
+    # what IPython runs (a magic's {expressions} are expanded in the cell's namespace): the default, or the variable
+    def expanded() -> str:
+        return DollarFormatter().vformat(INSTALL_LINE, args=[], kwargs={"os": os})
+
+    monkeypatch.delenv(INSTALL_SOURCE_ENV, raising=False)
+    assert expanded() == f'%pip install -q "{PROJECT_NAME}"'
+    monkeypatch.setenv(INSTALL_SOURCE_ENV, "/content/rlhf_widgets-0.1.0-py3-none-any.whl")
+    assert expanded() == '%pip install -q "/content/rlhf_widgets-0.1.0-py3-none-any.whl"'
+    # …and the README says, in one place, what the name is and how to install from elsewhere
+    readme = (NOTEBOOKS.parent / "README.md").read_text()
+    section = readme.split("## Installing", 1)[1].split("\n## ", 1)[0]
+    assert f"`{PROJECT_NAME}`" in section and INSTALL_SOURCE_ENV in section
+    assert readme.count(INSTALL_SOURCE_ENV) == section.count(INSTALL_SOURCE_ENV)
 
 
 def test_tour_runs_headless(tmp_path: Path) -> None:
