@@ -80,6 +80,7 @@ _EXPORTS = {
     "MonitorConfig": "rlhf_widgets.evaluation",
     "check_log": "rlhf_widgets.evaluation",
     "alerts_table": "rlhf_widgets.evaluation",
+    "format_table": "rlhf_widgets.tables",
     "judgments_from_responses": "rlhf_widgets.evaluation.leaderboard",
     "leaderboard": "rlhf_widgets.evaluation.leaderboard",
     "leaderboard_figure": "rlhf_widgets.evaluation.leaderboard",
@@ -94,6 +95,7 @@ _EXPORTS = {
     "overoptimization_figure": "rlhf_widgets.views",
     # the iterative loop
     "IterativeLoop": "rlhf_widgets.loop",
+    "rounds_table": "rlhf_widgets.loop",
     "LoopConfig": "rlhf_widgets.loop",
     # the whole loop on the sandbox
     "QuickstartConfig": "rlhf_widgets.pipeline",

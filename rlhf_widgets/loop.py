@@ -28,6 +28,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from rlhf_widgets.metrics import MetricsLog
 from rlhf_widgets.models import ModelLike
 from rlhf_widgets.rewards import RewardFunction
 from rlhf_widgets.stages import copied
+from rlhf_widgets.tables import FormattedTable, format_table
 
 STEPS = ("pairs", "labels", "reward", "policy", "evaluate")
 """the steps of a round, in order"""
@@ -97,6 +99,16 @@ class RoundResult:
     metrics: dict[str, float] = field(default_factory=dict)
     """`loop/...` numbers: RM accuracy / gold agreement on the round's held-out pairs before and after
     retraining, win rates against SFT and the previous round, KL to SFT, words"""
+
+
+def rounds_table(results: Sequence[RoundResult]) -> FormattedTable:
+    """The rounds' `loop/...` numbers, one row per round, as a person reads them (`tables.format_table`: win rates
+    and agreements as percent, label counts whole); `.data` is the DataFrame of the raw numbers."""
+    import pandas as pd
+
+    frame = pd.DataFrame.from_dict({r.round: r.metrics for r in results}, orient="index")
+    frame.index.name = "round"
+    return format_table(frame)
 
 
 class IterativeLoop:

@@ -21,6 +21,7 @@ from typing import Any
 
 from rlhf_widgets.evaluation.monitors import check_log
 from rlhf_widgets.metrics import Event, MetricsLog
+from rlhf_widgets.tables import format_number
 from rlhf_widgets.views import figure_from_log, overoptimization_figure, reward_report_figures
 
 FEW_PAIRS = 50
@@ -156,22 +157,6 @@ class _Figures:
                           config={"responsive": True, "displaylogo": False})
         self.first = False
         return div
-
-
-def format_number(value: Any, kind: str = "number") -> str:
-    """A table number a person reads: percent ("86%"), words ("23.4"), a count ("2,773"), else 3 significant
-    digits ("0.152"); NaN and missing values as "–"."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if not isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, int) and kind != "percent":
-        return f"{value:,}"
-    if kind == "percent":
-        return f"{value:.0%}"
-    if kind == "words":
-        return f"{value:.1f}"
-    return f"{value:.3g}"
 
 
 def _example_cell(text: str) -> str:

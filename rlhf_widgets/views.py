@@ -17,6 +17,12 @@ metric of another unit or scale goes on the panel's right-hand axis (the gold sc
 beside their training twin. The **all-metrics view** (`view="all"`) draws every logged metric, one per panel.
 Events (setting changes, pauses, stops, checkpoints) are dotted lines with a ▲ marker whose hover text says
 what happened. Figures take the width of the output area (`autosize`, no fixed width).
+
+Axes read: plotly chooses round ticks on every axis (a right-hand axis picks its own, never the left one's grid); an
+axis holding only quantities that cannot be negative (`NON_NEGATIVE`: β, counts, lengths, rates) never extends
+below 0; steps, updates, rounds and counts are ticked at whole numbers only. Each panel with several traces has its
+own legend, inside the panel's top-left corner. Every figure uses one template (`PLOT_TEMPLATE`); text shown by
+plotly is escaped once, with `plot_text`. A figure with no data says so instead of drawing an empty grid.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +62,16 @@ ENSEMBLE_MEAN, SPREAD = "#222222", "#7f7f7f"
 EVENT_COLOURS = {"setting": "#1f77b4", "paused": "#7f7f7f", "resumed": "#7f7f7f", "stopped": "#d62728",
                  "error": "#d62728", "saved": "#2ca02c", "alert": "#ff7f0e", "rollback": "#d62728"}
 """Marker colour per event kind (others: dark grey)."""
+PLOT_TEMPLATE = "plotly_white"
+"""The one plotly template of every figure (notebooks and the report)."""
+NON_NEGATIVE = ("objective/kl_coef", "*response_length", "*mean_length", "loop/words", "*_labels", "*num_eos_tokens",
+                "episode", "*clipfrac*", "*accurac*", "*win_rate*", "*agreement*", "frac_*", "*clipped_ratio",
+                "learning_rate", "lr", "grad_norm", "policy/approxkl_avg", "reward/ensemble_spread", "reward_std")
+"""Metrics (`fnmatch` patterns) that cannot be negative; an axis holding only these starts at 0 or above."""
+COUNTS = ("*_labels", "*num_eos_tokens", "episode")
+"""Metrics that count things; their axis is ticked at whole numbers."""
+EMPTY_MESSAGE = "no data yet"
+"""What a figure with nothing to draw says."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +100,14 @@ class Panel:
     right_range: tuple[float, float] | None = None
 
 
-PPO_VIEW = (
+
+
+def _against(title: str, view: tuple[Panel, ...]) -> tuple[Panel, ...]:
+    """`view` with every panel drawn against the step titled `title` ("update", "round")."""
+    return tuple(replace(p, x_title=title) if p.x is None else p for p in view)
+
+
+PPO_VIEW = _against("update", (
     Panel("Reward", ("objective/scores", "objective/rlhf_reward"), ("gold/score",), "reward model",
           "gold (never trained on)", colors=(("objective/scores", PROXY), ("gold/score", GOLD)),
           labels=(("objective/scores", "RM score"), ("objective/rlhf_reward", "RM score − β·KL"),
@@ -107,7 +130,7 @@ PPO_VIEW = (
     Panel("Policy loss", ("loss/policy_avg",), ()),
     Panel("Value function", ("loss/value_avg",), ("val/var_explained",), "value loss", "explained variance",
           labels=(("loss/value_avg", "value loss"), ("val/var_explained", "explained variance"))),
-)
+))
 SFT_VIEW = (
     Panel("Loss", ("loss",), (), "cross-entropy"),
     Panel("Token accuracy", ("mean_token_accuracy",), (), "share of tokens"),
@@ -147,30 +170,30 @@ ONLINE_VIEW = (
     Panel("Clipped completions", ("completions/clipped_ratio",), (), "share", left_range=(0, 1)),
     Panel("Learning rate", ("learning_rate",)),
 )
-LOOP_VIEW = (  # the iterative loop: one point per round (step = round)
-    Panel("Win rate against SFT", ("loop/gold_win_rate_vs_sft", "loop/rm_win_rate_vs_sft"), (), "share of prompts",
+LOOP_VIEW = _against("round", (  # the iterative loop: one point per round (step = round)
+    Panel("Win rate vs SFT", ("loop/gold_win_rate_vs_sft", "loop/rm_win_rate_vs_sft"), (), "share of prompts",
           colors=(("loop/gold_win_rate_vs_sft", GOLD), ("loop/rm_win_rate_vs_sft", PROXY)),
           labels=(("loop/gold_win_rate_vs_sft", "gold"), ("loop/rm_win_rate_vs_sft", "reward model")),
           left_range=(0, 1)),
-    Panel("Win rate against the previous round", ("loop/win_rate_vs_previous",), (), "share of prompts",
+    Panel("Win rate vs previous round", ("loop/win_rate_vs_previous",), (), "share of prompts",
           left_range=(0, 1)),
-    Panel("Reward model on the round's new answers", ("loop/rm_gold_agreement_before", "loop/rm_gold_agreement_after",
-                                                      "loop/rm_accuracy_before", "loop/rm_accuracy_after"),
-          (), "share of held-out pairs", left_range=(0, 1),
-          labels=(("loop/rm_gold_agreement_before", "gold agreement, before retraining"),
-                  ("loop/rm_gold_agreement_after", "gold agreement, after"),
-                  ("loop/rm_accuracy_before", "label accuracy, before"),
-                  ("loop/rm_accuracy_after", "label accuracy, after"))),
+    Panel("Reward model on new answers", ("loop/rm_gold_agreement_before", "loop/rm_gold_agreement_after",
+                                          "loop/rm_accuracy_before", "loop/rm_accuracy_after"),
+          (), "agrees with gold / labels", left_range=(0, 1),  # before and after retraining on the round's labels
+          labels=(("loop/rm_gold_agreement_before", "gold, before"), ("loop/rm_gold_agreement_after", "gold, after"),
+                  ("loop/rm_accuracy_before", "labels, before"), ("loop/rm_accuracy_after", "labels, after"))),
     Panel("KL to SFT", ("loop/kl_to_sft",), (), "nats / response"),
     Panel("Answer length", ("loop/words",), (), "words"),
     Panel("Labels", ("loop/ai_labels",), ("loop/human_labels",), "pairs labeled by the AI labeler",
           "pairs labeled by people", labels=(("loop/ai_labels", "AI labeler"), ("loop/human_labels", "people"))),
-)
+))
 STAGE_VIEWS: dict[str, tuple[Panel, ...]] = {
     "ppo": PPO_VIEW, "sft": SFT_VIEW, "reward": REWARD_VIEW, "dpo": DPO_VIEW, "grpo": ONLINE_VIEW,
     "rloo": ONLINE_VIEW, "loop": LOOP_VIEW,
 }
 """The designed view of each stage (keys are the stage names trainers log under)."""
+STEP_NAMES = {"ppo": "update", "loop": "round"}
+"""What a step is, per stage (others: "step")."""
 
 Records = Sequence[tuple[int, Mapping[str, float]]]
 """(step, metrics) per logged record, in order."""
@@ -237,9 +260,11 @@ def stage_of(log: MetricsLog) -> str | None:
     return log.run_name if log.run_name in STAGE_VIEWS else None
 
 
-def all_metrics_view(names: Sequence[str], metrics: Sequence[str] | None = None) -> tuple[Panel, ...]:
+def all_metrics_view(names: Sequence[str], metrics: Sequence[str] | None = None,
+                     x_title: str = "step") -> tuple[Panel, ...]:
     """One panel per metric (its eval twin beside it): every metric but bookkeeping, in first-logged order; or
-    only `metrics` (names, `fnmatch` patterns or prefixes before "/"), in the order given."""
+    only `metrics` (names, `fnmatch` patterns or prefixes before "/"), in the order given. `x_title`: what a step
+    is (default "step")."""
     base = [n.removeprefix("eval_") for n in names]
     if metrics is None:
         chosen = [n for n in dict.fromkeys(base) if not _is_bookkeeping(n)]
@@ -247,20 +272,21 @@ def all_metrics_view(names: Sequence[str], metrics: Sequence[str] | None = None)
         prefixed = [f"{m}/*" for m in metrics]
         chosen = _matching([p for pair in zip(metrics, prefixed, strict=True) for p in pair],
                            list(dict.fromkeys(base)))
-    return tuple(Panel(name, (name,)) for name in chosen)
+    return tuple(Panel(name, (name,), x_title=x_title) for name in chosen)
 
 
 def resolve_view(view: str | Sequence[Panel] | None, stage: str | None, names: Sequence[str],
                  metrics: Sequence[str] | None = None) -> tuple[Panel, ...]:
     """The panels to draw. `metrics` given → those metrics, one per panel. `view`: "auto" / None (the stage's
     designed view when it has one, else all metrics), "all", a stage name, or a sequence of `Panel`s."""
+    x_title = STEP_NAMES.get(stage or "", "step")
     if metrics is not None:
-        return all_metrics_view(names, metrics)
+        return all_metrics_view(names, metrics, x_title)
     if view is None or view == "auto":
         view = stage if stage in STAGE_VIEWS else "all"
     if isinstance(view, str):
         if view == "all":
-            return all_metrics_view(names)
+            return all_metrics_view(names, x_title=x_title)
         if view not in STAGE_VIEWS:
             raise ValueError(f"view={view!r}: expected 'auto', 'all', a stage ({sorted(STAGE_VIEWS)}) or Panels")
         return STAGE_VIEWS[view]
@@ -322,12 +348,19 @@ def view_traces(view: Sequence[Panel], records: Records) -> tuple[list[Panel], l
 
 
 # ---------------------------------------------------------------------------------------------- static figures
+def plot_text(text: Any) -> str:
+    """`text` escaped for a plotly label, title or hover text: `&`, `<`, `>` only. Plotly.js reads its labels as a
+    little HTML and decodes only a few entities (`&lt;`, `&gt;`, `&amp;`, numeric ones): `&quot;` would show as it
+    is, so quotes stay quotes."""
+    return html.escape(str(text), quote=False)
+
+
 def _hover(trace: TraceData, panel: Panel) -> dict[str, Any]:
     if panel.x is None:
-        return {"hovertemplate": f"{html.escape(trace.name)}: %{{y:.4g}}<extra></extra>"}
+        return {"hovertemplate": f"{plot_text(trace.name)}: %{{y:.4g}}<extra></extra>"}
     return {"customdata": trace.steps,
-            "hovertemplate": (f"update %{{customdata}}<br>{html.escape(panel.x)} %{{x:.4g}}<br>"
-                              f"{html.escape(trace.name)} %{{y:.4g}}<extra></extra>")}
+            "hovertemplate": (f"update %{{customdata}}<br>{plot_text(panel.x)} %{{x:.4g}}<br>"
+                              f"{plot_text(trace.name)} %{{y:.4g}}<extra></extra>")}
 
 
 def _marker(trace: TraceData, panel: Panel) -> dict[str, Any]:
@@ -348,7 +381,7 @@ def _event_decorations(events: Sequence[Event], refs: Sequence[tuple[str, str] |
         by_step.setdefault(event.step, []).append(event)
     shapes, annotations = [], []
     for step, group in by_step.items():
-        text = "<br>".join(html.escape(f"{e.message}") for e in group)
+        text = "<br>".join(plot_text(e.message) for e in group)
         color = EVENT_COLOURS.get(group[-1].kind, "#555555")
         for ref in refs:
             if ref is None:
@@ -368,15 +401,45 @@ def _axis_name(ref: str) -> str:
     return f"{ref[0]}axis{ref[1:]}"
 
 
+def _is(metric: str, patterns: Sequence[str]) -> bool:
+    """`metric` (or the training metric an `eval_` one twins) matches one of the `fnmatch` `patterns`."""
+    return any(fnmatch.fnmatchcase(metric.removeprefix("eval_"), p) for p in patterns)
+
+
+def whole_number_ticks(values: Sequence[float]) -> dict[str, Any]:
+    """Axis settings that tick `values` (steps, rounds, counts) at whole numbers only.
+
+    Plotly draws at most 10 ticks on an axis, at a step of 1, 2 or 5 × 10ⁿ: from a span of 10 up its own choice is
+    whole; below, it would tick 1, 1.5, 2 — so there the step is fixed at 1."""
+    finite = [v for v in values if math.isfinite(v)]
+    if finite and max(finite) - min(finite) >= 10:
+        return {"tickmode": "auto", "tick0": None, "dtick": None}
+    return {"tickmode": "linear", "tick0": 0, "dtick": 1}
+
+
+def _axis_settings(traces: Sequence[TraceData], step_axis: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(x, y) axis settings for `traces`, the traces on one y axis: whole-number ticks for steps and counts, a range
+    from 0 up when every trace is a quantity that cannot be negative."""
+    x = whole_number_ticks([v for t in traces for v in t.x]) if step_axis else {}
+    y: dict[str, Any] = {"tickmode": "auto"}  # (not plotly.js 3's "sync" for a right-hand axis: the left one's grid)
+    if all(_is(t.name, COUNTS) for t in traces):
+        y = whole_number_ticks([v for t in traces for v in t.y])
+    if all(_is(t.name, NON_NEGATIVE) for t in traces):
+        y["rangemode"] = "nonnegative"
+    return x, y
+
+
 def build_figure(panels: Sequence[Panel], traces: Sequence[TraceData], events: Sequence[Event] = (),
-                 max_cols: int = 3, title: str | None = None) -> go.Figure:
+                 max_cols: int = 3, title: str | None = None, empty_message: str = EMPTY_MESSAGE) -> go.Figure:
     """The figure of drawn `panels` and their `traces` (from `view_traces`): row-major, `max_cols` wide (default
-    3), the width of wherever it is shown. Multi-trace panels carry their own legend inside the panel."""
-    return _build(panels, traces, events, max_cols, title)[0]
+    3), the width of wherever it is shown. Multi-trace panels carry their own legend inside the panel. With no
+    panels, the figure shows `empty_message` (default "no data yet") and no axes."""
+    return _build(panels, traces, events, max_cols, title, empty_message)[0]
 
 
 def _build(panels: Sequence[Panel], traces: Sequence[TraceData], events: Sequence[Event], max_cols: int,
-           title: str | None) -> tuple[go.Figure, list[tuple[str, str] | None], tuple]:
+           title: str | None, empty_message: str = EMPTY_MESSAGE,
+           ) -> tuple[go.Figure, list[tuple[str, str] | None], tuple]:
     """(figure, (x, y) axis references per panel — None for x–y panels —, the subplot-title annotations)."""
     n = max(len(panels), 1)
     cols = min(n, max_cols)
@@ -403,26 +466,34 @@ def _build(panels: Sequence[Panel], traces: Sequence[TraceData], events: Sequenc
         x_ref = cell.xaxis.plotly_name.replace("axis", "")
         y_ref = cell.yaxis.plotly_name.replace("axis", "")
         refs.append((x_ref, y_ref) if panel.x is None else None)
-        fig.update_xaxes(title_text=panel.x_title, title_standoff=2, row=row, col=col)
+        x_axis, left_axis = _axis_settings([t for t in own if not t.right], panel.x is None)
+        fig.update_xaxes(title_text=panel.x_title, title_standoff=2, row=row, col=col, **x_axis)
         fig.update_yaxes(title_text=panel.left_title, title_standoff=4, range=panel.left_range, row=row, col=col,
-                         secondary_y=False)
+                         secondary_y=False, **left_axis)
         right_colors = {t.color for t in own if t.right}
         if k in with_right:
+            _, right_axis = _axis_settings([t for t in own if t.right], False)
             fig.update_yaxes(title_text=panel.right_title, title_standoff=4, showgrid=False, row=row, col=col,
                              secondary_y=True, range=panel.right_range,
-                             color=right_colors.pop() if len(right_colors) == 1 else None)
-        if legend:
+                             color=right_colors.pop() if len(right_colors) == 1 else None, **right_axis)
+        if legend:  # inside the panel's top-left corner, one entry a line: it never reaches another panel
             x_dom = fig.layout[_axis_name(x_ref)].domain
             y_dom = fig.layout[_axis_name(y_ref)].domain
-            legends[legend] = {"x": x_dom[0], "y": y_dom[1], "xanchor": "left", "yanchor": "bottom",
-                               "orientation": "h", "font": {"size": 10}, "bgcolor": "rgba(0,0,0,0)"}
-    for annotation in fig.layout.annotations:  # subplot titles, lifted above the legend row
-        annotation.update(yshift=20, font={"size": 14})
+            legends[legend] = {"x": x_dom[0], "y": y_dom[1], "xanchor": "left", "yanchor": "top",
+                               "orientation": "v", "font": {"size": 10}, "bgcolor": "rgba(255,255,255,0.75)",
+                               "tracegroupgap": 0}
+    for annotation in fig.layout.annotations:  # subplot titles
+        annotation.update(yshift=6, font={"size": 14})
     titles = tuple(fig.layout.annotations)
     shapes, annotations = _event_decorations(events, refs)
+    if not panels:  # a message, not an empty grid
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
+        annotations.append({"text": plot_text(empty_message), "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5,
+                            "showarrow": False, "font": {"size": 16, "color": "#7f7f7f"}})
     fig.update_layout(
-        title=title, template="plotly_white", autosize=True, height=70 + rows * PANEL_HEIGHT,
-        hovermode="x unified", margin={"l": 55, "r": 55, "t": 100 if title else 65, "b": 40},
+        title=title, template=PLOT_TEMPLATE, autosize=True, height=70 + rows * PANEL_HEIGHT,
+        hovermode="x unified", margin={"l": 55, "r": 55, "t": 80 if title else 45, "b": 40},
         shapes=shapes, annotations=[*titles, *annotations], **legends,
     )
     return fig, refs, titles
@@ -463,7 +534,7 @@ def overlay_traces(runs: Mapping[str, MetricsLog], metric: str) -> list[go.Scatt
         traces.append(go.Scatter(
             x=np.asarray(steps, dtype=float), y=np.asarray(values, dtype=float), name=name, mode="lines+markers",
             marker={"size": 4}, line={"color": PALETTE[k % len(PALETTE)]},
-            hovertemplate=f"{html.escape(name)}: %{{y:.4g}}<extra></extra>"))
+            hovertemplate=f"{plot_text(name)}: %{{y:.4g}}<extra></extra>"))
     return traces
 
 
@@ -475,7 +546,7 @@ def overlay_figure(runs: Mapping[str, MetricsLog | str | Path], metric: str, tit
         known = sorted({n for log in logs.values() for n in log.names()})
         raise ValueError(f"overlay_figure: no run logged {metric!r}; logged metrics: {known}")
     fig = go.Figure(overlay_traces(logs, metric))
-    fig.update_layout(title=title or metric, template="plotly_white", autosize=True, height=360,
+    fig.update_layout(title=title or metric, template=PLOT_TEMPLATE, autosize=True, height=360,
                       hovermode="x unified", xaxis_title="step", yaxis_title=metric, legend_title_text="run",
                       margin={"l": 55, "r": 20, "t": 60, "b": 40})
     return fig
@@ -503,7 +574,8 @@ def reward_report_figures(report: Mapping) -> dict[str, go.Figure]:
     scores.update_layout(barmode="overlay", title=(
         f"Reward of chosen vs rejected (accuracy {report['accuracy']:.1%}, mean margin "
         f"{report['mean_margin']:.2f}, n={report['n_pairs']})"),
-        xaxis_title="reward (raw)", yaxis_title="pairs", autosize=True)
+        xaxis_title="reward (raw)", yaxis_title="pairs", yaxis_rangemode="nonnegative", autosize=True,
+        template=PLOT_TEMPLATE)
 
     cal = report["calibration"]
     calibration = go.Figure()
@@ -517,7 +589,7 @@ def reward_report_figures(report: Mapping) -> dict[str, go.Figure]:
     calibration.update_layout(
         title=f"Calibration (ECE {report['expected_calibration_error']:.3f})",
         xaxis_title="predicted P(first ≻ second) = σ(r₁ − r₂)", yaxis_title="observed rate",
-        xaxis_range=[0, 1], yaxis_range=[0, 1], autosize=True,
+        xaxis_range=[0, 1], yaxis_range=[0, 1], autosize=True, template=PLOT_TEMPLATE,
     )
 
     length_info = report["length"]
@@ -529,7 +601,7 @@ def reward_report_figures(report: Mapping) -> dict[str, go.Figure]:
     if "gold_prefers_longer" in length_info:
         title += f" (gold: {length_info['gold_prefers_longer']:.0%})"
     length.update_layout(title=title, xaxis_title="words(chosen) − words(rejected)",
-                         yaxis_title="held-out accuracy", yaxis_range=[0, 1], autosize=True)
+                         yaxis_title="held-out accuracy", yaxis_range=[0, 1], autosize=True, template=PLOT_TEMPLATE)
     return {"scores": scores, "calibration": calibration, "length": length}
 
 
@@ -569,9 +641,9 @@ def overoptimization_figure(curves: Mapping[str, Sequence[Mapping[str, float]]])
         fig.add_scatter(x=x, y=[p["gold"] for p in points], mode="lines+markers", name=f"{name} gold",
                         line={"color": GOLD, "dash": dash}, row=1, col=2)
     fig.update_xaxes(title_text="√KL(policy ‖ SFT)  [√nats]")
-    summary = "<br>".join(html.escape(describe_overoptimization(n, p)) for n, p in curves.items())
+    summary = "<br>".join(plot_text(describe_overoptimization(n, p)) for n, p in curves.items())
     fig.update_layout(title={"text": f"Proxy and gold reward against KL<br><sup>{summary}</sup>"}, autosize=True,
-                      margin={"t": 60 + 18 * len(curves)})
+                      margin={"t": 60 + 18 * len(curves)}, template=PLOT_TEMPLATE)
     return fig
 
 
@@ -611,6 +683,13 @@ def fit_width(widget: go.FigureWidget, lock: threading.RLock, delays: Sequence[f
         timer.start()
 
 
+def _trace_key(trace: TraceData) -> tuple:
+    """What a live figure's layout depends on per trace: its metric, panel and axis, and whether its x and y span
+    reach 10 (where `whole_number_ticks` leaves the ticks to plotly). A change of any redraws the figure."""
+    return (trace.name, trace.panel, trace.right, whole_number_ticks(trace.x)["tickmode"],
+            whole_number_ticks(trace.y)["tickmode"])
+
+
 class LiveDashboard:
     """Live plotly dashboard of a MetricsLog, updated in place while a trainer logs.
 
@@ -622,12 +701,14 @@ class LiveDashboard:
 
     `view`: as `figure_from_log` (default "auto": the stage's designed view, else all metrics); `metrics`:
     only these metrics, one per panel; `max_cols`: panels per row (default 3); `title`: default the log's run
-    name. The dashboard subscribes on creation (drawing the history so far); `close()` stops it.
+    name; `empty_message`: what the figure says before the first point (default "no data yet"). The dashboard
+    subscribes on creation (drawing the history so far); `close()` stops it.
     """
 
     def __init__(
         self, metrics_log: MetricsLog, metrics: Sequence[str] | None = None, max_cols: int = 3,
         title: str | None = None, min_interval: float = 0.5, view: str | Sequence[Panel] | None = "auto",
+        empty_message: str = EMPTY_MESSAGE,
     ) -> None:
         if max_cols < 1:
             raise ValueError(f"LiveDashboard: max_cols={max_cols} must be at least 1")
@@ -637,18 +718,19 @@ class LiveDashboard:
         self.max_cols = max_cols
         self.title = title or metrics_log.run_name
         self.min_interval = min_interval
+        self.empty_message = empty_message
         self._records: list[tuple[int, dict[str, float]]] = []
         self._events: list[Event] = []
         self._stage: str | None = metrics_log.run_name if metrics_log.run_name in STAGE_VIEWS else None
         self._pending: list[Entry] = []
-        self._drawn: list[tuple[str, int, bool]] = []  # (name, panel, right) per trace, in trace order
+        self._drawn: list[tuple] = []  # `_trace_key` per trace, in trace order
         self._panel_refs: list[tuple[str, str] | None] = []
         self._titles: tuple = ()
         self._lock = threading.RLock()
         self._timer: threading.Timer | None = None
         self._last_draw = time.monotonic()  # the history replayed below is drawn by one flush()
         self._closed = False
-        self.figure = full_width_figure(build_figure([], [], (), max_cols, self.title))
+        self.figure = full_width_figure(build_figure([], [], (), max_cols, self.title, empty_message))
         self.show_all = ipywidgets.ToggleButton(value=False, description="show all metrics", icon="th",
                                                 tooltip="every logged metric, one per panel")
         self.show_all.observe(lambda _: self.redraw(), names="value")
@@ -703,7 +785,7 @@ class LiveDashboard:
 
     def _draw(self, new_events: bool) -> None:
         panels, traces = view_traces(self._panels(), self._records)
-        keys = [(t.name, t.panel, t.right) for t in traces]
+        keys = [_trace_key(t) for t in traces]
         if keys != self._drawn:
             self._replace_figure(panels, traces, keys)
             return
@@ -727,7 +809,8 @@ class LiveDashboard:
         swapped into a displayed box can render before the page lays it out and stay 700 px wide, while a
         relayout of the displayed one takes the width of the output area again.
         """
-        static, self._panel_refs, self._titles = _build(panels, traces, self._events, self.max_cols, self.title)
+        static, self._panel_refs, self._titles = _build(panels, traces, self._events, self.max_cols, self.title,
+                                                        self.empty_message)
         gone = set(self.figure.layout.to_plotly_json()) - set(static.layout.to_plotly_json())
         if gone:  # axes / legends of panels no longer drawn
             self.figure.plotly_relayout({key: None for key in gone})
@@ -783,7 +866,7 @@ class RunComparison:
         self._choosing = False  # True while the dropdown's options are being replaced
         self.choice.observe(self._chosen, names="value")
         self.figure = full_width_figure()
-        self.figure.update_layout(template="plotly_white", autosize=True, height=380, hovermode="x unified",
+        self.figure.update_layout(template=PLOT_TEMPLATE, autosize=True, height=380, hovermode="x unified",
                                   xaxis_title="step", legend_title_text="run",
                                   margin={"l": 55, "r": 20, "t": 50, "b": 40})
         self.widget = ipywidgets.VBox([self.choice, self.figure], layout=ipywidgets.Layout(width="100%"))

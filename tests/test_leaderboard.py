@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import warnings
 from pathlib import Path
 
@@ -212,3 +213,33 @@ def test_figure_sorts_best_on_top_with_asymmetric_error_bars_and_escaped_names()
     assert list(undefeated.data[0].y) == ["z", "y"]
     assert undefeated.layout.annotations[0].text == "not drawn, rating unbounded: &lt;i&gt;x&lt;/i&gt; (inf)"
 
+
+
+PLOTLY_ENTITIES = {"mu": "μ", "amp": "&", "lt": "<", "gt": ">", "nbsp": "\xa0", "times": "×", "plusmn": "±",
+                   "deg": "°"}
+"""The named entities plotly.js decodes in a label (`svg_text_utils.convertEntities`); any other stays literal."""
+
+
+def plotly_shows(text: str) -> str:
+    """What plotly.js draws for `text`: its entities decoded, an unknown one left as it is; no tag may remain."""
+    assert not re.search(r"<[a-zA-Z/]", text.replace("<br>", "\n")), f"markup in a label: {text!r}"
+
+    def decode(match: re.Match) -> str:
+        code = match.group(1)
+        if code.startswith("#"):
+            return chr(int(code[2:], 16) if code[1] == "x" else int(code[1:]))
+        return PLOTLY_ENTITIES.get(code, match.group(0))
+
+    return re.sub(r"&(#\d+|#x[\da-fA-F]+|[a-z]+);", decode, text)
+
+
+def test_figure_shows_a_quoted_name_as_it_is() -> None:
+    """Names are escaped once, for plotly: `&quot;` is no entity plotly.js knows, so it would show literally."""
+    name = 'PPO "β=0.1" <b>x</b> & co'
+    with pytest.warns(UserWarning):
+        fig = leaderboard_figure(leaderboard(record(30, 10, a=name, b="y") + record(6, 4, a="y", b="z")
+                                             + record(3, 0, a="it's <i>", b="z"), bootstrap=20, anchor=name))
+    assert [plotly_shows(label) for label in fig.data[0].y] == ["z", "y", name]
+    assert plotly_shows(fig.data[0].hovertext[-1]).startswith(f"{name}: ")
+    assert f"{name} = 1000" in plotly_shows(fig.layout.title.text)
+    assert plotly_shows(fig.layout.annotations[0].text) == "not drawn, rating unbounded: it's <i> (inf)"

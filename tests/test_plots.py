@@ -1,6 +1,8 @@
+import fnmatch
 import html
 import math
 import time
+from collections.abc import Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -379,3 +381,186 @@ def test_dashboard_renders_in_a_headless_notebook(tmp_path: Path) -> None:
     traces = state[figure_id]["state"]["_widget_data"]
     assert [t["name"] for t in traces] == ["objective/kl", "loss"]
     assert nb.cells[1].outputs[0]["data"]["text/plain"] == "[5, 5]"
+
+
+# ---------------------------------------------------------------------------------------------- axes and legends
+NON_NEGATIVE = ("objective/kl_coef", "val/response_length", "completions/mean_length", "loop/words", "loop/*_labels",
+                "val/num_eos_tokens", "episode", "*clipfrac*", "*accuracy*", "*accuracies", "*win_rate*",
+                "*agreement*", "frac_*", "completions/clipped_ratio", "learning_rate", "lr", "grad_norm",
+                "policy/approxkl_avg", "reward/ensemble_spread", "reward_std")
+"""Quantities that cannot be negative: β, counts, lengths, rates and shares, step sizes, spreads."""
+COUNTS = ("loop/*_labels", "val/num_eos_tokens")
+NOMINAL_WIDTH = 700
+"""Width (px) of the plot area a legend's size is estimated against: a figure about 810 px wide, narrower than a
+notebook's output area (the 0.6 em a character of `_legend_box` over-estimates; rendered in chromium, every legend
+stayed inside its panel down to plotly's 700 px fallback width)."""
+
+
+def _ppo_ensemble_log() -> MetricsLog:
+    """A short PPO run scored by an ensemble, with a constant β and an adaptive one's first steps."""
+    log = MetricsLog(run_name="ppo")
+    for step in (1, 2, 3):
+        members = [0.2 * step, 0.3 * step + 0.1, 0.5 * step - 0.4]
+        log.log({"objective/scores": min(members), "objective/rlhf_reward": min(members) - 0.01, "gold/score": 1.0,
+                 "objective/kl": 0.1 * step - 0.1, "objective/kl_coef": 0.05,
+                 **{f"reward/member_{i}": score for i, score in enumerate(members)},
+                 "reward/ensemble_mean": sum(members) / 3, "reward/ensemble_spread": 0.0,
+                 "policy/clipfrac_avg": 0.0, "policy/approxkl_avg": 1e-4 * step, "val/response_length": 17.0,
+                 "loss/value_avg": 0.2 / step, "val/var_explained": -0.4 + 0.3 * step, "val/num_eos_tokens": 32.0},
+                step=step, stage="ppo")
+    return log
+
+
+def _first_round_log() -> MetricsLog:
+    """The iterative loop after its first round: no human labels yet, nothing measured against a previous round."""
+    log = MetricsLog(run_name="loop")
+    log.log({"loop/rm_accuracy_after": 0.70, "loop/rm_gold_agreement_after": 0.87, "loop/kl_to_sft": 1.28,
+             "loop/words": 9.5, "loop/rm_win_rate_vs_sft": 0.71, "loop/gold_win_rate_vs_sft": 0.64,
+             "loop/human_labels": 0.0, "loop/ai_labels": 245.0}, step=1, stage="loop")
+    return log
+
+
+def _every_view() -> list[tuple[str, go.Figure]]:
+    """Every designed view's figure from the real fixture logs and the constructed ones — static, live (the
+    dashboard's figure after it drew the whole log) and the all-metrics view."""
+    stages = ("sft", "reward", "ppo", "dpo", "grpo", "loop")
+    logs = {stage: MetricsLog.load(LOGS / f"{stage}.jsonl") for stage in stages}
+    logs |= {"ppo ensemble (constructed)": _ppo_ensemble_log(), "loop round 1 (constructed)": _first_round_log()}
+    figures = []
+    for name, log in logs.items():
+        figures += [(name, figure_from_log(log)), (f"{name}, all metrics", figure_from_log(log, view="all"))]
+        live = MetricsLog(run_name=log.run_name)
+        dashboard = LiveDashboard(live, min_interval=0.0)
+        for record in log.records:
+            live.log(record.metrics, step=record.step, stage=record.stage)
+        dashboard.flush()
+        figures.append((f"{name}, live", dashboard.figure))
+        dashboard.close()
+    return figures
+
+
+def _axis(fig: go.Figure, ref: str):
+    """The layout axis of a trace's axis reference ("y3" → layout.yaxis3)."""
+    return fig.layout[f"{ref[0]}axis{ref[1:]}"]
+
+
+def _matches(metric: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(metric.removeprefix("eval_"), p) for p in patterns)
+
+
+def _integer_ticks(axis, values: list[float]) -> bool:
+    """Ticks only at whole numbers: a linear tick step of a whole number from a whole number, or plotly's own choice
+    on a span of at least 10 (it then picks a step of 1, 2, 5, … : it draws at most 10 ticks an axis)."""
+    if axis.tickmode == "linear":
+        return float(axis.dtick).is_integer() and axis.dtick >= 1 and float(axis.tick0 or 0).is_integer()
+    finite = [v for v in values if math.isfinite(v)]
+    return axis.tickmode in (None, "auto") and max(finite) - min(finite) >= 10
+
+
+@pytest.fixture(scope="module")
+def every_view() -> list[tuple[str, go.Figure]]:
+    return _every_view()
+
+
+def test_no_axis_takes_its_ticks_from_another(every_view: list) -> None:
+    """A right-hand axis left to plotly.js 3's default ticks ("sync") gets the left axis' grid lines as its ticks:
+    0.394, 0.699, 1.005 … and a range stretched to fit them (β below 0). Every overlaying axis chooses its own."""
+    synced = [f"{name}: {ref}" for name, fig in every_view for ref in {t.yaxis for t in fig.data}
+              if _axis(fig, ref).overlaying and _axis(fig, ref).tickmode in (None, "sync")]
+    assert synced == []
+
+
+def test_axes_of_non_negative_quantities_never_go_below_zero(every_view: list) -> None:
+    below = []
+    for name, fig in every_view:
+        for trace in fig.data:
+            axis = _axis(fig, trace.yaxis)
+            if not _matches(trace.meta, NON_NEGATIVE):
+                continue
+            if not (axis.rangemode in ("nonnegative", "tozero") or (axis.range and axis.range[0] >= 0)):
+                below.append(f"{name}: {trace.meta} on {trace.yaxis} (rangemode {axis.rangemode}, range {axis.range})")
+    assert below == []
+
+
+def test_round_update_and_count_axes_are_integer(every_view: list) -> None:
+    for name, fig in every_view:
+        step_axes: dict[str, list[float]] = {}
+        for trace in fig.data:
+            if trace.customdata is None:  # a panel against the step (x–y panels carry the update as customdata)
+                step_axes.setdefault(trace.xaxis, []).extend(trace.x)
+        for ref, values in step_axes.items():
+            axis = _axis(fig, ref)
+            assert _integer_ticks(axis, values), f"{name}: {ref} ({axis.title.text}) ticks between whole numbers"
+            if name.startswith("loop"):
+                assert axis.title.text == "round", name
+            if name.startswith("ppo"):
+                assert axis.title.text == "update", name
+        counts: dict[str, list[float]] = {}
+        for trace in fig.data:
+            if _matches(trace.meta, COUNTS):
+                counts.setdefault(trace.yaxis, []).extend(trace.y)
+        for ref, values in counts.items():
+            assert _integer_ticks(_axis(fig, ref), values), f"{name}: counts on {ref} ticked between whole numbers"
+
+
+def _legend_box(legend, labels: list[str], height: float) -> tuple[float, float, float, float]:
+    """A legend's (x0, x1, y0, y1) in paper coordinates, estimated for a plot area `NOMINAL_WIDTH` × `height` px:
+    an entry is its symbol (40 px) and text (0.6 em a character); a row is 1.6 em tall."""
+    size = legend.font.size or 12
+    entries = [40 + 0.6 * size * len(label) for label in labels]
+    vertical = legend.orientation in (None, "v")
+    width = (max(entries) if vertical else sum(entries)) / NOMINAL_WIDTH
+    rows = len(labels) if vertical else 1
+    tall = rows * 1.6 * size / height
+    x0 = legend.x - {"left": 0, "center": width / 2, "right": width, None: 0, "auto": 0}[legend.xanchor]
+    y1 = legend.y + {"top": 0, "middle": tall / 2, "bottom": tall, None: 0, "auto": 0}[legend.yanchor]
+    return x0, x0 + width, y1 - tall, y1
+
+
+def test_every_legend_sits_in_its_own_panel(every_view: list) -> None:
+    """Each legend belongs to one panel and lies inside that panel's box: it covers no other panel, title or axis."""
+    for name, fig in every_view:
+        shown: dict[str, list] = {}
+        for trace in fig.data:
+            if trace.showlegend is not False:
+                shown.setdefault(trace.legend or "legend", []).append(trace)
+        for legend_name, traces in shown.items():
+            assert len({t.xaxis for t in traces}) == 1, f"{name}: {legend_name} gathers traces of several panels"
+            x_dom = _axis(fig, traces[0].xaxis).domain
+            y_dom = _axis(fig, traces[0].yaxis).domain
+            plot_height = (fig.layout.height or 450) - 100
+            x0, x1, y0, y1 = _legend_box(fig.layout[legend_name], [t.name for t in traces], plot_height)
+            inside = x_dom[0] - 1e-9 <= x0 and x1 <= x_dom[1] + 1e-9 and y_dom[0] - 1e-9 <= y0 and y1 <= y_dom[1] + 1e-9
+            assert inside, (f"{name}: {legend_name} ({[t.name for t in traces]}) spans x {x0:.2f}–{x1:.2f}, "
+                            f"y {y0:.2f}–{y1:.2f}; its panel x {x_dom}, y {y_dom}")
+
+
+def test_an_empty_dashboard_says_what_to_do() -> None:
+    log = MetricsLog(run_name="ppo")
+    dashboard = LiveDashboard(log, min_interval=0.0, empty_message="no data yet — press Start")
+    for fig in (dashboard.figure, figure_from_log(MetricsLog(run_name="ppo"))):
+        texts = [a.text for a in fig.layout.annotations]
+        assert any(text.startswith("no data yet") for text in texts), texts
+        assert fig.layout.xaxis.visible is False and fig.layout.yaxis.visible is False, "no empty grid"
+    assert "press Start" in dashboard.figure.layout.annotations[0].text
+    log.log({"objective/kl": 0.1}, step=1, stage="ppo")
+    assert not any("no data" in a.text for a in dashboard.figure.layout.annotations)
+    assert dashboard.figure.layout.xaxis.visible is not False
+
+
+def test_every_figure_has_one_plot_style() -> None:
+    from rlhf_widgets.evaluation.leaderboard import leaderboard, leaderboard_figure
+    from rlhf_widgets.views import RunComparison, overlay_figure, reward_report_figures
+
+    report = {"chosen_scores": [1.0, 2.0], "rejected_scores": [0.0, 0.5], "accuracy": 1.0, "mean_margin": 1.25,
+              "n_pairs": 4, "expected_calibration_error": 0.1,
+              "calibration": [{"predicted": 0.3, "observed": 0.0, "count": 2}],
+              "length": {"bins": [{"low": 3, "high": 10, "accuracy": 0.9, "count": 5}], "prefers_longer": 0.8}}
+    ppo = MetricsLog.load(LOGS / "ppo.jsonl")
+    board = leaderboard([("a", "b", "a"), ("a", "b", "b"), ("b", "a", "a")], bootstrap=0)
+    figures = {"figure_from_log": figure_from_log(ppo), "overlay_figure": overlay_figure({"ppo": ppo}, "objective/kl"),
+               **{f"reward_report_figures[{k}]": f for k, f in reward_report_figures(report).items()},
+               "overoptimization_figure": overoptimization_figure({"PPO": [{"sqrt_kl": 0, "proxy": 1, "gold": 1}]}),
+               "leaderboard_figure": leaderboard_figure(board), "RunComparison": RunComparison({"ppo": ppo}).figure}
+    backgrounds = {name: fig.layout.template.layout.plot_bgcolor for name, fig in figures.items()}
+    assert len(set(backgrounds.values())) == 1, backgrounds

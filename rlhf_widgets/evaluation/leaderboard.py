@@ -22,7 +22,6 @@ judge's own bias.
 
 from __future__ import annotations
 
-import html
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -362,13 +361,16 @@ def leaderboard_figure(table: pd.DataFrame, title: str | None = None) -> go.Figu
 
     `table` is what `leaderboard` returns. A model whose rating is infinite (it won or lost every game) is
     not drawn but named in a note under the plot; an infinite bound draws no bar on that side and reads
-    "unbounded" in the hover text. Model names are HTML-escaped (plotly renders tags in labels).
+    "unbounded" in the hover text. Model names are escaped once for plotly (`views.plot_text`: it renders tags in
+    labels).
     """
     import plotly.graph_objects as go
 
+    from rlhf_widgets.views import PLOT_TEMPLATE, plot_text
+
     ordered = table.sort_values("rating", ascending=True)  # plotly draws the first category at the bottom
     drawn = ordered[np.isfinite(ordered["rating"])]
-    names = [html.escape(str(m)) for m in drawn["model"]]
+    names = [plot_text(m) for m in drawn["model"]]
     above = (drawn["upper"] - drawn["rating"]).where(np.isfinite(drawn["upper"]))
     below = (drawn["rating"] - drawn["lower"]).where(np.isfinite(drawn["lower"]))
     hover = [f"{name}: {rating:.0f} [{_bound(low)}, {_bound(high)}]<br>{games} games, win rate {rate:.1%}"
@@ -380,15 +382,15 @@ def leaderboard_figure(table: pd.DataFrame, title: str | None = None) -> go.Figu
     ))
     attrs = table.attrs
     level = f"{attrs['confidence']:.0%} bootstrap interval" if attrs.get("bootstrap") else "no interval"
-    zero = html.escape(str(attrs["anchor"])) if attrs.get("anchor") else "mean"
+    zero = plot_text(attrs["anchor"]) if attrs.get("anchor") else "mean"
     fig.update_layout(
         title=title or f"Arena leaderboard: Bradley–Terry ratings ({level}; {zero} = {attrs.get('base', 1000):g})",
         xaxis_title="rating (Elo scale: +400 = 10× the odds)", yaxis_title=None,
-        height=max(260, 60 + 40 * len(drawn)),
+        height=max(260, 60 + 40 * len(drawn)), template=PLOT_TEMPLATE,
     )
     unbounded = ordered[~np.isfinite(ordered["rating"])]
     if len(unbounded):
-        note = ", ".join(f"{html.escape(str(m))} ({r})" for m, r in zip(unbounded["model"], unbounded["rating"],
+        note = ", ".join(f"{plot_text(m)} ({r})" for m, r in zip(unbounded["model"], unbounded["rating"],
                                                                         strict=True))
         fig.add_annotation(text=f"not drawn, rating unbounded: {note}", xref="paper", yref="paper", x=0, y=-0.25,
                            showarrow=False, xanchor="left")

@@ -165,7 +165,8 @@ class TrainingPanel:
     def __init__(self, run: Any, metrics: list[str] | None = None, view: str | None = "auto",
                  title: str | None = None) -> None:
         self.run = run
-        self.dashboard = LiveDashboard(run.metrics, metrics=metrics, view=view, title=title)
+        self.dashboard = LiveDashboard(run.metrics, metrics=metrics, view=view, title=title,
+                                       empty_message="no data yet — press Start")
         self.samples = SamplesTable(run.metrics)
         self.status = w.HTML(layout=w.Layout(width="100%"))
         self.status.add_class("rlhfw-ppo-status")
