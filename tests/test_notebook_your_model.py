@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from test_notebooks import outputs, run_notebook
+from test_notebooks import assert_quiet, outputs, run_notebook
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -21,6 +21,7 @@ def test_your_model_notebook_runs_on_a_family_checkpoint(family_checkpoints, tmp
         "SFT_STEPS, RM_STEPS, PPO_UPDATES, DPO_STEPS = 1, 1, 1, 1",
     ])
     book = run_notebook("07_your_model", overrides, tmp_path)
+    assert_quiet(book)
     run = tmp_path / "runs" / "your_model"
     for stage in ("sft", "reward", "ppo", "dpo"):
         assert (run / stage / "final").is_dir(), stage
