@@ -169,7 +169,8 @@ class _SharedBar:
 
     def __init__(self, name: str, cell: bool = False) -> None:
         self.name, self.cell = name, cell  # cell: the running notebook cell's bar, closed when the cell ends
-        self.bar = tqdm(total=None, desc=name, dynamic_ncols=True)
+        # under `accelerate launch`, only the main process draws (as transformers' and PPO's bars do)
+        self.bar = tqdm(total=None, desc=name, dynamic_ncols=True, disable=os.environ.get("RANK", "0") != "0")
 
     def take(self, desc: str, total: float | None, unit: str) -> None:
         """The next step of the call takes the bar over: its name after the call's, its count and ETA."""
