@@ -6,7 +6,10 @@
 
 Stages: sft, label, reward, dpo, grpo, rloo, ppo, evaluate, loop, quickstart. Each training stage takes its
 config (`SFTStageConfig`, …, `PPOConfig`) and `ModelConfig` (`--model_name_or_path`, `--use_peft`,
-`--load_in_4bit`, `--lora_r`, …) as options, and prints a JSON summary of its `StageResult` at the end.
+`--load_in_4bit`, `--lora_r`, …) as options. Every command runs under one progress bar (stderr, with the
+quickstart's line per finished stage) and prints what a person reads at the end (stdout: the result, the
+quickstart's comparison table and report path); `--json` prints the machine-readable summary instead, `--verbose`
+lets the libraries print their own output (`rlhf_widgets.quiet`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,17 @@ from typing import Any
 from rlhf_widgets.config import field_help
 
 SANDBOX = "sandbox"
+
+
+@dataclass
+class OutputArguments:
+    """What every command prints."""
+
+    json: bool = field(default=False, metadata=field_help(
+        "Print the machine-readable JSON summary instead of the lines a person reads."))
+    verbose: bool = field(default=False, metadata=field_help(
+        "Let the libraries print their own output: logged values of every step, load reports, their progress "
+        "bars (rlhf_widgets.quiet; RLHF_WIDGETS_VERBOSE=1 does the same)."))
 
 
 @dataclass
@@ -266,11 +280,51 @@ def _loop(config, args: LoopArguments) -> dict:
 
 
 def _quickstart(config) -> dict:
+    from tqdm.auto import tqdm
+
     from rlhf_widgets.pipeline import run_quickstart
 
-    result = run_quickstart(config)
+    # a line per finished stage on stderr, beside the bar (stdout keeps the summary, the JSON too)
+    result = run_quickstart(config, echo=lambda line: tqdm.write(line, file=sys.stderr))
     return {"seconds": result.seconds, "numbers": result.numbers, "output_dir": str(result.output_dir.resolve()),
             "report": str(result.report_path.resolve()) if result.report_path else None}
+
+
+# ---------------------------------------------------------------------------------------------- what a person reads
+def _stage_lines(summary: dict) -> list[str]:
+    line = f"{summary['stage']}: {summary['status']} in {summary['train_seconds']:.0f} s, model in " \
+           f"{summary['model_path']}"
+    return [line, *([f"  reason: {summary['reason']}"] if summary["reason"] else [])]
+
+
+def _label_lines(summary: dict) -> list[str]:
+    lines = [f"labeled {summary['new_labels']} pairs as {summary['annotator']} ({summary['pairs']} in "
+             f"{summary['store']})"]
+    if "exported" in summary:
+        lines.append(f"exported to {summary['exported']}")
+    return lines
+
+
+def _comparison_lines(rows: dict) -> list[str]:
+    from rlhf_widgets.pipeline import summary_table
+
+    if all("gold_win_rate" in row and "kl_to_reference" in row for row in rows.values()):
+        return summary_table(rows).splitlines()
+    return [f"{name}: " + ", ".join(f"{k} {v:.3g}" for k, v in row.items() if isinstance(v, float))
+            for name, row in rows.items()]
+
+
+def _loop_lines(summary: dict) -> list[str]:
+    return [f"round {r['round']}: policy in {r['policy']}" + "".join(
+        f", {k.removeprefix('loop/')} {v:.3g}" for k, v in r.items() if k.startswith("loop/") and "win_rate" in k)
+        for r in summary["rounds"]]
+
+
+def _quickstart_lines(summary: dict) -> list[str]:
+    from rlhf_widgets.pipeline import summary_table
+
+    table = summary_table(summary["numbers"]["comparison"]).splitlines() if "comparison" in summary["numbers"] else []
+    return ["", *table, "", f"report: {summary['report']}"]
 
 
 @dataclass(frozen=True)
@@ -279,6 +333,8 @@ class Command:
     dataclasses: Callable[[], tuple[type, ...]]
     """the dataclasses whose fields are the options (imported lazily: `--help` of one stage loads only it)"""
     run: Callable[..., dict]
+    lines: Callable[[dict], list[str]] = _stage_lines
+    """the summary `run` returns, as the lines a person reads"""
 
 
 def _classes(config_path: str, *extra: type, model: bool = True) -> Callable[[], tuple[type, ...]]:
@@ -301,7 +357,7 @@ COMMANDS: dict[str, Command] = {
     "sft": Command("supervised fine-tuning (TRL SFTTrainer)",
                    _classes("rlhf_widgets.sft.SFTStageConfig", DemonstrationArguments), _sft),
     "label": Command("candidate pairs from a policy, labeled by an AI labeler, exported",
-                     lambda: (LabelArguments,), _label),
+                     lambda: (LabelArguments,), _label, _label_lines),
     "reward": Command("reward model on preference pairs (TRL RewardTrainer)",
                       _classes("rlhf_widgets.reward.RewardStageConfig", PreferenceArguments), _reward_stage),
     "dpo": Command("direct preference optimisation (TRL DPOTrainer)",
@@ -313,11 +369,13 @@ COMMANDS: dict[str, Command] = {
     "ppo": Command("PPO with a KL penalty against a reward model",
                    _classes("rlhf_widgets.ppo.config.PPOConfig", PromptArguments), _ppo),
     "evaluate": Command("compare policies on held-out prompts (win rates, KL, length)",
-                        lambda: (EvaluateArguments,), _evaluate),
+                        lambda: (EvaluateArguments,), _evaluate, _comparison_lines),
     "loop": Command("iterative rounds: pairs on the current policy, labels, reward model, policy, evaluation",
-                    _classes("rlhf_widgets.loop.LoopConfig", LoopArguments, model=False), _loop),
+                    _classes("rlhf_widgets.loop.LoopConfig", LoopArguments, model=False), _loop,
+                    _loop_lines),
     "quickstart": Command("the whole loop on the offline sandbox, with a report",
-                          _classes("rlhf_widgets.pipeline.QuickstartConfig", model=False), _quickstart),
+                          _classes("rlhf_widgets.pipeline.QuickstartConfig", model=False), _quickstart,
+                          _quickstart_lines),
 }
 
 
@@ -328,8 +386,18 @@ def _usage() -> str:
             "stages:\n" + "\n".join(lines))
 
 
+def parser(name: str):
+    """The `HfArgumentParser` of command `name`: its dataclasses' fields, then `OutputArguments`."""
+    from transformers import HfArgumentParser
+
+    command = COMMANDS[name]
+    return HfArgumentParser((*command.dataclasses(), OutputArguments), prog=f"rlhf-widgets {name}",
+                            description=command.help)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse `argv` (default `sys.argv[1:]`), run the stage, print its JSON summary; returns the exit code."""
+    """Parse `argv` (default `sys.argv[1:]`), run the stage, print what it did (its JSON summary with `--json`);
+    returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -338,14 +406,16 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"rlhf-widgets: unknown stage {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    from transformers import HfArgumentParser
+    from rlhf_widgets import quiet
 
+    *parsed, output = parser(name).parse_args_into_dataclasses(rest)
+    if output.verbose:
+        quiet.set_verbose()
     command = COMMANDS[name]
-    parser = HfArgumentParser(command.dataclasses(), prog=f"rlhf-widgets {name}", description=command.help)
-    parsed = parser.parse_args_into_dataclasses(rest)
-    summary = command.run(*parsed)
+    with quiet.long_call(""):  # one bar for the command, named by its steps
+        summary = command.run(*parsed)
     if _is_main_process():
-        print(json.dumps(summary, indent=2, default=str))
+        print(json.dumps(summary, indent=2, default=str) if output.json else "\n".join(command.lines(summary)))
     return 0
 
 

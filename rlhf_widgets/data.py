@@ -53,7 +53,9 @@ import datasets
 import numpy as np
 import pyarrow.parquet as pq
 
-from rlhf_widgets import hub
+from rlhf_widgets import hub, quiet
+
+quiet.quiet_libraries()  # datasets' map / load bars off (quiet.py)
 
 Messages: TypeAlias = list[dict[str, str]]
 Prompt: TypeAlias = str | Messages

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import torch
 from peft import PeftModel
-from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_widgets.chat import render, stop_token_ids
 from rlhf_widgets.data import as_messages
+from rlhf_widgets.quiet import progress
 
 Prompt = str | list[dict[str, str]]
 
@@ -197,7 +197,7 @@ def generate(
     # on CPU the half-precision decode step skips sdpa's kernel (rlhf_widgets.attention)
     with (exact_sampling(model, tokenizer) as stops, inference_autocast(model, settings.mixed_precision),
           cpu_math_attention(model)):
-        for start in tqdm(starts, desc="generating", disable=not show_progress, unit="batch"):
+        for start in progress(starts, desc="generating", disable=not show_progress, unit="batch"):
             batch = encode_prompts(tokenizer, prompts[start : start + batch_size], device)
             ids = model.generate(**batch, **settings.generate_kwargs(), pad_token_id=tokenizer.pad_token_id,
                                  eos_token_id=stops)

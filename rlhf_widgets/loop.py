@@ -39,6 +39,7 @@ from rlhf_widgets.labeling import PreferenceStore, label_with
 from rlhf_widgets.labeling.labelers import Labeler
 from rlhf_widgets.metrics import MetricsLog
 from rlhf_widgets.models import ModelLike
+from rlhf_widgets.quiet import long_call
 from rlhf_widgets.rewards import RewardFunction
 from rlhf_widgets.stages import copied
 from rlhf_widgets.tables import FormattedTable, format_table
@@ -220,7 +221,7 @@ class IterativeLoop:
         policy = self.current_policy
         source = str(policy)
         rows = generate_pairs(prompts, model=policy, k=cfg.answers_per_prompt, name=f"round-{k - 1} policy",
-                              max_pairs_per_prompt=cfg.pairs_per_prompt, seed=cfg.seed + k, show_progress=False)
+                              max_pairs_per_prompt=cfg.pairs_per_prompt, seed=cfg.seed + k)
         for index, row in enumerate(rows):
             row["round"] = k
             for side in ("a", "b"):
@@ -254,9 +255,11 @@ class IterativeLoop:
     def run(self, rounds: int | None = None) -> list[RoundResult]:
         """Run (or resume) rounds until `rounds` (default `config.rounds`) are finished; returns the history."""
         total = rounds if rounds is not None else self.config.rounds
-        while self.rounds_done < total:
-            self.prepare_round()
-            self.finish_round()
+        with long_call("loop"):  # one bar for the rounds: its name says which round and which step
+            while self.rounds_done < total:
+                with long_call(f"round {self.rounds_done + 1}/{total}"):
+                    self.prepare_round()
+                    self.finish_round()
         return self.history
 
     def start(self, rounds: int | None = None) -> threading.Thread:
@@ -280,8 +283,7 @@ class IterativeLoop:
         human = {lbl.pair_id for lbl in self.store.labels() if lbl.pair_id in pairs
                  and lbl.annotator != self.config.ai_annotator}
         self.store.round = k
-        ai = label_with(self.store, self.labeler, self.config.ai_annotator, show_progress=False,
-                        only_unlabeled_by_anyone=True)
+        ai = label_with(self.store, self.labeler, self.config.ai_annotator, only_unlabeled_by_anyone=True)
         state.update(human_labels=len(human), ai_labels=ai)
         state["done"].append("labels")
         self._save_state()

@@ -32,9 +32,11 @@ from transformers import (
 )
 from trl import get_peft_config
 
-from rlhf_widgets import hub
+from rlhf_widgets import hub, quiet
 from rlhf_widgets.chat import ensure_chat_template, stop_token_ids
 from rlhf_widgets.config import SANDBOX, ModelConfig, as_model_config
+
+quiet.quiet_libraries()  # transformers' weight-loading bars off (quiet.py)
 
 ModelLike = (str | os.PathLike | ModelConfig | PreTrainedModel | PeftModel
              | tuple[PreTrainedModel | PeftModel, PreTrainedTokenizerBase])
@@ -307,7 +309,8 @@ def load_reward_backbone(
         with_head.load_state_dict(merged.state_dict(), strict=False)
         model = with_head.to(device)
     else:
-        model = _from_pretrained(AutoModelForSequenceClassification, path, cfg, device, num_labels=num_labels)
+        with quiet.new_head_expected("score"):  # the score head is new: its load report is no news
+            model = _from_pretrained(AutoModelForSequenceClassification, path, cfg, device, num_labels=num_labels)
     _match_vocab(model, tokenizer)
     return model.eval(), tokenizer
 

@@ -8,14 +8,14 @@ comparison table. Every number in the report comes from this run (`report.json` 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tqdm.auto import tqdm
-
-from rlhf_widgets.config import SANDBOX
+from rlhf_widgets.config import SANDBOX, field_help
 from rlhf_widgets.metrics import MetricsLog
+from rlhf_widgets.quiet import long_call
 from rlhf_widgets.report import write_report
 
 if TYPE_CHECKING:
@@ -34,31 +34,26 @@ STAGES = ("sft", "pairs", "reward", "ppo", "dpo", "evaluate")
 class QuickstartConfig:
     """Sizes of the offline quickstart; the defaults fit a 2-core CPU in a few minutes."""
 
-    output_dir: str = "runs/quickstart"
-    """where every stage writes (models, metrics, label store, report)"""
-    seed: int = 0
-    """one seed for every stage"""
-    sft_demos: int = 2048
-    """sandbox demonstrations for SFT"""
-    pair_prompts: int = 600
-    """prompts to generate candidate pairs for"""
-    answers_per_prompt: int = 4
-    """SFT answers sampled per prompt; pairs are drawn among them (InstructGPT ranked 4–9 per prompt)"""
-    pairs_per_prompt: int = 6
-    """labeled pairs per prompt, at most (answers_per_prompt choose 2; 6 = all of them); more comparisons per
-    prompt teach the reward model more per sampled answer (README: "Reward model")"""
-    annotator_temperature: float = 1.0
-    """simulated annotator's Bradley–Terry temperature (label noise)"""
-    verbosity_bias: float = 0.0
-    """simulated annotator's per-word preference for longer responses (0 = unbiased)"""
-    ppo_updates: int = 32
-    """PPO updates"""
-    eval_prompts: int = 128
-    """held-out prompts for the final comparison"""
-    best_of: int = 8
-    """N of the best-of-N baseline in the comparison (1 = leave it out)"""
-    stages: list[str] = field(default_factory=lambda: list(STAGES))
-    """stages to run, in order (later ones need earlier ones)"""
+    output_dir: str = field(default="runs/quickstart", metadata=field_help(
+        "Where every stage writes (models, metrics, label store, report)."))
+    seed: int = field(default=0, metadata=field_help("One seed for every stage."))
+    sft_demos: int = field(default=2048, metadata=field_help("Sandbox demonstrations for SFT."))
+    pair_prompts: int = field(default=600, metadata=field_help("Prompts to generate candidate pairs for."))
+    answers_per_prompt: int = field(default=4, metadata=field_help(
+        "SFT answers sampled per prompt; pairs are drawn among them (InstructGPT ranked 4–9 per prompt)."))
+    pairs_per_prompt: int = field(default=6, metadata=field_help(
+        "Labeled pairs per prompt, at most (answers_per_prompt choose 2; 6 = all of them); more comparisons per "
+        "prompt teach the reward model more per sampled answer (README: \"Reward model\")."))
+    annotator_temperature: float = field(default=1.0, metadata=field_help(
+        "Simulated annotator's Bradley–Terry temperature (label noise)."))
+    verbosity_bias: float = field(default=0.0, metadata=field_help(
+        "Simulated annotator's per-word preference for longer responses (0 = unbiased)."))
+    ppo_updates: int = field(default=32, metadata=field_help("PPO updates."))
+    eval_prompts: int = field(default=128, metadata=field_help("Held-out prompts for the final comparison."))
+    best_of: int = field(default=8, metadata=field_help(
+        "N of the best-of-N baseline in the comparison (1 = leave it out)."))
+    stages: list[str] = field(default_factory=lambda: list(STAGES), metadata=field_help(
+        f"Stages to run, in order (later ones need earlier ones); of {', '.join(STAGES)}."))
 
 
 @dataclass
@@ -71,10 +66,10 @@ class QuickstartResult:
     seconds: dict = field(default_factory=dict)
 
 
-def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
-    """Run the configured stages on the sandbox and write `report.html` / `report.json`."""
-    from rlhf_widgets import sandbox
-
+def run_quickstart(config: QuickstartConfig | None = None,
+                   echo: Callable[[str], None] | None = None) -> QuickstartResult:
+    """Run the configured stages on the sandbox and write `report.html` / `report.json`, under one progress bar;
+    `echo` (the command line's printer) gets one line per finished stage (`stage_line`)."""
     config = config or QuickstartConfig()
     unknown = [s for s in config.stages if s not in STAGES]
     if unknown:
@@ -83,43 +78,91 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
     out.mkdir(parents=True, exist_ok=True)
     result = QuickstartResult(output_dir=out, report_path=None)
     logs: dict[str, MetricsLog] = {}
-    stages = tqdm(config.stages, desc="quickstart", unit="stage")
     state: dict = {}
-    for stage in stages:
-        stages.set_postfix_str(stage)
-        start = time.perf_counter()
-        if stage == "sft":
-            sft = quickstart_sft(config)
-            state["sft_path"], logs["sft"] = sft.model_path, sft.metrics
-        elif stage == "pairs":
-            state["pairs"] = quickstart_pairs(config, state["sft_path"])
-            result.numbers["pairs"] = len(state["pairs"])
-        elif stage == "reward":
-            from rlhf_widgets.evaluation import reward_report
-            from rlhf_widgets.reward import train_reward_model
-
-            rm = train_reward_model(state["pairs"], quickstart_reward_config(config), model=state["sft_path"])
-            report = reward_report(rm.reward_model, rm.eval_dataset, gold=sandbox.gold_reward)
-            state["reward_model"], state["reward_report"], logs["reward"] = rm.reward_model, report, rm.metrics
-            result.numbers["reward"] = {k: report[k] for k in ("accuracy", "gold_agreement", "mean_margin",
-                                                               "expected_calibration_error", "n_pairs")}
-        elif stage == "ppo":
-            ppo = quickstart_ppo(config, state["sft_path"], state["reward_model"])
-            state["ppo_path"], logs["ppo"] = ppo.model_path, ppo.metrics
-        elif stage == "dpo":
-            from rlhf_widgets.data import one_pair_per_prompt
-            from rlhf_widgets.dpo import DPOStageConfig, train_dpo
-
-            # one pair per prompt: on all pairs among 4 answers DPO did worse, at 2.4x the time (README)
-            dpo = train_dpo(one_pair_per_prompt(state["pairs"]),
-                            DPOStageConfig(output_dir=str(out / "dpo"), seed=config.seed), model=state["sft_path"])
-            state["dpo_path"], logs["dpo"] = dpo.model_path, dpo.metrics
-        elif stage == "evaluate":
-            result.numbers["comparison"] = quickstart_compare(state, config)
-        result.seconds[stage] = round(time.perf_counter() - start, 1)
+    with long_call("quickstart"):
+        for i, stage in enumerate(config.stages, 1):
+            start = time.perf_counter()
+            with long_call(f"{i}/{len(config.stages)} {STAGE_NAMES[stage]}"):
+                _run_stage(stage, config, state, logs, result)
+            result.seconds[stage] = round(time.perf_counter() - start, 1)
+            if echo is not None:
+                echo(stage_line(stage, result, logs))
     result.report_path = write_report(out, asdict(config), result.numbers, result.seconds, logs,
                                       reward_report=state.get("reward_report"))
     return result
+
+
+STAGE_NAMES = {"sft": "SFT", "pairs": "pairs", "reward": "reward model", "ppo": "PPO", "dpo": "DPO",
+               "evaluate": "evaluation"}
+"""How the progress bar and the terminal name each stage."""
+
+
+def _run_stage(stage: str, config: QuickstartConfig, state: dict, logs: dict[str, MetricsLog],
+               result: QuickstartResult) -> None:
+    """One stage of `run_quickstart`: reads what the earlier stages left in `state`, adds its own."""
+    from rlhf_widgets import sandbox
+
+    out = Path(config.output_dir)
+    if stage == "sft":
+        sft = quickstart_sft(config)
+        state["sft_path"], logs["sft"] = sft.model_path, sft.metrics
+    elif stage == "pairs":
+        state["pairs"] = quickstart_pairs(config, state["sft_path"])
+        result.numbers["pairs"] = len(state["pairs"])
+    elif stage == "reward":
+        from rlhf_widgets.evaluation import reward_report
+        from rlhf_widgets.reward import train_reward_model
+
+        rm = train_reward_model(state["pairs"], quickstart_reward_config(config), model=state["sft_path"])
+        report = reward_report(rm.reward_model, rm.eval_dataset, gold=sandbox.gold_reward)
+        state["reward_model"], state["reward_report"], logs["reward"] = rm.reward_model, report, rm.metrics
+        result.numbers["reward"] = {k: report[k] for k in ("accuracy", "gold_agreement", "mean_margin",
+                                                           "expected_calibration_error", "n_pairs")}
+    elif stage == "ppo":
+        ppo = quickstart_ppo(config, state["sft_path"], state["reward_model"])
+        state["ppo_path"], logs["ppo"] = ppo.model_path, ppo.metrics
+    elif stage == "dpo":
+        from rlhf_widgets.data import one_pair_per_prompt
+        from rlhf_widgets.dpo import DPOStageConfig, train_dpo
+
+        # one pair per prompt: on all pairs among 4 answers DPO did worse, at 2.4x the time (README)
+        dpo = train_dpo(one_pair_per_prompt(state["pairs"]),
+                        DPOStageConfig(output_dir=str(out / "dpo"), seed=config.seed), model=state["sft_path"])
+        state["dpo_path"], logs["dpo"] = dpo.model_path, dpo.metrics
+    elif stage == "evaluate":
+        result.numbers["comparison"] = quickstart_compare(state, config)
+
+
+def stage_line(stage: str, result: QuickstartResult, logs: dict[str, MetricsLog]) -> str:
+    """One line for a finished stage: its name, its key number, its seconds ("reward model: gold agreement 0.90,
+    accuracy 0.85, 71 s")."""
+    numbers, log = result.numbers, logs.get(stage)
+
+    def last(name: str) -> str:
+        return f"{log.latest(name):.3g}" if log is not None and name in log.names() else "n/a"
+
+    if stage in ("sft", "dpo"):
+        key = f"loss {last('loss')}"
+    elif stage == "pairs":
+        key = f"{numbers['pairs']} labeled pairs"
+    elif stage == "reward":
+        key = f"gold agreement {numbers['reward']['gold_agreement']:.2f}, accuracy {numbers['reward']['accuracy']:.2f}"
+    elif stage == "ppo":
+        key = f"KL {last('objective/kl')}, reward {last('objective/scores')}"
+    else:
+        wins = [f"{name} {row['gold_win_rate']:.0%}" for name, row in numbers["comparison"].items() if name != "SFT"]
+        key = f"gold win rate vs SFT: {', '.join(wins) or 'SFT only'}"
+    return f"{STAGE_NAMES[stage]}: {key}, {result.seconds[stage]:.0f} s"
+
+
+def summary_table(comparison: dict[str, dict]) -> str:
+    """The comparison as a short table a terminal shows: policy, gold win rate vs SFT, KL to SFT, mean words."""
+    width = max(len("policy"), *map(len, comparison))
+    lines = [f"{'policy':<{width}}  {'gold win vs SFT':>15}  {'KL':>6}  {'words':>5}"]
+    for name, row in comparison.items():
+        lines.append(f"{name:<{width}}  {row['gold_win_rate']:>15.0%}  {row['kl_to_reference']:>6.3f}  "
+                     f"{row['mean_words']:>5.1f}")
+    return "\n".join(lines)
 
 
 def quickstart_sft(config: QuickstartConfig) -> StageResult:
@@ -144,7 +187,7 @@ def quickstart_pairs(config: QuickstartConfig, sft_path: str | Path) -> datasets
     store = PreferenceStore(Path(config.output_dir) / "labels.sqlite")
     store.add_pairs(rows)
     annotator = quickstart_annotator(config)
-    label_with(store, annotator, annotator=annotator.name, show_progress=False)
+    label_with(store, annotator, annotator=annotator.name)
     return store.to_dataset(annotator=annotator.name)
 
 
@@ -176,7 +219,7 @@ def quickstart_ppo(config: QuickstartConfig, sft_path: str | Path, reward: Rewar
     trainer = PPOTrainer(train_prompts, PPOConfig(output_dir=str(Path(config.output_dir) / "ppo"),
                                                   num_updates=config.ppo_updates, seed=config.seed),
                          model=sft_path, reward=reward, gold=sandbox.gold_reward)
-    return trainer.train(show_progress=False)
+    return trainer.train()
 
 
 def quickstart_compare(state: dict, config: QuickstartConfig) -> dict:

@@ -117,7 +117,7 @@ def run_trl_trainer(stage: str, trainer_cls: type, config: Any, model: Any, toke
         callbacks=[MetricsCallback(metrics, stage=stage)],
         **trainer_kwargs,
     )
-    quiet_trainer(trainer)
+    quiet_trainer(trainer, name=stage)
     start = time.perf_counter()
     with cpu_math_attention(model):  # on CPU: sdpa's forward, a cheaper exact backward (rlhf_widgets.attention)
         trainer.train()

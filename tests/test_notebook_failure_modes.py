@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_notebooks import outputs, run_notebook
+from test_notebooks import assert_quiet, outputs, run_notebook
 
 from rlhf_widgets.labeling import PreferenceStore
 
@@ -23,6 +23,7 @@ PROBES = load_probes("sandbox")[::16]"""
 
 def test_failure_modes_notebook_runs_headless(tmp_path: Path) -> None:
     book = run_notebook("09_failure_modes", OVERRIDES, tmp_path, timeout=900)
+    assert_quiet(book)
     run = tmp_path / "runs" / "failure_modes"
     for name in ("unbiased", "sycophantic", "cautious"):
         assert (run / f"ppo_{name}" / "final").is_dir(), name

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from test_notebooks import outputs, run_notebook
+from test_notebooks import assert_quiet, outputs, run_notebook
 
 
 def test_iterative_notebook_runs_two_rounds(sft_model_dir: Path, tmp_path: Path) -> None:
     overrides = f"SFT = {str(sft_model_dir)!r}\nROUNDS = 2\nPROMPTS_PER_ROUND = 6\nPPO_UPDATES = 1\nWAIT = True"
     book = run_notebook("08_iterative", overrides, tmp_path)
+    assert_quiet(book)
     state = json.loads((tmp_path / "runs" / "loop" / "loop.json").read_text())
     assert [set(r["done"]) for r in state["rounds"]] == [{"pairs", "labels", "reward", "policy", "evaluate"}] * 2
     printed = json.dumps(outputs(book))

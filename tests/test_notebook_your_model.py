@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from test_notebooks import NOTEBOOKS, outputs, run_notebook
+from test_notebooks import NOTEBOOKS, assert_quiet, outputs, run_notebook
 
 
 def test_your_model_notebook_runs_from_a_copy_anywhere(family_checkpoints, tmp_path: Path) -> None:
@@ -22,6 +22,7 @@ def test_your_model_notebook_runs_from_a_copy_anywhere(family_checkpoints, tmp_p
         "SFT_STEPS, RM_STEPS, PPO_UPDATES, DPO_STEPS = 1, 1, 1, 1",
     ])
     book = run_notebook(copy, overrides, elsewhere)
+    assert_quiet(book)
     run = elsewhere / "runs" / "your_model"
     for stage in ("sft", "reward", "ppo", "dpo"):
         assert (run / stage / "final").is_dir(), stage

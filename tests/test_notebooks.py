@@ -40,8 +40,11 @@ def run_notebook(notebook: str | Path, overrides: str, cwd: Path, timeout: int =
     index = next(i for i, c in enumerate(book.cells) if "parameters" in c.metadata.get("tags", []))
     if overrides:
         book.cells.insert(index + 1, nbformat.v4.new_code_cell(overrides))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the kernel inherits the environment
-    NotebookClient(book, timeout=timeout, kernel_name=kernel_name, resources={"metadata": {"path": str(cwd)}}).execute()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the kernel inherits the environment…
+    # …but not the suite's TRANSFORMERS_VERBOSITY=error: the notebook must be quiet at a user's log level
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"}
+    NotebookClient(book, timeout=timeout, kernel_name=kernel_name,
+                   resources={"metadata": {"path": str(cwd)}}).execute(env=env)
     nbformat.write(book, cwd / f"{path.stem}.executed.ipynb")
     return book
 
@@ -62,9 +65,29 @@ def figure_trace_names(book: nbformat.NotebookNode) -> set[str]:
     return {trace.get("name") for m in state.values() for trace in (m.get("state", {}).get("_widget_data") or [])}
 
 
-def stderr_outputs(book: nbformat.NotebookNode) -> list[str]:
-    """What a notebook printed to stderr: the pink boxes a user sees as errors."""
-    return [o.get("text", "") for o in outputs(book) if o.get("output_type") == "stream" and o.get("name") == "stderr"]
+TQDM_BAR = re.compile(r"\[\d\d:\d\d[<,]")
+"""tqdm's elapsed-time field ("[00:03<00:10, …]" or "[00:03, …]"): a progress bar, as a widget's text or as text"""
+
+
+def progress_bars(cell: nbformat.NotebookNode) -> list[str]:
+    """The progress bars a cell showed: tqdm widgets (a display whose plain text is a bar) and text bars."""
+    bars = []
+    for o in cell.get("outputs", []):
+        text = o.get("data", {}).get("text/plain", "") if o.get("output_type") == "display_data" else o.get("text", "")
+        text = "".join(text) if isinstance(text, list) else text
+        if TQDM_BAR.search(text):
+            bars.append(text.strip().splitlines()[-1][:80])
+    return bars
+
+
+def assert_quiet(book: nbformat.NotebookNode) -> None:
+    """Quiet by design (issue 29): nothing on stderr (a pink box) in any cell, and at most one progress bar per
+    cell — a cell that trains or samples shows one bar with the stage's name, library bars stay out."""
+    noise = [(i, o.get("text", "")) for i, c in enumerate(book.cells) for o in c.get("outputs", [])
+             if o.get("output_type") == "stream" and o.get("name") == "stderr"]
+    assert noise == [], noise
+    crowded = {i: bars for i, c in enumerate(book.cells) if len(bars := progress_bars(c)) > 1}
+    assert crowded == {}, crowded
 
 
 def test_notebooks_are_thin_and_parameterised() -> None:
@@ -115,9 +138,8 @@ def test_every_colab_cell_installs_from_the_one_documented_source(monkeypatch: p
 def test_tour_runs_headless(tmp_path: Path) -> None:
     books = {name: run_notebook(name, overrides, tmp_path) for name, overrides in TOUR.items()}
     runs = tmp_path / "runs"
-    # quiet by default: nothing on stderr (a pink box) in any notebook
-    noise = {name: stderr_outputs(book) for name, book in books.items() if stderr_outputs(book)}
-    assert noise == {}, noise
+    for book in books.values():
+        assert_quiet(book)
     # …and no trainer printing the logged values the live plot shows, nor library chatter
     printed = [o.get("text", "") for book in books.values() for o in outputs(book) if o.get("output_type") == "stream"]
     assert not [t for t in printed if "{'loss'" in t or "Setting accelerator" in t], printed
@@ -167,6 +189,7 @@ def test_quickstart_notebook_reports_numbers_from_the_run(tmp_path: Path) -> Non
     sizes = dict(sft_demos=256, pair_prompts=96, ppo_updates=2, eval_prompts=16)
     overrides = 'RUN_DIR = "qs"\n' + "\n".join(f"{k.upper()} = {v}" for k, v in sizes.items())
     book = run_notebook("00_quickstart", overrides, tmp_path)
+    assert_quiet(book)
     out = tmp_path / "qs"
     report = json.loads((out / "report.json").read_text())
     comparison = report["numbers"]["comparison"]

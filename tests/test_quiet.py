@@ -1,7 +1,10 @@
-"""Library noise is dropped at its source, one message at a time; everything else still shows."""
+"""Library noise is dropped at its source, one message at a time; everything else still shows; one bar per long
+call."""
 
 import logging
 import warnings
+
+import pytest
 
 from rlhf_widgets import quiet
 
@@ -32,3 +35,57 @@ def test_only_the_named_deprecations_from_transformers_are_ignored() -> None:
                                module="transformers.modeling_utils")
     assert [(str(w.message), w.filename) for w in caught] == [
         (message, "mine.py"), ("something else is deprecated", "modeling_utils.py")]
+
+
+def _load_report(missing: set[str]) -> str:
+    """transformers' load report for a checkpoint without the `missing` weights, as its loader logs it."""
+    from transformers.utils.loading_report import LoadStateDictInfo
+
+    info = LoadStateDictInfo(missing_keys=missing, unexpected_keys=set(), mismatched_keys=set(), error_msgs=[],
+                             conversion_errors={}, skipped_pp_keys=set())
+    return "\x1b[1mLlamaForSequenceClassification LOAD REPORT\x1b[0m from: runs/sft/final\n" + \
+        info.create_loading_report()
+
+
+@pytest.fixture
+def modeling_utils_records():
+    """What transformers' model loader logs, as a list of messages."""
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("transformers.modeling_utils")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # (the suite runs transformers at "error")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_the_load_report_of_a_head_we_add_is_dropped_and_any_other_kept(modeling_utils_records: list) -> None:
+    logger = logging.getLogger("transformers.modeling_utils")
+    new_head, broken = _load_report({"score.weight"}), _load_report({"score.weight", "model.norm.weight"})
+    with quiet.new_head_expected("score"):
+        logger.warning(new_head)
+        logger.warning(broken)
+        logger.warning("another warning")
+    logger.warning(new_head)  # outside the load that adds the head
+    assert modeling_utils_records == [broken, "another warning", new_head]
+
+
+def test_bars_inside_a_long_call_drive_its_one_bar() -> None:
+    from tqdm.auto import tqdm
+
+    before = len(tqdm._instances)
+    with quiet.long_call("quickstart"), quiet.long_call("2/6 reward model"):
+        with quiet.progress(total=3, desc="reward", unit="step") as bar:
+            bar.update(3)
+        assert len(tqdm._instances) == before + 1
+        shared = quiet._local.shared.bar
+        assert [list(quiet.progress(range(2), desc="generating"))] == [[0, 1]]
+        assert len(tqdm._instances) == before + 1
+        assert shared.desc == "quickstart 2/6 reward model · generating" and (shared.n, shared.total) == (2, 2)
+    assert len(tqdm._instances) == before  # closed with the call
+    outside = quiet.progress(total=1, desc="alone")
+    assert type(outside) is tqdm and outside.desc == "alone"
+    outside.close()

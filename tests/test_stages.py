@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 from conftest import label_rows, sandbox_prompts
 
 import rlhf_widgets
-from rlhf_widgets import cli
+from rlhf_widgets import cli, quiet
 from rlhf_widgets.config import ModelConfig
 from rlhf_widgets.sandbox import SimulatedAnnotator, gold_reward
 from rlhf_widgets.stages import StageResult
@@ -104,6 +106,11 @@ def test_cli_help_for_every_stage_shows_every_field() -> None:
             cli.main([name, "--help"])
         assert exit_info.value.code == 0, name
         assert command.dataclasses(), name
+        # every option of every command (the quickstart's too) says what it does
+        options = [a for a in cli.parser(name)._actions if a.option_strings and a.dest != "help"]
+        assert {"--json", "--verbose"} <= {o for a in options for o in a.option_strings}, name
+        silent = [a.option_strings[0] for a in options if not (a.help or "").strip()]
+        assert silent == [], (name, silent)
     ppo = cli.COMMANDS["ppo"].dataclasses()
     assert ppo[0] is PPOConfig and ppo[1] is ModelConfig
     # the module entry point, as `python -m rlhf_widgets` / `accelerate launch -m rlhf_widgets` run it
@@ -116,27 +123,83 @@ def test_cli_help_for_every_stage_shows_every_field() -> None:
     assert cli.main([]) == 2 and cli.main(["no-such-stage"]) == 2
 
 
+@pytest.fixture
+def verbose_switched_back():
+    """Whatever a test's `--verbose` switched on is off again after it."""
+    yield
+    quiet.set_verbose(False)
+    os.environ.pop(quiet.VERBOSE_ENV)
+
+
+@pytest.fixture
+def warnings_shown():
+    """transformers at its default log level (warnings shown; the suite runs at "error"), as a user's terminal is."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()
+    yield
+    hf_logging.set_verbosity(level)
+
+
+def assert_terminal_quiet(out: str) -> None:
+    """What a CLI run printed (stdout and stderr) holds no library chatter: no logged dicts, no load report of a head
+    we add on purpose, no library progress bars (weight loading, dataset maps)."""
+    for chatter in ("{'loss'", "LOAD REPORT", "Loading weights", "Writing model shards", "examples/s"):
+        assert chatter not in out, chatter
+
+
 def _printed_summary(out: str) -> dict:
     """The JSON summary the CLI prints last (after the trainer's own log lines)."""
     return json.loads(out[out.rindex("\n{\n") + 1:] if not out.startswith("{\n") else out)
 
 
 def test_reward_and_dpo_run_from_the_command_line(sft_model_dir: Path, preference_file: Path, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture) -> None:
+                                                  capfd: pytest.CaptureFixture, warnings_shown: None,
+                                                  verbose_switched_back: None) -> None:
     from rlhf_widgets import RewardModel
 
-    common = ["--model_name_or_path", str(sft_model_dir), "--data", str(preference_file), "--max_steps", "2"]
+    common = ["--model_name_or_path", str(sft_model_dir), "--data", str(preference_file), "--max_steps", "2",
+              "--logging_steps", "1"]
+    # by default: a line a person reads, and no library chatter (the reward model's new score head is no news)
     assert cli.main(["reward", *common, "--output_dir", str(tmp_path / "rm"), "--eval_fraction", "0"]) == 0
-    summary = _printed_summary(capsys.readouterr().out)
-    assert summary["stage"] == "reward" and summary["status"] == "finished"
-    assert RewardModel.load(summary["model_path"])(["Hi"], ["Hello."]).shape == (1,)
+    out, err = capfd.readouterr()
+    assert_terminal_quiet(out + err)
+    final = re.escape(str(tmp_path / "rm" / "final"))
+    assert re.fullmatch(rf"reward: finished in \d+ s, model in {final}", out.strip()), out
+    assert RewardModel.load(tmp_path / "rm" / "final")(["Hi"], ["Hello."]).shape == (1,)
+    # --json: the machine-readable summary, as before; --verbose: the libraries' own output (TRL's logged dicts)
     assert cli.main(["dpo", *common, "--output_dir", str(tmp_path / "dpo"), "--beta", "0.2", "--use_peft",
-                     "--lora_r", "4"]) == 0
-    summary = _printed_summary(capsys.readouterr().out)
+                     "--lora_r", "4", "--json", "--verbose"]) == 0
+    out, err = capfd.readouterr()
+    assert "{'loss'" in out + err
+    summary = _printed_summary(out)
+    assert summary["stage"] == "dpo" and summary["status"] == "finished"
     assert summary["model_path"] == str(tmp_path / "dpo" / "final")
     assert (tmp_path / "dpo" / "adapter" / "adapter_config.json").is_file()  # --use_peft reached the stage
     adapter = json.loads((tmp_path / "dpo" / "adapter" / "adapter_config.json").read_text())
     assert adapter["r"] == 4
+
+
+def test_quickstart_prints_a_short_summary(tmp_path: Path, capfd: pytest.CaptureFixture,
+                                           warnings_shown: None) -> None:
+    """The quickstart in a terminal: one line per finished stage, a table, the report's path; `--json` is the
+    machine-readable summary."""
+    sizes = ["--output_dir", str(tmp_path / "qs"), "--stages", "sft", "evaluate", "--sft_demos", "32",
+             "--eval_prompts", "4", "--best_of", "1"]
+    assert cli.main(["quickstart", *sizes]) == 0
+    out, err = capfd.readouterr()
+    assert_terminal_quiet(out + err)
+    status = [line.rsplit("\r", 1)[-1] for line in err.split("\n")]  # (what a terminal shows of each line)
+    assert [line.split(":")[0] for line in status if line.endswith(" s")] == ["SFT", "evaluation"], status
+    lines = out.strip().splitlines()
+    assert lines[1].split()[:2] == ["SFT", "50%"], lines  # the comparison table
+    assert lines[-1] == f"report: {(tmp_path / 'qs' / 'report.html').resolve()}"
+    assert len(lines) + err.count("\n") <= 12, (lines, status)
+    assert cli.main(["quickstart", "--output_dir", str(tmp_path / "qs"), "--stages", "sft", "--sft_demos", "8",
+                     "--json"]) == 0
+    summary = json.loads(capfd.readouterr().out)
+    assert set(summary) == {"seconds", "numbers", "output_dir", "report"} and set(summary["seconds"]) == {"sft"}
 
 
 def test_public_surface_resolves() -> None:

@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tqdm.auto import tqdm
-
 from rlhf_widgets.labeling.store import Choice, PreferenceStore, Prompt
+from rlhf_widgets.quiet import progress
 
 if TYPE_CHECKING:
     from rlhf_widgets.rewards import RewardFunction
@@ -68,7 +67,7 @@ def label_with(
     done, total = store.progress(annotator)
     todo = total - done if limit is None else min(limit, total - done)
     labeled = 0
-    with tqdm(total=todo, desc=f"labeling as {annotator}", unit="pair", disable=not show_progress) as bar:
+    with progress(total=todo, desc=f"labeling as {annotator}", unit="pair", disable=not show_progress) as bar:
         while labeled < todo and (pair := store.next_pair(annotator, only_unlabeled_by_anyone)) is not None:
             store.record(pair.id, labeler(pair.prompt, pair.response_a, pair.response_b), annotator)
             labeled += 1

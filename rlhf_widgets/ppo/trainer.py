@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from rlhf_widgets.attention import use_sdpa_math_backward
@@ -62,6 +61,7 @@ from rlhf_widgets.ppo.precision import Precision, resolve_mixed_precision
 from rlhf_widgets.ppo.rollout import Rollout, TrainingStopped, forward_inputs, make_rollout, shape_rewards
 from rlhf_widgets.ppo.timing import PhaseClock
 from rlhf_widgets.ppo.zero import ZeroEngine
+from rlhf_widgets.quiet import progress
 from rlhf_widgets.rewards import RewardFunction, as_reward_function, score_responses
 from rlhf_widgets.stages import FINAL, StageResult, is_quantized
 from rlhf_widgets.trackers import attach_trackers
@@ -629,8 +629,8 @@ class PPOTrainer:
         total = num_updates if num_updates is not None else self.config.num_updates
         control = self.control
         control.state, control.reason = "running", ""
-        bar = tqdm(total=total, initial=min(self.update, total), desc="PPO",
-                   disable=not (show_progress and self.is_main))
+        bar = progress(total=total, desc="PPO", unit="update", disable=not (show_progress and self.is_main))
+        bar.update(min(self.update, total))
         # the monitors read the run's log as it is written (the history too: a resumed or continued run); each
         # alert becomes an "alert" event there
         from rlhf_widgets.evaluation.monitors import RewardHackingMonitor  # (see __init__)
