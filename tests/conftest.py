@@ -40,6 +40,25 @@ LONGEST_FIRST = ("test_ppo_sandbox.py", "test_failure_modes.py", "test_loop.py",
 ones fill in around them; a module not listed keeps its place after them."""
 
 
+SANDBOX_CHAIN_MODULES = ("test_ppo_sandbox.py", "test_reward.py", "test_alternatives.py", "test_stages.py",
+                         "test_sft.py")
+"""Modules that use the session's sandbox chain beyond its SFT model (`sft_model_dir` → `sft_pair_rows` →
+`trained_reward` / `biased_reward`: minutes to build): `make test` runs them in one process, which builds the chain
+once. (test_loop and test_notebook_iterative need only the SFT model; they stay free to run beside them.)"""
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadfile`, except that the sandbox chain's modules are one unit of work (`SANDBOX_CHAIN_MODULES`)."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModulesAndTheChain(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return "the sandbox chain" if module.rsplit("/", 1)[-1] in SANDBOX_CHAIN_MODULES else module
+
+    return ModulesAndTheChain(config, log)
+
+
 @pytest.hookimpl(trylast=True)  # after pytest's own reordering, whose module order this changes
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
