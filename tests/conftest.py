@@ -40,11 +40,12 @@ LONGEST_FIRST = ("test_ppo_sandbox.py", "test_failure_modes.py", "test_loop.py",
 ones fill in around them; a module not listed keeps its place after them."""
 
 
-SANDBOX_CHAIN_MODULES = ("test_ppo_sandbox.py", "test_reward.py", "test_alternatives.py", "test_stages.py",
-                         "test_sft.py")
-"""Modules that use the session's sandbox chain beyond its SFT model (`sft_model_dir` → `sft_pair_rows` →
-`trained_reward` / `biased_reward`: minutes to build): `make test` runs them in one process, which builds the chain
-once. (test_loop and test_notebook_iterative need only the SFT model; they stay free to run beside them.)"""
+SANDBOX_CHAIN_MODULES = ("test_ppo_sandbox.py", "test_loop.py", "test_reward.py", "test_alternatives.py",
+                         "test_stages.py", "test_notebook_iterative.py", "test_sft.py")
+"""Modules that use the session's sandbox chain (`sft_model_dir` → `sft_pair_rows` → `trained_reward` /
+`biased_reward`: minutes to build; the SFT model alone 1.5 min of one core on the float32 path): `make test` runs
+them in one process, which builds the chain once — about 22 min of one core on the float32 path, the other process
+takes the rest (docs/PERFORMANCE.md, "Suite time")."""
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
