@@ -489,7 +489,8 @@ def test_utf8_byte_order_mark_is_accepted(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("name", "content"), [("empty.jsonl", b""), ("blank.jsonl", b"\n \n"),
-                                                ("empty.json", b"[]"), ("empty.jsonl.gz", gzip.compress(b""))])
+                                                ("empty.json", b"[]"), ("empty.jsonl.gz", gzip.compress(b"", mtime=0))],
+                         ids=["empty.jsonl", "blank.jsonl", "empty.json", "empty.jsonl.gz"])
 def test_empty_file_is_an_error_not_zero_rows(tmp_path: Path, name: str, content: bytes) -> None:
     (tmp_path / name).write_bytes(content)
     for load in (load_preferences, load_prompts):
