@@ -52,10 +52,11 @@ class ControlCallback(TrainerCallback):
     """Obey `control` between the optimizer steps of an HF / TRL trainer, and report progress to it.
 
     After each step: wait while paused, end the run on a stop request (the trainer saves as it does at its end),
-    and apply queued settings — `learning_rate` (the peak of the trainer's schedule: the scheduler's base rates
-    and the current rates are scaled together) and `kl_coef` (the trainer's `beta`: GRPO / RLOO). Each change,
-    pause, resume and stop is an event in `metrics` at the step it happened. `trainer`: the trainer whose `beta`
-    β changes (set by `with_control`); without it `kl_coef` is not settable.
+    and apply queued settings (queued before the run, they apply as it begins: to step 1) — `learning_rate` (the
+    peak of the trainer's schedule: the scheduler's base rates and the current rates are scaled together) and
+    `kl_coef` (the trainer's `beta`: GRPO / RLOO). Each change, pause, resume and stop is an event in `metrics` at
+    the step it happened. `trainer`: the trainer whose `beta` β changes (set by `with_control`); without it `kl_coef`
+    is not settable.
     """
 
     def __init__(self, control: TrainingControl, metrics: MetricsLog, stage: str | None = None,
@@ -81,6 +82,7 @@ class ControlCallback(TrainerCallback):
                        optimizer: Any = None, lr_scheduler: Any = None, **kwargs: Any) -> None:
         self._stopped = False
         self.control.state, self.control.reason = "running", ""
+        self._apply(self.control.take_pending(state.global_step + 1), state.global_step, optimizer, lr_scheduler)
         self.control.report(state.global_step, self.settings(optimizer, lr_scheduler), total=state.max_steps)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
@@ -101,7 +103,7 @@ class ControlCallback(TrainerCallback):
             self._event("stopped", "stopped by the user", step)
             control.should_training_stop = True
             return
-        self._apply(ours.take_pending(), step, optimizer, lr_scheduler)
+        self._apply(ours.take_pending(step + 1), step, optimizer, lr_scheduler)
         ours.report(step, self.settings(optimizer, lr_scheduler))
 
     def _apply(self, changes: dict[str, float], step: int, optimizer: Any, lr_scheduler: Any) -> None:

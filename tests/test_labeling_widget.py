@@ -386,8 +386,6 @@ def test_a_panel_made_again_resumes_at_the_next_unlabeled_pair(tmp_path: Path) -
     with PreferenceStore(path) as store:
         store.add_pairs(make_rows(4))
     panel = LabelingPanel(path, annotator="ann")
-    assert by_class(panel, "rlhfw-reload-hint").value == html.escape(RELOAD_HINT)
-    assert "re-run" in RELOAD_HINT
     panel._handle_keystroke({"key": "1"})
     panel._handle_keystroke({"key": "0"})
     panel.close()  # the page is gone (the kernel may or may not have closed the widget)
@@ -414,3 +412,30 @@ def test_a_panel_made_again_while_the_old_one_lives_resumes_too(store: Preferenc
     assert [pair_id for pair_id, _ in choices(store)] == [1, 2] and choices(store)[1] == (2, "tie")
     old.close()
     new.close()
+
+
+def test_a_line_that_survives_a_page_reload_is_displayed_with_the_panel(store: PreferenceStore,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a reload of a notebook saved without widget state the panel's widgets are gone ("model not found"); a
+    plain output displayed with them is not, and it says to re-run the cell."""
+    import IPython.display
+
+    shown: list[tuple] = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.append(objs))
+    panel = LabelingPanel(store)
+    panel._ipython_display_()
+    (view,), (hint,) = shown
+    assert view["application/vnd.jupyter.widget-view+json"]["model_id"] == panel.model_id
+    assert hint["text/plain"] == RELOAD_HINT and html.escape(RELOAD_HINT) in hint["text/html"]
+    assert not any(key.startswith("application/vnd.jupyter.widget") for key in hint)
+    assert "re-run" in RELOAD_HINT
+    assert not [w for w in descendants(panel) if RELOAD_HINT in str(getattr(w, "value", ""))]  # not twice
+    panel.close()
+
+
+def test_the_note_field_spans_the_panel(store: PreferenceStore) -> None:
+    """At ipywidgets' default text width (300 px, 80 of them the description) the placeholder was cut."""
+    panel = LabelingPanel(store)
+    note = by_class(panel, "rlhfw-note")
+    assert note.layout.width == "100%" and note.placeholder == "optional note, saved with the label"
+    panel.close()

@@ -10,7 +10,8 @@ import pytest
 from conftest import sandbox_prompts
 from test_ppo_alarm import ALERT_UPDATE, MONITOR, PROMPTS, config, drifting_ensemble
 
-from rlhf_widgets.ppo import PPOConfig, PPOPanel, PPOTrainer
+from rlhf_widgets.metrics import MetricsLog
+from rlhf_widgets.ppo import PPOConfig, PPOPanel, PPOTrainer, TrainingControl
 from rlhf_widgets.ppo.panel import SettingEntry, TrainingPanel
 from rlhf_widgets.sandbox import gold_reward
 
@@ -157,6 +158,23 @@ def test_panel_drives_grpo_through_the_trl_callback(tmp_path: Path) -> None:
     panel.close()
 
 
+def test_settings_queued_before_a_trl_run_apply_as_it_begins() -> None:
+    """`ControlCallback.on_train_begin` takes the queue for step 1 (the panel dates it so while idle)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from rlhf_widgets.callbacks import ControlCallback
+
+    control, trl_trainer = TrainingControl(settable=("learning_rate", "kl_coef")), SimpleNamespace(beta=0.04)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    control.set(kl_coef=0.1, learning_rate=5e-5)
+    callback = ControlCallback(control, MetricsLog(), stage="grpo", trainer=trl_trainer)
+    callback.on_train_begin(None, SimpleNamespace(global_step=0, max_steps=3), None, optimizer=optimizer)
+    assert trl_trainer.beta == 0.1 and optimizer.param_groups[0]["lr"] == pytest.approx(5e-5)
+    assert control.pending == {} and control.taken_for == 1 and control.settings["kl_coef"] == 0.1
+
+
 @pytest.mark.parametrize("settings, expected", [
     ({"on_alert": "stop"},
      f"stopped by the reward-hacking alarm after update {ALERT_UPDATE} of 6 — ensemble_disagreement: "),
@@ -189,4 +207,120 @@ def test_status_says_the_alarm_stopped_or_rolled_back_the_run_and_why(tmp_path: 
     trainer.train(show_progress=False)
     panel.refresh()
     assert panel.status_text().startswith(f"stopped after update {ALERT_UPDATE} of 6 — Start continues the run")
+    panel.close()
+
+
+class HandRun:
+    """What the panel reads of a run, and nothing else: the test plays the trainer's side of `TrainingControl` by
+    hand (state, `take_pending` as an update begins, `update` as it ends)."""
+
+    def __init__(self, total: int = 6) -> None:
+        self.control = TrainingControl()
+        self.metrics = MetricsLog()
+        self.update = 0
+        self.settings = {"learning_rate": 3e-4, "kl_coef": 0.05, "temperature": 1.0}
+        self.total_updates = total
+
+    def start(self, num_updates: int | None = None) -> None:
+        self.control.state = "running"
+
+
+def test_start_and_stop_are_coloured_only_while_they_can_act() -> None:
+    run = HandRun()
+    panel = TrainingPanel(run, title="hand")
+    styles = lambda: (panel.start_button.button_style, panel.stop_button.button_style)  # noqa: E731
+    assert styles() == ("success", "")  # idle: Stop is disabled, so not red
+    panel.start_button.click()
+    assert buttons(panel) == RUNNING and styles() == ("", "danger")
+    panel.stop_button.click()
+    assert buttons(panel) == STOPPING and styles() == ("", "")
+    panel.close()
+
+
+def test_resume_while_pausing_says_it_cancels_the_pause() -> None:
+    """Until the trainer reaches the pause, Resume withdraws the request (the run never pauses): it says so."""
+    run = HandRun()
+    panel = TrainingPanel(run, title="hand")
+    panel.start_button.click()
+    panel.pause_button.click()
+    assert buttons(panel) == PAUSED and panel.resume_button.description == "Cancel pause"
+    assert "update 1 finishes and training goes on" in panel.resume_button.tooltip
+    panel.resume_button.click()
+    assert not run.control.paused and "running update 1" in panel.status_text()
+    assert panel.resume_button.description == "Resume" and buttons(panel) == RUNNING
+
+    panel.pause_button.click()
+    run.update, run.control.state = 1, "paused"  # the trainer reached the pause
+    panel.refresh()
+    assert panel.resume_button.description == "Resume" and panel.resume_button.tooltip == ""
+    panel.close()
+
+
+def test_a_queued_setting_is_dated_by_the_update_that_takes_it() -> None:
+    """A change applies at the first update that begins after it is queued: the one after the update in flight, the
+    next one between updates — also right after Resume, before the trainer has begun that update."""
+    run = HandRun()
+    panel = TrainingPanel(run, title="hand")
+    control = panel.run.control
+    panel.start_button.click()
+    control.take_pending(1)  # update 1 begins
+    panel.kl.value = 0.2
+    panel.apply_button.click()
+    assert panel.status_text().endswith("β 0.05 → 0.2 queued, applies at update 2")
+    panel.pause_button.click()
+    run.update = 1  # update 1 ends; the trainer has not yet reached the pause
+    assert panel.status_text().endswith("applies at update 2")
+    control.state = "paused"
+    assert panel.status_text().endswith("applies at update 2")
+    panel.resume_button.click()
+    control.state = "running"  # the trainer wakes ("resumed") and has not taken the queue yet
+    assert panel.status_text().endswith("applies at update 2")
+    run.settings["kl_coef"] = control.take_pending(2)["kl_coef"]  # update 2 begins with β 0.2
+    panel.kl.value = 0.3
+    panel.apply_button.click()
+    assert panel.status_text().endswith("β 0.2 → 0.3 queued, applies at update 3")
+    run.update = 2
+    assert panel.status_text().endswith("applies at update 3")
+    panel.close()
+
+
+def test_the_status_after_resume_names_the_update_the_trainer_applies_a_setting_at(tmp_path: Path) -> None:
+    """A real PPO run paused before its first update, β queued, resumed: every status line drawn while it goes on
+    dates the change at update 1, where the trainer applies it."""
+    cfg = PPOConfig(output_dir=str(tmp_path), num_updates=1, batch_size=4, mini_batch_size=4, num_ppo_epochs=1,
+                    max_new_tokens=4, sample_every=0)
+    trainer = PPOTrainer(sandbox_prompts(8, seed=3), cfg, reward=gold_reward)
+    panel = PPOPanel(trainer)
+    drawn: list[str] = []
+    trainer.metrics.subscribe(lambda *_: drawn.append(panel.status_text()))
+    trainer.control.pause()
+    panel.start_button.click()
+    wait_for(lambda: trainer.control.state == "paused")
+    panel.kl.value = 0.2
+    panel.apply_button.click()
+    panel.resume_button.click()
+    panel.wait(timeout=120)
+    dated = [line for text in drawn for line in text.split("\n") if "queued" in line]
+    assert dated and all(line.endswith("applies at update 1") for line in dated), dated
+    (setting,) = [e for e in trainer.metrics.events() if e.kind == "setting"]
+    assert setting.step == 0 and trainer.control.taken_for == 1  # applied as update 1 began
+    panel.close()
+
+
+def test_a_line_that_survives_a_page_reload_is_displayed_with_the_panel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The panel's widgets are gone after a reload of a notebook saved without widget state; a plain output
+    displayed with them is not, and it tells how to get the panel back."""
+    import IPython.display
+
+    from rlhf_widgets.ppo.panel import RELOAD_HINT
+
+    shown: list[tuple[tuple, dict]] = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.append((objs, kw)))
+    panel = TrainingPanel(HandRun(), title="hand")
+    panel._ipython_display_()
+    (view,), (hint,) = [objs for objs, _ in shown]
+    assert view["application/vnd.jupyter.widget-view+json"]["model_id"] == panel.widget.model_id
+    assert hint["text/plain"] == RELOAD_HINT and html.escape(RELOAD_HINT) in hint["text/html"]
+    assert not any(key.startswith("application/vnd.jupyter.widget") for key in hint)
+    assert "training goes on" in RELOAD_HINT and "show the panel again" in RELOAD_HINT
     panel.close()

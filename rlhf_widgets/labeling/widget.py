@@ -21,7 +21,8 @@ a label that was never saved.
 
 Every label is in the store the moment it is acknowledged, so a panel created again on the same store (after
 a page reload, re-run its cell) continues at the annotator's next unlabeled pair; Undo reaches labels made
-before. The panel says so in its last line (`RELOAD_HINT`).
+before. A line displayed under the panel says so (`RELOAD_HINT`): an output of its own, not a widget, so that it is
+still there when a reload has taken the panel's widgets (`reload_hint`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import ipywidgets as widgets
 
 from rlhf_widgets.labeling.session import LabelingSession, PendingLabel, ShownPair, Side
 from rlhf_widgets.labeling.store import Label, PreferenceStore, Prompt, StoreUnavailable
+from rlhf_widgets.reload_hint import display_with_hint
 
 KEYS: dict[str, Side | None] = {
     "1": "left", "ArrowLeft": "left",
@@ -315,7 +317,8 @@ class LabelingPanel(widgets.VBox):
             button.on_click(lambda _, side=side: self._choose(side))
         self._undo = _button("Undo", "rlhfw-btn-undo", "undo your last label (Backspace)", "warning")
         self._undo.on_click(lambda _: self._undo_last())
-        self._note = widgets.Text(placeholder="optional note, saved with the label", description="Note")
+        self._note = widgets.Text(placeholder="optional note, saved with the label", description="Note",
+                                  layout=widgets.Layout(width="100%"))  # (the default 300 px cuts the placeholder)
         self._note.add_class("rlhfw-note")
         _hide(self._note, not show_note)
         self._keys = _KeyTarget()
@@ -325,8 +328,6 @@ class LabelingPanel(widgets.VBox):
         legend.add_class("rlhfw-legend")
         self._status = widgets.HTML()
         self._status.add_class("rlhfw-status")
-        reload_hint = widgets.HTML(html.escape(RELOAD_HINT))
-        reload_hint.add_class("rlhfw-reload-hint")
 
         super().__init__([
             widgets.HBox([self._annotator, self._progress, self._count]),
@@ -338,7 +339,6 @@ class LabelingPanel(widgets.VBox):
             self._note,
             widgets.HBox([self._keys, legend]),
             self._status,
-            reload_hint,
         ])
         self.add_class("rlhfw-panel")
         self._render()
@@ -494,6 +494,9 @@ class LabelingPanel(widgets.VBox):
 
     def _say(self, message: str) -> None:
         self._status.value = message
+
+    def _ipython_display_(self) -> None:
+        display_with_hint(self, RELOAD_HINT)
 
     def close(self) -> None:
         """Close the widget and its parts, its session and (if the panel opened it) the store."""

@@ -2,7 +2,7 @@
 
 The panel calls `pause` / `resume` / `stop` / `set(...)`; the trainer reads the requests between updates
 (`wait_while_paused`, `stop_requested`, `take_pending`) and reports its own `state`. Everything a view needs
-is public: `state`, `reason`, `paused`, `stop_requested`, `pending`, `settable`. PPO's trainer exposes its
+is public: `state`, `reason`, `paused`, `stop_requested`, `pending`, `taken_for`, `settable`. PPO's trainer exposes its
 progress itself (`trainer.update`, `trainer.settings`); a trainer that cannot (a TRL stage under
 `callbacks.ControlCallback`) reports it here with `report`, read back as `update` and `settings`.
 """
@@ -40,6 +40,9 @@ class TrainingControl:
         """the settings the next update uses, as reported with `report` (PPO: `trainer.settings`)"""
         self.total: int | None = None
         """updates the run plans, as reported with `report` (None until reported; PPO: `config.num_updates`)"""
+        self.taken_for: int | None = None
+        """the update the queued settings were last taken for (`take_pending`; None before any): while it is in
+        flight, a change queued now waits for the update after it"""
         self._resume = threading.Event()
         self._resume.set()
         self._stop = False
@@ -52,7 +55,8 @@ class TrainingControl:
         self._resume.clear()
 
     def resume(self) -> None:
-        """Continue after a pause."""
+        """Continue after a pause. Before the trainer reaches a requested pause, it withdraws the request: no pause
+        happens."""
         self._resume.set()
 
     def stop(self) -> None:
@@ -106,10 +110,12 @@ class TrainingControl:
         """The run ended on the stop request: forget it, so that training again continues the run."""
         self._stop = False
 
-    def take_pending(self) -> dict[str, float]:
-        """The queued changes, emptying the queue."""
+    def take_pending(self, update: int) -> dict[str, float]:
+        """The queued changes, emptying the queue, as the trainer begins `update` (1-based; recorded as
+        `taken_for`)."""
         with self._lock:
             pending, self._pending = self._pending, {}
+            self.taken_for = int(update)
         return pending
 
     def report(self, update: int, settings: dict[str, float], total: int | None = None) -> None:

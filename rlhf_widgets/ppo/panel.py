@@ -16,7 +16,13 @@ Controls do what they say:
   applies at update 8"); when PPO's reward-hacking alarm stopped the run or rolled it back, the status line says
   which, after which alert and why (`alarm_text`);
 - buttons are enabled exactly when they can act: Start when no run is under way and updates remain (Start after
-  Stop continues the run), Pause while running, Resume while paused or pausing, Stop during a run.
+  Stop continues the run), Pause while running, Resume while paused or pausing, Stop during a run. While pausing
+  (the update in flight has not finished) Resume reads "Cancel pause": it withdraws the request and the run never
+  pauses. Start and Stop are coloured only while enabled.
+
+After a page reload the panel's widgets may be gone (their state is not saved with the notebook) while the run goes
+on in the kernel; a plain line displayed under the panel (`RELOAD_HINT`, see `reload_hint`) survives and says how to
+get it back.
 """
 
 from __future__ import annotations
@@ -29,8 +35,12 @@ from typing import Any
 import ipywidgets as w
 
 from rlhf_widgets.ppo.control import ACTIVE
+from rlhf_widgets.reload_hint import display_with_hint
 from rlhf_widgets.views import LiveDashboard, SamplesTable
 
+RELOAD_HINT = ("If this panel is gone after a page reload, training goes on in the kernel: show the panel again "
+               "in a new cell (e.g. `panel`). Re-running a cell that creates the trainer starts a new run.")
+"""the line displayed under the panel (an output of its own, not a widget: it outlives a page reload)"""
 LABELS = {"learning_rate": "learning rate", "kl_coef": "KL β", "temperature": "temperature"}
 SHORT = {"learning_rate": "lr", "kl_coef": "β", "temperature": "T"}
 
@@ -170,10 +180,10 @@ class TrainingPanel:
         self.samples = SamplesTable(run.metrics)
         self.status = w.HTML(layout=w.Layout(width="100%"))
         self.status.add_class("rlhfw-ppo-status")
-        self.start_button = w.Button(description="Start", icon="play", button_style="success")
+        self.start_button = w.Button(description="Start", icon="play")
         self.pause_button = w.Button(description="Pause", icon="pause")
         self.resume_button = w.Button(description="Resume", icon="play")
-        self.stop_button = w.Button(description="Stop", icon="stop", button_style="danger")
+        self.stop_button = w.Button(description="Stop", icon="stop")
         self.apply_button = w.Button(description="Apply changes", icon="check",
                                      tooltip="send the settings you changed; they apply between updates")
         for button, name in ((self.start_button, "start"), (self.pause_button, "pause"),
@@ -292,9 +302,14 @@ class TrainingPanel:
         }.get(now, now)
         current = " · ".join(f"{SHORT.get(k, k)} {_fmt(v)}" for k, v in settings.items() if k in self.entries)
         lines = [f"{text} · {current}" if current else text]
+        # the update in flight took the queue as it began (`taken_for`): a change queued since waits for the next
+        # one. Between updates — paused, or resumed and not yet begun — the queue goes to the next update.
+        # (`taken_for` is read before `pending`: a take in between leaves the queue empty, never misdated.)
+        taken_for = control.taken_for
         pending = control.pending
         if pending:
-            at = done + 2 if control.state == "running" else done + 1
+            in_flight = control.state == "running" and taken_for is not None and taken_for > done
+            at = done + 2 if in_flight else done + 1
             moves = ", ".join(f"{SHORT.get(k, k)} {_fmt(settings.get(k, math.nan))} → {_fmt(v)}"
                               for k, v in pending.items())
             lines.append(f"{moves} queued, applies at update {at}")
@@ -316,7 +331,16 @@ class TrainingPanel:
                 else "a run is under way")
             self.pause_button.disabled = now != "running"
             self.resume_button.disabled = now not in ("pausing", "paused")
+            # while pausing, the trainer has not reached the pause yet: Resume withdraws the request and no pause
+            # happens, so the button says that
+            self.resume_button.description = "Cancel pause" if now == "pausing" else "Resume"
+            self.resume_button.tooltip = (
+                f"the pause has not begun: update {self.run.update + 1} finishes and training goes on"
+                if now == "pausing" else "")
             self.stop_button.disabled = now not in ("running", "pausing", "paused")
+            # a colour marks a button that can act: disabled, it is plain (a faded red Stop still reads as "live")
+            self.start_button.button_style = "" if self.start_button.disabled else "success"
+            self.stop_button.button_style = "" if self.stop_button.disabled else "danger"
             self.apply_button.disabled = now == "finished" and not remaining
             first, *rest = self.status_text().split("\n")
             state, _, tail = first.partition(" · ")
@@ -330,9 +354,7 @@ class TrainingPanel:
         self.samples.close()
 
     def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
+        display_with_hint(self.widget, RELOAD_HINT)
         self.dashboard.fit_width()
 
 

@@ -652,7 +652,7 @@ class PPOTrainer:
                     control.consume_stop()
                     self._event("stopped", "stopped by the user")
                     break
-                self._apply(control.take_pending())
+                self._apply(control.take_pending(self.update + 1))
                 seen = len(monitor.alerts)
                 try:
                     self.step()
