@@ -7,9 +7,10 @@
 Stages: sft, label, reward, dpo, grpo, rloo, ppo, evaluate, loop, quickstart. Each training stage takes its
 config (`SFTStageConfig`, …, `PPOConfig`) and `ModelConfig` (`--model_name_or_path`, `--use_peft`,
 `--load_in_4bit`, `--lora_r`, …) as options. Every command runs under one progress bar (stderr, with the
-quickstart's line per finished stage) and prints what a person reads at the end (stdout: the result, the
-quickstart's comparison table and report path); `--json` prints the machine-readable summary instead, `--verbose`
-lets the libraries print their own output (`rlhf_widgets.quiet`).
+quickstart's two lines on what to expect — each stage's precision and time — and its line per finished stage) and
+prints what a person reads at the end (stdout: the result, the quickstart's comparison table and report path);
+`--json` prints the machine-readable summary instead, `--verbose` lets the libraries print their own output
+(`rlhf_widgets.quiet`).
 """
 
 from __future__ import annotations
@@ -284,10 +285,11 @@ def _quickstart(config) -> dict:
 
     from rlhf_widgets.pipeline import run_quickstart
 
-    # a line per finished stage on stderr, beside the bar (stdout keeps the summary, the JSON too)
+    # what to expect, then a line per finished stage, on stderr beside the bar (stdout keeps the summary, the JSON too)
     result = run_quickstart(config, echo=lambda line: tqdm.write(line, file=sys.stderr))
     return {"seconds": result.seconds, "numbers": result.numbers, "output_dir": str(result.output_dir.resolve()),
-            "report": str(result.report_path.resolve()) if result.report_path else None}
+            "report": str(result.report_path.resolve()) if result.report_path else None,
+            "plan": result.plan.as_dict()}
 
 
 # ---------------------------------------------------------------------------------------------- what a person reads

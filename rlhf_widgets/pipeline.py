@@ -21,6 +21,7 @@ from rlhf_widgets.report import write_report
 if TYPE_CHECKING:
     import datasets
 
+    from rlhf_widgets.plan import QuickstartPlan
     from rlhf_widgets.reward import RewardStageConfig
     from rlhf_widgets.rewards import RewardFunction
     from rlhf_widgets.sandbox import SimulatedAnnotator
@@ -64,12 +65,16 @@ class QuickstartResult:
     report_path: Path | None
     numbers: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    plan: QuickstartPlan | None = None
+    """each stage's precision and expected seconds, said before the run (`plan.plan_quickstart`; with `echo` only)"""
 
 
 def run_quickstart(config: QuickstartConfig | None = None,
                    echo: Callable[[str], None] | None = None) -> QuickstartResult:
     """Run the configured stages on the sandbox and write `report.html` / `report.json`, under one progress bar;
-    `echo` (the command line's printer) gets one line per finished stage (`stage_line`)."""
+    `echo` (the command line's printer) gets, before the first stage, two lines on the precision each stage will use
+    here and how long the run should take (`plan.plan_quickstart`: a second or two to calibrate), then one line per
+    finished stage (`stage_line`)."""
     config = config or QuickstartConfig()
     unknown = [s for s in config.stages if s not in STAGES]
     if unknown:
@@ -79,6 +84,12 @@ def run_quickstart(config: QuickstartConfig | None = None,
     result = QuickstartResult(output_dir=out, report_path=None)
     logs: dict[str, MetricsLog] = {}
     state: dict = {}
+    if echo is not None:
+        from rlhf_widgets.plan import plan_quickstart
+
+        result.plan = plan_quickstart(config)
+        for line in result.plan.lines():
+            echo(line)
     with long_call("quickstart"):
         for i, stage in enumerate(config.stages, 1):
             start = time.perf_counter()

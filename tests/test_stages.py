@@ -183,8 +183,12 @@ def test_reward_and_dpo_run_from_the_command_line(sft_model_dir: Path, preferenc
 
 def test_quickstart_prints_a_short_summary(tmp_path: Path, capfd: pytest.CaptureFixture,
                                            warnings_shown: None) -> None:
-    """The quickstart in a terminal: one line per finished stage, a table, the report's path; `--json` is the
-    machine-readable summary."""
+    """The quickstart in a terminal: what to expect (each stage's precision, the time) before the first stage, one
+    line per finished stage, a table, the report's path; `--json` is the machine-readable summary, the plan in it."""
+    import torch
+
+    from rlhf_widgets.ppo.precision import resolve_mixed_precision
+
     sizes = ["--output_dir", str(tmp_path / "qs"), "--stages", "sft", "evaluate", "--sft_demos", "32",
              "--eval_prompts", "4", "--best_of", "1"]
     assert cli.main(["quickstart", *sizes]) == 0
@@ -192,6 +196,9 @@ def test_quickstart_prints_a_short_summary(tmp_path: Path, capfd: pytest.Capture
     assert_terminal_quiet(out + err)
     status = [line.rsplit("\r", 1)[-1] for line in err.split("\n")]  # (what a terminal shows of each line)
     assert [line.split(":")[0] for line in status if line.endswith(" s")] == ["SFT", "evaluation"], status
+    said = [i for i, line in enumerate(status) if line.startswith(("precision: ", "expect ~", "SFT: "))]
+    assert [status[i].split()[0] for i in said] == ["precision:", "expect", "SFT:"], status  # before the first stage
+    assert "SFT " in status[said[1]] and "evaluation " in status[said[1]]
     lines = out.strip().splitlines()
     assert lines[1].split()[:2] == ["SFT", "50%"], lines  # the comparison table
     assert lines[-1] == f"report: {(tmp_path / 'qs' / 'report.html').resolve()}"
@@ -199,7 +206,11 @@ def test_quickstart_prints_a_short_summary(tmp_path: Path, capfd: pytest.Capture
     assert cli.main(["quickstart", "--output_dir", str(tmp_path / "qs"), "--stages", "sft", "--sft_demos", "8",
                      "--json"]) == 0
     summary = json.loads(capfd.readouterr().out)
-    assert set(summary) == {"seconds", "numbers", "output_dir", "report"} and set(summary["seconds"]) == {"sft"}
+    assert set(summary) == {"seconds", "numbers", "output_dir", "report", "plan"} and set(summary["seconds"]) == {"sft"}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    native = resolve_mixed_precision("auto", device) == "bf16"  # bf16 where the hardware computes it, on this one
+    assert summary["plan"]["precision"] == {"sft": "bf16" if native else "float32"}
+    assert summary["plan"]["expected_seconds"]["sft"] > 0
 
 
 def test_public_surface_resolves() -> None:
