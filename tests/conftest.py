@@ -48,6 +48,7 @@ them in one process, which builds the chain once — about 22 min of one core on
 takes the rest (docs/PERFORMANCE.md, "Suite time")."""
 
 
+@pytest.hookimpl(optionalhook=True)  # `-p no:xdist` runs the suite without the hook's plugin
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """`--dist loadfile`, except that the sandbox chain's modules are one unit of work (`SANDBOX_CHAIN_MODULES`)."""
     from xdist.scheduler import LoadFileScheduling
