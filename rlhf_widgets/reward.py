@@ -201,30 +201,31 @@ class RewardModel:
     def save(self, path: str | Path) -> Path:
         """Write the weights (PEFT adapter incl. score head, or full model), tokenizer and normalisation."""
         path = Path(path)
-        self.model.save_pretrained(path)
+        base = self._save_weights(path)
         self.tokenizer.save_pretrained(path)
-        is_adapter = isinstance(self.model, PeftModel)
-        base = self.model.peft_config["default"].base_model_name_or_path if is_adapter else None
         meta = {
             "bias": self.bias,
             "scale": self.scale,
             "max_length": self.max_length,
-            "adapter": is_adapter,
+            "adapter": base is not None,
             "base_model": base,
             "load_in_4bit": bool(getattr(self.model, "is_loaded_in_4bit", False)),
         }
         (path / REWARD_META).write_text(json.dumps(meta, indent=2))
         return path
 
+    def _save_weights(self, path: Path) -> str | None:
+        """Write the weights (the adapter with its score head, or the full model); the adapter's base model, or None
+        for a full model."""
+        self.model.save_pretrained(path)
+        return self.model.peft_config["default"].base_model_name_or_path if isinstance(self.model, PeftModel) else None
+
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", batch_size: int = 32, mixed_precision: str = "auto"
              ) -> RewardModel:
         """Reload what `save` wrote; scores equal the saved model's."""
         path = Path(path)
-        meta_file = path / REWARD_META
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"{path} is not a saved RewardModel (no {REWARD_META})")
-        meta = json.loads(meta_file.read_text())
+        meta = saved_reward_meta(path)
         tokenizer = load_tokenizer(path, padding_side="right")
         if meta["adapter"]:
             cfg = ModelConfig(model_name_or_path=meta["base_model"], use_peft=True,
@@ -237,6 +238,14 @@ class RewardModel:
             model = AutoModelForSequenceClassification.from_pretrained(path).to(dev)
         return cls(model, tokenizer, bias=meta["bias"], scale=meta["scale"], batch_size=batch_size,
                    max_length=meta["max_length"], mixed_precision=mixed_precision)
+
+
+def saved_reward_meta(path: Path) -> dict:
+    """What `RewardModel.save` wrote beside the weights in `path` (normalisation, adapter or not, base model)."""
+    meta_file = path / REWARD_META
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{path} is not a saved RewardModel (no {REWARD_META})")
+    return json.loads(meta_file.read_text())
 
 
 @dataclass

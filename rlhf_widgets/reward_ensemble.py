@@ -17,6 +17,10 @@ A saved ensemble is one directory::
 
     rlhf_widgets_ensemble.json   objective, uncertainty_weight, members (K)
     members/0 … members/K-1      each a saved `RewardModel` (`RewardModel.save`)
+
+LoRA members on one base model share it in memory (`load_members`): one copy of the frozen base carries K named
+adapters (each with its own score head), and each member makes its adapter the active one when it scores — K
+adapters cost K small sets of weights, not K base models.
 """
 
 from __future__ import annotations
@@ -34,11 +38,19 @@ from typing import Protocol
 import datasets
 import numpy as np
 import torch
+from peft import PeftModel
 
-from rlhf_widgets.config import SANDBOX, ModelConfig
+from rlhf_widgets.config import SANDBOX, ModelConfig, as_model_config
 from rlhf_widgets.data import split_by_prompt
 from rlhf_widgets.metrics import Event, MetricRecord, MetricsLog
-from rlhf_widgets.reward import RewardModel, RewardStageConfig, fit_normalization_on_pairs, train_reward_model
+from rlhf_widgets.reward import (
+    RewardModel,
+    RewardStageConfig,
+    _adapters_to_compute_dtype,
+    fit_normalization_on_pairs,
+    saved_reward_meta,
+    train_reward_model,
+)
 from rlhf_widgets.stages import FINAL, StageResult, copied, stage_metrics
 
 ENSEMBLE_META = "rlhf_widgets_ensemble.json"
@@ -81,6 +93,53 @@ def check_members(members: int) -> None:
     if members < 2:
         raise ValueError(f"RewardEnsemble members={members}: an ensemble needs at least 2 members (one reward model "
                          "is a RewardModel; its spread would be 0)")
+
+
+class AdapterMember(RewardModel):
+    """A LoRA member whose base model other members share: its adapter (and score head) is the named adapter
+    `adapter` of the shared `PeftModel`, made the active one for each of its calls. Scores, saves and loads as a
+    `RewardModel` of its own would."""
+
+    def __init__(self, model: PeftModel, adapter: str, tokenizer, **kwargs) -> None:
+        self.adapter = adapter
+        super().__init__(model, tokenizer, **kwargs)
+
+    def raw_score(self, prompts: Sequence, responses: Sequence) -> torch.Tensor:
+        self.model.set_adapter(self.adapter)
+        return super().raw_score(prompts, responses)
+
+    def _save_weights(self, path: Path) -> str | None:
+        self.model.save_pretrained(path, selected_adapters=[self.adapter])
+        nested = path / self.adapter  # PEFT writes an adapter not named "default" into a folder of its name
+        for item in nested.iterdir():
+            item.replace(path / item.name)
+        nested.rmdir()
+        return self.model.peft_config[self.adapter].base_model_name_or_path
+
+
+def load_members(paths: Sequence[str | Path], device: str = "auto", batch_size: int = 32,
+                 mixed_precision: str = "auto") -> list[RewardModel]:
+    """The saved reward models in `paths` (`RewardModel.save`), loaded with these settings. LoRA adapters of one
+    base model (the same checkpoint, the same 4-bit setting) share one copy of it (`AdapterMember`); anything
+    else loads as separate `RewardModel.load`s."""
+    paths = [Path(p) for p in paths]
+    metas = [saved_reward_meta(p) for p in paths]
+    if not all(m["adapter"] for m in metas) or len({(m["base_model"], m["load_in_4bit"]) for m in metas}) != 1:
+        return [RewardModel.load(p, device=device, batch_size=batch_size, mixed_precision=mixed_precision)
+                for p in paths]
+    from rlhf_widgets.models import load_reward_backbone, load_tokenizer
+
+    base, _ = load_reward_backbone(ModelConfig(model_name_or_path=metas[0]["base_model"], use_peft=True,
+                                               load_in_4bit=metas[0]["load_in_4bit"], device=device))
+    names = [f"member_{i}" for i in range(len(paths))]
+    model = PeftModel.from_pretrained(base, paths[0], adapter_name=names[0])
+    for name, path in zip(names[1:], paths[1:], strict=True):
+        model.load_adapter(path, adapter_name=name)
+    _adapters_to_compute_dtype(model)
+    return [AdapterMember(model, name, load_tokenizer(path, padding_side="right"), bias=meta["bias"],
+                          scale=meta["scale"], batch_size=batch_size, max_length=meta["max_length"],
+                          mixed_precision=mixed_precision)
+            for name, path, meta in zip(names, paths, metas, strict=True)]
 
 
 class RewardEnsemble:
@@ -191,15 +250,15 @@ class RewardEnsemble:
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", batch_size: int = 32, mixed_precision: str = "auto"
              ) -> RewardEnsemble:
-        """Reload what `save` wrote (each member with `RewardModel.load` and these settings); scores equal the
-        saved ensemble's. Each member loads its own copy of its backbone."""
+        """Reload what `save` wrote (the members with `load_members` and these settings: LoRA members share one
+        base model); scores equal the saved ensemble's."""
         path = Path(path)
         meta_file = path / ENSEMBLE_META
         if not meta_file.is_file():
             raise FileNotFoundError(f"{path} is not a saved RewardEnsemble (no {ENSEMBLE_META})")
         meta = json.loads(meta_file.read_text())
-        members = [RewardModel.load(path / MEMBERS / str(i), device=device, batch_size=batch_size,
-                                    mixed_precision=mixed_precision) for i in range(meta["members"])]
+        members = load_members([path / MEMBERS / str(i) for i in range(meta["members"])], device=device,
+                               batch_size=batch_size, mixed_precision=mixed_precision)
         return cls(members, objective=meta["objective"], uncertainty_weight=meta["uncertainty_weight"])
 
 
@@ -320,8 +379,15 @@ def train_reward_ensemble(
         results.append(train_reward_model(member_data, member_config, model=model, metrics=member_log))
         train_sets.append(member_data)
         step += _last_step(member_log)
-    ensemble = RewardEnsemble([r.reward_model for r in results], objective=objective,
-                              uncertainty_weight=uncertainty_weight)
+    trained = [r.reward_model for r in results]
+    if all(isinstance(m.model, PeftModel) for m in trained):  # K adapters on one base, not K bases in memory
+        settings = {"batch_size": trained[0].batch_size, "mixed_precision": trained[0].mixed_precision,
+                    "device": as_model_config(model).device}
+        for r in results:
+            r.reward_model = None
+        del trained
+        trained = load_members([r.model_path for r in results], **settings)
+    ensemble = RewardEnsemble(trained, objective=objective, uncertainty_weight=uncertainty_weight)
     fit_normalization_on_pairs(ensemble, train_ds, config.normalize_on)
     final = ensemble.save(output / FINAL)
     for i in range(members):

@@ -274,3 +274,33 @@ def test_best_of_n_and_trl_take_an_ensemble_unchanged(trained) -> None:
     assert [s for scores in best.candidate_scores for s in scores] == pytest.approx(expected.tolist(), abs=1e-6)
     assert best.scores == pytest.approx(expected.view(2, 2).max(dim=1).values.tolist(), abs=1e-6)
     assert trl_reward_function(ensemble).__name__ == "reward_ensemble"
+
+
+# ---------------------------------------------------------------------------------- LoRA members, one base
+def test_lora_members_share_one_base_model_and_score_as_each_would_alone(pairs, tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    from rlhf_widgets.config import ModelConfig
+    from rlhf_widgets.reward import RewardModel
+    from rlhf_widgets.reward_ensemble import AdapterMember
+
+    result = train_reward_ensemble(pairs, _config(tmp_path / "lora"), members=2,
+                                   model=ModelConfig(use_peft=True, lora_r=8))
+    prompts = ["I was charged twice for order #22222."] * 3
+    responses = ["I'm sorry. I have refunded the duplicate charge.", "Please reset your password.", "No."]
+    for ensemble in (result.reward_model, RewardEnsemble.load(result.model_path)):
+        first, second = ensemble.members
+        assert isinstance(first, AdapterMember) and isinstance(first.model, PeftModel)
+        assert first.model is second.model  # one base in memory, two adapters on it
+        assert set(first.model.peft_config) == {"member_0", "member_1"}
+        scores = ensemble.member_scores(prompts, responses)
+        # each member scores as its adapter loaded alone on its own base does: the switch picks the right adapter
+        # and score head, in either order of calls
+        for i in (1, 0):
+            alone = RewardModel.load(result.model_path / MEMBERS / str(i))
+            torch.testing.assert_close(ensemble.members[i].score(prompts, responses), scores[i])
+            torch.testing.assert_close(alone.score(prompts, responses), scores[i])
+        assert not torch.allclose(scores[0], scores[1])  # two members, not one twice
+    saved = json.loads((result.model_path / MEMBERS / "1" / "rlhf_widgets_reward.json").read_text())
+    assert saved["adapter"] and saved["base_model"]
+    assert not (result.model_path / MEMBERS / "1" / "member_1").exists()  # the adapter's files sit in the member dir
