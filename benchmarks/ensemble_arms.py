@@ -27,7 +27,8 @@ bias or the other precision path refuses that directory. Then, for each of `--ar
 - `mean`, `worst`, `uncertainty`: ONE `train_reward_ensemble` of `--members` K reward models (the same settings,
   members on bootstrap resamples by prompt), trained once per seed and cached; the arms differ only in the
   ensemble's objective (`uncertainty`: mean − λ·variance, λ = `--uncertainty-weight`).
-  (WARM — one reward model from the members' averaged weights — is left out: the package has no weight averaging.)
+- `warm`: ONE reward model whose weights are the mean of that ensemble's members' (`weight_averaged`, WARM),
+  normalised on the responses the members were normalised on.
 
 then the quickstart's PPO against that reward (`quickstart_ppo`: the same `PPOConfig`, `--ppo-updates`, gold logged
 as `gold/score`, the reward-hacking monitors attached), and the quickstart's evaluation of it
@@ -81,6 +82,7 @@ import datasets  # noqa: E402
 
 from rlhf_widgets import sandbox  # noqa: E402
 from rlhf_widgets.best_of import BestOfN, best_of_n  # noqa: E402
+from rlhf_widgets.data import split_by_prompt  # noqa: E402
 from rlhf_widgets.evaluation import best_of_n_curve  # noqa: E402
 from rlhf_widgets.evaluation.monitors import ALERT_EVENT, MonitorConfig  # noqa: E402
 from rlhf_widgets.labeling import PreferenceStore  # noqa: E402
@@ -94,10 +96,15 @@ from rlhf_widgets.pipeline import (  # noqa: E402
     quickstart_sft,
 )
 from rlhf_widgets.ppo.precision import cpu_has_native_bf16  # noqa: E402
-from rlhf_widgets.reward import RewardModel, train_reward_model  # noqa: E402
-from rlhf_widgets.reward_ensemble import OBJECTIVES, RewardEnsemble, train_reward_ensemble  # noqa: E402
+from rlhf_widgets.reward import RewardModel, fit_normalization_on_pairs, train_reward_model  # noqa: E402
+from rlhf_widgets.reward_ensemble import (  # noqa: E402
+    OBJECTIVES,
+    RewardEnsemble,
+    train_reward_ensemble,
+    weight_averaged,
+)
 
-ARMS = ("single", *OBJECTIVES)
+ARMS = ("single", *OBJECTIVES, "warm")
 CHAIN = "chain.json"
 """What a seed directory's SFT model and labels were built with; written last, so a directory without it is a
 chain that did not finish (it is rebuilt)."""
@@ -165,6 +172,17 @@ def reward(kind: str, config: QuickstartConfig, sft_path: Path, pairs: datasets.
     meta_file.write_text(json.dumps({"model_path": str(result.model_path), "seconds": seconds}))
     log(config.seed, f"{kind} reward model trained, {seconds} s")
     return result.reward_model, seconds, False
+
+
+def warm(ensemble: RewardEnsemble, config: QuickstartConfig, pairs: datasets.Dataset) -> RewardModel:
+    """The ensemble's members' weights averaged (WARM), normalised as `train_reward_ensemble` normalised them: on
+    the first pairs of the same training split."""
+    rm_config = quickstart_reward_config(config)
+    train = (split_by_prompt(pairs, rm_config.eval_fraction, seed=rm_config.seed)["train"]
+             if rm_config.eval_fraction else pairs)
+    averaged = weight_averaged(ensemble)
+    fit_normalization_on_pairs(averaged, train, rm_config.normalize_on)
+    return averaged
 
 
 def smoothed_gold(metrics) -> dict:
@@ -264,11 +282,14 @@ def main() -> None:
             if kind not in models:
                 models[kind] = reward(kind, config, sft_path, pairs, members)
             rm, reward_seconds, reward_reused = models[kind]
-            if kind == "ensemble":
+            arm_members = len(rm) if kind == "ensemble" else 1
+            if arm == "warm":
+                rm = warm(rm, config, pairs)
+            elif kind == "ensemble":
                 rm.objective, rm.uncertainty_weight = arm, args.uncertainty_weight
             log(s, f"arm {arm}: PPO, {ppo_updates} updates")
-            line = {"seed": s, "arm": arm, "members": len(rm) if kind == "ensemble" else 1,
-                    "objective": arm if kind == "ensemble" else None,
+            line = {"seed": s, "arm": arm, "members": arm_members,
+                    "objective": arm if arm in OBJECTIVES else None,
                     "uncertainty_weight": args.uncertainty_weight if arm == "uncertainty" else None,
                     "verbosity_bias": args.verbosity_bias, "bf16": cpu_has_native_bf16(), "quick": args.quick,
                     **run_arm(arm, config, sft_path, rm)}

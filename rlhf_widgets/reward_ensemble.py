@@ -25,6 +25,7 @@ adapters cost K small sets of weights, not K base models.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import numbers
@@ -260,6 +261,35 @@ class RewardEnsemble:
         members = load_members([path / MEMBERS / str(i) for i in range(meta["members"])], device=device,
                                batch_size=batch_size, mixed_precision=mixed_precision)
         return cls(members, objective=meta["objective"], uncertainty_weight=meta["uncertainty_weight"])
+
+
+def weight_averaged(ensemble: RewardEnsemble) -> RewardModel:
+    """WARM (Ramé et al. 2024, "Weight Averaged Reward Models"): ONE reward model whose weights are the mean of the
+    members' — one model to run instead of K, and (for members fine-tuned from one checkpoint, as
+    `train_reward_ensemble`'s are) more robust than any member alone.
+
+    Members must be full models of one architecture (each parameter averaged in float32, kept in its dtype). LoRA
+    members are refused: the mean of K adapters is not an adapter of their rank. The result is not normalised (bias
+    0, scale 1): fit it on the responses the members were normalised on (`fit_normalization`).
+    """
+    members = list(ensemble.members)
+    if any(not isinstance(m, RewardModel) or isinstance(m.model, PeftModel) for m in members):
+        raise ValueError("weight_averaged: every member must be a full-model RewardModel; this ensemble has LoRA "
+                         "adapters or other scorers (the mean of K LoRA adapters is not one adapter): average full "
+                         "models (ModelConfig(use_peft=False)) or keep the ensemble")
+    states = [m.model.state_dict() for m in members]
+    for i, state in enumerate(states[1:], start=1):
+        if {k: v.shape for k, v in state.items()} != {k: v.shape for k, v in states[0].items()}:
+            raise ValueError(f"weight_averaged: member {i}'s parameters differ from member 0's in names or shapes "
+                             f"({type(members[i].model).__name__} vs {type(members[0].model).__name__}); only "
+                             "members of one architecture can be averaged")
+    averaged = {k: (torch.stack([s[k].float() for s in states]).mean(dim=0).to(v.dtype)
+                    if v.is_floating_point() else v) for k, v in states[0].items()}
+    model = copy.deepcopy(members[0].model)
+    model.load_state_dict(averaged)
+    first = members[0]
+    return RewardModel(model, first.tokenizer, batch_size=first.batch_size, max_length=first.max_length,
+                       mixed_precision=first.mixed_precision)
 
 
 def bootstrap_by_prompt(dataset: datasets.Dataset, seed: int) -> datasets.Dataset:

@@ -304,3 +304,24 @@ def test_lora_members_share_one_base_model_and_score_as_each_would_alone(pairs, 
     saved = json.loads((result.model_path / MEMBERS / "1" / "rlhf_widgets_reward.json").read_text())
     assert saved["adapter"] and saved["base_model"]
     assert not (result.model_path / MEMBERS / "1" / "member_1").exists()  # the adapter's files sit in the member dir
+
+
+def test_weight_averaged_model_holds_the_mean_of_the_members_weights(trained, tmp_path: Path) -> None:
+    from rlhf_widgets.reward_ensemble import weight_averaged
+
+    ensemble = trained.reward_model
+    warm = weight_averaged(ensemble)
+    (name, param), = [(n, p) for n, p in warm.model.named_parameters() if n.endswith("score.weight")]
+    members = [dict(m.model.named_parameters())[name] for m in ensemble.members]
+    torch.testing.assert_close(param, torch.stack(members).mean(dim=0))
+    assert all(not torch.equal(param, m) for m in members)
+    prompts = ["I was charged twice for order #22222."] * 3
+    responses = ["I'm sorry. I have refunded the duplicate charge.", "Please reset your password.", "No."]
+    assert (warm.bias, warm.scale) == (0.0, 1.0)  # the caller normalises it, as the members were
+    warm.fit_normalization(prompts, responses)
+    assert warm.score(prompts, responses).mean().item() == pytest.approx(0.0, abs=1e-5)
+    # the members themselves are untouched
+    torch.testing.assert_close(RewardEnsemble.load(trained.model_path).member_scores(prompts, responses),
+                               ensemble.member_scores(prompts, responses))
+    with pytest.raises(ValueError, match="full-model RewardModel.*LoRA"):
+        weight_averaged(RewardEnsemble([FixedScores({}), FixedScores({})]))
