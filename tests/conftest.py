@@ -32,8 +32,8 @@ CHAT_TEMPLATE = (
 
 LONGEST_FIRST = ("test_ppo_sandbox.py", "test_failure_modes.py", "test_loop.py", "test_notebooks.py",
                  "test_alternatives.py", "test_notebook_failure_modes.py", "test_ppo_distributed.py",
-                 "test_ppo_faults.py", "test_notebook_iterative.py", "test_install.py", "test_browser_ppo.py",
-                 "test_browser_labeling.py")
+                 "test_ppo_faults.py", "test_notebook_iterative.py", "test_browser_loop.py", "test_install.py",
+                 "test_browser_ppo.py", "test_browser_labeling.py")
 """Test modules that take longest, longest first: 30 s to 14 min of one core each on the float32 path
 (`pytest --durations`, docs/PERFORMANCE.md "Suite time"). `make test` hands whole modules to its processes
 (`--dist loadfile`: a module's fixtures are built once) in collection order, so these go first and the short

@@ -219,9 +219,9 @@ def _run_all_cells(page) -> None:
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").click()
 
 
-def _wait_for_notebook(page) -> dict:
+def _wait_for_notebook(page, timeout_s: float = NOTEBOOK_TIMEOUT_S) -> dict:
     """Wait until every code cell has run and the kernel is idle; fail on the first cell error."""
-    deadline = time.monotonic() + NOTEBOOK_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     while True:
         state = page.evaluate(NOTEBOOK_STATE)
         if state.get("errors"):
@@ -230,7 +230,7 @@ def _wait_for_notebook(page) -> dict:
         if state.get("ready") and state["executed"] == state["total"] and state["status"] == "idle":
             return state
         if time.monotonic() > deadline:
-            raise AssertionError(f"the notebook did not finish within {NOTEBOOK_TIMEOUT_S} s: {state}")
+            raise AssertionError(f"the notebook did not finish within {timeout_s:.0f} s: {state}")
         time.sleep(1)
 
 

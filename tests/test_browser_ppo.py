@@ -4,6 +4,8 @@ Runs notebook 04 up to the panel (the sandbox base model as the policy, the gold
 Start → Pause → β typed and applied alone → Resume → Stop → Start again (continues) → Stop. At every step the
 buttons' states must match the status line, the status must answer the click at once (a stop within 200 ms), and
 the run's own log must show that only β changed (the learning rate the trainer used stayed the configured one).
+After the run, once the dashboard draws every point of the run's log, no legend may cover a subplot title or
+another legend (`browser_layout`: boxes from the DOM); `test-artifacts/ppo_after_run.png` is the panel then.
 Saves `docs/images/ppo_panel.png` (the panel mid-training) and `docs/images/report.png` (the HTML report of
 real sandbox runs), the README's pictures.
 """
@@ -20,7 +22,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from browser_layout import expected_traces, legends_and_titles, overlaps, wait_for_traces
 from test_browser_labeling import (
+    ARTIFACTS,
     CHROMIUM,
     CHROMIUM_ARGS,
     NOTEBOOK_STATE,
@@ -30,6 +34,7 @@ from test_browser_labeling import (
 )
 
 from rlhf_widgets.sandbox import base_model_path
+from rlhf_widgets.views import figure_from_log
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "04_ppo.ipynb"
@@ -225,6 +230,16 @@ def test_ppo_panel_in_jupyterlab(lab: Lab, tmp_path: Path) -> None:
             _expect(page, IDLE, "stopped after update")
             kinds = [e["kind"] for e in _log(lab)]
             assert kinds.count("stopped") == 2 and kinds.count("setting") == 1
+
+            # after the run: once the dashboard draws every point of its log, no legend covers a title or a legend
+            wait_for_traces(page, ".rlhfw-dashboard .js-plotly-plot",
+                            expected_traces(figure_from_log(lab.root / "runs" / "ppo" / "metrics.jsonl")))
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.locator(".rlhfw-ppo-panel").screenshot(path=str(ARTIFACTS / "ppo_after_run.png"))
+            figures = legends_and_titles(page)
+            assert any(fig["legends"] for fig in figures), f"no legend drawn in notebook 04's figures: {figures}"
+            covered = overlaps(figures)
+            assert covered == [], "legends overlap (test-artifacts/ppo_after_run.png):\n" + "\n".join(covered)
 
             report = _write_fixture_report(tmp_path / "report")
             page.goto(report.as_uri())
