@@ -49,6 +49,12 @@ class QuickstartConfig:
         "Simulated annotator's Bradley–Terry temperature (label noise)."))
     verbosity_bias: float = field(default=0.0, metadata=field_help(
         "Simulated annotator's per-word preference for longer responses (0 = unbiased)."))
+    reward_members: int = field(default=1, metadata=field_help(
+        "Reward models behind PPO's reward: 1 = one reward model; K >= 2 = an ensemble of K, each on a bootstrap "
+        "resample of the pairs (train_reward_ensemble), combined by reward_objective."))
+    reward_objective: str = field(default="worst", metadata=field_help(
+        "How an ensemble's members combine (reward_members >= 2): 'worst' (the lowest member's score), "
+        "'uncertainty' (mean - 0.5 x variance) or 'mean'."))
     ppo_updates: int = field(default=32, metadata=field_help("PPO updates."))
     eval_prompts: int = field(default=128, metadata=field_help("Held-out prompts for the final comparison."))
     best_of: int = field(default=8, metadata=field_help(
@@ -79,6 +85,14 @@ def run_quickstart(config: QuickstartConfig | None = None,
     unknown = [s for s in config.stages if s not in STAGES]
     if unknown:
         raise ValueError(f"run_quickstart: unknown stage(s) {unknown}; known: {list(STAGES)}")
+    if config.reward_members < 1:
+        raise ValueError(f"QuickstartConfig.reward_members={config.reward_members}: must be 1 (one reward model) or "
+                         "more (an ensemble of that many)")
+    from rlhf_widgets.reward_ensemble import OBJECTIVES
+
+    if config.reward_members > 1 and config.reward_objective not in OBJECTIVES:
+        raise ValueError(f"QuickstartConfig.reward_objective={config.reward_objective!r}: must be one of "
+                         f"{', '.join(map(repr, OBJECTIVES))}")
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = QuickstartResult(output_dir=out, report_path=None)
@@ -122,9 +136,8 @@ def _run_stage(stage: str, config: QuickstartConfig, state: dict, logs: dict[str
         result.numbers["pairs"] = len(state["pairs"])
     elif stage == "reward":
         from rlhf_widgets.evaluation import reward_report
-        from rlhf_widgets.reward import train_reward_model
 
-        rm = train_reward_model(state["pairs"], quickstart_reward_config(config), model=state["sft_path"])
+        rm = quickstart_reward(config, state["sft_path"], state["pairs"])
         report = reward_report(rm.reward_model, rm.eval_dataset, gold=sandbox.gold_reward)
         state["reward_model"], state["reward_report"], logs["reward"] = rm.reward_model, report, rm.metrics
         result.numbers["reward"] = {k: report[k] for k in ("accuracy", "gold_agreement", "mean_margin",
@@ -217,6 +230,19 @@ def quickstart_reward_config(config: QuickstartConfig) -> RewardStageConfig:
     from rlhf_widgets.reward import RewardStageConfig
 
     return RewardStageConfig(output_dir=str(Path(config.output_dir) / "reward"), seed=config.seed)
+
+
+def quickstart_reward(config: QuickstartConfig, sft_path: str | Path, pairs: datasets.Dataset) -> StageResult:
+    """The quickstart's reward: one reward model (`config.reward_members == 1`) or an ensemble of
+    `config.reward_members` combined by `config.reward_objective`, on `quickstart_reward_config`'s settings."""
+    if config.reward_members == 1:
+        from rlhf_widgets.reward import train_reward_model
+
+        return train_reward_model(pairs, quickstart_reward_config(config), model=sft_path)
+    from rlhf_widgets.reward_ensemble import train_reward_ensemble
+
+    return train_reward_ensemble(pairs, quickstart_reward_config(config), model=sft_path,
+                                 members=config.reward_members, objective=config.reward_objective)
 
 
 def quickstart_ppo(config: QuickstartConfig, sft_path: str | Path, reward: RewardFunction) -> StageResult:

@@ -105,8 +105,9 @@ def stage_work(stage: str, config: QuickstartConfig) -> float:
         return config.sft_demos
     if stage == "pairs":
         return config.pair_prompts * config.answers_per_prompt
-    if stage == "reward":
-        return config.pair_prompts * min(config.pairs_per_prompt, math.comb(config.answers_per_prompt, 2))
+    if stage == "reward":  # an ensemble trains each member on a resample of the same size
+        return (config.pair_prompts * min(config.pairs_per_prompt, math.comb(config.answers_per_prompt, 2))
+                * config.reward_members)
     if stage == "ppo":
         return config.ppo_updates
     if stage == "dpo":

@@ -48,3 +48,9 @@ def test_the_estimate_comes_from_this_machine_and_grows_with_the_sizes() -> None
     assert expected_seconds("ppo", bigger, precision) == pytest.approx(2 * expected_seconds("ppo", small, precision))
     assert expected_seconds("sft", bigger, precision) > expected_seconds("sft", small, precision)
     assert plan.as_dict()["path"] == plan.path and set(plan.as_dict()["precision"]) == set(STAGES)
+
+
+def test_an_ensemble_of_k_reward_models_is_expected_to_train_k_times_as_long() -> None:
+    one = expected_seconds("reward", QuickstartConfig(output_dir="unused"), "bf16")
+    four = expected_seconds("reward", QuickstartConfig(output_dir="unused", reward_members=4), "bf16")
+    assert four == pytest.approx(4 * one)

@@ -325,3 +325,20 @@ def test_weight_averaged_model_holds_the_mean_of_the_members_weights(trained, tm
                                ensemble.member_scores(prompts, responses))
     with pytest.raises(ValueError, match="full-model RewardModel.*LoRA"):
         weight_averaged(RewardEnsemble([FixedScores({}), FixedScores({})]))
+
+
+# ---------------------------------------------------------------------------------- the quickstart's reward
+def test_quickstart_trains_an_ensemble_when_asked_and_refuses_bad_settings_before_any_stage(pairs, tmp_path) -> None:
+    from rlhf_widgets.pipeline import QuickstartConfig, quickstart_reward, run_quickstart
+    from rlhf_widgets.reward import RewardModel
+
+    config = QuickstartConfig(output_dir=str(tmp_path / "qs"), reward_members=2, reward_objective="uncertainty")
+    ensemble = quickstart_reward(config, "sandbox", pairs).reward_model
+    assert isinstance(ensemble, RewardEnsemble) and (len(ensemble), ensemble.objective) == (2, "uncertainty")
+    single = quickstart_reward(QuickstartConfig(output_dir=str(tmp_path / "one")), "sandbox", pairs).reward_model
+    assert isinstance(single, RewardModel)
+    for changes, message in (({"reward_members": 0}, "reward_members=0: must be 1"),
+                             ({"reward_members": 3, "reward_objective": "min"}, "reward_objective='min'")):
+        with pytest.raises(ValueError, match=message):
+            run_quickstart(QuickstartConfig(output_dir=str(tmp_path / "bad"), **changes))
+    assert not (tmp_path / "bad" / "sft").exists()  # refused before the first stage
