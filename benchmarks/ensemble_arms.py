@@ -240,6 +240,66 @@ def run_arm(arm: str, config: QuickstartConfig, sft_path: Path, rm: RewardModel 
             "seconds": seconds}
 
 
+GOLD_FREE = ("ensemble_disagreement", "conservative_divergence")
+"""The alerts that read no gold (`evaluation.monitors`): what a real user's run can raise."""
+
+
+def gold_fall_update(log_path: Path, fall: float = 1.0) -> int | None:
+    """The first update at which the run's smoothed gold (trailing mean over the monitors' window) stands `fall`
+    points below its best so far; None if it never does (a healthy run)."""
+    from rlhf_widgets.metrics import MetricsLog
+
+    steps, gold = MetricsLog.load(log_path).series("gold/score")
+    w, best = MonitorConfig().window, -math.inf
+    for i in range(w, len(gold) + 1):
+        mean = sum(gold[i - w:i]) / w
+        best = max(best, mean)
+        if best - mean >= fall:
+            return steps[i - 1]
+    return None
+
+
+def summarize(files: list[Path]) -> str:
+    """Markdown: per arm, a row per seed (gold win rate over SFT, KL, words, gold best → final, the first gold-free
+    alert and the update where gold had fallen 1 point, seconds), then each arm's worst and mean win rate and its
+    best-of-N gold at N = 1, 8, 32, 128 averaged over seeds."""
+    rows = [{"out": str(f.parent), **json.loads(line)} for f in files for line in f.read_text().splitlines()
+            if line.strip()]
+    out = []
+    for arm in dict.fromkeys(r["arm"] for r in rows):
+        runs = sorted((r for r in rows if r["arm"] == arm), key=lambda r: (r["verbosity_bias"], r["bf16"], r["seed"]))
+        out += [f"\n**{arm}**\n", "| seed | bias | precision | gold win vs SFT | KL | words (SFT) | gold best → final "
+                "| first gold-free alert | gold fell 1 pt | reward + PPO s |", "|---" * 10 + "|"]
+        for r in runs:
+            free = [a["update"] for a in r["alerts"] if a["kind"] in GOLD_FREE]
+            name = f"arm_{arm}" + (f"_k{r['members']}" if arm in ("mean", "worst", "uncertainty") else "") + (
+                f"_lambda{r['uncertainty_weight']}" if arm == "uncertainty" else "")
+            log = Path(r["out"]) / f"seed_{r['seed']}" / name / "ppo" / "metrics.jsonl"
+            fell = gold_fall_update(log) if log.is_file() else "?"
+            p = r["ppo"]
+            out.append(f"| {r['seed']} | {r['verbosity_bias']} | {'bf16' if r['bf16'] else 'float32'} | "
+                       f"{r['gold_win_rate_vs_sft']:.2f} | {r['kl']:.2f} | {r['words']:.1f} ({r['sft_words']:.1f}) | "
+                       f"{p.get('gold_best', math.nan):.2f} → {p.get('gold_final', math.nan):.2f} | "
+                       f"{min(free) if free else '—'} | {fell if fell is not None else '—'} | "
+                       f"{r['seconds']['reward']:.0f} + {r['seconds']['ppo']:.0f} |")
+        wins = [r["gold_win_rate_vs_sft"] for r in runs]
+        out.append(f"\n{arm}: {len(wins)} runs, gold win rate worst {min(wins):.2f}, mean {sum(wins) / len(wins):.2f}, "
+                   f"{sum(w >= 0.65 for w in wins)} at ≥ 0.65")
+        curves = [r["best_of_n"] for r in runs if r.get("best_of_n")]
+        if curves:
+            by_n = {pt["n"]: [] for pt in curves[0]}
+            for curve in curves:
+                for pt in curve:
+                    by_n.setdefault(pt["n"], []).append(pt["gold"])
+            mean = {n: sum(g) / len(g) for n, g in by_n.items() if g}
+            best_n = max(mean, key=mean.get)
+            out.append(f"best-of-N gold averaged over {len(curves)} seeds: "
+                       + ", ".join(f"N={n} {g:.2f}" for n, g in mean.items() if n in (1, 8, 32, 128))
+                       + f"; best at N={best_n} ({mean[best_n]:.2f}), "
+                       f"N={max(mean)} − best = {mean[max(mean)] - mean[best_n]:+.2f}")
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0, help="the quickstart's seed (every stage's)")
@@ -257,7 +317,12 @@ def main() -> None:
     parser.add_argument("--bon-n", type=int, default=None, help="largest N of the curve (default 128)")
     parser.add_argument("--bon-prompts", type=int, default=None, help="held-out prompts of the curve (default 32)")
     parser.add_argument("--quick", action="store_true", help=f"a smoke run: {QUICK}")
+    parser.add_argument("--table", type=Path, nargs="+", default=None, metavar="RESULTS",
+                        help="print the Markdown tables of these results.jsonl files (runs nothing)")
     args = parser.parse_args()
+    if args.table:
+        print(summarize(args.table))
+        return
     arms = args.arms.split(",")
     if unknown := [a for a in arms if a not in ARMS]:
         parser.error(f"--arms: unknown {unknown}; known: {', '.join(ARMS)}")
@@ -295,6 +360,7 @@ def main() -> None:
                     **run_arm(arm, config, sft_path, rm)}
             line["seconds"] = {"reward": reward_seconds, **line["seconds"]}
             line["reused"] = {"chain": chain_reused, "reward": reward_reused}
+            line["out"] = str(args.out)
             if args.best_of_n:
                 start = time.perf_counter()
                 line["best_of_n"] = best_of_n_curve(drawn.rescored(bon_prompt_texts, rm), bon_prompt_texts,
