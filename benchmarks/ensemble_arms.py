@@ -307,6 +307,9 @@ def main() -> None:
                         help="<out>/seed_<s>/ caches the chain and reward models; <out>/results.jsonl gets every line")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}")
     parser.add_argument("--members", type=int, default=None, help="K reward models in the ensemble (default 4)")
+    parser.add_argument("--use-members", type=int, default=None,
+                        help="the ensemble arms use only its first this many members (the same members a smaller K "
+                             "trains: member i's seed is the run's + i); default all K")
     parser.add_argument("--uncertainty-weight", type=float, default=0.5,
                         help="λ of the uncertainty arm, mean − λ·variance (default 0.5, RewardEnsemble's)")
     parser.add_argument("--verbosity-bias", type=float, default=0.0,
@@ -347,6 +350,9 @@ def main() -> None:
             if kind not in models:
                 models[kind] = reward(kind, config, sft_path, pairs, members)
             rm, reward_seconds, reward_reused = models[kind]
+            if kind == "ensemble" and args.use_members:
+                rm = RewardEnsemble(rm.members[:args.use_members], objective=rm.objective,
+                                    uncertainty_weight=rm.uncertainty_weight)
             arm_members = len(rm) if kind == "ensemble" else 1
             if arm == "warm":
                 rm = warm(rm, config, pairs)
