@@ -27,6 +27,9 @@ bias or the other precision path refuses that directory. Then, for each of `--ar
 - `mean`, `worst`, `uncertainty`: ONE `train_reward_ensemble` of `--members` K reward models (the same settings,
   members on bootstrap resamples by prompt), trained once per seed and cached; the arms differ only in the
   ensemble's objective (`uncertainty`: mean − λ·variance, λ = `--uncertainty-weight`).
+- `watched`: PPO against the `single` arm's reward model alone, with the ensemble's members watching (scored and
+  logged each update, their spread read by the gold-free monitors; `Watched`): does the alarm see a single model's
+  collapse before gold falls?
 - `warm`: ONE reward model whose weights are the mean of that ensemble's members' (`weight_averaged`, WARM),
   normalised on the responses the members were normalised on.
 
@@ -79,6 +82,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import datasets  # noqa: E402
+import torch  # noqa: E402
 
 from rlhf_widgets import sandbox  # noqa: E402
 from rlhf_widgets.best_of import BestOfN, best_of_n  # noqa: E402
@@ -104,7 +108,7 @@ from rlhf_widgets.reward_ensemble import (  # noqa: E402
     weight_averaged,
 )
 
-ARMS = ("single", *OBJECTIVES, "warm")
+ARMS = ("single", *OBJECTIVES, "warm", "watched")
 CHAIN = "chain.json"
 """What a seed directory's SFT model and labels were built with; written last, so a directory without it is a
 chain that did not finish (it is rebuilt)."""
@@ -183,6 +187,14 @@ def warm(ensemble: RewardEnsemble, config: QuickstartConfig, pairs: datasets.Dat
     averaged = weight_averaged(ensemble)
     fit_normalization_on_pairs(averaged, train, rm_config.normalize_on)
     return averaged
+
+
+class Watched(RewardEnsemble):
+    """The `watched` arm's reward: PPO optimises member 0 — the single reward model — alone, and the ensemble's
+    members only watch (logged, read by the gold-free monitors): a single-model run as an ensemble alarm sees it."""
+
+    def combine(self, member_scores: torch.Tensor) -> torch.Tensor:
+        return member_scores[0]
 
 
 def smoothed_gold(metrics) -> dict:
@@ -272,7 +284,7 @@ def summarize(files: list[Path]) -> str:
                 "| first gold-free alert | gold fell 1 pt | reward + PPO s |", "|---" * 10 + "|"]
         for r in runs:
             free = [a["update"] for a in r["alerts"] if a["kind"] in GOLD_FREE]
-            name = f"arm_{arm}" + (f"_k{r['members']}" if arm in ("mean", "worst", "uncertainty") else "") + (
+            name = f"arm_{arm}" + (f"_k{r['members']}" if arm in (*OBJECTIVES, "watched") else "") + (
                 f"_lambda{r['uncertainty_weight']}" if arm == "uncertainty" else "")
             log = Path(r["out"]) / f"seed_{r['seed']}" / name / "ppo" / "metrics.jsonl"
             fell = gold_fall_update(log) if log.is_file() else "?"
@@ -347,16 +359,19 @@ def main() -> None:
         models: dict[str, tuple] = {}
         for arm in arms:
             kind = "single" if arm == "single" else "ensemble"
-            if kind not in models:
-                models[kind] = reward(kind, config, sft_path, pairs, members)
+            for needed in ("single", "ensemble") if arm == "watched" else (kind,):
+                if needed not in models:
+                    models[needed] = reward(needed, config, sft_path, pairs, members)
             rm, reward_seconds, reward_reused = models[kind]
             if kind == "ensemble" and args.use_members:
                 rm = RewardEnsemble(rm.members[:args.use_members], objective=rm.objective,
                                     uncertainty_weight=rm.uncertainty_weight)
+            if arm == "watched":
+                rm = Watched([models["single"][0], *rm.members], objective="mean")
             arm_members = len(rm) if kind == "ensemble" else 1
             if arm == "warm":
                 rm = warm(rm, config, pairs)
-            elif kind == "ensemble":
+            elif arm in OBJECTIVES:
                 rm.objective, rm.uncertainty_weight = arm, args.uncertainty_weight
             log(s, f"arm {arm}: PPO, {ppo_updates} updates")
             line = {"seed": s, "arm": arm, "members": arm_members,
