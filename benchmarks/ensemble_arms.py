@@ -124,8 +124,8 @@ def log(seed: int, message: str) -> None:
 def chain(config: QuickstartConfig) -> tuple[Path, datasets.Dataset, bool]:
     """(SFT model path, labeled pairs, reused?) of the quickstart's chain in `config.output_dir`."""
     seed_dir, s = Path(config.output_dir), config.seed
-    meta = {k: v for k, v in asdict(config).items() if k not in ("output_dir", "stages", "ppo_updates",
-                                                                  "eval_prompts", "best_of")}
+    meta = {k: v for k, v in asdict(config).items() if k not in ("output_dir", "stages", "ppo_updates", "eval_prompts",
+                                                                  "best_of", "reward_members", "reward_objective")}
     meta["bf16"] = cpu_has_native_bf16()
     meta_file = seed_dir / CHAIN
     if meta_file.is_file():
