@@ -141,7 +141,8 @@ def _run_stage(stage: str, config: QuickstartConfig, state: dict, logs: dict[str
         report = reward_report(rm.reward_model, rm.eval_dataset, gold=sandbox.gold_reward)
         state["reward_model"], state["reward_report"], logs["reward"] = rm.reward_model, report, rm.metrics
         result.numbers["reward"] = {k: report[k] for k in ("accuracy", "gold_agreement", "mean_margin",
-                                                           "expected_calibration_error", "n_pairs")}
+                                                           "expected_calibration_error", "n_pairs", "ensemble")
+                                    if k in report}
     elif stage == "ppo":
         ppo = quickstart_ppo(config, state["sft_path"], state["reward_model"])
         state["ppo_path"], logs["ppo"] = ppo.model_path, ppo.metrics

@@ -198,7 +198,28 @@ def _reward_summary(summary: Mapping[str, Any]) -> str:
         half_width = 1.96 * math.sqrt(0.25 / n) if n else float("inf")
         warning = (f'<p class="warn">Only {n} held-out pairs: an accuracy from so few is uncertain by about '
                    f"±{half_width:.0%} (95%). Hold out more pairs (`eval_fraction`) before trusting it.</p>")
-    return f"{warning}<table class='settings'><tbody>{rows}</tbody></table>"
+    return f"{warning}<table class='settings'><tbody>{rows}</tbody></table>{_ensemble_summary(summary)}"
+
+
+def _ensemble_summary(summary: Mapping[str, Any]) -> str:
+    """A reward ensemble's members (`reward_report`'s "ensemble"): how they combine, each one's held-out accuracy
+    and gold agreement, and the share of pairs they disagree on. "" for a single reward model."""
+    ensemble = summary.get("ensemble")
+    if not ensemble:
+        return ""
+    objective = {"worst": "the lowest member's score", "mean": "the members' mean",
+                 "uncertainty": f"mean − {ensemble.get('uncertainty_weight')} × variance"}.get(
+                     ensemble.get("objective"), str(ensemble.get("objective")))
+    accuracy = ensemble.get("member_accuracy") or []
+    gold = ensemble.get("member_gold_agreement") or []
+    rows = "".join(
+        f'<tr><td>member {i}</td><td class="num">{_e(format_number(a, "percent"))}</td>'
+        f'<td class="num">{_e(format_number(gold[i], "percent")) if i < len(gold) else "—"}</td></tr>'
+        for i, a in enumerate(accuracy))
+    return (f'<p class="note">An ensemble of {len(accuracy)} reward models, combined as {_e(objective)}; the '
+            f"members order {_e(format_number(ensemble.get('disagreement', 0.0), 'percent'))} of the held-out pairs "
+            "differently.</p><table class='settings'><thead><tr><th></th><th>held-out accuracy</th>"
+            f"<th>agreement with gold</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
 def _timings_table(seconds: Mapping[str, float]) -> str:

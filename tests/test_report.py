@@ -132,3 +132,19 @@ def test_number_formats() -> None:
     assert format_number(float("nan")) == format_number(None) == "–"
     assert format_number(2773, "count") == "2,773" and format_number(23.456, "words") == "23.5"
     assert [format_seconds(s) for s in (42.4, 123, 3900)] == ["42 s", "2 min 03 s", "1 h 05 min"]
+
+
+def test_an_ensembles_members_show_beside_its_summary(tmp_path: Path) -> None:
+    summary = {"accuracy": 0.8, "n_pairs": 400,
+               "ensemble": {"objective": "worst", "uncertainty_weight": 0.5, "member_accuracy": [0.81, 0.79, 0.84],
+                            "member_gold_agreement": [0.9, 0.88, 0.91], "disagreement": 0.14}}
+    page = Page()
+    page.feed(write_report(tmp_path, {}, {"reward": summary}, {}, {}).read_text())
+    text = " ".join(page.cells)
+    assert "member 2" in text and "84%" in text and "91%" in text
+    html = (tmp_path / "report.html").read_text()
+    assert "An ensemble of 3 reward models, combined as the lowest member&#x27;s score" in html
+    assert "order 14% of the held-out pairs differently" in html
+    page = Page()
+    page.feed(write_report(tmp_path, {}, {"reward": {"accuracy": 0.8, "n_pairs": 400}}, {}, {}).read_text())
+    assert "member 0" not in " ".join(page.cells)
