@@ -197,7 +197,7 @@ def test_quickstart_notebook_reports_numbers_from_the_run(tmp_path: Path) -> Non
     artifacts the run saved (same seeds) and found identical, and the HTML report shows them."""
     from rlhf_widgets.pipeline import QuickstartConfig, quickstart_compare
     from rlhf_widgets.report import format_number
-    from rlhf_widgets.reward import RewardModel
+    from rlhf_widgets.rewards import as_reward_function
 
     sizes = dict(sft_demos=128, pair_prompts=48, ppo_updates=2, eval_prompts=16)  # what is checked is sizes-free
     overrides = 'RUN_DIR = "qs"\n' + "\n".join(f"{k.upper()} = {v}" for k, v in sizes.items())
@@ -210,8 +210,9 @@ def test_quickstart_notebook_reports_numbers_from_the_run(tmp_path: Path) -> Non
     assert "gold_win_rate" in json.dumps(outputs(book))
 
     config = QuickstartConfig(output_dir=str(out), **sizes)
+    reward = as_reward_function(str(out / "reward" / "final"))  # one model or an ensemble, as the run saved it
     state = {"sft_path": out / "sft" / "final", "ppo_path": out / "ppo" / "final",
-             "dpo_path": out / "dpo" / "final", "reward_model": RewardModel.load(out / "reward" / "final")}
+             "dpo_path": out / "dpo" / "final", "reward_model": reward}
     again = quickstart_compare(state, config)
     for name, row in comparison.items():
         for key in ("gold_win_rate", "gold_mean", "rm_win_rate", "mean_words"):
