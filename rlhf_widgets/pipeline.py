@@ -171,7 +171,11 @@ def stage_line(stage: str, result: QuickstartResult, logs: dict[str, MetricsLog]
     elif stage == "pairs":
         key = f"{numbers['pairs']} labeled pairs"
     elif stage == "reward":
-        key = f"gold agreement {numbers['reward']['gold_agreement']:.2f}, accuracy {numbers['reward']['accuracy']:.2f}"
+        reward = numbers["reward"]
+        key = f"gold agreement {reward['gold_agreement']:.2f}, accuracy {reward['accuracy']:.2f}"
+        if "ensemble" in reward:  # an ensemble: how many, and how often they part ways
+            key += (f" (ensemble of {len(reward['ensemble']['member_accuracy'])}, "
+                    f"{reward['ensemble']['objective']}; members differ on {reward['ensemble']['disagreement']:.0%})")
     elif stage == "ppo":
         key = f"KL {last('objective/kl')}, reward {last('objective/scores')}"
     else:

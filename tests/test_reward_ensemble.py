@@ -342,3 +342,15 @@ def test_quickstart_trains_an_ensemble_when_asked_and_refuses_bad_settings_befor
         with pytest.raises(ValueError, match=message):
             run_quickstart(QuickstartConfig(output_dir=str(tmp_path / "bad"), **changes))
     assert not (tmp_path / "bad" / "sft").exists()  # refused before the first stage
+
+
+def test_the_reward_stages_line_says_when_the_reward_is_an_ensemble(tmp_path) -> None:
+    from rlhf_widgets.pipeline import QuickstartResult, stage_line
+
+    one = {"gold_agreement": 0.9, "accuracy": 0.85}
+    result = QuickstartResult(output_dir=tmp_path, report_path=None, numbers={"reward": one}, seconds={"reward": 71})
+    assert stage_line("reward", result, {}) == "reward model: gold agreement 0.90, accuracy 0.85, 71 s"
+    result.numbers["reward"] = {**one, "ensemble": {"member_accuracy": [0.8, 0.9, 0.85], "objective": "uncertainty",
+                                                    "disagreement": 0.125}}
+    assert stage_line("reward", result, {}) == ("reward model: gold agreement 0.90, accuracy 0.85 (ensemble of 3, "
+                                                "uncertainty; members differ on 12%), 71 s")
