@@ -41,6 +41,7 @@ _EXPORTS = {
     "train_reward_model": "rlhf_widgets.reward",
     "RewardEnsemble": "rlhf_widgets.reward_ensemble",
     "train_reward_ensemble": "rlhf_widgets.reward_ensemble",
+    "weight_averaged": "rlhf_widgets.reward_ensemble",
     "DPOStageConfig": "rlhf_widgets.dpo",
     "train_dpo": "rlhf_widgets.dpo",
     "GRPOStageConfig": "rlhf_widgets.grpo",
