@@ -279,9 +279,10 @@ def summarize(files: list[Path]) -> str:
             if line.strip()]
     out = []
     for arm in dict.fromkeys(r["arm"] for r in rows):
-        runs = sorted((r for r in rows if r["arm"] == arm), key=lambda r: (r["verbosity_bias"], r["bf16"], r["seed"]))
-        out += [f"\n**{arm}**\n", "| seed | bias | precision | gold win vs SFT | KL | words (SFT) | gold best → final "
-                "| first gold-free alert | gold fell 1 pt | reward + PPO s |", "|---" * 10 + "|"]
+        runs = sorted((r for r in rows if r["arm"] == arm),
+                      key=lambda r: (r["verbosity_bias"], r["bf16"], r["members"], r["seed"]))
+        out += [f"\n**{arm}**\n", "| seed | K | bias | precision | gold win vs SFT | KL | words (SFT) | gold best → "
+                "final | first gold-free alert | gold fell 1 pt | reward + PPO s |", "|---" * 11 + "|"]
         for r in runs:
             free = [a["update"] for a in r["alerts"] if a["kind"] in GOLD_FREE]
             name = f"arm_{arm}" + (f"_k{r['members']}" if arm in (*OBJECTIVES, "watched") else "") + (
@@ -289,7 +290,8 @@ def summarize(files: list[Path]) -> str:
             log = Path(r["out"]) / f"seed_{r['seed']}" / name / "ppo" / "metrics.jsonl"
             fell = gold_fall_update(log) if log.is_file() else "?"
             p = r["ppo"]
-            out.append(f"| {r['seed']} | {r['verbosity_bias']} | {'bf16' if r['bf16'] else 'float32'} | "
+            precision = "bf16" if r["bf16"] else "float32"
+            out.append(f"| {r['seed']} | {r['members']} | {r['verbosity_bias']} | {precision} | "
                        f"{r['gold_win_rate_vs_sft']:.2f} | {r['kl']:.2f} | {r['words']:.1f} ({r['sft_words']:.1f}) | "
                        f"{p.get('gold_best', math.nan):.2f} → {p.get('gold_final', math.nan):.2f} | "
                        f"{min(free) if free else '—'} | {fell if fell is not None else '—'} | "
