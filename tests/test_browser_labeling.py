@@ -42,11 +42,13 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 NOTEBOOK_TIMEOUT_S = 300  # kernel start + model load + pair generation on a slow 2-core machine
 CHANGE_TIMEOUT_MS = 30_000  # one click → next pair
 
-pytestmark = [
+BROWSER_MARKS = [
     pytest.mark.browser,
     pytest.mark.skipif(CHROMIUM is None, reason="no chromium executable (run `make browser`)"),
     pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="playwright is not installed"),
 ]
+"""Every browser test module's marks: `-m browser` selects them; no chromium or no playwright skips them."""
+pytestmark = BROWSER_MARKS
 
 # Arm before an action: resolves with ms from the next click / keydown to the first change of the
 # prompt or left response (or rejects if nothing changes within the timeout).
@@ -209,6 +211,28 @@ def _normalised(text: str) -> str:
     return " ".join(text.split())
 
 
+KERNEL_IDLE = ("() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+               " const k = w && w.sessionContext && w.sessionContext.session"
+               " && w.sessionContext.session.kernel; return Boolean(k) && k.status === 'idle'; }")
+"""True once the notebook open in JupyterLab has a kernel and it is idle."""
+
+
+def new_page(browser, height: int) -> tuple:
+    """(page, console): a 1400 px wide page of `height` px, and the list its console messages and page errors go
+    to (for the failure message)."""
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    console: list[str] = []
+    page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+    page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+    return page, console
+
+
+def open_notebook(page, url: str) -> None:
+    """Open JupyterLab at `url` (its notebook) and wait until the notebook's kernel is idle."""
+    page.goto(url, timeout=120_000)
+    page.wait_for_function(KERNEL_IDLE, timeout=120_000, polling=500)
+
+
 def _run_all_cells(page) -> None:
     """Run → Run All Cells: the JupyterLab command when the app is exposed, else the menu."""
     exposed = page.evaluate("() => Boolean(window.jupyterapp)")
@@ -282,20 +306,11 @@ def test_label_pairs_in_jupyterlab(lab: Lab, labels_store: str | None) -> None:
     from playwright import sync_api
 
     ARTIFACTS.mkdir(exist_ok=True)
-    console: list[str] = []
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
-        page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+        page, console = new_page(browser, 1000)
         try:
-            page.goto(lab.url, timeout=120_000)
-            page.wait_for_function(
-                "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
-                " const k = w && w.sessionContext && w.sessionContext.session"
-                " && w.sessionContext.session.kernel; return Boolean(k) && k.status === 'idle'; }",
-                timeout=120_000, polling=500,
-            )
+            open_notebook(page, lab.url)
             _run_all_cells(page)
             _wait_for_notebook(page)
             page.locator(".rlhfw-panel .rlhfw-prompt .rlhfw-text").first.wait_for(state="visible",

@@ -9,7 +9,6 @@ legend may cover a subplot title or another legend (`browser_layout`: boxes from
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +18,14 @@ import pytest
 from browser_layout import expected_traces, legends_and_titles, overlaps, wait_for_traces
 from test_browser_labeling import (
     ARTIFACTS,
+    BROWSER_MARKS,
     CHROMIUM,
     CHROMIUM_ARGS,
     Lab,
     _run_all_cells,
     _wait_for_notebook,
+    new_page,
+    open_notebook,
     running_lab,
 )
 from test_notebook_iterative import SMALL
@@ -36,11 +38,7 @@ NOTEBOOK = REPO / "notebooks" / "08_iterative.ipynb"
 ROUNDS = 2
 LOOP_TIMEOUT_S = 900  # kernel start, two rounds (pairs, labels, reward model, PPO, evaluation) on 2 busy cores
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(CHROMIUM is None, reason="no chromium executable (run `make browser`)"),
-    pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="playwright is not installed"),
-]
+pytestmark = BROWSER_MARKS
 
 DASHBOARD = ".rlhfw-dashboard .js-plotly-plot"
 # rows of the rounds table (the notebook's last output), -1 while it is not shown
@@ -71,19 +69,11 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 def test_loop_dashboard_in_jupyterlab(lab: Lab, tmp_path: Path) -> None:
     from playwright import sync_api
 
-    console: list[str] = []
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 2200})
-        page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
-        page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+        page, console = new_page(browser, 2200)
         try:
-            page.goto(lab.url, timeout=120_000)
-            page.wait_for_function(
-                "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
-                " const k = w && w.sessionContext && w.sessionContext.session"
-                " && w.sessionContext.session.kernel; return Boolean(k) && k.status === 'idle'; }",
-                timeout=120_000, polling=500)
+            open_notebook(page, lab.url)
             _run_all_cells(page)
             _wait_for_notebook(page, LOOP_TIMEOUT_S)  # the run cell waits for the rounds (WAIT = True)
             page.wait_for_function(f"() => ({TABLE_ROWS})() === {ROUNDS}", timeout=60_000, polling=250)

@@ -12,7 +12,6 @@ real sandbox runs), the README's pictures.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -25,11 +24,14 @@ import pytest
 from browser_layout import expected_traces, legends_and_titles, overlaps, wait_for_traces
 from test_browser_labeling import (
     ARTIFACTS,
+    BROWSER_MARKS,
     CHROMIUM,
     CHROMIUM_ARGS,
     NOTEBOOK_STATE,
     Lab,
     _run_all_cells,
+    new_page,
+    open_notebook,
     running_lab,
 )
 
@@ -42,11 +44,7 @@ IMAGES = REPO / "docs" / "images"
 FIXTURE_LOGS = Path(__file__).resolve().parent / "fixtures" / "logs"
 STOP_FEEDBACK_MS = 200
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(CHROMIUM is None, reason="no chromium executable (run `make browser`)"),
-    pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="playwright is not installed"),
-]
+pytestmark = BROWSER_MARKS
 
 # ms from the next click to the first change of the status line's text that matches `expect` (a regular
 # expression; any change when null): the training thread redraws the line when an update ends, and such a
@@ -170,19 +168,11 @@ def test_ppo_panel_in_jupyterlab(lab: Lab, tmp_path: Path) -> None:
     from playwright import sync_api
 
     IMAGES.mkdir(parents=True, exist_ok=True)
-    console: list[str] = []
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 2200})
-        page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
-        page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+        page, console = new_page(browser, 2200)
         try:
-            page.goto(lab.url, timeout=120_000)
-            page.wait_for_function(
-                "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
-                " const k = w && w.sessionContext && w.sessionContext.session"
-                " && w.sessionContext.session.kernel; return Boolean(k) && k.status === 'idle'; }",
-                timeout=120_000, polling=500)
+            open_notebook(page, lab.url)
             _run_all_cells(page)
             page.locator(".rlhfw-ppo-panel .rlhfw-ppo-status").wait_for(state="visible", timeout=300_000)
             state = page.evaluate(NOTEBOOK_STATE)
