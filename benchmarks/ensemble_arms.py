@@ -130,6 +130,8 @@ def chain(config: QuickstartConfig) -> tuple[Path, datasets.Dataset, bool]:
     meta_file = seed_dir / CHAIN
     if meta_file.is_file():
         saved = json.loads(meta_file.read_text())
+        for key in ("reward_members", "reward_objective"):  # recorded by chains built before they were left out
+            saved["config"].pop(key, None)
         if saved["config"] != meta:
             raise SystemExit(f"{seed_dir} holds a chain built with {saved['config']}, not {meta}: use another --out")
         pairs = PreferenceStore(seed_dir / "labels.sqlite").to_dataset(annotator=quickstart_annotator(config).name)
