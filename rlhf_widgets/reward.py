@@ -228,16 +228,21 @@ class RewardModel:
         meta = saved_reward_meta(path)
         tokenizer = load_tokenizer(path, padding_side="right")
         if meta["adapter"]:
-            cfg = ModelConfig(model_name_or_path=meta["base_model"], use_peft=True,
-                              load_in_4bit=meta["load_in_4bit"], device=device)
-            base, _ = load_reward_backbone(cfg)
-            model = PeftModel.from_pretrained(base, path)
+            model = PeftModel.from_pretrained(adapter_base(meta, device), path)
             _adapters_to_compute_dtype(model)
         else:
             dev = choose_device(device)
             model = AutoModelForSequenceClassification.from_pretrained(path).to(dev)
         return cls(model, tokenizer, bias=meta["bias"], scale=meta["scale"], batch_size=batch_size,
                    max_length=meta["max_length"], mixed_precision=mixed_precision)
+
+
+def adapter_base(meta: dict, device: str = "auto") -> PreTrainedModel:
+    """The base model a saved LoRA reward model's adapter goes on (`meta`: `saved_reward_meta`): its checkpoint,
+    loaded as a reward backbone with its 4-bit setting."""
+    base, _ = load_reward_backbone(ModelConfig(model_name_or_path=meta["base_model"], use_peft=True,
+                                               load_in_4bit=meta["load_in_4bit"], device=device))
+    return base
 
 
 def saved_reward_meta(path: Path) -> dict:

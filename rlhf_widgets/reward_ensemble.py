@@ -48,6 +48,7 @@ from rlhf_widgets.reward import (
     RewardModel,
     RewardStageConfig,
     _adapters_to_compute_dtype,
+    adapter_base,
     fit_normalization_on_pairs,
     saved_reward_meta,
     train_reward_model,
@@ -128,12 +129,10 @@ def load_members(paths: Sequence[str | Path], device: str = "auto", batch_size: 
     if not all(m["adapter"] for m in metas) or len({(m["base_model"], m["load_in_4bit"]) for m in metas}) != 1:
         return [RewardModel.load(p, device=device, batch_size=batch_size, mixed_precision=mixed_precision)
                 for p in paths]
-    from rlhf_widgets.models import load_reward_backbone, load_tokenizer
+    from rlhf_widgets.models import load_tokenizer
 
-    base, _ = load_reward_backbone(ModelConfig(model_name_or_path=metas[0]["base_model"], use_peft=True,
-                                               load_in_4bit=metas[0]["load_in_4bit"], device=device))
     names = [f"member_{i}" for i in range(len(paths))]
-    model = PeftModel.from_pretrained(base, paths[0], adapter_name=names[0])
+    model = PeftModel.from_pretrained(adapter_base(metas[0], device), paths[0], adapter_name=names[0])
     for name, path in zip(names[1:], paths[1:], strict=True):
         model.load_adapter(path, adapter_name=name)
     _adapters_to_compute_dtype(model)
@@ -392,7 +391,7 @@ def train_reward_ensemble(
     train_ds, eval_ds = (split["train"], split["test"]) if split else (data, None)
     output = Path(config.output_dir)
     metrics = stage_metrics(metrics, output, "reward")
-    results, train_sets, step = [], [], 0
+    results, train_sets, step, shared = [], [], 0, None
     for i in range(members):
         member_data = bootstrap_by_prompt(train_ds, seed=config.seed + i) if bootstrap else train_ds
         member_config = copied(config)
@@ -406,17 +405,16 @@ def train_reward_ensemble(
                           f"{' (bootstrap resample by prompt)' if bootstrap else ''}, seed {member_config.seed}",
                           step=step, stage="reward", member=i, pairs=len(member_data), seed=member_config.seed)
         member_log = _forwarding_log(metrics, i, step)
-        results.append(train_reward_model(member_data, member_config, model=model, metrics=member_log))
+        result = train_reward_model(member_data, member_config, model=model, metrics=member_log)
+        if isinstance(result.reward_model.model, PeftModel):  # its own base goes now: reloaded below on one base
+            shared = {"batch_size": result.reward_model.batch_size, "device": as_model_config(model).device,
+                      "mixed_precision": result.reward_model.mixed_precision}
+            result.reward_model = None
+        results.append(result)
         train_sets.append(member_data)
         step += _last_step(member_log)
-    trained = [r.reward_model for r in results]
-    if all(isinstance(m.model, PeftModel) for m in trained):  # K adapters on one base, not K bases in memory
-        settings = {"batch_size": trained[0].batch_size, "mixed_precision": trained[0].mixed_precision,
-                    "device": as_model_config(model).device}
-        for r in results:
-            r.reward_model = None
-        del trained
-        trained = load_members([r.model_path for r in results], **settings)
+    trained = ([r.reward_model for r in results] if shared is None  # full models: kept as trained
+               else load_members([r.model_path for r in results], **shared))  # K adapters on one base
     ensemble = RewardEnsemble(trained, objective=objective, uncertainty_weight=uncertainty_weight)
     fit_normalization_on_pairs(ensemble, train_ds, config.normalize_on)
     final = ensemble.save(output / FINAL)
