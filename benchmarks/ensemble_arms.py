@@ -125,7 +125,8 @@ def chain(config: QuickstartConfig) -> tuple[Path, datasets.Dataset, bool]:
     """(SFT model path, labeled pairs, reused?) of the quickstart's chain in `config.output_dir`."""
     seed_dir, s = Path(config.output_dir), config.seed
     meta = {k: v for k, v in asdict(config).items() if k not in ("output_dir", "stages", "ppo_updates", "eval_prompts",
-                                                                  "best_of", "reward_members", "reward_objective")}
+                                                                  "best_of", "reward_members", "reward_objective",
+                                                                  "reward_mismatched_pairs")}
     meta["bf16"] = cpu_has_native_bf16()
     meta_file = seed_dir / CHAIN
     if meta_file.is_file():
@@ -160,6 +161,8 @@ def reward(kind: str, config: QuickstartConfig, sft_path: Path, pairs: datasets.
     ensemble (`kind="ensemble"`), trained in `<seed dir>/rm_single` or `<seed dir>/rm_ensemble_k<K>` or reloaded
     from there."""
     directory = Path(config.output_dir) / ("rm_single" if kind == "single" else f"rm_ensemble_k{members}")
+    if mismatched := config.reward_mismatched_pairs:
+        directory = directory.with_name(f"{directory.name}_mm{mismatched:g}")
     meta_file = directory / "reward.json"
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text())
@@ -232,6 +235,8 @@ def run_arm(arm: str, config: QuickstartConfig, sft_path: Path, rm: RewardModel 
     name = f"arm_{arm}"
     if isinstance(rm, RewardEnsemble):
         name += f"_k{len(rm)}" + (f"_lambda{rm.uncertainty_weight}" if arm == "uncertainty" else "")
+    if config.reward_mismatched_pairs:
+        name += f"_mm{config.reward_mismatched_pairs:g}"
     arm_dir = Path(config.output_dir) / name
     if arm_dir.exists():  # PPO would append to the old run's metrics
         shutil.rmtree(arm_dir)
@@ -279,16 +284,20 @@ def summarize(files: list[Path]) -> str:
     best-of-N gold at N = 1, 8, 32, 128 averaged over seeds."""
     rows = [{"out": str(f.parent), **json.loads(line)} for f in files for line in f.read_text().splitlines()
             if line.strip()]
+    for r in rows:  # an arm whose reward models also trained on mismatched pairs is an arm of its own
+        r["label"] = r["arm"] + (f"_mm{r['mismatched_pairs']:g}" if r.get("mismatched_pairs") else "")
     out = []
-    for arm in dict.fromkeys(r["arm"] for r in rows):
-        runs = sorted((r for r in rows if r["arm"] == arm),
+    for label in dict.fromkeys(r["label"] for r in rows):
+        runs = sorted((r for r in rows if r["label"] == label),
                       key=lambda r: (r["verbosity_bias"], r["bf16"], r["members"], r["seed"]))
-        out += [f"\n**{arm}**\n", "| seed | K | bias | precision | gold win vs SFT | KL | words (SFT) | gold best → "
+        arm = runs[0]["arm"]
+        out += [f"\n**{label}**\n", "| seed | K | bias | precision | gold win vs SFT | KL | words (SFT) | gold best → "
                 "final | first gold-free alert | gold fell 1 pt | reward + PPO s |", "|---" * 11 + "|"]
         for r in runs:
             free = [a["update"] for a in r["alerts"] if a["kind"] in GOLD_FREE]
             name = f"arm_{arm}" + (f"_k{r['members']}" if arm in (*OBJECTIVES, "watched") else "") + (
-                f"_lambda{r['uncertainty_weight']}" if arm == "uncertainty" else "")
+                f"_lambda{r['uncertainty_weight']}" if arm == "uncertainty" else "") + (
+                f"_mm{r['mismatched_pairs']:g}" if r.get("mismatched_pairs") else "")
             log = Path(r["out"]) / f"seed_{r['seed']}" / name / "ppo" / "metrics.jsonl"
             fell = gold_fall_update(log) if log.is_file() else "?"
             p = r["ppo"]
@@ -299,7 +308,8 @@ def summarize(files: list[Path]) -> str:
                        f"{min(free) if free else '—'} | {fell if fell is not None else '—'} | "
                        f"{r['seconds']['reward']:.0f} + {r['seconds']['ppo']:.0f} |")
         wins = [r["gold_win_rate_vs_sft"] for r in runs]
-        out.append(f"\n{arm}: {len(wins)} runs, gold win rate worst {min(wins):.2f}, mean {sum(wins) / len(wins):.2f}, "
+        out.append(f"\n{label}: {len(wins)} runs, gold win rate worst {min(wins):.2f}, "
+                   f"mean {sum(wins) / len(wins):.2f}, "
                    f"{sum(w >= 0.65 for w in wins)} at ≥ 0.65")
         curves = [r["best_of_n"] for r in runs if r.get("best_of_n")]
         if curves:
@@ -332,6 +342,9 @@ def main() -> None:
                         help="the simulated annotator's gold points per extra word (default 0: the quickstart's)")
     parser.add_argument("--ppo-updates", type=int, default=None,
                         help=f"PPO updates per arm (default {QuickstartConfig.ppo_updates}, the quickstart's)")
+    parser.add_argument("--mismatched-pairs", type=float, default=None,
+                        help="RewardStageConfig.mismatched_pairs of every arm's reward models (default: the "
+                             "quickstart's); where not 0 their directories and the arms' get the suffix _mm<value>")
     parser.add_argument("--best-of-n", action="store_true", help="also the best-of-N curve of each arm's reward")
     parser.add_argument("--bon-n", type=int, default=None, help="largest N of the curve (default 128)")
     parser.add_argument("--bon-prompts", type=int, default=None, help="held-out prompts of the curve (default 32)")
@@ -353,6 +366,8 @@ def main() -> None:
     config = QuickstartConfig(output_dir=str(args.out / f"seed_{s}"), seed=s, verbosity_bias=args.verbosity_bias,
                               ppo_updates=ppo_updates, **{k: v for k, v in sizes.items()
                                                           if k in ("sft_demos", "pair_prompts", "eval_prompts")})
+    if args.mismatched_pairs is not None:
+        config.reward_mismatched_pairs = args.mismatched_pairs
     stdout = sys.stdout  # the trainers print their logs to stderr: stdout carries the JSON lines only
     with contextlib.redirect_stdout(sys.stderr):
         sft_path, pairs, chain_reused = chain(config)
@@ -382,6 +397,7 @@ def main() -> None:
                     "objective": arm if arm in OBJECTIVES else None,
                     "uncertainty_weight": args.uncertainty_weight if arm == "uncertainty" else None,
                     "verbosity_bias": args.verbosity_bias, "bf16": cpu_has_native_bf16(), "quick": args.quick,
+                    "mismatched_pairs": config.reward_mismatched_pairs,
                     **run_arm(arm, config, sft_path, rm)}
             line["seconds"] = {"reward": reward_seconds, **line["seconds"]}
             line["reused"] = {"chain": chain_reused, "reward": reward_reused}

@@ -55,6 +55,10 @@ class QuickstartConfig:
     reward_objective: str = field(default="worst", metadata=field_help(
         "How an ensemble's members combine (reward_members >= 2): 'worst' (the lowest member's score), "
         "'uncertainty' (mean - 0.5 x variance) or 'mean'."))
+    reward_mismatched_pairs: float = field(default=0.5, metadata=field_help(
+        "Mismatched pairs per labeled pair in the reward model's training (RewardStageConfig.mismatched_pairs): an "
+        "answer preferred over another prompt's answer, so the reward model learns that an answer must fit the "
+        "question (0 = labeled pairs only)."))
     ppo_updates: int = field(default=32, metadata=field_help("PPO updates."))
     eval_prompts: int = field(default=128, metadata=field_help("Held-out prompts for the final comparison."))
     best_of: int = field(default=8, metadata=field_help(
@@ -93,6 +97,9 @@ def run_quickstart(config: QuickstartConfig | None = None,
     if config.reward_members > 1 and config.reward_objective not in OBJECTIVES:
         raise ValueError(f"QuickstartConfig.reward_objective={config.reward_objective!r}: must be one of "
                          f"{', '.join(map(repr, OBJECTIVES))}")
+    if not 0 <= config.reward_mismatched_pairs <= 4:
+        raise ValueError(f"QuickstartConfig.reward_mismatched_pairs={config.reward_mismatched_pairs}: must be in "
+                         "[0, 4] (mismatched pairs per labeled pair; 0 = off)")
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = QuickstartResult(output_dir=out, report_path=None)
@@ -141,7 +148,8 @@ def _run_stage(stage: str, config: QuickstartConfig, state: dict, logs: dict[str
         report = reward_report(rm.reward_model, rm.eval_dataset, gold=sandbox.gold_reward)
         state["reward_model"], state["reward_report"], logs["reward"] = rm.reward_model, report, rm.metrics
         result.numbers["reward"] = {k: report[k] for k in ("accuracy", "gold_agreement", "mean_margin",
-                                                           "expected_calibration_error", "n_pairs", "ensemble")
+                                                           "expected_calibration_error", "n_pairs", "ensemble",
+                                                           "prompt_dependence")
                                     if k in report}
     elif stage == "ppo":
         ppo = quickstart_ppo(config, state["sft_path"], state["reward_model"])
@@ -230,11 +238,12 @@ def quickstart_annotator(config: QuickstartConfig) -> SimulatedAnnotator:
 
 
 def quickstart_reward_config(config: QuickstartConfig) -> RewardStageConfig:
-    """The quickstart's reward-model settings: `<output_dir>/reward`, the run's seed, `RewardStageConfig`'s
-    defaults otherwise."""
+    """The quickstart's reward-model settings: `<output_dir>/reward`, the run's seed, its mismatched pairs,
+    `RewardStageConfig`'s defaults otherwise."""
     from rlhf_widgets.reward import RewardStageConfig
 
-    return RewardStageConfig(output_dir=str(Path(config.output_dir) / "reward"), seed=config.seed)
+    return RewardStageConfig(output_dir=str(Path(config.output_dir) / "reward"), seed=config.seed,
+                             mismatched_pairs=config.reward_mismatched_pairs)
 
 
 def quickstart_reward(config: QuickstartConfig, sft_path: str | Path, pairs: datasets.Dataset) -> StageResult:

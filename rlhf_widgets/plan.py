@@ -107,7 +107,7 @@ def stage_work(stage: str, config: QuickstartConfig) -> float:
         return config.pair_prompts * config.answers_per_prompt
     if stage == "reward":  # an ensemble trains each member on a resample of the same size
         return (config.pair_prompts * min(config.pairs_per_prompt, math.comb(config.answers_per_prompt, 2))
-                * config.reward_members)
+                * config.reward_members * (1 + config.reward_mismatched_pairs))
     if stage == "ppo":
         return config.ppo_updates
     if stage == "dpo":

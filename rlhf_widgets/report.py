@@ -192,6 +192,9 @@ def _reward_summary(summary: Mapping[str, Any]) -> str:
               "n_pairs": ("held-out pairs", "count")}
     rows = "".join(f'<tr><td>{_e(label)}</td><td class="num">{_e(format_number(summary[key], kind))}</td></tr>'
                    for key, (label, kind) in labels.items() if key in summary)
+    if dependence := summary.get("prompt_dependence"):
+        rows += ('<tr><td>answers that score higher under their own prompt than under another</td><td class="num">'
+                 f'{_e(format_number(dependence["own_prompt_higher"], "percent"))}</td></tr>')
     n = summary.get("n_pairs")
     warning = ""
     if isinstance(n, int) and n < FEW_PAIRS:

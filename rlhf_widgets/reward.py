@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -66,6 +67,14 @@ class RewardStageConfig(TrainingDefaults, trl.RewardConfig):
     eval_fraction: float = field(
         default=0.1, metadata={"help": "Share of pairs held out for the evaluation report (0 = none)."}
     )
+    mismatched_pairs: float = field(
+        default=0.0,
+        metadata={"help": "Also train on this many mismatched pairs per labeled pair (0.5 = half as many again): "
+                  "a training pair's chosen answer preferred over the chosen answer to another prompt. No labels "
+                  "needed — an answer written for another question is worse — and it teaches the reward model that "
+                  "an answer must fit what was asked, where PPO otherwise finds answers that score high whatever "
+                  "the question (0 = off)."},
+    )
     normalize_on: int = field(
         default=256,
         metadata={"help": "Fit score normalisation (mean 0 / std 1) on this many training responses — the "
@@ -76,6 +85,9 @@ class RewardStageConfig(TrainingDefaults, trl.RewardConfig):
         super().__post_init__()
         if not 0 <= self.eval_fraction < 1:
             raise ValueError(f"RewardStageConfig.eval_fraction={self.eval_fraction}: must be in [0, 1)")
+        if not 0 <= self.mismatched_pairs <= 4:
+            raise ValueError(f"RewardStageConfig.mismatched_pairs={self.mismatched_pairs}: must be in [0, 4] "
+                             "(mismatched pairs per labeled pair)")
         if self.normalize_on < 0:
             raise ValueError(f"RewardStageConfig.normalize_on={self.normalize_on}: must be >= 0")
 
@@ -317,6 +329,29 @@ def _tokenized_pairs(pairs: datasets.Dataset, tokenizer: PreTrainedTokenizerBase
     return datasets.Dataset.from_dict({"chosen_ids": chosen, "rejected_ids": rejected}), trimmed
 
 
+def with_mismatched_pairs(pairs: datasets.Dataset, share: float, seed: int) -> datasets.Dataset:
+    """`pairs` and, after them, ``round(share · len(pairs))`` mismatched pairs (`RewardStageConfig.mismatched_pairs`):
+    for a pair drawn at random (without replacement while there are enough), its prompt, its chosen answer as
+    chosen, and as rejected the chosen answer of a pair with another prompt. Unchanged with share 0 or a single
+    distinct prompt (nothing to mismatch)."""
+    n = round(share * len(pairs))
+    keys = [p if isinstance(p, str) else json.dumps(p, sort_keys=True) for p in pairs["prompt"]]
+    if n == 0 or len(set(keys)) < 2:
+        return pairs
+    rng = random.Random(seed)
+    rows = [i for _ in range(-(-n // len(pairs))) for i in rng.sample(range(len(pairs)), len(pairs))][:n]
+    prompts, chosen, rejected = [], [], []
+    for i in rows:
+        j = rng.randrange(len(pairs))
+        while keys[j] == keys[i]:
+            j = rng.randrange(len(pairs))
+        prompts.append(pairs[i]["prompt"])
+        chosen.append(pairs[i]["chosen"])
+        rejected.append(pairs[j]["chosen"])
+    extra = datasets.Dataset.from_dict({"prompt": prompts, "chosen": chosen, "rejected": rejected})
+    return datasets.concatenate_datasets([pairs.select_columns(["prompt", "chosen", "rejected"]), extra])
+
+
 def fit_normalization_on_pairs(reward_model: RewardModel | RewardEnsemble, pairs: datasets.Dataset, n: int) -> None:
     """Normalise on both responses of the first ⌈n/2⌉ training pairs (they are the sampler's outputs)."""
     rows = pairs.select(range(min(len(pairs), (n + 1) // 2)))
@@ -354,7 +389,8 @@ def train_reward_model(
         _score_head_in_float32(backbone)
     if eval_ds is not None and config.eval_strategy == "no":
         config.eval_strategy = "epoch"
-    train_ids, trimmed = _tokenized_pairs(train_ds, tokenizer, config.max_length)
+    train_ids, trimmed = _tokenized_pairs(with_mismatched_pairs(train_ds, config.mismatched_pairs, config.seed),
+                                          tokenizer, config.max_length)
     eval_ids, eval_trimmed = (_tokenized_pairs(eval_ds, tokenizer, config.max_length) if eval_ds is not None
                               else (None, 0))
     if trimmed + eval_trimmed:

@@ -754,3 +754,24 @@ def test_frozen_base_stored_in_bf16_computes_what_autocast_computes(tmp_path: Pa
     merging = run(True)  # float32 and tiny: samples from merged W + ΔW, which needs the float32 W
     assert merging.backend.merge_for_generation
     assert {p.dtype for p in merging.backend.peft.parameters()} == {torch.float32}
+
+
+def test_prompt_dependence_is_the_score_under_its_own_prompt_minus_under_the_next(tmp_path: Path) -> None:
+    """`reward/prompt_dependence`: each response scored under the next prompt of the batch, subtracted from its own
+    prompt's score, averaged; one more reward call per update, and none (no metric) with the check off."""
+    calls = []
+
+    def reward(prompts, responses):  # depends on the prompt and the response together
+        calls.append((list(prompts), list(responses)))
+        return [float(len(p) % 7) * (1 + len(r) % 3) for p, r in zip(prompts, responses, strict=True)]
+
+    metrics = PPOTrainer(PROMPTS, small_config(tmp_path / "on", num_updates=1), reward=reward).step()
+    (prompts, responses), (swapped, same) = calls
+    assert same == responses and swapped == [*prompts[1:], prompts[0]] and swapped != prompts
+    own, other = reward(prompts, responses), reward(swapped, responses)
+    assert metrics["reward/prompt_dependence"] == pytest.approx(sum(own) / len(own) - sum(other) / len(other))
+    assert metrics["reward/prompt_dependence"] != 0
+    calls.clear()
+    off = PPOTrainer(PROMPTS, small_config(tmp_path / "off", num_updates=1, prompt_swap_check=False),
+                     reward=reward).step()
+    assert len(calls) == 1 and "reward/prompt_dependence" not in off

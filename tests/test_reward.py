@@ -10,7 +10,7 @@ from conftest import label_rows, sandbox_prompts
 from rlhf_widgets.config import SANDBOX, ModelConfig
 from rlhf_widgets.evaluation import reward_report
 from rlhf_widgets.models import load_reward_backbone
-from rlhf_widgets.reward import RewardModel, RewardStageConfig, train_reward_model
+from rlhf_widgets.reward import RewardModel, RewardStageConfig, train_reward_model, with_mismatched_pairs
 from rlhf_widgets.sandbox import SimulatedAnnotator, gold_reward
 
 
@@ -154,3 +154,64 @@ def test_scoring_runs_in_bf16_autocast_where_native_with_a_float32_head(trained_
         assert rm.model(**inputs).logits.dtype == torch.float32
     with pytest.raises(ValueError, match="mixed_precision='fp32'"):
         RewardModel(rm.model, rm.tokenizer, mixed_precision="fp32")
+
+
+def test_mismatched_pairs_pair_each_answer_against_another_prompts_answer() -> None:
+    pairs = datasets.Dataset.from_dict({"prompt": ["a", "a", "b", "c"], "chosen": ["A1", "A2", "B", "C"],
+                                        "rejected": ["x", "y", "z", "w"]})
+    assert with_mismatched_pairs(pairs, 0.0, seed=0) is pairs
+    more = with_mismatched_pairs(pairs, 2.0, seed=1)
+    assert len(more) == 12 and more.select(range(4)).to_list() == pairs.to_list()
+    answer_of = {"A1": "a", "A2": "a", "B": "b", "C": "c"}
+    for row in more.select(range(4, 12)):
+        assert answer_of[row["chosen"]] == row["prompt"]  # the prompt's own answer is chosen …
+        assert answer_of[row["rejected"]] != row["prompt"]  # … over an answer written for another prompt
+    assert sorted(more["prompt"][4:]) == sorted(list(pairs["prompt"]) * 2)  # every pair drawn once per round
+    one_prompt = datasets.Dataset.from_dict({"prompt": ["a", "a"], "chosen": ["A1", "A2"], "rejected": ["x", "y"]})
+    assert with_mismatched_pairs(one_prompt, 1.0, seed=0) is one_prompt  # nothing to mismatch
+    with pytest.raises(ValueError, match="mismatched_pairs=-0.5"):
+        RewardStageConfig(mismatched_pairs=-0.5)
+
+
+def test_mismatched_pairs_teach_the_reward_model_that_an_answer_must_fit_the_question(
+        trained_reward, sft_model_dir, sft_pair_rows, tmp_path: Path) -> None:
+    """Scored under another prompt, an SFT answer should score lower than under its own. A reward model trained on
+    labeled pairs alone barely tells them apart — the flaw PPO rides to one answer for every question — and one
+    that also trained on mismatched pairs does, on prompts it never saw (fewer labels than the other, too)."""
+    pairs = label_rows(sft_pair_rows[:-100], SimulatedAnnotator(temperature=1.0, seed=0))
+    cfg = RewardStageConfig(output_dir=str(tmp_path), mismatched_pairs=1.0, eval_fraction=0)
+    taught = train_reward_model(pairs, cfg, model=sft_model_dir).reward_model
+    held_out = sft_pair_rows[-100:]
+    prompts, answers = [r["prompt"] for r in held_out], [r["response_a"] for r in held_out]
+    others = [*prompts[1:], prompts[0]]
+    gaps = {name: (rm.score(prompts, answers) - rm.score(others, answers))
+            for name, rm in (("labels only", trained_reward.reward_model), ("with mismatched", taught))}
+    print({name: (round(g.mean().item(), 2), round((g > 0).float().mean().item(), 2)) for name, g in gaps.items()})
+    assert gaps["with mismatched"].mean() > gaps["labels only"].mean() + 0.5
+    assert (gaps["with mismatched"] > 0).float().mean() > 0.8
+
+
+class _KeywordScorer:
+    """A stand-in reward model: 1 when the answer names the prompt's item (`reads_prompt`), else the answer's length
+    in words / 10 whatever the prompt."""
+
+    def __init__(self, reads_prompt: bool) -> None:
+        self.reads_prompt = reads_prompt
+
+    def score(self, prompts, responses, normalize: bool = True) -> torch.Tensor:
+        return torch.tensor([float(p.split()[-1] in r) if self.reads_prompt else len(r.split()) / 10
+                             for p, r in zip(prompts, responses, strict=True)])
+
+
+def test_reward_report_says_whether_the_reward_model_reads_the_prompt() -> None:
+    items = ["kettle", "jacket", "mat"]
+    pairs = datasets.Dataset.from_dict({
+        "prompt": [f"Where is my {i}" for i in items for _ in range(2)],  # two pairs per prompt: the next pair of
+        "chosen": [f"Your {i} ships today." for i in items for _ in range(2)],  # the same prompt is skipped
+        "rejected": [f"Your {i}." for i in items for _ in range(2)]})
+    reads = reward_report(_KeywordScorer(reads_prompt=True), pairs)["prompt_dependence"]
+    assert reads["own_prompt_higher"] == 1.0 and reads["mean_gap"] == pytest.approx(1.0)
+    blind = reward_report(_KeywordScorer(reads_prompt=False), pairs)["prompt_dependence"]
+    assert blind["own_prompt_higher"] == 0.0 and blind["mean_gap"] == 0.0
+    one_prompt = pairs.filter(lambda row: "kettle" in row["prompt"])
+    assert "prompt_dependence" not in reward_report(_KeywordScorer(reads_prompt=True), one_prompt)

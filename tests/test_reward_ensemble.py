@@ -338,7 +338,8 @@ def test_quickstart_trains_an_ensemble_when_asked_and_refuses_bad_settings_befor
     single = quickstart_reward(QuickstartConfig(output_dir=str(tmp_path / "one")), "sandbox", pairs).reward_model
     assert isinstance(single, RewardModel)
     for changes, message in (({"reward_members": 0}, "reward_members=0: must be 1"),
-                             ({"reward_members": 3, "reward_objective": "min"}, "reward_objective='min'")):
+                             ({"reward_members": 3, "reward_objective": "min"}, "reward_objective='min'"),
+                             ({"reward_mismatched_pairs": -1}, "reward_mismatched_pairs=-1: must be in")):
         with pytest.raises(ValueError, match=message):
             run_quickstart(QuickstartConfig(output_dir=str(tmp_path / "bad"), **changes))
     assert not (tmp_path / "bad" / "sft").exists()  # refused before the first stage

@@ -16,6 +16,16 @@ from rlhf_widgets.reward_ensemble import RewardEnsemble
 from rlhf_widgets.rewards import RewardFunction, score_responses
 
 
+def _other_prompts(prompts: list) -> list | None:
+    """For each prompt, the next one in the list (cyclically) that differs from it; None with fewer than two
+    distinct prompts."""
+    keys = [p if isinstance(p, str) else repr(p) for p in prompts]
+    if len(set(keys)) < 2:
+        return None
+    n = len(prompts)
+    return [next(prompts[(i + k) % n] for k in range(1, n) if keys[(i + k) % n] != keys[i]) for i in range(n)]
+
+
 def reward_report(
     reward_model,
     pairs: datasets.Dataset,
@@ -31,6 +41,13 @@ def reward_report(
     word-count difference, and `prefers_longer`: how often the RM picks the longer response where the
     lengths differ), and — when `gold` is given — `gold_agreement` (share of pairs where the RM orders
     the two responses as the gold scorer does; gold ties excluded) and gold's own `prefers_longer`.
+
+    `prompt_dependence` (with two or more distinct prompts) says whether the reward model reads the question: each
+    chosen answer is scored again under the next pair's different prompt; `mean_gap` is its own prompt's score minus
+    that one, on average (in the scores' units; `scale` is their std over the pairs' answers), and
+    `own_prompt_higher` the share of answers that score higher under their own prompt. A gap near 0 means the model
+    scores an answer the same whatever was asked — PPO can then find one answer for every question
+    (`RewardStageConfig.mismatched_pairs` trains against it).
 
     A `RewardEnsemble`'s numbers above are those of its combined score (which is on the members' normalised
     scale: an ensemble has no raw one), and `ensemble` adds `objective`, `uncertainty_weight`,
@@ -51,6 +68,13 @@ def reward_report(
         rr = reward_model.score(prompts, rejected, normalize=False).numpy().astype(float)
     margin = rc - rr
     correct = margin > 0
+    others = _other_prompts(prompts)
+    if others is not None:  # each chosen answer again, under the next pair's (different) prompt
+        if isinstance(reward_model, RewardEnsemble):
+            ro = reward_model.combine(reward_model.member_scores(others, chosen)).numpy().astype(float)
+        else:
+            ro = reward_model.score(others, chosen, normalize=False).numpy().astype(float)
+        prompt_gap = rc - ro
 
     # calibration: P(first ≻ second) = σ(r1 − r2) over both orderings of every pair
     p = 1 / (1 + np.exp(-np.concatenate([margin, -margin])))
@@ -90,6 +114,10 @@ def reward_report(
                                                                    [words(r) for r in rejected]]))[0, 1]),
         },
     }
+    if others is not None:
+        report["prompt_dependence"] = {"mean_gap": float(prompt_gap.mean()),
+                                       "scale": float(np.concatenate([rc, rr]).std()),
+                                       "own_prompt_higher": float((prompt_gap > 0).mean())}
     if gold is not None:
         gc = score_responses(gold, prompts, chosen).numpy()
         gr = score_responses(gold, prompts, rejected).numpy()

@@ -314,6 +314,9 @@ class PPOTrainer:
         procs.where = f"the gold scores of update {update}"
         with clock("gold"):
             gold_scores = self._gold_scores(rollout)
+        procs.where = f"the prompt-swap scores of update {update}"
+        with clock("reward"):
+            prompt_dependence = self._prompt_dependence(rollout)
 
         # 8. adapt β (on all processes' mean KL: every process keeps the same β), step the schedule, report
         n_episodes = len(rollout) * procs.count
@@ -326,6 +329,8 @@ class PPOTrainer:
         update_seconds = time.perf_counter() - start - rollout_seconds
         self.last_flops = self._flops(rollout, getattr(self.reward, "tokens_scored", 0) - reward_tokens)
         metrics = self._report(rollout, stats, gold_scores, mean_kl, kl_coef, lr, rollout_seconds, update_seconds)
+        if prompt_dependence is not None:
+            metrics["reward/prompt_dependence"] = prompt_dependence
         metrics["eps"] = n_episodes / (time.perf_counter() - start)
         metrics["episode"] = self.episode
         if self.is_main:
@@ -463,6 +468,27 @@ class PPOTrainer:
             error = err
         self.processes.agree(error)
         return scores
+
+    def _prompt_dependence(self, rollout: Rollout) -> float | None:
+        """How much the reward depends on the prompt (`PPOConfig.prompt_swap_check`): the mean, over all processes'
+        responses, of each one's score under its own prompt minus its score under the next prompt of its process's
+        batch (the missing-EOS penalty cancels). None when off or with fewer than two prompts per process. A failure
+        on any process is raised on every process, before the update's state changes."""
+        prompts = rollout.prompts
+        if not self.config.prompt_swap_check or len(prompts) < 2:
+            return None
+        error, gap = None, None
+        try:
+            with self.precision.full_precision():
+                swapped = score_responses(self.reward, [*prompts[1:], prompts[0]], rollout.texts)
+            penalty = core.apply_missing_eos_penalty(swapped, rollout.contains_eos.cpu(),
+                                                     self.config.missing_eos_penalty)
+            gap = (rollout.scores.float().cpu() - penalty).sum().double()
+        except Exception as err:  # noqa: BLE001 - raised on every process at the agreement point
+            error = err
+        self.processes.agree(error)
+        totals = self.processes.sum(torch.stack([gap, gap.new_tensor(len(prompts))]).to(self.accelerator.device))
+        return (totals[0] / totals[1]).item()
 
     def _flops(self, rollout: Rollout, reward_tokens: int) -> dict[str, float]:
         """This process's model FLOPs of the update that made `rollout`, per phase (`ppo.flops`): from the model's
