@@ -268,7 +268,8 @@ def quickstart_ppo(config: QuickstartConfig, sft_path: str | Path, reward: Rewar
 
     train_prompts = [p.text for p in sandbox.make_prompts(1000, seed=config.seed + 2)]
     trainer = PPOTrainer(train_prompts, PPOConfig(output_dir=str(Path(config.output_dir) / "ppo"),
-                                                  num_updates=config.ppo_updates, seed=config.seed),
+                                                  num_updates=config.ppo_updates, seed=config.seed,
+                                                  prompt_swap_check=True),
                          model=sft_path, reward=reward, gold=sandbox.gold_reward)
     return trainer.train()
 

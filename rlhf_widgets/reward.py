@@ -389,8 +389,12 @@ def train_reward_model(
         _score_head_in_float32(backbone)
     if eval_ds is not None and config.eval_strategy == "no":
         config.eval_strategy = "epoch"
-    train_ids, trimmed = _tokenized_pairs(with_mismatched_pairs(train_ds, config.mismatched_pairs, config.seed),
-                                          tokenizer, config.max_length)
+    training = with_mismatched_pairs(train_ds, config.mismatched_pairs, config.seed)
+    if len(training) > len(train_ds):
+        metrics.log_event("mismatched", f"{len(training) - len(train_ds)} mismatched pairs (a prompt's chosen answer "
+                          f"over another prompt's) added to the {len(train_ds)} training pairs", step=0,
+                          stage="reward", pairs=len(training) - len(train_ds))
+    train_ids, trimmed = _tokenized_pairs(training, tokenizer, config.max_length)
     eval_ids, eval_trimmed = (_tokenized_pairs(eval_ds, tokenizer, config.max_length) if eval_ds is not None
                               else (None, 0))
     if trimmed + eval_trimmed:

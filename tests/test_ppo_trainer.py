@@ -765,13 +765,13 @@ def test_prompt_dependence_is_the_score_under_its_own_prompt_minus_under_the_nex
         calls.append((list(prompts), list(responses)))
         return [float(len(p) % 7) * (1 + len(r) % 3) for p, r in zip(prompts, responses, strict=True)]
 
-    metrics = PPOTrainer(PROMPTS, small_config(tmp_path / "on", num_updates=1), reward=reward).step()
+    metrics = PPOTrainer(PROMPTS, small_config(tmp_path / "on", num_updates=1, prompt_swap_check=True),
+                         reward=reward).step()
     (prompts, responses), (swapped, same) = calls
     assert same == responses and swapped == [*prompts[1:], prompts[0]] and swapped != prompts
     own, other = reward(prompts, responses), reward(swapped, responses)
     assert metrics["reward/prompt_dependence"] == pytest.approx(sum(own) / len(own) - sum(other) / len(other))
     assert metrics["reward/prompt_dependence"] != 0
     calls.clear()
-    off = PPOTrainer(PROMPTS, small_config(tmp_path / "off", num_updates=1, prompt_swap_check=False),
-                     reward=reward).step()
+    off = PPOTrainer(PROMPTS, small_config(tmp_path / "off", num_updates=1), reward=reward).step()  # the default
     assert len(calls) == 1 and "reward/prompt_dependence" not in off

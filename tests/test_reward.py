@@ -107,8 +107,10 @@ def test_verbosity_biased_labels_show_in_the_length_report(biased_reward, traine
 @pytest.mark.parametrize("load_in_4bit", [False, True], ids=["lora", "4bit-lora"])
 def test_lora_reward_training_runs_and_reloads(sft_pair_rows, tmp_path: Path, load_in_4bit: bool) -> None:
     pairs = label_rows(sft_pair_rows[:64], SimulatedAnnotator(seed=1))
-    cfg = RewardStageConfig(output_dir=str(tmp_path), max_steps=3, eval_fraction=0)
+    cfg = RewardStageConfig(output_dir=str(tmp_path), max_steps=3, eval_fraction=0, mismatched_pairs=0.5)
     result = train_reward_model(pairs, cfg, model=ModelConfig(use_peft=True, load_in_4bit=load_in_4bit, lora_r=8))
+    [added] = [e for e in result.metrics.events() if e.kind == "mismatched"]  # said once, with the count
+    assert added.data["pairs"] == 32 and "32 mismatched pairs" in added.message
     again = RewardModel.load(result.model_path)
     prompts, responses = ["Where is order #31313?"], ["Check your tracking number."]
     # 4-bit: the base is re-quantized on load, so allow a little rounding in the raw score
@@ -171,24 +173,6 @@ def test_mismatched_pairs_pair_each_answer_against_another_prompts_answer() -> N
     assert with_mismatched_pairs(one_prompt, 1.0, seed=0) is one_prompt  # nothing to mismatch
     with pytest.raises(ValueError, match="mismatched_pairs=-0.5"):
         RewardStageConfig(mismatched_pairs=-0.5)
-
-
-def test_mismatched_pairs_teach_the_reward_model_that_an_answer_must_fit_the_question(
-        trained_reward, sft_model_dir, sft_pair_rows, tmp_path: Path) -> None:
-    """Scored under another prompt, an SFT answer should score lower than under its own. A reward model trained on
-    labeled pairs alone barely tells them apart — the flaw PPO rides to one answer for every question — and one
-    that also trained on mismatched pairs does, on prompts it never saw (fewer labels than the other, too)."""
-    pairs = label_rows(sft_pair_rows[:-100], SimulatedAnnotator(temperature=1.0, seed=0))
-    cfg = RewardStageConfig(output_dir=str(tmp_path), mismatched_pairs=1.0, eval_fraction=0)
-    taught = train_reward_model(pairs, cfg, model=sft_model_dir).reward_model
-    held_out = sft_pair_rows[-100:]
-    prompts, answers = [r["prompt"] for r in held_out], [r["response_a"] for r in held_out]
-    others = [*prompts[1:], prompts[0]]
-    gaps = {name: (rm.score(prompts, answers) - rm.score(others, answers))
-            for name, rm in (("labels only", trained_reward.reward_model), ("with mismatched", taught))}
-    print({name: (round(g.mean().item(), 2), round((g > 0).float().mean().item(), 2)) for name, g in gaps.items()})
-    assert gaps["with mismatched"].mean() > gaps["labels only"].mean() + 0.5
-    assert (gaps["with mismatched"] > 0).float().mean() > 0.8
 
 
 class _KeywordScorer:

@@ -113,12 +113,12 @@ class PPOConfig:
         "with k1 = log π − log π_ref, whatever kl_estimator: k1's mean over sampled tokens estimates KL ≥ 0, so a "
         "clearly negative one means the reference or the log-probs are wrong (k3 is ≥ 0 per token and could never "
         "show it)."))
-    prompt_swap_check: bool = field(default=True, metadata=field_help(
+    prompt_swap_check: bool = field(default=False, metadata=field_help(
         "Each update, also score the policy's answers under another prompt of the batch (the next one): the mean "
         "gap to their own prompt's score is reward/prompt_dependence, how much the reward depends on what was "
         "asked (reward_report's prompt_dependence, on the policy's own answers). Near 0, the reward model scores "
         "an answer the same whatever the question, and PPO can find one answer for every question. One more "
-        "reward pass per update."))
+        "reward pass per update, so off by default (the quickstart turns it on)."))
     on_alert: str = field(default="continue", metadata=field_help(
         "What a reward-hacking alert of a kind in alert_kinds does (the monitors of rlhf_widgets.evaluation.monitors "
         "watch the run's log; thresholds: PPOTrainer's monitor=), decided at the end of the update that raised it: "
