@@ -55,10 +55,11 @@ class QuickstartConfig:
     reward_objective: str = field(default="worst", metadata=field_help(
         "How an ensemble's members combine (reward_members >= 2): 'worst' (the lowest member's score), "
         "'uncertainty' (mean - 0.5 x variance) or 'mean'."))
-    reward_mismatched_pairs: float = field(default=0.5, metadata=field_help(
+    reward_mismatched_pairs: float = field(default=0.0, metadata=field_help(
         "Mismatched pairs per labeled pair in the reward model's training (RewardStageConfig.mismatched_pairs): an "
         "answer preferred over another prompt's answer, so the reward model learns that an answer must fit the "
-        "question (0 = labeled pairs only)."))
+        "question (0 = labeled pairs only; 0.5 ended seed 1's collapse but won less on most other seeds: "
+        "docs/FAILURE_MODES.md)."))
     ppo_updates: int = field(default=32, metadata=field_help("PPO updates."))
     eval_prompts: int = field(default=128, metadata=field_help("Held-out prompts for the final comparison."))
     best_of: int = field(default=8, metadata=field_help(
