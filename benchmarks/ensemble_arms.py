@@ -88,7 +88,7 @@ from rlhf_widgets import sandbox  # noqa: E402
 from rlhf_widgets.best_of import BestOfN, best_of_n  # noqa: E402
 from rlhf_widgets.data import split_by_prompt  # noqa: E402
 from rlhf_widgets.evaluation import best_of_n_curve  # noqa: E402
-from rlhf_widgets.evaluation.monitors import ALERT_EVENT, MonitorConfig  # noqa: E402
+from rlhf_widgets.evaluation.monitors import ALERT_EVENT, GOLD_FREE_KINDS, MonitorConfig  # noqa: E402
 from rlhf_widgets.labeling import PreferenceStore  # noqa: E402
 from rlhf_widgets.pipeline import (  # noqa: E402
     QuickstartConfig,
@@ -259,8 +259,6 @@ def run_arm(arm: str, config: QuickstartConfig, sft_path: Path, rm: RewardModel 
             "seconds": seconds}
 
 
-GOLD_FREE = ("ensemble_disagreement", "conservative_divergence")
-"""The alerts that read no gold (`evaluation.monitors`): what a real user's run can raise."""
 
 
 def gold_fall_update(log_path: Path, fall: float = 1.0) -> int | None:
@@ -294,7 +292,7 @@ def summarize(files: list[Path]) -> str:
         out += [f"\n**{label}**\n", "| seed | K | bias | precision | gold win vs SFT | KL | words (SFT) | gold best → "
                 "final | first gold-free alert | gold fell 1 pt | reward + PPO s |", "|---" * 11 + "|"]
         for r in runs:
-            free = [a["update"] for a in r["alerts"] if a["kind"] in GOLD_FREE]
+            free = [a["update"] for a in r["alerts"] if a["kind"] in GOLD_FREE_KINDS]
             name = f"arm_{arm}" + (f"_k{r['members']}" if arm in (*OBJECTIVES, "watched") else "") + (
                 f"_lambda{r['uncertainty_weight']}" if arm == "uncertainty" else "") + (
                 f"_mm{r['mismatched_pairs']:g}" if r.get("mismatched_pairs") else "")

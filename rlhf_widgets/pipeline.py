@@ -60,7 +60,8 @@ class QuickstartConfig:
         "answer preferred over another prompt's answer, so the reward model learns that an answer must fit the "
         "question (0 = labeled pairs only; 0.5 ended seed 1's collapse but won less on most other seeds: "
         "docs/FAILURE_MODES.md)."))
-    ppo_updates: int = field(default=32, metadata=field_help("PPO updates."))
+    ppo_updates: int = field(default=48, metadata=field_help(
+        "PPO updates (a gold-free alert ends the run earlier, rolled back: see quickstart_ppo)."))
     eval_prompts: int = field(default=128, metadata=field_help("Held-out prompts for the final comparison."))
     best_of: int = field(default=8, metadata=field_help(
         "N of the best-of-N baseline in the comparison (1 = leave it out)."))
@@ -155,6 +156,7 @@ def _run_stage(stage: str, config: QuickstartConfig, state: dict, logs: dict[str
     elif stage == "ppo":
         ppo = quickstart_ppo(config, state["sft_path"], state["reward_model"])
         state["ppo_path"], logs["ppo"] = ppo.model_path, ppo.metrics
+        result.numbers["ppo"] = {"status": ppo.status, "reason": ppo.reason}
     elif stage == "dpo":
         from rlhf_widgets.data import one_pair_per_prompt
         from rlhf_widgets.dpo import DPOStageConfig, train_dpo
@@ -187,6 +189,10 @@ def stage_line(stage: str, result: QuickstartResult, logs: dict[str, MetricsLog]
                     f"{reward['ensemble']['objective']}; members differ on {reward['ensemble']['disagreement']:.0%})")
     elif stage == "ppo":
         key = f"KL {last('objective/kl')}, reward {last('objective/scores')}"
+        rollback = next((e for e in log.events() if e.kind == "rollback"), None) if log is not None else None
+        if rollback is not None:
+            key += (f"; the {rollback.data['alert']} alert at update {rollback.data['alert_update']} rolled it back "
+                    f"to update {rollback.data['rolled_back_to']}")
     else:
         wins = [f"{name} {row['gold_win_rate']:.0%}" for name, row in numbers["comparison"].items() if name != "SFT"]
         key = f"gold win rate vs SFT: {', '.join(wins) or 'SFT only'}"
@@ -263,14 +269,18 @@ def quickstart_reward(config: QuickstartConfig, sft_path: str | Path, pairs: dat
 def quickstart_ppo(config: QuickstartConfig, sft_path: str | Path, reward: RewardFunction) -> StageResult:
     """The quickstart's PPO stage: `config.ppo_updates` updates from the SFT model against `reward` (already
     normalised on SFT samples), on 1,000 sandbox prompts, in `<output_dir>/ppo`, with the sandbox's gold logged as
-    `gold/score` (so the reward-hacking monitors' gold alert can fire)."""
+    `gold/score` (so the reward-hacking monitors' gold alert can fire). The prompt-swap check runs, and a gold-free
+    overoptimization alert (`GOLD_FREE_KINDS`: no gold, which a user's own run does not have) rolls the policy back
+    to the last copy before the updates that raised it and ends the run there."""
     from rlhf_widgets import sandbox
+    from rlhf_widgets.evaluation.monitors import GOLD_FREE_KINDS
     from rlhf_widgets.ppo import PPOConfig, PPOTrainer
 
     train_prompts = [p.text for p in sandbox.make_prompts(1000, seed=config.seed + 2)]
     trainer = PPOTrainer(train_prompts, PPOConfig(output_dir=str(Path(config.output_dir) / "ppo"),
                                                   num_updates=config.ppo_updates, seed=config.seed,
-                                                  prompt_swap_check=True),
+                                                  prompt_swap_check=True, on_alert="rollback",
+                                                  alert_kinds=list(GOLD_FREE_KINDS)),
                          model=sft_path, reward=reward, gold=sandbox.gold_reward)
     return trainer.train()
 

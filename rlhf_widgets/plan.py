@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,8 +27,10 @@ if TYPE_CHECKING:
     from rlhf_widgets.pipeline import QuickstartConfig
 
 REFERENCE_SECONDS = {"sft": 25.0, "pairs": 15.0, "reward": 22.8, "ppo": 41.4, "dpo": 18.1, "evaluate": 12.7}
-"""seconds per stage of the quickstart at `QuickstartConfig`'s defaults, every stage in bf16, on the project's 2-core
+"""seconds per stage of the quickstart at `QuickstartConfig`'s defaults but `REFERENCE_PPO_UPDATES`, every stage in bf16, on the project's 2-core
 AVX512-BF16 CPU with 2 threads: docs/PERFORMANCE.md, "The quickstart: 3 min 52 s → 2 min 22 s", last column"""
+REFERENCE_PPO_UPDATES = 32
+"""the PPO updates of that reference run (the other stages ran at `QuickstartConfig`'s defaults)"""
 REFERENCE_CALIBRATION = {"train": 0.193, "sample": 0.120}
 """`calibrate("bf16")` on that machine, in seconds (docs/PERFORMANCE.md, "What the quickstart says to expect")"""
 SAMPLING_SHARE = {"sft": 0.0, "pairs": 1.0, "reward": 0.0, "ppo": 0.22, "dpo": 0.0, "evaluate": 1.0}
@@ -118,14 +120,15 @@ def stage_work(stage: str, config: QuickstartConfig) -> float:
 
 
 def expected_seconds(stage: str, config: QuickstartConfig, precision: str) -> float:
-    """`REFERENCE_SECONDS[stage]` × `config`'s work over the defaults' × this machine's calibration at `precision`
+    """`REFERENCE_SECONDS[stage]` × `config`'s work over the reference run's × this machine's calibration at `precision`
     over the reference's (training and sampling parts separately)."""
     from rlhf_widgets.pipeline import QuickstartConfig
 
     here = calibrate(precision)
     slower = (SAMPLING_SHARE[stage] * here["sample"] / REFERENCE_CALIBRATION["sample"]
               + (1 - SAMPLING_SHARE[stage]) * here["train"] / REFERENCE_CALIBRATION["train"])
-    return REFERENCE_SECONDS[stage] * stage_work(stage, config) / stage_work(stage, QuickstartConfig()) * slower
+    reference = replace(QuickstartConfig(), ppo_updates=REFERENCE_PPO_UPDATES)
+    return REFERENCE_SECONDS[stage] * stage_work(stage, config) / stage_work(stage, reference) * slower
 
 
 @functools.cache

@@ -214,3 +214,36 @@ def test_the_new_thresholds_are_checked() -> None:
         MonitorConfig(min_disagreement_rise=-0.1)
     with pytest.raises(ValueError, match=r"MonitorConfig.min_conservative_drop=0: must be > 0"):
         MonitorConfig(min_conservative_drop=0)
+    with pytest.raises(ValueError, match=r"MonitorConfig.off_prompt_rise=1.5: must be in \(0, 1\)"):
+        MonitorConfig(off_prompt_rise=1.5)
+
+
+def sharpening(t: int) -> dict[str, float]:
+    """A healthy run with the prompt-swap check: the share of answers that fit any prompt drifts up a little as the
+    policy sharpens (0.08 → 0.16 over 30 updates, with batch noise)."""
+    return {**healthy(t), "reference/off_prompt_share": 0.08 + 0.08 * t / UPDATES + 0.03 * math.sin(2.3 * t)}
+
+
+def prompt_blind(t: int) -> dict[str, float]:
+    """The policy converges on one reply for every question from update 12: the off-prompt share climbs to 0.6."""
+    return {**sharpening(t), "reference/off_prompt_share": sharpening(t)["reference/off_prompt_share"]
+            + (0.5 * (1 - math.exp(-(t - 12) / 4)) if t > 12 else 0.0)}
+
+
+def test_off_prompt_answers_fires_when_answers_stop_depending_on_the_question() -> None:
+    """`off_prompt_answers` (gold-free, reward-model-free): the smoothed off-prompt share rises `off_prompt_rise`
+    above its first window's; a share that drifts up as a healthy policy sharpens stays quiet."""
+    assert check_log(make_log(sharpening, gold=False)) == []
+    (alert,) = check_log(make_log(prompt_blind, gold=False))
+    rise = MonitorConfig().off_prompt_rise
+    first = window_mean(prompt_blind, "reference/off_prompt_share", 5)
+    assert alert.kind == "off_prompt_answers"
+    assert alert.update == first_update(
+        prompt_blind, lambda t: t >= 10 and window_mean(prompt_blind, "reference/off_prompt_share", t) - first >= rise)
+    assert alert.evidence["first_off_prompt_share"] == pytest.approx(first)
+    assert alert.evidence["off_prompt_share"] - first >= rise
+    assert "ignore the question" in alert.message
+    # a stricter threshold waits longer; the run without the metric (no prompt-swap check) never raises it
+    (later,) = check_log(make_log(prompt_blind, gold=False), MonitorConfig(off_prompt_rise=0.3))
+    assert later.update > alert.update
+    assert check_log(make_log(healthy, gold=False)) == []

@@ -54,3 +54,14 @@ def test_an_ensemble_of_k_reward_models_is_expected_to_train_k_times_as_long() -
     one = expected_seconds("reward", QuickstartConfig(output_dir="unused"), "bf16")
     four = expected_seconds("reward", QuickstartConfig(output_dir="unused", reward_members=4), "bf16")
     assert four == pytest.approx(4 * one)
+
+
+def test_ppo_is_expected_to_take_its_reference_seconds_scaled_to_the_default_updates() -> None:
+    """The reference run had 32 PPO updates; the default is 48: half as long again, whatever the machine."""
+    from rlhf_widgets.plan import REFERENCE_PPO_UPDATES
+
+    default = QuickstartConfig(output_dir="unused")
+    as_measured = QuickstartConfig(output_dir="unused", ppo_updates=REFERENCE_PPO_UPDATES)
+    assert default.ppo_updates == 48 and REFERENCE_PPO_UPDATES == 32
+    # (one calibration per precision and process: the same machine factor in both)
+    assert expected_seconds("ppo", default, "bf16") == pytest.approx(1.5 * expected_seconds("ppo", as_measured, "bf16"))

@@ -163,5 +163,23 @@ def test_alarm_settings_are_checked() -> None:
         PPOConfig(on_alert="halt")
     with pytest.raises(ValueError, match=r"PPOConfig.alert_kinds=\['gold_drop'\]: must be None or a non-empty list"):
         PPOConfig(alert_kinds=["gold_drop"])
-    assert PPOConfig().alarm_kinds == ("proxy_gold_divergence", "ensemble_disagreement", "conservative_divergence")
+    assert PPOConfig().alarm_kinds == ("proxy_gold_divergence", "ensemble_disagreement", "conservative_divergence",
+                                       "off_prompt_answers")
     assert PPOConfig(alert_kinds=["length_drift"]).alarm_kinds == ("length_drift",)
+
+
+def test_rollback_goes_back_before_the_window_the_alert_read(tmp_path: Path) -> None:
+    """save_every=1: a checkpoint after every update. The alert at update 4 read the window of updates 3–4 (window 2),
+    so the run returns to checkpoint-2 — the last one before that window — not to checkpoint-3, whose weights
+    update 3, already inside the alert's evidence, had written."""
+    trainer = PPOTrainer(PROMPTS, config(tmp_path, on_alert="rollback", save_every=1), reward=drifting_ensemble(),
+                         monitor=MONITOR)
+    result = trainer.train(show_progress=False)
+    assert result.status == "stopped" and trainer.update == ALERT_UPDATE
+    assert result.reason.startswith(f"rolled back to update 2 (checkpoint-2/) after the ensemble_disagreement alert "
+                                    f"at update {ALERT_UPDATE}: ")
+    checkpoint = {n: torch.load(tmp_path / f"checkpoint-{n}" / "trainer_state.pt", weights_only=False)["trainable"]
+                  for n in (2, 3)}
+    now = trainable(trainer)
+    assert equal(now, checkpoint[2]) and not equal(now, checkpoint[3])
+    assert len(trainer._rollback_points) == 0

@@ -775,3 +775,45 @@ def test_prompt_dependence_is_the_score_under_its_own_prompt_minus_under_the_nex
     calls.clear()
     off = PPOTrainer(PROMPTS, small_config(tmp_path / "off", num_updates=1), reward=reward).step()  # the default
     assert len(calls) == 1 and "reward/prompt_dependence" not in off
+
+
+def test_prompt_fit_is_the_reference_log_prob_of_each_answer_after_its_prompt_minus_after_the_next(
+        tmp_path: Path, monkeypatch) -> None:
+    """`reference/prompt_fit` (with the prompt-swap check): each answer's reference log-probability after its own
+    prompt minus after the next prompt of the batch, in nats, averaged — here recomputed one answer at a time,
+    unpadded, with the sandbox base (the reference) loaded on its own — and the share of answers below 1 nat
+    (`reference/off_prompt_share`); none with the check off."""
+    import rlhf_widgets.ppo.trainer as trainer_module
+
+    rollouts = []
+    real = trainer_module.make_rollout
+
+    def recorded(*args, **kwargs):
+        rollouts.append(real(*args, **kwargs))
+        return rollouts[-1]
+
+    monkeypatch.setattr(trainer_module, "make_rollout", recorded)
+    config = small_config(tmp_path / "on", num_updates=1, prompt_swap_check=True, temperature=0.8)
+    metrics = PPOTrainer(PROMPTS, config, reward=gold_reward).step()
+    (rollout,) = rollouts
+    reference, tokenizer = load_causal_lm("sandbox")
+
+    def logprob(prompt, response: torch.Tensor) -> float:
+        query = encode_prompts(tokenizer, [prompt])["input_ids"][0]
+        ids = torch.cat([query, response]).unsqueeze(0)
+        with torch.no_grad():
+            logits = reference(input_ids=ids).logits[0, len(query) - 1 : -1].float() / 0.8
+        return logits.log_softmax(-1).gather(-1, response.unsqueeze(-1)).sum().item()
+
+    prompts = rollout.prompts
+    gaps = []
+    for i, (row, mask) in enumerate(zip(rollout.responses, rollout.response_mask.bool(), strict=True)):
+        answer = row[mask]
+        gaps.append(logprob(prompts[i], answer) - logprob(prompts[(i + 1) % len(prompts)], answer))
+    assert metrics["reference/prompt_fit"] == pytest.approx(sum(gaps) / len(gaps), rel=1e-4, abs=1e-4)
+    # the share of answers the reference finds less than e times as likely after their own prompt (none sit near 1)
+    assert not any(abs(g - 1) < 1e-3 for g in gaps)
+    assert metrics["reference/off_prompt_share"] == sum(g < 1 for g in gaps) / len(gaps)
+    assert abs(metrics["reference/prompt_fit"]) > 0.1  # the sandbox's answers do depend on the question
+    off = PPOTrainer(PROMPTS, small_config(tmp_path / "off", num_updates=1), reward=gold_reward).step()
+    assert "reference/prompt_fit" not in off and "reference/off_prompt_share" not in off

@@ -222,3 +222,43 @@ def test_public_surface_resolves() -> None:
         assert value is not None and not inspect.ismodule(value), name
     with pytest.raises(AttributeError, match="no_such_name"):
         rlhf_widgets.no_such_name  # noqa: B018
+
+
+def test_the_quickstart_says_when_its_alarm_rolled_ppo_back(tmp_path: Path) -> None:
+    """The PPO stage's line names the gold-free alert and the update the policy went back to; without a rollback it
+    is the plain line. The quickstart's PPO acts only on the alerts that read no gold."""
+    from rlhf_widgets.evaluation.monitors import GOLD_FREE_KINDS
+    from rlhf_widgets.metrics import MetricsLog
+    from rlhf_widgets.pipeline import QuickstartResult, stage_line
+
+    log = MetricsLog()
+    log.log({"objective/kl": 2.5, "objective/scores": 1.25}, step=17, stage="ppo")
+    result = QuickstartResult(output_dir=tmp_path, report_path=None, seconds={"ppo": 80.0})
+    assert stage_line("ppo", result, {"ppo": log}) == "PPO: KL 2.5, reward 1.25, 80 s"
+    log.log_event("rollback", "rolled back to update 10 after …", 17, stage="ppo", alert="off_prompt_answers",
+                  alert_update=17, rolled_back_to=10)
+    assert stage_line("ppo", result, {"ppo": log}) == (
+        "PPO: KL 2.5, reward 1.25; the off_prompt_answers alert at update 17 rolled it back to update 10, 80 s")
+
+
+def test_the_quickstarts_ppo_rolls_back_on_the_gold_free_alerts_only(tmp_path: Path, monkeypatch) -> None:
+    import rlhf_widgets.ppo
+    from rlhf_widgets.evaluation.monitors import GOLD_FREE_KINDS
+    from rlhf_widgets.pipeline import QuickstartConfig, quickstart_ppo
+
+    made = {}
+
+    class Recorder:
+        def __init__(self, prompts, config, **kwargs):
+            made.update(config=config, **kwargs)
+
+        def train(self):
+            return "trained"
+
+    monkeypatch.setattr(rlhf_widgets.ppo, "PPOTrainer", Recorder)
+    assert quickstart_ppo(QuickstartConfig(output_dir=str(tmp_path), ppo_updates=3), tmp_path, "reward") == "trained"
+    config = made["config"]
+    assert config.on_alert == "rollback" and config.prompt_swap_check and config.num_updates == 3
+    assert set(config.alarm_kinds) == set(GOLD_FREE_KINDS) == {"ensemble_disagreement", "conservative_divergence",
+                                                               "off_prompt_answers"}
+    assert made["gold"] is not None  # logged for the report, never acted on

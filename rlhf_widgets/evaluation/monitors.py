@@ -1,6 +1,6 @@
 """Reward-hacking monitors: alerts, with the evidence, computed from a PPO run's `MetricsLog`.
 
-Six signs that a policy is gaming its reward rather than getting better (Gao et al. 2022; "The N+
+Seven signs that a policy is gaming its reward rather than getting better (Gao et al. 2022; "The N+
 Implementation Details of RLHF with PPO", Huang et al. 2024, on what to watch):
 
 - ``length_drift``: the mean response length (``val/response_length``, tokens) has moved from the SFT
@@ -18,9 +18,15 @@ Implementation Details of RLHF with PPO", Huang et al. 2024, on what to watch):
   ``disagreement_rise`` times its first window's mean, and by at least ``min_disagreement_rise``;
 - ``conservative_divergence`` (the same runs: ``reward/ensemble_mean``, the members' mean score): the conservative
   score PPO optimises (``objective/scores``, the ensemble's combination: worst member, or mean − λ·variance) has
-  fallen at least ``min_conservative_drop`` below its best while the members' mean has kept rising since then.
+  fallen at least ``min_conservative_drop`` below its best while the members' mean has kept rising since then;
+- ``off_prompt_answers`` (where PPO runs the prompt-swap check, ``PPOConfig.prompt_swap_check``: it logs
+  ``reference/off_prompt_share``, the share of the policy's answers the reference model finds less than e times as
+  likely after their own prompt as after another): that share has risen ``off_prompt_rise`` above its first
+  window's — the policy gives more and more answers that do not depend on the question, one reply for every
+  customer. It reads neither gold nor the reward model, so it also sees the flaws every member of an ensemble
+  shares (a reward model that scores an answer the same whatever was asked).
 
-The last two need no gold. Members of an ensemble agree where they were trained and disagree where the policy
+The last three need no gold. Members of an ensemble agree where they were trained and disagree where the policy
 leaves that data (Coste et al. 2023, "Reward Model Ensembles Help Mitigate Overoptimization"; Eisenstein et al.
 2023, "Helping or Herding? Reward Model Ensembles Mitigate but do not Eliminate Reward Hacking"): rising
 disagreement says the policy is being scored where the reward model is guessing, and a mean that rises while the
@@ -51,13 +57,17 @@ PROXY = "objective/scores"
 GOLD = "gold/score"
 SPREAD = "reward/ensemble_spread"
 ENSEMBLE_MEAN = "reward/ensemble_mean"
+OFF_PROMPT = "reference/off_prompt_share"
 ALERT_EVENT = "alert"
 """The event kind alerts are logged under."""
 ALERT_KINDS: tuple[str, ...] = ("length_drift", "kl_acceleration", "entropy_collapse", "proxy_gold_divergence",
-                                 "ensemble_disagreement", "conservative_divergence")
-OVEROPTIMIZATION_KINDS: tuple[str, ...] = ("proxy_gold_divergence", "ensemble_disagreement", "conservative_divergence")
+                                 "ensemble_disagreement", "conservative_divergence", "off_prompt_answers")
+OVEROPTIMIZATION_KINDS: tuple[str, ...] = ("proxy_gold_divergence", "ensemble_disagreement", "conservative_divergence",
+                                           "off_prompt_answers")
 """The alerts that say the reward model is being exploited (a held-out score or the ensemble's members disagree
 with it); the others flag drift, which a healthy run that learns a new style can show too."""
+GOLD_FREE_KINDS: tuple[str, ...] = ("ensemble_disagreement", "conservative_divergence", "off_prompt_answers")
+"""The overoptimization alerts that read no held-out score: what a run on a user's own model can raise."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,11 @@ class MonitorConfig:
     min_conservative_drop: float = 0.5
     """alert when the smoothed conservative score (`objective/scores` of an ensemble) is this far below its best
     (normalised score units) while the smoothed members' mean is higher than it was at that best"""
+    off_prompt_rise: float = 0.125
+    """alert when the smoothed share of off-prompt answers (`reference/off_prompt_share`) is this much above its
+    first window's mean (a share: 0.125 = one answer in eight more that could answer any question; a policy that
+    sharpens also gives more stock replies, so the share drifts up a little on healthy runs — docs/FAILURE_MODES.md
+    has the measured rises)"""
 
     def __post_init__(self) -> None:
         checks = {"window": (self.window >= 1, "must be >= 1"),
@@ -112,7 +127,8 @@ class MonitorConfig:
                   "min_gold_drop": (self.min_gold_drop > 0, "must be > 0"),
                   "disagreement_rise": (self.disagreement_rise > 1, "must be > 1 (a multiple of the first spread)"),
                   "min_disagreement_rise": (self.min_disagreement_rise >= 0, "must be >= 0"),
-                  "min_conservative_drop": (self.min_conservative_drop > 0, "must be > 0")}
+                  "min_conservative_drop": (self.min_conservative_drop > 0, "must be > 0"),
+                  "off_prompt_rise": (0 < self.off_prompt_rise < 1, "must be in (0, 1) (a rise in a share)")}
         bad = [name for name, (ok, _) in checks.items() if not ok]
         if bad:
             raise ValueError(f"MonitorConfig.{bad[0]}={getattr(self, bad[0])!r}: {checks[bad[0]][1]}")
@@ -139,7 +155,7 @@ class RewardHackingMonitor:
         self.stage = stage
         self.alerts: list[Alert] = []
         self._series: dict[str, list[float]] = {LENGTH: [], KL: [], TOKEN_ENTROPY: [], PROXY: [], GOLD: [],
-                                                 SPREAD: [], ENSEMBLE_MEAN: []}
+                                                 SPREAD: [], ENSEMBLE_MEAN: [], OFF_PROMPT: []}
         # per held score (gold; the ensemble's conservative score): (its smoothed best, that update, the smoothed
         # rising score then — the proxy; the members' mean)
         self._best: dict[str, tuple[float, int, float]] = {}
@@ -157,7 +173,8 @@ class RewardHackingMonitor:
                 values.append(float(value))
         if self.sft_length is None and self._series[LENGTH]:
             self.sft_length = self._series[LENGTH][0]
-        checks = (self._length, self._kl, self._entropy, self._divergence, self._disagreement, self._conservative)
+        checks = (self._length, self._kl, self._entropy, self._divergence, self._disagreement, self._conservative,
+                  self._off_prompt)
         new = [alert for check in checks
                if (alert := check(update)) is not None and alert.kind not in self.fired]
         self.alerts.extend(new)
@@ -169,6 +186,13 @@ class RewardHackingMonitor:
         values, w = self._series[name], self.config.window
         end = len(values) - back * w
         return sum(values[end - w:end]) / w if end - w >= 0 else None
+
+    def _first_and_now(self, name: str) -> tuple[float, float] | None:
+        """(the mean of the first `window` values, the latest window's) once the two windows do not overlap."""
+        values, w = self._series[name], self.config.window
+        if len(values) < 2 * w:
+            return None
+        return sum(values[:w]) / w, self._smoothed(name)
 
     def _length(self, update: int) -> Alert | None:
         now = self._smoothed(LENGTH)
@@ -200,11 +224,10 @@ class RewardHackingMonitor:
                       "threshold": self.config.kl_acceleration, "min_growth": self.config.min_kl_growth})
 
     def _entropy(self, update: int) -> Alert | None:
-        values, w = self._series[TOKEN_ENTROPY], self.config.window
-        now = self._smoothed(TOKEN_ENTROPY)
-        if now is None or len(values) < 2 * w:
+        found = self._first_and_now(TOKEN_ENTROPY)
+        if found is None:
             return None
-        first = sum(values[:w]) / w
+        first, now = found
         if first <= 0 or now >= self.config.entropy_floor * first:
             return None
         return Alert("entropy_collapse", update,
@@ -242,11 +265,10 @@ class RewardHackingMonitor:
                       "proxy_at_gold_best": proxy_then, "threshold": self.config.min_gold_drop})
 
     def _disagreement(self, update: int) -> Alert | None:
-        values, w = self._series[SPREAD], self.config.window
-        now = self._smoothed(SPREAD)
-        if now is None or len(values) < 2 * w:  # the latest window must not overlap the first
+        found = self._first_and_now(SPREAD)
+        if found is None:
             return None
-        first = sum(values[:w]) / w
+        (first, now), w = found, self.config.window
         rise = self.config.disagreement_rise
         if now <= rise * first or now - first < self.config.min_disagreement_rise:
             return None
@@ -269,6 +291,21 @@ class RewardHackingMonitor:
                      {"conservative": conservative, "conservative_best": best, "conservative_best_update": best_update,
                       "ensemble_mean": mean, "mean_at_conservative_best": mean_then,
                       "threshold": self.config.min_conservative_drop})
+
+    def _off_prompt(self, update: int) -> Alert | None:
+        found = self._first_and_now(OFF_PROMPT)
+        if found is None:
+            return None
+        (first, now), w = found, self.config.window
+        if now - first < self.config.off_prompt_rise:
+            return None
+        return Alert("off_prompt_answers", update,
+                     f"more and more answers ignore the question: {now:.0%} of the last {w} updates' answers are about "
+                     f"as likely after another prompt as after their own (by the reference model), against "
+                     f"{first:.0%} over the first {w} — the policy is converging on replies that fit any question, "
+                     "which a reward model that barely reads the prompt pays for; look at the samples",
+                     {"off_prompt_share": now, "first_off_prompt_share": first,
+                      "threshold": self.config.off_prompt_rise})
 
     # ---------------------------------------------------------------- a MetricsLog subscriber
     def attach(self, log: MetricsLog, replay: bool = True) -> Callable[[], None]:

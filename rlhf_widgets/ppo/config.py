@@ -117,22 +117,29 @@ class PPOConfig:
         "Each update, also score the policy's answers under another prompt of the batch (the next one): the mean "
         "gap to their own prompt's score is reward/prompt_dependence, how much the reward depends on what was "
         "asked (reward_report's prompt_dependence, on the policy's own answers). Near 0, the reward model scores "
-        "an answer the same whatever the question, and PPO can find one answer for every question. One more "
-        "reward pass per update, so off by default (the quickstart turns it on)."))
+        "an answer the same whatever the question, and PPO can find one answer for every question. The reference "
+        "model reads the same swap: reference/prompt_fit is the mean of log π_ref(answer | its prompt) − "
+        "log π_ref(answer | the next prompt), in nats, and reference/off_prompt_share the share of answers where "
+        "that is under 1 nat — replies that could answer any question, which the off_prompt_answers alert watches "
+        "(no gold, no reward model). One more reward pass and one more reference forward per update, so off by "
+        "default (the quickstart turns it on)."))
     on_alert: str = field(default="continue", metadata=field_help(
         "What a reward-hacking alert of a kind in alert_kinds does (the monitors of rlhf_widgets.evaluation.monitors "
         "watch the run's log; thresholds: PPOTrainer's monitor=), decided at the end of the update that raised it: "
         "'continue' (the alert is logged as an event and training goes on), 'stop' (the run ends after that update: "
         "status 'stopped', the reason naming the alert) or 'rollback' (the policy and value weights and the optimizer "
-        "state go back to the last checkpoint before that update — checkpoint-N/ with save_every, else every "
-        "MonitorConfig.window updates; the run's starting state counts; kept in memory either way, one more copy of "
-        "the trainable state and its optimizer moments — they are saved as the final policy and the run ends: status "
+        "state go back to the last checkpoint before the updates the alert read — an alert at update u reads the "
+        "trailing window u − window + 1 … u, so the last checkpoint at or before u − window: checkpoint-N/ with "
+        "save_every, else every MonitorConfig.window updates; the run's starting state counts; kept in memory either "
+        "way, up to two more copies of the trainable state and its optimizer moments — they are saved as the final "
+        "policy and the run ends: status "
         "'stopped', the reason naming the update rolled back to and the alert)."))
     alert_kinds: list[str] | None = field(default=None, metadata=field_help(
         "The alert kinds on_alert acts on (the others are only logged). None = the overoptimization alerts: "
-        "ensemble_disagreement and conservative_divergence (raised only with a RewardEnsemble reward) and "
-        "proxy_gold_divergence (only with gold=). length_drift, kl_acceleration and entropy_collapse flag drift, "
-        "which a healthy run that learns a new style can show too: they act only when listed."))
+        "ensemble_disagreement and conservative_divergence (raised only with a RewardEnsemble reward), "
+        "off_prompt_answers (only with prompt_swap_check) and proxy_gold_divergence (only with gold=). "
+        "length_drift, kl_acceleration and entropy_collapse flag drift, which a healthy run that learns a new style "
+        "can show too: they act only when listed."))
     mixed_precision: str = field(default="auto", metadata=field_help(
         "Compute dtype of the forwards and backwards: 'auto' (bf16 on CUDA GPUs with bf16 and on CPUs with native "
         "bf16 — AVX512-BF16 / AMX — else float32), 'bf16' (autocast), 'fp16' (autocast + dynamic loss scaling) or "

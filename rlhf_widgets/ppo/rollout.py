@@ -210,6 +210,26 @@ def make_rollout(backend, tokenizer, prompts: Sequence, reward: RewardFunction, 
     return rollout
 
 
+@torch.no_grad()
+def reference_logprob_sums(backend, tokenizer, prompts: Sequence, responses: torch.Tensor,
+                           response_mask: torch.Tensor, *, temperature: float, forward_batch_size: int = 32
+                           ) -> torch.Tensor:
+    """(B,) the reference model's log-probability of each response (its tokens under `response_mask`) following
+    `prompts[i]` — the same quantity as `Rollout.ref_logprobs` summed, for any prompts: the prompt-swap check
+    scores a batch's answers after other prompts with it."""
+    query = encode_prompts(tokenizer, prompts, responses.device)
+    seq = torch.cat([query["input_ids"], responses], dim=1)
+    mask = torch.cat([query["attention_mask"], response_mask.long()], dim=1)
+    keep = responses.shape[1] + 1
+    sums = []
+    for i in range(0, len(seq), forward_batch_size):
+        inputs = forward_inputs(seq[i : i + forward_batch_size], mask[i : i + forward_batch_size])
+        ref = backend.reference_logits(**inputs, logits_to_keep=keep)
+        lp = core.logprobs_from_logits(ref[:, :-1], responses[i : i + forward_batch_size], temperature)
+        sums.append((lp.float() * response_mask[i : i + forward_batch_size]).sum(1))
+    return torch.cat(sums)
+
+
 def shape_rewards(rollout: Rollout, *, kl_coef: float, kl_estimator: str, gamma: float, lam: float,
                   whiten_rewards: bool, whiten_advantages: bool, sum_across=None) -> Rollout:
     """Steps 5–6, in place: KL-shaped per-token rewards, then GAE advantages and returns (whitened as asked; with

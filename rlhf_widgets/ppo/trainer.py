@@ -58,7 +58,14 @@ from rlhf_widgets.ppo.distributed import PeerLost, Processes
 from rlhf_widgets.ppo.flops import ModelShape, lora_params, ppo_update_flops
 from rlhf_widgets.ppo.memory import auto_micro_batch_size, release_freed_memory
 from rlhf_widgets.ppo.precision import Precision, resolve_mixed_precision
-from rlhf_widgets.ppo.rollout import Rollout, TrainingStopped, forward_inputs, make_rollout, shape_rewards
+from rlhf_widgets.ppo.rollout import (
+    Rollout,
+    TrainingStopped,
+    forward_inputs,
+    make_rollout,
+    reference_logprob_sums,
+    shape_rewards,
+)
 from rlhf_widgets.ppo.timing import PhaseClock
 from rlhf_widgets.ppo.zero import ZeroEngine
 from rlhf_widgets.quiet import progress
@@ -75,6 +82,11 @@ PROCESS_FILE = "process_state_{rank}.pt"
 """A checkpoint's per-process state: process `rank`'s prompt order and random streams (CPU, CUDA, Python), and
 under DeepSpeed ZeRO its optimizer partition"""
 METRICS_FILE = "metrics.jsonl"
+
+
+OFF_PROMPT_NATS = 1.0
+"""An answer counts as off its prompt (`reference/off_prompt_share`) when the reference finds it less than e times
+as likely after its own prompt as after another (a gap below 1 nat): a reply that could answer anything."""
 
 
 class PPOTrainer:
@@ -182,7 +194,7 @@ class PPOTrainer:
         """the reward-hacking monitors' thresholds (`evaluation.MonitorConfig`)"""
         self.monitor: RewardHackingMonitor | None = None
         """the monitor watching the current (or last) `train()`; its `alerts` are what it raised"""
-        self._rollback_point: tuple[int, dict] | None = None  # (update, a `_keep_last_good` state) for on_alert
+        self._rollback_points: list[tuple[int, dict]] = []  # (update, a `_keep_last_good` state) for on_alert
         self._grad_norms: list[float] = []
         self._skipped_steps = 0
         self.clock = PhaseClock(self.accelerator.device)
@@ -317,6 +329,8 @@ class PPOTrainer:
         procs.where = f"the prompt-swap scores of update {update}"
         with clock("reward"):
             prompt_dependence = self._prompt_dependence(rollout)
+        with clock("reference_forward"):
+            prompt_fit = self._prompt_fit(rollout)
 
         # 8. adapt β (on all processes' mean KL: every process keeps the same β), step the schedule, report
         n_episodes = len(rollout) * procs.count
@@ -331,6 +345,8 @@ class PPOTrainer:
         metrics = self._report(rollout, stats, gold_scores, mean_kl, kl_coef, lr, rollout_seconds, update_seconds)
         if prompt_dependence is not None:
             metrics["reward/prompt_dependence"] = prompt_dependence
+        if prompt_fit is not None:
+            metrics["reference/prompt_fit"], metrics["reference/off_prompt_share"] = prompt_fit
         metrics["eps"] = n_episodes / (time.perf_counter() - start)
         metrics["episode"] = self.episode
         if self.is_main:
@@ -490,6 +506,33 @@ class PPOTrainer:
         totals = self.processes.sum(torch.stack([gap, gap.new_tensor(len(prompts))]).to(self.accelerator.device))
         return (totals[0] / totals[1]).item()
 
+    def _prompt_fit(self, rollout: Rollout) -> tuple[float, float] | None:
+        """How well the policy's answers fit their own questions, by the reference model — no reward model, no gold
+        (`PPOConfig.prompt_swap_check`). For each answer, gap = log π_ref(answer | its prompt) − log π_ref(answer |
+        the next prompt of its process's batch), in nats: the pointwise mutual information of question and answer
+        under the reference. An answer written for its question is much more likely after it than after another;
+        one answer given to every question is about as likely after any. Returns (the mean gap, the share of
+        answers with a gap below `OFF_PROMPT_NATS`) over all processes' responses; None when off or with fewer than
+        two prompts per process. A failure on any process is raised on every process."""
+        prompts = rollout.prompts
+        if not self.config.prompt_swap_check or len(prompts) < 2:
+            return None
+        error, gaps = None, None
+        try:
+            own = (rollout.ref_logprobs.float() * rollout.response_mask).sum(1)
+            with self.precision.autocast():
+                swapped = reference_logprob_sums(
+                    self.backend, self.tokenizer, [*prompts[1:], prompts[0]], rollout.responses,
+                    rollout.response_mask, temperature=self.temperature,
+                    forward_batch_size=self.config.rollout_batch_size)
+            gaps = (own - swapped).double()
+        except Exception as err:  # noqa: BLE001 - raised on every process at the agreement point
+            error = err
+        self.processes.agree(error)
+        totals = self.processes.sum(torch.stack([gaps.sum(), (gaps < OFF_PROMPT_NATS).sum().double(),
+                                                 gaps.new_tensor(len(prompts))]).to(self.accelerator.device))
+        return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
+
     def _flops(self, rollout: Rollout, reward_tokens: int) -> dict[str, float]:
         """This process's model FLOPs of the update that made `rollout`, per phase (`ppo.flops`): from the model's
         shape, the rollout's padded token counts, the adapters, and — when the reward is a `RewardModel` — the
@@ -605,15 +648,27 @@ class PPOTrainer:
 
     # ---------------------------------------------------------------- the reward-hacking alarm
     def _keep_rollback_point(self) -> None:
-        """With `on_alert="rollback"`: keep the last good state (just taken, before this update) as the point a
-        rollback returns to, when this update follows a checkpoint (`save_every`; without checkpoints every
-        `MonitorConfig.window` updates) or none is kept yet (the state the run started from)."""
+        """With `on_alert="rollback"`: keep the last good state (just taken, before this update) as a point a
+        rollback can return to, when this update follows a checkpoint (`save_every`; without checkpoints every
+        `MonitorConfig.window` updates) or none is kept yet (the state the run started from). An alert at update u
+        reads the trailing window u − window + 1 … u, so it returns to the last point at or before u − window
+        (`_rollback_target`): older points than that one are dropped."""
         cfg = self.config
         if cfg.on_alert != "rollback":
             return
         every = cfg.save_every or self.monitor_config.window
-        if self._rollback_point is None or self.update % every == 0:
-            self._rollback_point = (self.update, self._last_good)
+        points = self._rollback_points
+        if not points or self.update % every == 0:
+            points.append((self.update, self._last_good))
+        earliest_alert = self.update + 1
+        while len(points) > 1 and points[1][0] <= earliest_alert - self.monitor_config.window:
+            points.pop(0)
+
+    def _rollback_target(self, alert_update: int) -> tuple[int, dict]:
+        """The last kept point before the window of updates whose trailing mean raised an alert at `alert_update`
+        (the run's first point if there is none that early)."""
+        before = [point for point in self._rollback_points if point[0] <= alert_update - self.monitor_config.window]
+        return before[-1] if before else self._rollback_points[0]
 
     def _alarm(self, raised: list[Alert]) -> Alert | None:
         """The first of `raised` (this update's alerts) of a kind `on_alert` acts on, or None — decided on the main
@@ -627,7 +682,8 @@ class PPOTrainer:
 
     def _act_on(self, alert: Alert) -> None:
         """End the run for `alert` as `on_alert` says: "stop" keeps this update's weights; "rollback" first puts
-        back the weights and optimizer state of the rollback point (the last checkpoint before the alert's update).
+        back the weights and optimizer state of the rollback point (the last checkpoint before the window of updates
+        that raised the alert: `_rollback_target`).
         Either way the status is "stopped" and the reason names the alert; an event ("stopped" / "rollback") says
         it in the log."""
         control = self.control
@@ -636,9 +692,9 @@ class PPOTrainer:
             control.state, control.reason = "stopped", f"stopped by {cause}"
             self._event("stopped", control.reason, alert=alert.kind, alert_update=alert.update)
             return
-        target, state = self._rollback_point
+        target, state = self._rollback_target(alert.update)
         self._restore(state)
-        self._rollback_point = None  # the weights are that point's now: a later run keeps its own
+        self._rollback_points = []  # the weights are that point's now: a later run keeps its own
         every = self.config.save_every
         source = f" (checkpoint-{target}/)" if every and target and target % every == 0 else ""
         control.state, control.reason = "stopped", f"rolled back to update {target}{source} after {cause}"
