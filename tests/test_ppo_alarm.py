@@ -117,19 +117,27 @@ def test_stop_ends_the_run_after_the_update_that_raised_the_alert(tmp_path: Path
     assert result.model_path == tmp_path / "final" and result.model_path.is_dir()
 
 
-def test_rollback_restores_the_checkpoint_before_the_alert(tmp_path: Path) -> None:
-    """save_every=2: checkpoints 2 and 4; the alert at update 4 rolls back to checkpoint-2 — not to checkpoint-4,
-    written at the end of the alert's own update — and that is the final policy and last/'s weights."""
-    trainer = PPOTrainer(PROMPTS, config(tmp_path, on_alert="rollback", save_every=2), reward=drifting_ensemble(),
-                         monitor=MONITOR)
+def rolled_back_to_checkpoint_2(tmp_path: Path, save_every: int, later: int):
+    """A run with checkpoints every `save_every` updates whose alert at update 4 rolls it back: it stops there, says it
+    went back to checkpoint-2, and holds checkpoint-2's weights, not checkpoint-`later`'s. Returns (trainer, result,
+    {2: weights, later: weights})."""
+    trainer = PPOTrainer(PROMPTS, config(tmp_path, on_alert="rollback", save_every=save_every),
+                         reward=drifting_ensemble(), monitor=MONITOR)
     result = trainer.train(show_progress=False)
     assert result.status == "stopped" and trainer.update == ALERT_UPDATE
     assert result.reason.startswith(f"rolled back to update 2 (checkpoint-2/) after the ensemble_disagreement alert "
                                     f"at update {ALERT_UPDATE}: ")
     checkpoint = {n: torch.load(tmp_path / f"checkpoint-{n}" / "trainer_state.pt", weights_only=False)["trainable"]
-                  for n in (2, 4)}
+                  for n in (2, later)}
     now = trainable(trainer)
-    assert equal(now, checkpoint[2]) and not equal(now, checkpoint[4])
+    assert equal(now, checkpoint[2]) and not equal(now, checkpoint[later])
+    return trainer, result, checkpoint
+
+
+def test_rollback_restores_the_checkpoint_before_the_alert(tmp_path: Path) -> None:
+    """save_every=2: checkpoints 2 and 4; the alert at update 4 rolls back to checkpoint-2 — not to checkpoint-4,
+    written at the end of the alert's own update — and that is the final policy and last/'s weights."""
+    trainer, result, checkpoint = rolled_back_to_checkpoint_2(tmp_path, save_every=2, later=4)
     last = torch.load(tmp_path / "last" / "trainer_state.pt", weights_only=False)
     assert equal(last["trainable"], checkpoint[2]) and last["reason"] == result.reason
     adapter = "adapter_model.safetensors"
@@ -172,14 +180,5 @@ def test_rollback_goes_back_before_the_window_the_alert_read(tmp_path: Path) -> 
     """save_every=1: a checkpoint after every update. The alert at update 4 read the window of updates 3–4 (window 2),
     so the run returns to checkpoint-2 — the last one before that window — not to checkpoint-3, whose weights
     update 3, already inside the alert's evidence, had written."""
-    trainer = PPOTrainer(PROMPTS, config(tmp_path, on_alert="rollback", save_every=1), reward=drifting_ensemble(),
-                         monitor=MONITOR)
-    result = trainer.train(show_progress=False)
-    assert result.status == "stopped" and trainer.update == ALERT_UPDATE
-    assert result.reason.startswith(f"rolled back to update 2 (checkpoint-2/) after the ensemble_disagreement alert "
-                                    f"at update {ALERT_UPDATE}: ")
-    checkpoint = {n: torch.load(tmp_path / f"checkpoint-{n}" / "trainer_state.pt", weights_only=False)["trainable"]
-                  for n in (2, 3)}
-    now = trainable(trainer)
-    assert equal(now, checkpoint[2]) and not equal(now, checkpoint[3])
-    assert len(trainer._rollback_points) == 0
+    trainer, _, _ = rolled_back_to_checkpoint_2(tmp_path, save_every=1, later=3)
+    assert trainer._rollback_points == []  # the copies are gone with the run
