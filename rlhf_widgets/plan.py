@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from rlhf_widgets.pipeline import QuickstartConfig
 
 REFERENCE_SECONDS = {"sft": 25.0, "pairs": 15.0, "reward": 22.8, "ppo": 41.4, "dpo": 18.1, "evaluate": 12.7}
-"""seconds per stage of the quickstart at `QuickstartConfig`'s defaults but `REFERENCE_PPO_UPDATES`, every stage in bf16, on the project's 2-core
-AVX512-BF16 CPU with 2 threads: docs/PERFORMANCE.md, "The quickstart: 3 min 52 s → 2 min 22 s", last column"""
+"""seconds per stage of the quickstart at `QuickstartConfig`'s defaults (PPO: at `REFERENCE_PPO_UPDATES`), every
+stage in bf16, on the project's 2-core AVX512-BF16 CPU with 2 threads: docs/PERFORMANCE.md, "The quickstart: 3 min
+52 s → 2 min 22 s", last column"""
 REFERENCE_PPO_UPDATES = 32
 """the PPO updates of that reference run (the other stages ran at `QuickstartConfig`'s defaults)"""
 REFERENCE_CALIBRATION = {"train": 0.193, "sample": 0.120}

@@ -226,8 +226,7 @@ def test_public_surface_resolves() -> None:
 
 def test_the_quickstart_says_when_its_alarm_rolled_ppo_back(tmp_path: Path) -> None:
     """The PPO stage's line names the gold-free alert and the update the policy went back to; without a rollback it
-    is the plain line. The quickstart's PPO acts only on the alerts that read no gold."""
-    from rlhf_widgets.evaluation.monitors import GOLD_FREE_KINDS
+    is the plain line."""
     from rlhf_widgets.metrics import MetricsLog
     from rlhf_widgets.pipeline import QuickstartResult, stage_line
 
