@@ -259,8 +259,6 @@ def run_arm(arm: str, config: QuickstartConfig, sft_path: Path, rm: RewardModel 
             "seconds": seconds}
 
 
-
-
 def gold_fall_update(log_path: Path, fall: float = 1.0) -> int | None:
     """The first update at which the run's smoothed gold (trailing mean over the monitors' window) stands `fall`
     points below its best so far; None if it never does (a healthy run)."""

@@ -327,10 +327,7 @@ class PPOTrainer:
         with clock("gold"):
             gold_scores = self._gold_scores(rollout)
         procs.where = f"the prompt-swap scores of update {update}"
-        with clock("reward"):
-            prompt_dependence = self._prompt_dependence(rollout)
-        with clock("reference_forward"):
-            prompt_fit = self._prompt_fit(rollout)
+        prompt_swap = self._prompt_swap(rollout, clock)
 
         # 8. adapt β (on all processes' mean KL: every process keeps the same β), step the schedule, report
         n_episodes = len(rollout) * procs.count
@@ -343,10 +340,7 @@ class PPOTrainer:
         update_seconds = time.perf_counter() - start - rollout_seconds
         self.last_flops = self._flops(rollout, getattr(self.reward, "tokens_scored", 0) - reward_tokens)
         metrics = self._report(rollout, stats, gold_scores, mean_kl, kl_coef, lr, rollout_seconds, update_seconds)
-        if prompt_dependence is not None:
-            metrics["reward/prompt_dependence"] = prompt_dependence
-        if prompt_fit is not None:
-            metrics["reference/prompt_fit"], metrics["reference/off_prompt_share"] = prompt_fit
+        metrics.update(prompt_swap)
         metrics["eps"] = n_episodes / (time.perf_counter() - start)
         metrics["episode"] = self.episode
         if self.is_main:
@@ -485,53 +479,43 @@ class PPOTrainer:
         self.processes.agree(error)
         return scores
 
-    def _prompt_dependence(self, rollout: Rollout) -> float | None:
-        """How much the reward depends on the prompt (`PPOConfig.prompt_swap_check`): the mean, over all processes'
-        responses, of each one's score under its own prompt minus its score under the next prompt of its process's
-        batch (the missing-EOS penalty cancels). None when off or with fewer than two prompts per process. A failure
-        on any process is raised on every process, before the update's state changes."""
-        prompts = rollout.prompts
-        if not self.config.prompt_swap_check or len(prompts) < 2:
-            return None
-        error, gap = None, None
-        try:
-            with self.precision.full_precision():
-                swapped = score_responses(self.reward, [*prompts[1:], prompts[0]], rollout.texts)
-            penalty = core.apply_missing_eos_penalty(swapped, rollout.contains_eos.cpu(),
-                                                     self.config.missing_eos_penalty)
-            gap = (rollout.scores.float().cpu() - penalty).sum().double()
-        except Exception as err:  # noqa: BLE001 - raised on every process at the agreement point
-            error = err
-        self.processes.agree(error)
-        totals = self.processes.sum(torch.stack([gap, gap.new_tensor(len(prompts))]).to(self.accelerator.device))
-        return (totals[0] / totals[1]).item()
+    def _prompt_swap(self, rollout: Rollout, clock: PhaseClock) -> dict[str, float]:
+        """`PPOConfig.prompt_swap_check`: each answer is scored again after the next prompt of its process's batch —
+        by the reward and by the reference model — and compared with its own prompt's score, over all processes'
+        responses ({} when off or with fewer than two prompts per process):
 
-    def _prompt_fit(self, rollout: Rollout) -> tuple[float, float] | None:
-        """How well the policy's answers fit their own questions, by the reference model — no reward model, no gold
-        (`PPOConfig.prompt_swap_check`). For each answer, gap = log π_ref(answer | its prompt) − log π_ref(answer |
-        the next prompt of its process's batch), in nats: the pointwise mutual information of question and answer
-        under the reference. An answer written for its question is much more likely after it than after another;
-        one answer given to every question is about as likely after any. Returns (the mean gap, the share of
-        answers with a gap below `OFF_PROMPT_NATS`) over all processes' responses; None when off or with fewer than
-        two prompts per process. A failure on any process is raised on every process."""
+        - `reward/prompt_dependence`: the mean reward under its own prompt minus under the next (the missing-EOS
+          penalty cancels): how much the reward depends on what was asked;
+        - `reference/prompt_fit`: the mean of log π_ref(answer | its prompt) − log π_ref(answer | the next prompt),
+          in nats — the pointwise mutual information of question and answer under the reference. An answer written
+          for its question is much more likely after it than after another; one answer given to every question is
+          about as likely after any;
+        - `reference/off_prompt_share`: the share of answers with that gap below `OFF_PROMPT_NATS`.
+
+        A failure on any process is raised on every process, before the update's state changes."""
         prompts = rollout.prompts
         if not self.config.prompt_swap_check or len(prompts) < 2:
-            return None
-        error, gaps = None, None
+            return {}
+        swapped_prompts = [*prompts[1:], prompts[0]]
+        error, totals = None, None
         try:
-            own = (rollout.ref_logprobs.float() * rollout.response_mask).sum(1)
-            with self.precision.autocast():
-                swapped = reference_logprob_sums(
-                    self.backend, self.tokenizer, [*prompts[1:], prompts[0]], rollout.responses,
-                    rollout.response_mask, temperature=self.temperature,
-                    forward_batch_size=self.config.rollout_batch_size)
-            gaps = (own - swapped).double()
+            with clock("reward"), self.precision.full_precision():
+                swapped = score_responses(self.reward, swapped_prompts, rollout.texts)
+                penalty = core.apply_missing_eos_penalty(swapped, rollout.contains_eos.cpu(),
+                                                         self.config.missing_eos_penalty)
+            with clock("reference_forward"), self.precision.autocast():
+                own = (rollout.ref_logprobs.float() * rollout.response_mask).sum(1)
+                fit = (own - reference_logprob_sums(
+                    self.backend, self.tokenizer, swapped_prompts, rollout.responses, rollout.response_mask,
+                    temperature=self.temperature, forward_batch_size=self.config.rollout_batch_size)).double().cpu()
+            totals = torch.stack([(rollout.scores.float().cpu() - penalty).sum().double(), fit.sum(),
+                                  (fit < OFF_PROMPT_NATS).sum().double(), fit.new_tensor(len(prompts))])
         except Exception as err:  # noqa: BLE001 - raised on every process at the agreement point
             error = err
         self.processes.agree(error)
-        totals = self.processes.sum(torch.stack([gaps.sum(), (gaps < OFF_PROMPT_NATS).sum().double(),
-                                                 gaps.new_tensor(len(prompts))]).to(self.accelerator.device))
-        return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
+        dependence, fit_sum, off_prompt, n = self.processes.sum(totals.to(self.accelerator.device)).tolist()
+        return {"reward/prompt_dependence": dependence / n, "reference/prompt_fit": fit_sum / n,
+                "reference/off_prompt_share": off_prompt / n}
 
     def _flops(self, rollout: Rollout, reward_tokens: int) -> dict[str, float]:
         """This process's model FLOPs of the update that made `rollout`, per phase (`ppo.flops`): from the model's
