@@ -77,6 +77,10 @@ def test_update_flops_of_full_models_and_the_options() -> None:
     # one more forward of the checkpointed layers (adapters included), not of the LM head
     assert checkpointed["train_forward_backward"] - base["train_forward_backward"] == 2 * 10 * (464 + 960 + 232 + 480)
     assert forward_backward(1, 0, 1) == 6 and forward_backward(0, 1, 1) == 4
+    # the prompt-swap check: a second reference forward of the batch's shape
+    swapped = ppo_update_flops(shape, reference_passes=2, **shared)
+    assert swapped["reference_forward"] == 2 * base["reference_forward"] == 2 * (2 * 960 * 10 + 2 * HEAD * 6)
+    assert swapped["total"] - base["total"] == base["reference_forward"]
 
 
 def test_phase_clock_adds_up_repeated_phases() -> None:

@@ -18,6 +18,7 @@ from rlhf_widgets.metrics import MetricsLog
 from rlhf_widgets.models import load_causal_lm
 from rlhf_widgets.ppo import PPOConfig, PPOTrainer
 from rlhf_widgets.ppo.backbone import POLICY, VALUE, SharedBackbone
+from rlhf_widgets.ppo.rollout import other_prompts
 from rlhf_widgets.sandbox import gold_reward
 
 PROMPTS = sandbox_prompts(64, seed=21)
@@ -817,3 +818,43 @@ def test_prompt_fit_is_the_reference_log_prob_of_each_answer_after_its_prompt_mi
     assert abs(metrics["reference/prompt_fit"]) > 0.1  # the sandbox's answers do depend on the question
     off = PPOTrainer(PROMPTS, small_config(tmp_path / "off", num_updates=1), reward=gold_reward).step()
     assert "reference/prompt_fit" not in off and "reference/off_prompt_share" not in off
+
+
+def test_other_prompts_is_each_prompts_next_different_prompt() -> None:
+    assert other_prompts(["a", "b", "c"]) == ["b", "c", "a"]
+    assert other_prompts(["a", "a", "b", "a"]) == ["b", "b", "a", "b"]  # never the answer's own question
+    assert other_prompts(["a", "a"]) is None and other_prompts(["a"]) is None
+
+
+def test_the_prompt_swap_never_scores_an_answer_after_its_own_question(tmp_path: Path) -> None:
+    """A prompt list with repeats (each question asked several times) puts one question next to itself in a batch;
+    the swap then takes the next different question — scoring the answer after its own would read as "does not
+    depend on the question" (a gap of 0) and push the off-prompt share toward the alarm."""
+    calls = []
+
+    def reward(prompts, responses):
+        calls.append(list(prompts))
+        return [float(len(p) % 7) for p in prompts]
+
+    repeated = [PROMPTS[0]] * 4 + [PROMPTS[1]] * 4
+    metrics = PPOTrainer(repeated, small_config(tmp_path, num_updates=1, prompt_swap_check=True),
+                         reward=reward).step()
+    own, swapped = calls
+    assert any(a == b for a, b in zip(own, own[1:] + own[:1], strict=True))  # a question next to itself
+    assert all(a != b for a, b in zip(own, swapped, strict=True))
+    assert metrics["reward/prompt_dependence"] == pytest.approx(
+        sum(reward(own, own)) / 8 - sum(reward(swapped, own)) / 8)
+
+
+def test_the_prompt_swap_checks_reference_forward_is_counted_in_the_flops(tmp_path: Path) -> None:
+    """With the prompt-swap check an update runs the reference twice over the batch's shape; `perf/model_flops`
+    counts both (the same first rollout with the check off and on)."""
+    counted = {}
+    for check in (False, True):
+        trainer = PPOTrainer(PROMPTS, small_config(tmp_path / str(check), num_updates=1, prompt_swap_check=check),
+                             reward=gold_reward)
+        metrics = trainer.step()
+        counted[check] = trainer.last_flops
+        assert metrics["perf/model_flops"] == trainer.last_flops["total"]
+    assert counted[True]["reference_forward"] == 2 * counted[False]["reference_forward"] > 0
+    assert counted[True]["total"] - counted[False]["total"] == counted[False]["reference_forward"]

@@ -114,15 +114,15 @@ class PPOConfig:
         "clearly negative one means the reference or the log-probs are wrong (k3 is ≥ 0 per token and could never "
         "show it)."))
     prompt_swap_check: bool = field(default=False, metadata=field_help(
-        "Each update, also score the policy's answers under another prompt of the batch (the next one): the mean "
-        "gap to their own prompt's score is reward/prompt_dependence, how much the reward depends on what was "
-        "asked (reward_report's prompt_dependence, on the policy's own answers). Near 0, the reward model scores "
-        "an answer the same whatever the question, and PPO can find one answer for every question. The reference "
-        "model reads the same swap: reference/prompt_fit is the mean of log π_ref(answer | its prompt) − "
-        "log π_ref(answer | the next prompt), in nats, and reference/off_prompt_share the share of answers where "
-        "that is under 1 nat — replies that could answer any question, which the off_prompt_answers alert watches "
-        "(no gold, no reward model). One more reward pass and one more reference forward per update, so off by "
-        "default (the quickstart turns it on)."))
+        "Each update, also score the policy's answers under another prompt of the batch (the next different one): the "
+        "mean gap to their own prompt's score is reward/prompt_dependence, how much the reward depends on what was "
+        "asked (reward_report's prompt_dependence, on the policy's own answers). Near 0, the reward model scores an "
+        "answer the same whatever the question, and PPO can find one answer for every question. The reference model "
+        "reads the same swap: reference/prompt_fit is the mean of log π_ref(answer | its prompt) − log π_ref(answer | "
+        "that prompt), in nats, and reference/off_prompt_share the share of answers where that is under 1 nat — "
+        "replies that could answer any question, which the off_prompt_answers alert watches (no gold, no reward "
+        "model). One more reward pass and one more reference forward per update, so off by default (the quickstart "
+        "turns it on)."))
     on_alert: str = field(default="continue", metadata=field_help(
         "What a reward-hacking alert of a kind in alert_kinds does (the monitors of rlhf_widgets.evaluation.monitors "
         "watch the run's log; thresholds: PPOTrainer's monitor=), decided at the end of the update that raised it: "

@@ -109,7 +109,7 @@ def ppo_update_flops(shape: ModelShape, *, batch: int, prompt_tokens: int, respo
                      num_ppo_epochs: int, shared_base: bool = True, policy_lora: int = 0, value_lora: int = 0,
                      reference_lora: int = 0, value_layers: int | None = None, merged_generation: bool = True,
                      policy_forward_in_rollout: bool = False, activation_checkpointing: bool = False,
-                     reward_flops: float = 0.0) -> dict[str, float]:
+                     reward_flops: float = 0.0, reference_passes: int = 1) -> dict[str, float]:
     """FLOPs of one update of our `PPOTrainer`, per phase (`PHASES`) and their `"total"`.
 
     Args:
@@ -128,6 +128,8 @@ def ppo_update_flops(shape: ModelShape, *, batch: int, prompt_tokens: int, respo
             rather than from sampling.
         activation_checkpointing: the trained forwards are recomputed in the backward.
         reward_flops: the reward function's FLOPs for this batch, counted by the caller (0 when unknown).
+        reference_passes: reference forwards of the batch — 2 with the prompt-swap check (`PPOConfig.
+            prompt_swap_check`: the answers again after other prompts, of the same padded shape).
     """
     L, layer, head = shape.num_layers, shape.layer_params, shape.lm_head_params
     seq_tokens = batch * (prompt_tokens + response_tokens)  # decoder layers, each rollout/training forward
@@ -141,7 +143,8 @@ def ppo_update_flops(shape: ModelShape, *, batch: int, prompt_tokens: int, respo
         + forward(head, batch * response_tokens),
         "policy_forward": (forward(L * layer + policy_lora, seq_tokens) + forward(head, head_tokens)
                            if policy_forward_in_rollout else 0.0),
-        "reference_forward": forward(L * layer + reference_lora, seq_tokens) + forward(head, head_tokens),
+        "reference_forward": reference_passes * (forward(L * layer + reference_lora, seq_tokens)
+                                                 + forward(head, head_tokens)),
         "value_forward": forward(value_depth * layer + value_lora + reference_lora * value_depth / L, seq_tokens),
         "reward": float(reward_flops),
     }

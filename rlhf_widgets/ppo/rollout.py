@@ -211,6 +211,19 @@ def make_rollout(backend, tokenizer, prompts: Sequence, reward: RewardFunction, 
 
 
 @torch.no_grad()
+def other_prompts(prompts: Sequence) -> list | None:
+    """Each prompt's next different prompt in the batch (cyclically) — the prompt an answer is scored after to see
+    how much its score depends on what was asked; None when the batch has a single distinct prompt."""
+    n = len(prompts)
+    swapped = []
+    for i, prompt in enumerate(prompts):
+        other = next((prompts[(i + k) % n] for k in range(1, n) if prompts[(i + k) % n] != prompt), None)
+        if other is None:
+            return None
+        swapped.append(other)
+    return swapped
+
+
 def reference_logprob_sums(backend, tokenizer, prompts: Sequence, responses: torch.Tensor,
                            response_mask: torch.Tensor, *, temperature: float, forward_batch_size: int = 32
                            ) -> torch.Tensor:

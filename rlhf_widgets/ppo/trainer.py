@@ -63,6 +63,7 @@ from rlhf_widgets.ppo.rollout import (
     TrainingStopped,
     forward_inputs,
     make_rollout,
+    other_prompts,
     reference_logprob_sums,
     shape_rewards,
 )
@@ -338,7 +339,8 @@ class PPOTrainer:
         self.episode += n_episodes
         procs.where = f"the report of update {update}"
         update_seconds = time.perf_counter() - start - rollout_seconds
-        self.last_flops = self._flops(rollout, getattr(self.reward, "tokens_scored", 0) - reward_tokens)
+        self.last_flops = self._flops(rollout, getattr(self.reward, "tokens_scored", 0) - reward_tokens,
+                                      reference_passes=2 if prompt_swap else 1)
         metrics = self._report(rollout, stats, gold_scores, mean_kl, kl_coef, lr, rollout_seconds, update_seconds)
         metrics.update(prompt_swap)
         metrics["eps"] = n_episodes / (time.perf_counter() - start)
@@ -480,47 +482,54 @@ class PPOTrainer:
         return scores
 
     def _prompt_swap(self, rollout: Rollout, clock: PhaseClock) -> dict[str, float]:
-        """`PPOConfig.prompt_swap_check`: each answer is scored again after the next prompt of its process's batch —
-        by the reward and by the reference model — and compared with its own prompt's score, over all processes'
-        responses ({} when off or with fewer than two prompts per process):
+        """`PPOConfig.prompt_swap_check`: each answer is scored again after the next different prompt of its
+        process's batch (`other_prompts`) — by the reward and by the reference model — and compared with its own
+        prompt's score, over all processes' responses ({} when off or when a process's batch has one prompt):
 
-        - `reward/prompt_dependence`: the mean reward under its own prompt minus under the next (the missing-EOS
+        - `reward/prompt_dependence`: the mean reward under its own prompt minus under the other (the missing-EOS
           penalty cancels): how much the reward depends on what was asked;
-        - `reference/prompt_fit`: the mean of log π_ref(answer | its prompt) − log π_ref(answer | the next prompt),
+        - `reference/prompt_fit`: the mean of log π_ref(answer | its prompt) − log π_ref(answer | the other prompt),
           in nats — the pointwise mutual information of question and answer under the reference. An answer written
           for its question is much more likely after it than after another; one answer given to every question is
           about as likely after any;
         - `reference/off_prompt_share`: the share of answers with that gap below `OFF_PROMPT_NATS`.
 
         A failure on any process is raised on every process, before the update's state changes."""
-        prompts = rollout.prompts
-        if not self.config.prompt_swap_check or len(prompts) < 2:
+        if not self.config.prompt_swap_check:
             return {}
-        swapped_prompts = [*prompts[1:], prompts[0]]
-        error, totals = None, None
+        swapped_prompts = other_prompts(rollout.prompts)
+        error, totals = None, torch.zeros(4, dtype=torch.float64)  # a batch of one question adds nothing
         try:
-            with clock("reward"), self.precision.full_precision():
-                swapped = score_responses(self.reward, swapped_prompts, rollout.texts)
-                penalty = core.apply_missing_eos_penalty(swapped, rollout.contains_eos.cpu(),
-                                                         self.config.missing_eos_penalty)
-            with clock("reference_forward"), self.precision.autocast():
-                own = (rollout.ref_logprobs.float() * rollout.response_mask).sum(1)
-                fit = (own - reference_logprob_sums(
-                    self.backend, self.tokenizer, swapped_prompts, rollout.responses, rollout.response_mask,
-                    temperature=self.temperature, forward_batch_size=self.config.rollout_batch_size)).double().cpu()
-            totals = torch.stack([(rollout.scores.float().cpu() - penalty).sum().double(), fit.sum(),
-                                  (fit < OFF_PROMPT_NATS).sum().double(), fit.new_tensor(len(prompts))])
+            if swapped_prompts is not None:
+                totals = self._prompt_swap_totals(rollout, swapped_prompts, clock)
         except Exception as err:  # noqa: BLE001 - raised on every process at the agreement point
             error = err
         self.processes.agree(error)
         dependence, fit_sum, off_prompt, n = self.processes.sum(totals.to(self.accelerator.device)).tolist()
+        if not n:
+            return {}
         return {"reward/prompt_dependence": dependence / n, "reference/prompt_fit": fit_sum / n,
                 "reference/off_prompt_share": off_prompt / n}
 
-    def _flops(self, rollout: Rollout, reward_tokens: int) -> dict[str, float]:
+    def _prompt_swap_totals(self, rollout: Rollout, swapped_prompts: list, clock: PhaseClock) -> torch.Tensor:
+        """This process's sums for `_prompt_swap`: own minus swapped reward, the reference's log-prob gaps, the
+        answers under `OFF_PROMPT_NATS`, and the count."""
+        with clock("reward"), self.precision.full_precision():
+            swapped = score_responses(self.reward, swapped_prompts, rollout.texts)
+            penalty = core.apply_missing_eos_penalty(swapped, rollout.contains_eos.cpu(),
+                                                     self.config.missing_eos_penalty)
+        with clock("reference_forward"), self.precision.autocast():
+            own = (rollout.ref_logprobs.float() * rollout.response_mask).sum(1)
+            fit = (own - reference_logprob_sums(
+                self.backend, self.tokenizer, swapped_prompts, rollout.responses, rollout.response_mask,
+                temperature=self.temperature, forward_batch_size=self.config.rollout_batch_size)).double().cpu()
+        return torch.stack([(rollout.scores.float().cpu() - penalty).sum().double(), fit.sum(),
+                            (fit < OFF_PROMPT_NATS).sum().double(), fit.new_tensor(len(rollout))])
+
+    def _flops(self, rollout: Rollout, reward_tokens: int, reference_passes: int) -> dict[str, float]:
         """This process's model FLOPs of the update that made `rollout`, per phase (`ppo.flops`): from the model's
-        shape, the rollout's padded token counts, the adapters, and — when the reward is a `RewardModel` — the
-        tokens it scored."""
+        shape, the rollout's padded token counts, the adapters, the reference forwards (2 when the prompt-swap check
+        ran) and — when the reward is a `RewardModel` — the tokens it scored."""
         backend = self.backend
         shared = isinstance(backend, SharedBackbone)
         value_layers = None
@@ -537,7 +546,7 @@ class PPOTrainer:
             reference_lora=lora.get(REFERENCE, 0), value_layers=value_layers,
             merged_generation=not shared or backend.merge_for_generation,
             policy_forward_in_rollout=self.config.rollout_logprobs == "forward",
-            activation_checkpointing=self._checkpointing, reward_flops=reward)
+            activation_checkpointing=self._checkpointing, reward_flops=reward, reference_passes=reference_passes)
 
     def _report(self, rollout: Rollout, stats: dict[str, list[float]], gold_scores: list[float] | None,
                 mean_kl: float, kl_coef: float, lr: float, rollout_seconds: float,
