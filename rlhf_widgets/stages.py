@@ -27,6 +27,7 @@ from rlhf_widgets.attention import cpu_math_attention
 from rlhf_widgets.callbacks import MetricsCallback
 from rlhf_widgets.chat import accepts_system_role, fit_messages
 from rlhf_widgets.config import ModelConfig, as_model_config
+from rlhf_widgets.length_split import length_split
 from rlhf_widgets.metrics import MetricsLog
 from rlhf_widgets.models import ModelLike, load_causal_lm, lora_config
 from rlhf_widgets.quiet import quiet_trainer
@@ -109,7 +110,7 @@ def run_trl_trainer(stage: str, trainer_cls: type, config: Any, model: Any, toke
     if peft_config is not None:
         for name, value in (peft_overrides or {}).items():
             setattr(peft_config, name, value)
-    trainer = trainer_cls(
+    trainer = length_split(trainer_cls)(  # on CPU, a batch's rows in length-sorted pieces (rlhf_widgets.length_split)
         model=model,
         args=config,
         processing_class=tokenizer,
