@@ -161,12 +161,29 @@ class _SplitPairs(_SplitSteps):
         return pieces
 
 
-_SPLITTERS = {"SFTTrainer": _SplitSFT, "RewardTrainer": _SplitPairs}
+PAIR_MEAN_DPO_LOSSES = frozenset({"sigmoid", "hinge", "ipo", "sigmoid_norm"})
+"""DPO loss types that are a mean over the batch's pairs of a per-pair term (TRL 1.x), so pieces weighted by their
+share of the pairs add up to them; others ("sft": a token mean over the batch, "bco_pair": running statistics, …)
+run whole."""
+
+
+class _SplitDPO(_SplitPairs):
+    """DPO: (2B, T) inputs like the reward model's, chosen rows then rejected rows, when its loss is a mean over pairs
+    (`PAIR_MEAN_DPO_LOSSES`, no MoE auxiliary loss); the reference's log-probs are computed per piece too."""
+
+    def _length_pieces(self, inputs, num_items_in_batch):
+        if not set(self.loss_types) <= PAIR_MEAN_DPO_LOSSES or getattr(self, "aux_loss_enabled", False):
+            return None
+        return super()._length_pieces(inputs, num_items_in_batch)
+
+
+_SPLITTERS = {"SFTTrainer": _SplitSFT, "RewardTrainer": _SplitPairs, "DPOTrainer": _SplitDPO}
 
 
 def length_split(trainer_cls: type) -> type:
     """`trainer_cls` with its training steps run in length-sorted pieces (a subclass named after it), for the
-    trainers whose loss this module knows (TRL's SFT and reward trainers and their subclasses); others unchanged."""
+    trainers whose loss this module knows (TRL's SFT, reward and DPO trainers and their subclasses); others
+    unchanged."""
     for base in trainer_cls.__mro__:
         mixin = _SPLITTERS.get(base.__name__)
         if mixin is not None:

@@ -95,3 +95,27 @@ def test_reward_step_in_pieces_gives_the_whole_batch_gradient(tmp_path) -> None:
     assert pieces is not None and len(pieces) >= 2
     assert sum(w for _, w in pieces) == pytest.approx(1.0)
     _assert_same(_grads(whole, model, batch, None), _grads(split, model, batch, None))
+
+
+def test_dpo_step_in_pieces_gives_the_whole_batch_gradient(tmp_path) -> None:
+    import datasets
+    import trl
+
+    from rlhf_widgets.dpo import DPOStageConfig
+    from rlhf_widgets.models import load_causal_lm
+    from rlhf_widgets.sandbox import make_prompts
+
+    model, tokenizer = load_causal_lm("sandbox")
+    gen = torch.Generator().manual_seed(1)
+    words = "Sure, here is what we can do about your order today and tomorrow".split()
+
+    def answer() -> list[dict]:
+        return [{"role": "assistant", "content": " ".join(words[: int(torch.randint(1, len(words), (1,), generator=gen))])}]
+
+    rows = [{"prompt": p.messages, "chosen": answer(), "rejected": answer()} for p in make_prompts(16, seed=0)]
+    config = DPOStageConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, bf16=False)
+    whole, split = _trainers(trl.DPOTrainer, config, datasets.Dataset.from_list(rows), model, tokenizer)
+    batch = next(iter(split.get_train_dataloader()))
+    pieces = split._length_pieces(batch, None)
+    assert pieces is not None and len(pieces) >= 2
+    _assert_same(_grads(whole, model, batch, None), _grads(split, model, batch, None))
