@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 from peft import PeftModel
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import Cache, DynamicLayer
 
 from rlhf_widgets.chat import render, stop_token_ids
 from rlhf_widgets.data import as_messages
@@ -132,6 +133,93 @@ def exact_sampling(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -
         target.generation_config = original
 
 
+class PreallocatedLayer(DynamicLayer):
+    """A `DynamicLayer` whose keys and values live in one buffer allocated for the whole call: each decode step
+    writes its token's keys and values into the next slot instead of `torch.cat`-ing a new, one-longer copy of the
+    whole cache (on CPU that copy was the largest piece of a float32 decode step of the sandbox model: 42 % of it,
+    7.7 of 18 ms, 32 sequences at ~70 cached tokens). `keys` / `values` are views of the filled part, so attention
+    reads exactly the tensors it read before. The buffer doubles if a call runs past `capacity`."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self._key_buffer: torch.Tensor | None = None
+        self._value_buffer: torch.Tensor | None = None
+        self._length = 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self._length + key_states.shape[-2]
+        if self._key_buffer is None or end > self._key_buffer.shape[-2]:
+            self._grow(key_states, value_states, max(end, self.capacity, 2 * self._length))
+        self._key_buffer[..., self._length : end, :].copy_(key_states)
+        self._value_buffer[..., self._length : end, :].copy_(value_states)
+        self._length = end
+        self.keys = self._key_buffer[..., :end, :]
+        self.values = self._value_buffer[..., :end, :]
+        return self.keys, self.values
+
+    def _grow(self, key_states: torch.Tensor, value_states: torch.Tensor, length: int) -> None:
+        def buffer(old: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+            shape = (*like.shape[:-2], length, like.shape[-1])
+            out = torch.empty(shape, dtype=like.dtype, device=like.device)
+            if old is not None:
+                out[..., : self._length, :].copy_(old[..., : self._length, :])
+            return out
+
+        self._key_buffer = buffer(self._key_buffer, key_states)
+        self._value_buffer = buffer(self._value_buffer, value_states)
+
+    def reset(self) -> None:
+        self._key_buffer = self._value_buffer = None
+        self._length = 0
+        super().reset()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        super().crop(tokens_to_remove)
+        if self.is_initialized and self.keys is not None:
+            self._length = self.keys.shape[-2]
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._unsupported("batch_repeat_interleave")
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._unsupported("batch_select_indices")
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._unsupported("reorder_cache")
+
+    @staticmethod
+    def _unsupported(what: str) -> None:
+        raise NotImplementedError(f"PreallocatedLayer.{what}: sampling's cache serves one batch, no beams")
+
+
+class PreallocatedCache(DynamicCache):
+    """A `DynamicCache` whose layers are `PreallocatedLayer`s of `capacity` tokens each."""
+
+    def __init__(self, num_layers: int, capacity: int) -> None:
+        Cache.__init__(self, layers=[PreallocatedLayer(capacity) for _ in range(num_layers)])
+
+
+def preallocated_cache(model: torch.nn.Module, prompt_length: int, max_new_tokens: int) -> PreallocatedCache | None:
+    """A `PreallocatedCache` sized for `prompt_length + max_new_tokens` tokens, for a plain
+    decoder (every layer full attention: Llama, Qwen2, SmolLM, GPT-2 …); None for anything else (sliding windows,
+    linear attention, encoder–decoders), which keeps transformers' own cache."""
+    config = getattr(_hf_model(model), "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return None
+    text = config.get_text_config(decoder=True)
+    layer_types = getattr(text, "layer_types", None)
+    if getattr(text, "sliding_window", None) or (layer_types and set(layer_types) != {"full_attention"}):
+        return None
+    layers = getattr(text, "num_hidden_layers", None)
+    if not layers:
+        return None
+    return PreallocatedCache(layers, prompt_length + max_new_tokens)
+
+
 @dataclass(frozen=True)
 class Generation:
     """One sampled response: its text (special tokens removed), whether it ended with EOS, its length."""
@@ -199,8 +287,9 @@ def generate(
           cpu_math_attention(model)):
         for start in progress(starts, desc="generating", disable=not show_progress, unit="batch"):
             batch = encode_prompts(tokenizer, prompts[start : start + batch_size], device)
+            cache = preallocated_cache(model, batch["input_ids"].shape[1], settings.max_new_tokens)
             ids = model.generate(**batch, **settings.generate_kwargs(), pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=stops)
+                                 eos_token_id=stops, **({"cache": cache} if cache is not None else {}))
             results.extend(decode_responses(tokenizer, ids[:, batch["input_ids"].shape[1] :], stops))
     model.train(was_training)
     return results

@@ -110,7 +110,8 @@ def test_dpo_step_in_pieces_gives_the_whole_batch_gradient(tmp_path) -> None:
     words = "Sure, here is what we can do about your order today and tomorrow".split()
 
     def answer() -> list[dict]:
-        return [{"role": "assistant", "content": " ".join(words[: int(torch.randint(1, len(words), (1,), generator=gen))])}]
+        length = int(torch.randint(1, len(words), (1,), generator=gen))
+        return [{"role": "assistant", "content": " ".join(words[:length])}]
 
     rows = [{"prompt": p.messages, "chosen": answer(), "rejected": answer()} for p in make_prompts(16, seed=0)]
     config = DPOStageConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, bf16=False)
