@@ -2,6 +2,7 @@
 
 import functools
 import math
+from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -858,3 +859,43 @@ def test_the_prompt_swap_checks_reference_forward_is_counted_in_the_flops(tmp_pa
         assert metrics["perf/model_flops"] == trainer.last_flops["total"]
     assert counted[True]["reference_forward"] == 2 * counted[False]["reference_forward"] > 0
     assert counted[True]["total"] - counted[False]["total"] == counted[False]["reference_forward"]
+
+
+def test_length_sorted_pieces_give_the_whole_micro_batchs_gradient_and_stats(tmp_path: Path, monkeypatch) -> None:
+    """On CPU a micro-batch runs as length-sorted pieces, each trimmed to its own prompts' and responses' extent and
+    weighted by its share of the response tokens: the gradient, the losses and every stat are the whole padded
+    micro-batch's (float order aside)."""
+    import rlhf_widgets.ppo.trainer as trainer_module
+    from rlhf_widgets.length_split import length_groups
+
+    rollouts = []
+    real = trainer_module.make_rollout
+
+    def recorded(*args, **kwargs):
+        rollouts.append(real(*args, **kwargs))
+        return rollouts[-1]
+
+    monkeypatch.setattr(trainer_module, "make_rollout", recorded)
+    trainer = PPOTrainer(PROMPTS, small_config(tmp_path, num_updates=1), reward=gold_reward)
+    trainer.step()
+    (rollout,) = rollouts
+    idx = torch.arange(len(rollout))
+    params = [p for p in trainer._trainable() if p.requires_grad]
+
+    def run(pieces) -> tuple[list[torch.Tensor], dict]:
+        monkeypatch.setattr(trainer, "_pieces", lambda rollout, idx: pieces)
+        for p in params:
+            p.grad = None
+        stats = defaultdict(list)
+        trainer._micro_batch(rollout, idx, 0.5, stats, update=1)
+        return [p.grad.clone() for p in params], {k: v[0] for k, v in stats.items()}
+
+    monkeypatch.setattr(trainer_module, "length_groups", functools.partial(length_groups, overhead=0))
+    pieces = PPOTrainer._pieces(trainer, rollout, idx)
+    assert len(pieces) > 1 and any(first > 0 or width < rollout.responses.shape[1] for _, first, width in pieces)
+    assert sorted(torch.cat([rows for rows, _, _ in pieces]).tolist()) == idx.tolist()
+    grads, stats = run(pieces)
+    whole_grads, whole_stats = run([(idx, 0, rollout.responses.shape[1])])
+    for got, want in zip(grads, whole_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert stats == pytest.approx(whole_stats, rel=1e-4, abs=1e-6)

@@ -48,6 +48,7 @@ from transformers import get_scheduler
 from rlhf_widgets.attention import use_sdpa_math_backward
 from rlhf_widgets.config import SANDBOX, ModelConfig, as_model_config
 from rlhf_widgets.data import prompt_list
+from rlhf_widgets.length_split import length_groups
 from rlhf_widgets.metrics import MetricsLog
 from rlhf_widgets.models import ModelLike, load_causal_lm, lora_config, model_name
 from rlhf_widgets.ppo import core
@@ -363,7 +364,6 @@ class PPOTrainer:
         stats. A rail or an exception on any process stops every process before that minibatch's step."""
         cfg = self.config
         dev = rollout.sequences.device
-        context, keep = rollout.context_length, rollout.responses.shape[1] + 1
         stats: dict[str, list[float]] = defaultdict(list)
         micro = self.last_micro_batch_size = self._micro_batch_size(rollout.sequences.shape[1])
         self._grad_norms, self._skipped_steps = [], 0
@@ -379,7 +379,7 @@ class PPOTrainer:
                     for mc_start in range(0, len(minibatch), micro):
                         idx = torch.tensor(minibatch[mc_start : mc_start + micro], device=dev)
                         with self.clock("train_forward_backward"):
-                            self._micro_batch(rollout, idx, len(idx) / len(minibatch), context, keep, stats, update)
+                            self._micro_batch(rollout, idx, len(idx) / len(minibatch), stats, update)
                 except Exception as err:  # noqa: BLE001 - raised on every process at the agreement point
                     error = err
                 self.processes.agree(error)
@@ -390,17 +390,51 @@ class PPOTrainer:
         release_freed_memory()
         return stats
 
-    def _micro_batch(self, rollout: Rollout, idx: torch.Tensor, weight: float, context: int, keep: int,
-                     stats: dict[str, list[float]], update: int) -> None:
-        """Forward and backward of one micro-batch (policy loss, then value loss); its stats appended to `stats`."""
+    def _pieces(self, rollout: Rollout, idx: torch.Tensor) -> list[tuple[torch.Tensor, int, int]]:
+        """A micro-batch's rows as (rows, first column, response width) pieces: on CPU without ZeRO, sorted by real
+        length and cut where trimming the padding saves more than one more forward and backward costs
+        (`length_split.length_groups`) — each piece runs from the first column any of its prompts uses to its
+        longest response; elsewhere one piece of the whole padded width."""
+        context, width = rollout.context_length, rollout.responses.shape[1]
+        if self.accelerator.device.type != "cpu" or self.zero is not None or len(idx) < 2:
+            return [(idx, 0, width)]
+        prompt_lengths = rollout.attention_mask[idx, :context].sum(1)
+        response_lengths = rollout.response_mask[idx].sum(1).clamp(min=1)
+        groups = length_groups((prompt_lengths + response_lengths).tolist())
+        return [(idx[group], context - int(prompt_lengths[group].max()), int(response_lengths[group].max()))
+                for group in (torch.tensor(g, device=idx.device) for g in groups)]
+
+    def _micro_batch(self, rollout: Rollout, idx: torch.Tensor, weight: float, stats: dict[str, list[float]],
+                     update: int) -> None:
+        """Forward and backward of one micro-batch (policy loss, then value loss), run as `_pieces`: each piece's
+        loss weighted by its share of the micro-batch's response tokens, so the losses, their gradients and the
+        stats are the whole micro-batch's (masked means over its tokens); its stats appended to `stats`."""
         cfg = self.config
-        inputs = forward_inputs(rollout.sequences[idx], rollout.attention_mask[idx])
-        resp_mask = rollout.response_mask[idx]
-        with self.precision.autocast():
-            logits = self.backend.policy_logits(**inputs, logits_to_keep=keep)[:, :-1]
-        new_logprobs = core.logprobs_from_logits(logits, rollout.responses[idx], self.temperature)  # float32
-        pg_loss, pg_stats = core.ppo_policy_loss(new_logprobs, rollout.logprobs[idx], rollout.advantages[idx],
-                                                 resp_mask, cfg.cliprange)
+        context = rollout.context_length
+        pieces = self._pieces(rollout, idx)
+        tokens = rollout.response_mask[idx].sum().item()
+        views = []
+        for rows, first, width in pieces:
+            inputs = forward_inputs(rollout.sequences[rows, first : context + width],
+                                    rollout.attention_mask[rows, first : context + width])
+            mask = rollout.response_mask[rows, :width]
+            count = mask.sum().item()
+            views.append((rows, first, width, inputs, mask, count, count / tokens if tokens else 1 / len(pieces)))
+        # the policy: every piece's loss, checked as one, then one backward of their weighted sum
+        pg_loss, pg_parts, entropy = 0.0, [], 0.0
+        for rows, _, width, inputs, mask, count, share in views:
+            with self.precision.autocast():
+                logits = self.backend.policy_logits(**inputs, logits_to_keep=width + 1)[:, :-1]
+            new_logprobs = core.logprobs_from_logits(logits, rollout.responses[rows, :width], self.temperature)
+            loss, part = core.ppo_policy_loss(new_logprobs, rollout.logprobs[rows, :width],
+                                              rollout.advantages[rows, :width], mask, cfg.cliprange)
+            pg_loss = pg_loss + share * loss
+            pg_parts.append((part, count))
+            with torch.no_grad():
+                entropy += share * core.masked_mean(core.entropy_from_logits(logits.detach() / self.temperature),
+                                                    mask).item()
+            del logits, new_logprobs
+        pg_stats = _combined_stats(pg_parts)
         ratio = pg_stats["ratio_mean"]
         if not math.isfinite(pg_loss.item()) or not (1 / cfg.max_ratio < ratio < cfg.max_ratio):
             raise TrainingStopped(f"policy ratio {ratio:.3g} / loss {pg_loss.item():.3g} at update {update}: the "
@@ -411,16 +445,18 @@ class PPOTrainer:
         if self.zero is None:
             self.precision.backward(policy_term)
             policy_term = None
-        with torch.no_grad():
-            entropy = core.masked_mean(core.entropy_from_logits(logits.detach() / self.temperature), resp_mask)
-        del logits, new_logprobs
-        trunk = None if rollout.value_trunk is None else rollout.value_trunk[idx]
-        with self.precision.autocast():
-            new_values = self.backend.values(**inputs, trunk=trunk)[:, context - 1 : -1]
-        vf_loss, vf_stats = core.ppo_value_loss(new_values.float(), rollout.values[idx], rollout.returns[idx],
-                                                resp_mask, cfg.cliprange_value)
+        vf_loss, vf_parts = 0.0, []
+        for rows, first, width, inputs, mask, count, share in views:
+            trunk = None if rollout.value_trunk is None else rollout.value_trunk[rows, first : context + width]
+            with self.precision.autocast():
+                new_values = self.backend.values(**inputs, trunk=trunk)[:, context - first - 1 : -1]
+            loss, part = core.ppo_value_loss(new_values.float(), rollout.values[rows, :width],
+                                             rollout.returns[rows, :width], mask, cfg.cliprange_value)
+            vf_loss = vf_loss + share * loss
+            vf_parts.append((part, count))
         if not math.isfinite(vf_loss.item()):
             raise TrainingStopped(f"non-finite value loss at update {update}")
+        vf_stats = _combined_stats(vf_parts)
         value_term = weight * cfg.vf_coef * vf_loss
         if self.zero is None:
             self.precision.backward(value_term)
@@ -429,7 +465,7 @@ class PPOTrainer:
         for k, v in {"policy/approxkl_avg": pg_stats["approx_kl"], "policy/clipfrac_avg": pg_stats["clipfrac"],
                      "loss/policy_avg": pg_loss.item(), "loss/value_avg": vf_loss.item(),
                      "val/clipfrac_avg": vf_stats["clipfrac"], "val/ratio": pg_stats["ratio_mean"],
-                     "val/ratio_var": pg_stats["ratio_var"], "policy/entropy_avg": entropy.item()}.items():
+                     "val/ratio_var": pg_stats["ratio_var"], "policy/entropy_avg": entropy}.items():
             stats[k].append(float(v))
 
     def _optimizer_step(self, where: str) -> None:
@@ -906,6 +942,22 @@ class PPOTrainer:
             torch.cuda.set_rng_state_all(rng["cuda_rng"])
         random.setstate(rng["python_rng"])
         self._event("resumed", f"resumed from {path} at update {self.update}", checkpoint=str(path))
+
+
+def _combined_stats(parts: list[tuple[dict[str, float], float]]) -> dict[str, float]:
+    """The masked-mean stats of `core.ppo_policy_loss` / `ppo_value_loss` over pieces, each (stats, its token
+    count), as over their union: means weighted by tokens; `ratio_var` (Bessel-corrected) by the pieces' sums of
+    squares plus their means' spread (the law of total variance)."""
+    total = sum(count for _, count in parts)
+    if len(parts) == 1 or not total:
+        return parts[0][0]
+    combined = {key: sum(part[key] * count for part, count in parts) / total for key in parts[0][0]}
+    if "ratio_var" in combined:
+        mean = combined["ratio_mean"]
+        squares = sum(part["ratio_var"] * max(count - 1, 0) + count * (part["ratio_mean"] - mean) ** 2
+                      for part, count in parts)
+        combined["ratio_var"] = squares / (total - 1) if total > 1 else 0.0
+    return combined
 
 
 def _accelerator(config: PPOConfig) -> Accelerator:
