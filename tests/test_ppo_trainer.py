@@ -33,6 +33,21 @@ def small_config(tmp_path: Path, **overrides) -> PPOConfig:
     return PPOConfig(**base)
 
 
+def recorded_rollouts(monkeypatch) -> list:
+    """The rollouts PPOTrainer makes from now on, kept in the returned list."""
+    import rlhf_widgets.ppo.trainer as trainer_module
+
+    rollouts = []
+    real = trainer_module.make_rollout
+
+    def recorded(*args, **kwargs):
+        rollouts.append(real(*args, **kwargs))
+        return rollouts[-1]
+
+    monkeypatch.setattr(trainer_module, "make_rollout", recorded)
+    return rollouts
+
+
 @pytest.mark.parametrize("shared_base", [True, False], ids=["shared-base", "separate-models"])
 def test_first_minibatch_with_policy_equal_reference(tmp_path: Path, shared_base: bool) -> None:
     trainer = PPOTrainer(PROMPTS, small_config(tmp_path, shared_base=shared_base), reward=gold_reward)
@@ -785,16 +800,7 @@ def test_prompt_fit_is_the_reference_log_prob_of_each_answer_after_its_prompt_mi
     prompt minus after the next prompt of the batch, in nats, averaged — here recomputed one answer at a time,
     unpadded, with the sandbox base (the reference) loaded on its own — and the share of answers below 1 nat
     (`reference/off_prompt_share`); none with the check off."""
-    import rlhf_widgets.ppo.trainer as trainer_module
-
-    rollouts = []
-    real = trainer_module.make_rollout
-
-    def recorded(*args, **kwargs):
-        rollouts.append(real(*args, **kwargs))
-        return rollouts[-1]
-
-    monkeypatch.setattr(trainer_module, "make_rollout", recorded)
+    rollouts = recorded_rollouts(monkeypatch)
     config = small_config(tmp_path / "on", num_updates=1, prompt_swap_check=True, temperature=0.8)
     metrics = PPOTrainer(PROMPTS, config, reward=gold_reward).step()
     (rollout,) = rollouts
@@ -868,14 +874,7 @@ def test_length_sorted_pieces_give_the_whole_micro_batchs_gradient_and_stats(tmp
     import rlhf_widgets.ppo.trainer as trainer_module
     from rlhf_widgets.length_split import length_groups
 
-    rollouts = []
-    real = trainer_module.make_rollout
-
-    def recorded(*args, **kwargs):
-        rollouts.append(real(*args, **kwargs))
-        return rollouts[-1]
-
-    monkeypatch.setattr(trainer_module, "make_rollout", recorded)
+    rollouts = recorded_rollouts(monkeypatch)
     trainer = PPOTrainer(PROMPTS, small_config(tmp_path, num_updates=1), reward=gold_reward)
     trainer.step()
     (rollout,) = rollouts
