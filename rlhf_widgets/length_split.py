@@ -16,7 +16,8 @@ per batch, and the loss is the same sum over the same rows — only the order of
 What changes beside the float order: the logged per-step metrics that TRL averages per call (SFT's entropy and
 token accuracy, the reward model's accuracy and margin, DPO's rewards) are averaged over pieces instead of whole
 batches. Used only where one process trains on CPU without DeepSpeed (each backward of a piece would otherwise
-talk to the other processes); right-padded batches only (the SFT and reward collators'; DPO's) — anything else
+talk to the other processes), in float32 only — where it was measured to pay (docs/PERFORMANCE.md); right-padded
+batches only (the SFT and reward collators'; DPO's) — anything else
 runs whole.
 """
 
@@ -89,7 +90,7 @@ class _SplitSteps:
 
         accelerator = self.accelerator
         return (accelerator.num_processes == 1 and accelerator.distributed_type != DistributedType.DEEPSPEED
-                and accelerator.device.type == "cpu")
+                and accelerator.device.type == "cpu" and not (self.args.bf16 or self.args.fp16))
 
     def _length_pieces(self, inputs: dict[str, Any], num_items_in_batch) -> list[tuple[dict, float]] | None:
         raise NotImplementedError

@@ -893,6 +893,9 @@ def test_length_sorted_pieces_give_the_whole_micro_batchs_gradient_and_stats(tmp
     pieces = PPOTrainer._pieces(trainer, rollout, idx)
     assert len(pieces) > 1 and any(first > 0 or width < rollout.responses.shape[1] for _, first, width in pieces)
     assert sorted(torch.cat([rows for rows, _, _ in pieces]).tolist()) == idx.tolist()
+    bf16 = PPOTrainer(PROMPTS, small_config(tmp_path / "bf16", num_updates=1, mixed_precision="bf16"),
+                      reward=gold_reward)
+    assert PPOTrainer._pieces(bf16, rollout, idx) == [(idx, 0, rollout.responses.shape[1])]  # float32 only
     grads, stats = run(pieces)
     whole_grads, whole_stats = run([(idx, 0, rollout.responses.shape[1])])
     for got, want in zip(grads, whole_grads, strict=True):

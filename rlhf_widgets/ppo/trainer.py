@@ -391,12 +391,14 @@ class PPOTrainer:
         return stats
 
     def _pieces(self, rollout: Rollout, idx: torch.Tensor) -> list[tuple[torch.Tensor, int, int]]:
-        """A micro-batch's rows as (rows, first column, response width) pieces: on CPU without ZeRO, sorted by real
+        """A micro-batch's rows as (rows, first column, response width) pieces: on CPU in float32 without ZeRO (in
+        bf16 autocast the smaller matmuls cost more than the padding saved: docs/PERFORMANCE.md), sorted by real
         length and cut where trimming the padding saves more than one more forward and backward costs
         (`length_split.length_groups`) — each piece runs from the first column any of its prompts uses to its
         longest response; elsewhere one piece of the whole padded width."""
         context, width = rollout.context_length, rollout.responses.shape[1]
-        if self.accelerator.device.type != "cpu" or self.zero is not None or len(idx) < 2:
+        if (self.accelerator.device.type != "cpu" or self.precision.mode != "no" or self.zero is not None
+                or len(idx) < 2):
             return [(idx, 0, width)]
         prompt_lengths = rollout.attention_mask[idx, :context].sum(1)
         response_lengths = rollout.response_mask[idx].sum(1).clamp(min=1)
