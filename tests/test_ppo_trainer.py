@@ -901,3 +901,17 @@ def test_length_sorted_pieces_give_the_whole_micro_batchs_gradient_and_stats(tmp
     for got, want in zip(grads, whole_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
     assert stats == pytest.approx(whole_stats, rel=1e-4, abs=1e-6)
+
+
+def test_the_prompt_swaps_reference_forward_runs_without_autograd(tmp_path: Path) -> None:
+    """The swap's reference forward (`reference_logprob_sums`) is measurement only: no graph is kept."""
+    trainer = PPOTrainer(PROMPTS, small_config(tmp_path, num_updates=1, prompt_swap_check=True), reward=gold_reward)
+    real, grad_modes = trainer.backend.reference_logits, []
+
+    def recorded(*args, **kwargs):
+        grad_modes.append(torch.is_grad_enabled())
+        return real(*args, **kwargs)
+
+    trainer.backend.reference_logits = recorded
+    trainer.step()
+    assert len(grad_modes) >= 2 and not any(grad_modes)  # the rollout's reference forward and the swap's

@@ -210,7 +210,6 @@ def make_rollout(backend, tokenizer, prompts: Sequence, reward: RewardFunction, 
     return rollout
 
 
-@torch.no_grad()
 def other_prompts(prompts: Sequence) -> list | None:
     """Each prompt's next different prompt in the batch (cyclically) — the prompt an answer is scored after to see
     how much its score depends on what was asked; None when the batch has a single distinct prompt."""
@@ -224,6 +223,7 @@ def other_prompts(prompts: Sequence) -> list | None:
     return swapped
 
 
+@torch.no_grad()
 def reference_logprob_sums(backend, tokenizer, prompts: Sequence, responses: torch.Tensor,
                            response_mask: torch.Tensor, *, temperature: float, forward_batch_size: int = 32
                            ) -> torch.Tensor:
