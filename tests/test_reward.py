@@ -36,8 +36,8 @@ def test_reward_model_agrees_with_gold_on_held_out_pairs(trained_reward, sft_mod
 def test_scores_are_normalised_on_the_sampled_responses(trained_reward, sft_pair_rows) -> None:
     """After training, the sampler's responses score ≈ mean 0 / std 1: both answers of one pair per prompt, ~1,200
     SFT samples over ~600 prompts, most outside the normalisation's fit (256 responses of the first training pairs,
-    which come from a few dozen prompts — so its zero point is itself off by up to ~0.3: 0.26 bf16, 0.05 float32).
-    One answer of 100 prompts was a sample too small and too selected to hold on both paths (0.38 bf16)."""
+    which come from a few dozen prompts — so its own zero point is off by a few tenths). One answer of 100 prompts
+    was a sample too small and too selected to hold on both paths."""
     rm = trained_reward.reward_model
     prompts = [r["prompt"] for r in sft_pair_rows for _ in range(2)]
     responses = [r[key] for r in sft_pair_rows for key in ("response_a", "response_b")]
