@@ -22,7 +22,7 @@ the repository root is never put on `sys.path` for it). Both: batch 16, 24 new t
 minibatch, temperature 1, CPU, the same 16 prompts every update (so every update sees the same query
 lengths), one warm-up update, then `--updates` timed ones. The result is one JSON object written to `--out`:
 seconds of each update, their mean over the timed ones (ours: also each update's `time/<phase>` seconds and model
-FLOPs per phase, `rlhf_widgets.ppo.flops`), and the process's peak RSS (`ru_maxrss`; the worker
+FLOPs per phase, `rlhf_widgets.stages.ppo.flops`), and the process's peak RSS (`ru_maxrss`; the worker
 starts no child processes, so RUSAGE_CHILDREN stays 0 and is reported as a check).
 """
 
@@ -81,9 +81,9 @@ def run_ours(args: argparse.Namespace) -> dict:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf_widgets.models import load_tokenizer
-    from rlhf_widgets.ppo import PPOConfig, PPOTrainer
-    from rlhf_widgets.reward import RewardModel
+    from rlhf_widgets.runtime.models import load_tokenizer
+    from rlhf_widgets.stages.ppo import PPOConfig, PPOTrainer
+    from rlhf_widgets.stages.reward.model import RewardModel
 
     _set_threads(args.threads)
     prompts = json.loads(Path(args.prompts).read_text())

@@ -18,7 +18,7 @@ is one process with 1 torch thread, two at a time (`wait` before the next block)
 How long, all three blocks: about 2 h on a quiet machine, at most ~4.6 h (one seed: 13–29 min; float32 ~1.8×
 that; how these were scaled is at the end of this docstring).
 
-What one run does, for `--seed s`: the quickstart's chain (`rlhf_widgets.pipeline`: the same SFT model, pairs and
+What one run does, for `--seed s`: the quickstart's chain (`workflows.quickstart`: the same SFT model, pairs and
 simulated-annotator labels as `run_quickstart(QuickstartConfig(seed=s, verbosity_bias=b))`), cached under
 `<out>/seed_s/` — a later run with the same sizes reuses it and says so ("reused"); a run with other sizes, another
 bias or the other precision path refuses that directory. Then, for each of `--arms`:
@@ -85,12 +85,20 @@ import datasets  # noqa: E402
 import torch  # noqa: E402
 
 from rlhf_widgets import sandbox  # noqa: E402
-from rlhf_widgets.best_of import BestOfN, best_of_n  # noqa: E402
-from rlhf_widgets.data import split_by_prompt  # noqa: E402
 from rlhf_widgets.evaluation import best_of_n_curve  # noqa: E402
-from rlhf_widgets.evaluation.monitors import ALERT_EVENT, GOLD_FREE_KINDS, MonitorConfig  # noqa: E402
 from rlhf_widgets.labeling import PreferenceStore  # noqa: E402
-from rlhf_widgets.pipeline import (  # noqa: E402
+from rlhf_widgets.runtime.data import split_by_prompt  # noqa: E402
+from rlhf_widgets.runtime.monitors import ALERT_EVENT, GOLD_FREE_KINDS, MonitorConfig  # noqa: E402
+from rlhf_widgets.runtime.precision import cpu_has_native_bf16  # noqa: E402
+from rlhf_widgets.stages.best_of import BestOfN, best_of_n  # noqa: E402
+from rlhf_widgets.stages.reward.ensemble import (  # noqa: E402
+    OBJECTIVES,
+    RewardEnsemble,
+    train_reward_ensemble,
+    weight_averaged,
+)
+from rlhf_widgets.stages.reward.model import RewardModel, fit_normalization_on_pairs, train_reward_model  # noqa: E402
+from rlhf_widgets.workflows.quickstart import (  # noqa: E402
     QuickstartConfig,
     quickstart_annotator,
     quickstart_compare,
@@ -98,14 +106,6 @@ from rlhf_widgets.pipeline import (  # noqa: E402
     quickstart_ppo,
     quickstart_reward_config,
     quickstart_sft,
-)
-from rlhf_widgets.ppo.precision import cpu_has_native_bf16  # noqa: E402
-from rlhf_widgets.reward import RewardModel, fit_normalization_on_pairs, train_reward_model  # noqa: E402
-from rlhf_widgets.reward_ensemble import (  # noqa: E402
-    OBJECTIVES,
-    RewardEnsemble,
-    train_reward_ensemble,
-    weight_averaged,
 )
 
 ARMS = ("single", *OBJECTIVES, "warm", "watched")
@@ -262,7 +262,7 @@ def run_arm(arm: str, config: QuickstartConfig, sft_path: Path, rm: RewardModel 
 def gold_fall_update(log_path: Path, fall: float = 1.0) -> int | None:
     """The first update at which the run's smoothed gold (trailing mean over the monitors' window) stands `fall`
     points below its best so far; None if it never does (a healthy run)."""
-    from rlhf_widgets.metrics import MetricsLog
+    from rlhf_widgets.runtime.metrics import MetricsLog
 
     steps, gold = MetricsLog.load(log_path).series("gold/score")
     w, best = MonitorConfig().window, -math.inf

@@ -42,8 +42,8 @@ from rlhf_widgets import (  # noqa: E402
     train_reward_model,
     train_sft,
 )
-from rlhf_widgets.evaluation.monitors import check_log  # noqa: E402
 from rlhf_widgets.evaluation.probes import load_probes, run_probes  # noqa: E402
+from rlhf_widgets.runtime.monitors import check_log  # noqa: E402
 from rlhf_widgets.sandbox import SimulatedAnnotator, gold_reward, make_prompts, sft_dataset  # noqa: E402
 
 SCENARIOS = ("sycophancy", "refusal")

@@ -28,14 +28,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rlhf_widgets.data import load_prompts  # noqa: E402
 from rlhf_widgets.evaluation import reward_report  # noqa: E402
 from rlhf_widgets.labeling.pairs import generate_pairs  # noqa: E402
-from rlhf_widgets.loop import IterativeLoop, LoopConfig  # noqa: E402
-from rlhf_widgets.ppo import PPOConfig  # noqa: E402
-from rlhf_widgets.reward import RewardModel, RewardStageConfig  # noqa: E402
+from rlhf_widgets.runtime.data import load_prompts  # noqa: E402
 from rlhf_widgets.sandbox import SimulatedAnnotator, gold_reward  # noqa: E402
-from rlhf_widgets.sft import SFTStageConfig, train_sft  # noqa: E402
+from rlhf_widgets.stages.ppo import PPOConfig  # noqa: E402
+from rlhf_widgets.stages.reward.model import RewardModel, RewardStageConfig  # noqa: E402
+from rlhf_widgets.stages.sft import SFTStageConfig, train_sft  # noqa: E402
+from rlhf_widgets.workflows.loop import IterativeLoop, LoopConfig  # noqa: E402
 
 
 def rm_on_own_answers(policy: str, reward_path: str, prompts: list, seed: int) -> dict:

@@ -30,8 +30,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rlhf_widgets.config import ModelConfig  # noqa: E402
-from rlhf_widgets.ppo import PPOConfig, PPOTrainer  # noqa: E402
+from rlhf_widgets.runtime.config import ModelConfig  # noqa: E402
+from rlhf_widgets.stages.ppo import PPOConfig, PPOTrainer  # noqa: E402
 
 SHAPES = {
     # Llama-3.1-8B: hidden 4096, 32 layers, 32 heads / 8 KV heads, MLP 14336, vocab 128256

@@ -35,8 +35,8 @@ def worker(out: Path, updates: int, batch: int, new_tokens: int, precision: str)
     """One process of a run: time the updates, write `out/rank<r>.json`."""
     import torch
 
-    from rlhf_widgets.ppo import PPOConfig, PPOTrainer
     from rlhf_widgets.sandbox import gold_reward, make_prompts
+    from rlhf_widgets.stages.ppo import PPOConfig, PPOTrainer
 
     prompts = [p.text for p in make_prompts(256, seed=21)]
     cfg = PPOConfig(output_dir=str(out / "run"), num_updates=updates + 1, batch_size=batch, mini_batch_size=batch,

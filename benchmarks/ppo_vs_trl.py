@@ -36,7 +36,7 @@ over all its rounds and its peak RSS (`ru_maxrss`, the whole process: loading in
 in process CPU seconds, which other jobs on the machine disturb less than wall time. `--threads` (default 1)
 fixes torch's threads per worker.
 
-FLOPs (`rlhf_widgets.ppo.flops`, its counting convention): ours are the trainer's own count per update
+FLOPs (`rlhf_widgets.stages.ppo.flops`, its counting convention): ours are the trainer's own count per update
 (`perf/model_flops`: the rollout's actual token counts, the reward model's scored tokens); TRL's are counted here
 with the same convention for what TRL 1.9.2's PPO runs (the generation with unmerged adapters, reference /
 value / reward forwards over the whole sequence, the policy's LM head on every position, the full value model
@@ -151,7 +151,7 @@ def build_shape(shape: str, out: Path) -> dict:
     import torch
     from transformers import AutoModelForSequenceClassification, LlamaForCausalLM
 
-    from rlhf_widgets.models import load_tokenizer
+    from rlhf_widgets.runtime.models import load_tokenizer
     from rlhf_widgets.sandbox import base_model_path
     from rlhf_widgets.sandbox.pretrain import model_config
 
@@ -198,12 +198,12 @@ def lora_params_llama(built: dict, r: int) -> int:
 def trl_update_flops(shape, *, batch: int, prompt_tokens: int, response_tokens: int, num_ppo_epochs: int,
                      lora: int = 0) -> dict[str, float]:
     """FLOPs of one update of TRL 1.9.2's PPO (`trl/experimental/ppo/ppo_trainer.py`), with the convention of
-    `rlhf_widgets.ppo.flops`: generation by the policy (adapters unmerged); per rollout chunk a reference forward
+    `rlhf_widgets.stages.ppo.flops`: generation by the policy (adapters unmerged); per rollout chunk a reference forward
     (`forward()`: logits on every position), the value model's backbone and the reward model's backbone over the
     whole query+response; per epoch `PolicyAndValueWrapper` — the policy (LM head on every position) and the value
     backbone — forward and backward. `lora` = 0: full policy; else the policy's adapters' parameters (the base and
     LM head frozen); the value model is trained whole either way."""
-    from rlhf_widgets.ppo.flops import forward, forward_backward
+    from rlhf_widgets.stages.ppo.flops import forward, forward_backward
 
     layers, head = shape.num_layers * shape.layer_params, shape.lm_head_params
     seq = batch * (prompt_tokens + response_tokens)
@@ -385,8 +385,8 @@ def main(argv: list[str] | None = None) -> dict:
     run_ids = [r for r in RUNS if r in wanted]
 
     sys.path.insert(0, str(ROOT))
-    from rlhf_widgets.config import ModelConfig
-    from rlhf_widgets.ppo.flops import ModelShape
+    from rlhf_widgets.runtime.config import ModelConfig
+    from rlhf_widgets.stages.ppo.flops import ModelShape
 
     settings = ModelConfig(model_name_or_path="sandbox")
     targets = settings.lora_target_modules

@@ -30,7 +30,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from rlhf_widgets import pipeline
+    from rlhf_widgets.workflows import quickstart as pipeline
 
     sizes = {k: v for k, v in vars(args).items()
              if k in ("seed", "sft_demos", "pair_prompts", "ppo_updates", "eval_prompts", "stages") and v is not None}

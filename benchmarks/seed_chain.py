@@ -23,14 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from conftest import SFT_DEMOS, label_rows, sandbox_prompts  # noqa: E402
 
-from rlhf_widgets.best_of import best_of_n  # noqa: E402
 from rlhf_widgets.evaluation import best_of_n_curve, check_log, sample_policy, win_rate  # noqa: E402
 from rlhf_widgets.labeling.pairs import generate_pairs  # noqa: E402
-from rlhf_widgets.ppo import PPOConfig, PPOTrainer  # noqa: E402
-from rlhf_widgets.ppo.precision import cpu_has_native_bf16  # noqa: E402
-from rlhf_widgets.reward import RewardStageConfig, train_reward_model  # noqa: E402
+from rlhf_widgets.runtime.precision import cpu_has_native_bf16  # noqa: E402
 from rlhf_widgets.sandbox import SimulatedAnnotator, gold_reward  # noqa: E402
-from rlhf_widgets.sft import SFTStageConfig, train_sft  # noqa: E402
+from rlhf_widgets.stages.best_of import best_of_n  # noqa: E402
+from rlhf_widgets.stages.ppo import PPOConfig, PPOTrainer  # noqa: E402
+from rlhf_widgets.stages.reward.model import RewardStageConfig, train_reward_model  # noqa: E402
+from rlhf_widgets.stages.sft import SFTStageConfig, train_sft  # noqa: E402
 
 
 def ppo_figures(run, sft_dir: Path, seed: int) -> dict:

@@ -10,7 +10,7 @@ config (`SFTStageConfig`, …, `PPOConfig`) and `ModelConfig` (`--model_name_or_
 quickstart's two lines on what to expect — each stage's precision and time — and its line per finished stage) and
 prints what a person reads at the end (stdout: the result, the quickstart's comparison table and report path);
 `--json` prints the machine-readable summary instead, `--verbose` lets the libraries print their own output
-(`rlhf_widgets.quiet`).
+(`rlhf_widgets.runtime.quiet`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf_widgets.config import field_help
-
-SANDBOX = "sandbox"
+from rlhf_widgets.runtime.config import field_help
+from rlhf_widgets.runtime.types import SANDBOX
 
 
 @dataclass
@@ -35,7 +34,7 @@ class OutputArguments:
         "Print the machine-readable JSON summary instead of the lines a person reads."))
     verbose: bool = field(default=False, metadata=field_help(
         "Let the libraries print their own output: logged values of every step, load reports, their progress "
-        "bars (rlhf_widgets.quiet; RLHF_WIDGETS_VERBOSE=1 does the same)."))
+        "bars (rlhf_widgets.runtime.quiet; RLHF_WIDGETS_VERBOSE=1 does the same)."))
 
 
 @dataclass
@@ -115,7 +114,7 @@ class EvaluateArguments:
 
 # ---------------------------------------------------------------------------------------------- data
 def _prompts(source: str, n: int | None, seed: int, split: str = "train") -> list:
-    from rlhf_widgets.data import load_prompts
+    from rlhf_widgets.runtime.data import load_prompts
 
     return load_prompts(source, split=split, n=n, **({"seed": seed} if source == SANDBOX else {}))
 
@@ -138,7 +137,7 @@ def _reward(source: str):
         from rlhf_widgets.sandbox import gold_reward
 
         return gold_reward
-    from rlhf_widgets.rewards import as_reward_function
+    from rlhf_widgets.stages.reward import as_reward_function
 
     return as_reward_function(source)
 
@@ -150,31 +149,31 @@ def _summary(result) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- stages
 def _sft(config, model, args: DemonstrationArguments) -> dict:
-    from rlhf_widgets.sft import train_sft
+    from rlhf_widgets.stages.sft import train_sft
 
     data = _demonstrations(args.data) if args.data else None
     return _summary(train_sft(data, config, model=model))
 
 
 def _reward_stage(config, model, args: PreferenceArguments) -> dict:
-    from rlhf_widgets.data import load_preferences
-    from rlhf_widgets.reward import train_reward_model
+    from rlhf_widgets.runtime.data import load_preferences
+    from rlhf_widgets.stages.reward import train_reward_model
 
     return _summary(train_reward_model(load_preferences(args.data), config, model=model))
 
 
 def _dpo(config, model, args: PreferenceArguments) -> dict:
-    from rlhf_widgets.data import load_preferences
-    from rlhf_widgets.dpo import train_dpo
+    from rlhf_widgets.runtime.data import load_preferences
+    from rlhf_widgets.stages.dpo import train_dpo
 
     return _summary(train_dpo(load_preferences(args.data), config, model=model))
 
 
 def _online(trainer: str) -> Callable[..., dict]:
-    """GRPO / RLOO: `rlhf_widgets.grpo.<trainer>` on the prompts against the reward."""
+    """GRPO / RLOO: `rlhf_widgets.stages.grpo.<trainer>` on the prompts against the reward."""
 
     def run(config, model, args: PromptArguments) -> dict:
-        from rlhf_widgets import grpo
+        from rlhf_widgets.stages import grpo
 
         prompts = _prompts(args.prompts, args.n_prompts, config.seed)
         return _summary(getattr(grpo, trainer)(prompts, config, model=model, reward=_reward(args.reward_model)))
@@ -183,7 +182,7 @@ def _online(trainer: str) -> Callable[..., dict]:
 
 
 def _ppo(config, model, args: PromptArguments) -> dict:
-    from rlhf_widgets.ppo import train_ppo
+    from rlhf_widgets.stages.ppo import train_ppo
 
     gold = None
     if args.log_gold:
@@ -210,7 +209,7 @@ def _label(args: LabelArguments) -> dict:
     new = label_with(store, labeler, annotator)
     summary = {"store": str(args.store), "pairs": len(store), "new_labels": new, "annotator": annotator}
     if args.export:
-        from rlhf_widgets.data import save_preferences
+        from rlhf_widgets.runtime.data import save_preferences
 
         dataset, counts = store.to_dataset(annotator=annotator, return_counts=True)
         summary["exported"] = str(save_preferences(dataset, args.export))
@@ -258,9 +257,9 @@ class LoopArguments:
 
 
 def _loop(config, args: LoopArguments) -> dict:
-    from rlhf_widgets.loop import IterativeLoop
-    from rlhf_widgets.ppo import PPOConfig
     from rlhf_widgets.sandbox import SimulatedAnnotator, gold_preference
+    from rlhf_widgets.stages.ppo import PPOConfig
+    from rlhf_widgets.workflows.loop import IterativeLoop
 
     sandbox = args.prompts == SANDBOX
     pool = _prompts(args.prompts, config.rounds * config.prompts_per_round if sandbox else None, config.seed)
@@ -283,7 +282,7 @@ def _loop(config, args: LoopArguments) -> dict:
 def _quickstart(config) -> dict:
     from tqdm.auto import tqdm
 
-    from rlhf_widgets.pipeline import run_quickstart
+    from rlhf_widgets.workflows.quickstart import run_quickstart
 
     # what to expect, then a line per finished stage, on stderr beside the bar (stdout keeps the summary, the JSON too)
     result = run_quickstart(config, echo=lambda line: tqdm.write(line, file=sys.stderr))
@@ -308,7 +307,7 @@ def _label_lines(summary: dict) -> list[str]:
 
 
 def _comparison_lines(rows: dict) -> list[str]:
-    from rlhf_widgets.pipeline import summary_table
+    from rlhf_widgets.workflows.quickstart import summary_table
 
     if all("gold_win_rate" in row and "kl_to_reference" in row for row in rows.values()):
         return summary_table(rows).splitlines()
@@ -323,7 +322,7 @@ def _loop_lines(summary: dict) -> list[str]:
 
 
 def _quickstart_lines(summary: dict) -> list[str]:
-    from rlhf_widgets.pipeline import summary_table
+    from rlhf_widgets.workflows.quickstart import summary_table
 
     table = summary_table(summary["numbers"]["comparison"]).splitlines() if "comparison" in summary["numbers"] else []
     return ["", *table, "", f"report: {summary['report']}"]
@@ -346,7 +345,7 @@ def _classes(config_path: str, *extra: type, model: bool = True) -> Callable[[],
     def classes() -> tuple[type, ...]:
         import importlib
 
-        from rlhf_widgets.config import ModelConfig
+        from rlhf_widgets.runtime.config import ModelConfig
 
         module, name = config_path.rsplit(".", 1)
         config = getattr(importlib.import_module(module), name)
@@ -357,26 +356,26 @@ def _classes(config_path: str, *extra: type, model: bool = True) -> Callable[[],
 
 COMMANDS: dict[str, Command] = {
     "sft": Command("supervised fine-tuning (TRL SFTTrainer)",
-                   _classes("rlhf_widgets.sft.SFTStageConfig", DemonstrationArguments), _sft),
+                   _classes("rlhf_widgets.stages.sft.SFTStageConfig", DemonstrationArguments), _sft),
     "label": Command("candidate pairs from a policy, labeled by an AI labeler, exported",
                      lambda: (LabelArguments,), _label, _label_lines),
     "reward": Command("reward model on preference pairs (TRL RewardTrainer)",
-                      _classes("rlhf_widgets.reward.RewardStageConfig", PreferenceArguments), _reward_stage),
+                      _classes("rlhf_widgets.stages.reward.RewardStageConfig", PreferenceArguments), _reward_stage),
     "dpo": Command("direct preference optimisation (TRL DPOTrainer)",
-                   _classes("rlhf_widgets.dpo.DPOStageConfig", PreferenceArguments), _dpo),
+                   _classes("rlhf_widgets.stages.dpo.DPOStageConfig", PreferenceArguments), _dpo),
     "grpo": Command("GRPO against a reward model (TRL GRPOTrainer)",
-                    _classes("rlhf_widgets.grpo.GRPOStageConfig", PromptArguments), _online("train_grpo")),
+                    _classes("rlhf_widgets.stages.grpo.GRPOStageConfig", PromptArguments), _online("train_grpo")),
     "rloo": Command("RLOO against a reward model (TRL RLOOTrainer)",
-                    _classes("rlhf_widgets.grpo.RLOOStageConfig", PromptArguments), _online("train_rloo")),
+                    _classes("rlhf_widgets.stages.grpo.RLOOStageConfig", PromptArguments), _online("train_rloo")),
     "ppo": Command("PPO with a KL penalty against a reward model",
-                   _classes("rlhf_widgets.ppo.config.PPOConfig", PromptArguments), _ppo),
+                   _classes("rlhf_widgets.stages.ppo.PPOConfig", PromptArguments), _ppo),
     "evaluate": Command("compare policies on held-out prompts (win rates, KL, length)",
                         lambda: (EvaluateArguments,), _evaluate, _comparison_lines),
     "loop": Command("iterative rounds: pairs on the current policy, labels, reward model, policy, evaluation",
-                    _classes("rlhf_widgets.loop.LoopConfig", LoopArguments, model=False), _loop,
+                    _classes("rlhf_widgets.workflows.loop.LoopConfig", LoopArguments, model=False), _loop,
                     _loop_lines),
     "quickstart": Command("the whole loop on the offline sandbox, with a report",
-                          _classes("rlhf_widgets.pipeline.QuickstartConfig", model=False), _quickstart,
+                          _classes("rlhf_widgets.workflows.quickstart.QuickstartConfig", model=False), _quickstart,
                           _quickstart_lines),
 }
 
@@ -408,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"rlhf-widgets: unknown stage {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    from rlhf_widgets import quiet
+    from rlhf_widgets.runtime import quiet
 
     *parsed, output = parser(name).parse_args_into_dataclasses(rest)
     if output.verbose:

@@ -77,7 +77,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pretend_cpu_bf16(monkeypatch: pytest.MonkeyPatch):
     """`pretend_cpu_bf16(True)` makes this CPU one that computes bf16 natively (AVX512-BF16), `(False)` one that
     does not; the workbench's float32 switch (`RLHF_WIDGETS_CPU_BF16`), which would mask either, is cleared."""
-    from rlhf_widgets.ppo.precision import CPU_BF16_ENV
+    from rlhf_widgets.runtime.precision import CPU_BF16_ENV
 
     monkeypatch.delenv(CPU_BF16_ENV, raising=False)
 
@@ -146,7 +146,7 @@ def label_rows(rows: list[dict], labeler):
 
 @pytest.fixture(scope="session")
 def sft_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rlhf_widgets.sft import SFTStageConfig, train_sft
+    from rlhf_widgets.stages.sft import SFTStageConfig, train_sft
 
     out = tmp_path_factory.mktemp("sft")
     return train_sft(config=SFTStageConfig(output_dir=str(out), sandbox_demos=SFT_DEMOS)).model_path
@@ -171,8 +171,8 @@ def sft_pair_rows(sft_ranked_pair_rows: list[dict]) -> list[dict]:
 @pytest.fixture(scope="session")
 def trained_reward(sft_model_dir: Path, sft_ranked_pair_rows: list[dict], tmp_path_factory: pytest.TempPathFactory):
     """A reward model trained on simulated-annotator labels (noise on) of all pairs among 4 SFT answers per prompt."""
-    from rlhf_widgets.reward import RewardStageConfig, train_reward_model
     from rlhf_widgets.sandbox import SimulatedAnnotator
+    from rlhf_widgets.stages.reward.model import RewardStageConfig, train_reward_model
 
     pairs = label_rows(sft_ranked_pair_rows, SimulatedAnnotator(temperature=1.0, seed=0))
     out = tmp_path_factory.mktemp("reward")
@@ -182,8 +182,8 @@ def trained_reward(sft_model_dir: Path, sft_ranked_pair_rows: list[dict], tmp_pa
 @pytest.fixture(scope="session")
 def biased_reward(sft_model_dir: Path, sft_pair_rows: list[dict], tmp_path_factory: pytest.TempPathFactory):
     """A reward model trained on a verbosity-biased annotator's labels: a flawed proxy on purpose."""
-    from rlhf_widgets.reward import RewardStageConfig, train_reward_model
     from rlhf_widgets.sandbox import SimulatedAnnotator
+    from rlhf_widgets.stages.reward.model import RewardStageConfig, train_reward_model
 
     pairs = label_rows(sft_pair_rows, SimulatedAnnotator(temperature=0.5, verbosity_bias=0.6, seed=0))
     out = tmp_path_factory.mktemp("reward_biased")

@@ -16,8 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from rlhf_widgets.ppo import PPOConfig, PPOTrainer  # noqa: E402
 from rlhf_widgets.sandbox import gold_reward, make_prompts  # noqa: E402
+from rlhf_widgets.stages.ppo import PPOConfig, PPOTrainer  # noqa: E402
 
 
 def main(out: Path) -> None:

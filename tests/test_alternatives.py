@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from conftest import label_rows, sandbox_prompts
 
-from rlhf_widgets.best_of import BestOfNSampler, best_of_n
-from rlhf_widgets.config import ModelConfig
 from rlhf_widgets.evaluation import best_of_n_curve, best_of_n_kl, compare_policies, evaluation_store, win_rate
-from rlhf_widgets.models import load_causal_lm
+from rlhf_widgets.runtime.config import ModelConfig
+from rlhf_widgets.runtime.models import load_causal_lm
 from rlhf_widgets.sandbox import SimulatedAnnotator, gold_reward
-from rlhf_widgets.views import overoptimization_figure, reward_report_figures
+from rlhf_widgets.stages.best_of import BestOfNSampler, best_of_n
+from rlhf_widgets.views.figures import overoptimization_figure, reward_report_figures
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def gold_pairs(sft_pair_rows):
 
 
 def test_dpo_learns_the_labeled_preferences(sft_model_dir: Path, gold_pairs, tmp_path: Path) -> None:
-    from rlhf_widgets.dpo import DPOStageConfig, train_dpo
+    from rlhf_widgets.stages.dpo import DPOStageConfig, train_dpo
 
     result = train_dpo(gold_pairs, DPOStageConfig(output_dir=str(tmp_path), num_train_epochs=2, logging_steps=2),
                        model=sft_model_dir)
@@ -38,7 +38,7 @@ def test_dpo_learns_the_labeled_preferences(sft_model_dir: Path, gold_pairs, tmp
 
 
 def test_dpo_4bit_lora_runs_on_cpu(sft_model_dir: Path, gold_pairs, tmp_path: Path) -> None:
-    from rlhf_widgets.dpo import DPOStageConfig, train_dpo
+    from rlhf_widgets.stages.dpo import DPOStageConfig, train_dpo
 
     cfg = ModelConfig(model_name_or_path=str(sft_model_dir), use_peft=True, load_in_4bit=True, lora_r=8)
     result = train_dpo(gold_pairs.select(range(32)), DPOStageConfig(output_dir=str(tmp_path), max_steps=2,
@@ -49,7 +49,7 @@ def test_dpo_4bit_lora_runs_on_cpu(sft_model_dir: Path, gold_pairs, tmp_path: Pa
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 def test_online_rl_with_kl_runs_and_logs(sft_model_dir: Path, tmp_path: Path, algorithm: str) -> None:
-    from rlhf_widgets.grpo import GRPOStageConfig, RLOOStageConfig, train_grpo, train_rloo
+    from rlhf_widgets.stages.grpo import GRPOStageConfig, RLOOStageConfig, train_grpo, train_rloo
 
     cls, train = (GRPOStageConfig, train_grpo) if algorithm == "grpo" else (RLOOStageConfig, train_rloo)
     cfg = cls(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8, num_generations=4,
@@ -85,7 +85,7 @@ def test_best_of_n_curve_averages_the_pick_over_every_subset_of_the_candidates()
     import itertools
     import random
 
-    from rlhf_widgets.best_of import BestOfN
+    from rlhf_widgets.stages.best_of import BestOfN
 
     rng = random.Random(0)
     n, prompts = 6, ["p0", "p1", "p2"]
@@ -108,7 +108,7 @@ def test_best_of_n_curve_averages_the_pick_over_every_subset_of_the_candidates()
 
 
 def test_best_of_n_rescored_picks_the_same_candidates_by_another_reward() -> None:
-    from rlhf_widgets.best_of import BestOfN
+    from rlhf_widgets.stages.best_of import BestOfN
 
     prompts = ["p0", "p1"]
     candidates = [["short", "a much longer answer", "mid answer"], ["x y", "x", "x y z w"]]

@@ -1,4 +1,4 @@
-"""`rlhf_widgets.attention`: sdpa's forward bit for bit, a backward as close to the exact gradient as the kernel's."""
+"""`runtime.attention`: sdpa's forward bit for bit, a backward as close to the exact gradient as the kernel's."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from conftest import sandbox_prompts
 from transformers import AutoModelForCausalLM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-import rlhf_widgets.attention as attention
-from rlhf_widgets.attention import SDPA_MATH_BACKWARD, sdpa_math_backward, use_sdpa_math_backward
-from rlhf_widgets.ppo import PPOConfig, PPOTrainer
+import rlhf_widgets.runtime.attention as attention
+from rlhf_widgets.runtime.attention import SDPA_MATH_BACKWARD, sdpa_math_backward, use_sdpa_math_backward
 from rlhf_widgets.sandbox import gold_reward
+from rlhf_widgets.stages.ppo import PPOConfig, PPOTrainer
 
 
 class _Attention(torch.nn.Module):
@@ -180,8 +180,8 @@ def test_half_precision_decode_step_is_as_exact_as_sdpa_s(mask_name: str, groups
 
 
 def test_sampling_on_cpu_decodes_with_it_and_restores_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rlhf_widgets.generation import SamplingSettings, generate
-    from rlhf_widgets.models import load_causal_lm
+    from rlhf_widgets.runtime.generation import SamplingSettings, generate
+    from rlhf_widgets.runtime.models import load_causal_lm
 
     model, tokenizer = load_causal_lm("sandbox")
     steps = []
@@ -196,7 +196,7 @@ def test_sampling_on_cpu_decodes_with_it_and_restores_sdpa(monkeypatch: pytest.M
 
 
 def test_trl_stages_train_through_it_on_cpu_and_hand_on_sdpa(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rlhf_widgets.sft import SFTStageConfig, train_sft
+    from rlhf_widgets.stages.sft import SFTStageConfig, train_sft
 
     backwards = []
     exact_backward = attention._attention_backward
@@ -204,7 +204,7 @@ def test_trl_stages_train_through_it_on_cpu_and_hand_on_sdpa(tmp_path, monkeypat
     config = SFTStageConfig(output_dir=str(tmp_path), sandbox_demos=16, num_train_epochs=1,
                             per_device_train_batch_size=8)
     result = train_sft(config=config)
-    # 2 steps × the sandbox model's 4 layers, each step in one or more length-sorted pieces (rlhf_widgets.length_split)
+    # 2 steps × the sandbox model's 4 layers, each step in one or more length-sorted pieces (runtime.length_split)
     assert len(backwards) >= 2 * 4 and len(backwards) % 4 == 0
     saved = AutoModelForCausalLM.from_pretrained(result.model_path)
     assert saved.config._attn_implementation == "sdpa"

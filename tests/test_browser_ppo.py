@@ -36,7 +36,7 @@ from test_browser_labeling import (
 )
 
 from rlhf_widgets.sandbox import base_model_path
-from rlhf_widgets.views import figure_from_log
+from rlhf_widgets.views.figures import figure_from_log
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "04_ppo.ipynb"
@@ -154,8 +154,8 @@ def _log(lab: Lab) -> list[dict]:
 
 def _write_fixture_report(out: Path) -> Path:
     """The HTML report of the real sandbox runs in tests/fixtures/logs (their quickstart numbers included)."""
-    from rlhf_widgets.metrics import MetricsLog
-    from rlhf_widgets.report import write_report
+    from rlhf_widgets.runtime.metrics import MetricsLog
+    from rlhf_widgets.views.report import write_report
 
     saved = json.loads((FIXTURE_LOGS / "report.json").read_text())
     logs = {stage: MetricsLog.load(FIXTURE_LOGS / f"{stage}.jsonl") for stage in ("sft", "reward", "ppo", "dpo")}

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from rlhf_widgets.data import (
+from rlhf_widgets.runtime.data import (
     PREFERENCE_FEATURES,
     DataWarning,
     LoadReport,

@@ -232,7 +232,7 @@ def test_unbiased_annotators_label_exactly_as_before_on_the_default_world() -> N
 
 @pytest.fixture(scope="module")
 def scenario_sft(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rlhf_widgets.sft import SFTStageConfig, train_sft
+    from rlhf_widgets.stages.sft import SFTStageConfig, train_sft
 
     out = tmp_path_factory.mktemp("scenario_sft")
     data = sft_dataset(1024, seed=0, scenarios=BOTH, scenario_share=0.75)
@@ -250,7 +250,7 @@ def trap_probes(kind: str, n: int = 256) -> list:
 
 def ppo_on_trap(sft: Path, kind: str, annotator: SimulatedAnnotator, out: Path, updates: int) -> Path:
     """PPO from the SFT model on one trap's prompts, rewarded by the annotator's utility (what its labels teach)."""
-    from rlhf_widgets.ppo import PPOConfig, train_ppo
+    from rlhf_widgets.stages.ppo import PPOConfig, train_ppo
 
     prompts = [p.text for p in make_prompts(1000, seed=2, scenarios=(kind,), scenario_share=1.0)]
     config = PPOConfig(output_dir=str(out), num_updates=updates, seed=0, sample_every=0)

@@ -13,7 +13,7 @@ from families import CHAT_FAMILIES, FAMILIES, FAMILY_NAMES, FamilyCheckpoints
 from jinja2.exceptions import TemplateError
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, GenerationConfig
 
-from rlhf_widgets.models import load_causal_lm, load_reward_backbone, load_tokenizer
+from rlhf_widgets.runtime.models import load_causal_lm, load_reward_backbone, load_tokenizer
 
 HI = [{"role": "user", "content": "Hi"}]
 HELLO = [{"role": "assistant", "content": "Hello"}]

@@ -13,13 +13,13 @@ import pytest
 import torch
 from families import FAMILIES
 
-from rlhf_widgets import chat
-from rlhf_widgets.chat import PLAIN_CHAT_TEMPLATE, ChatFormatWarning, stop_token_ids
-from rlhf_widgets.generation import SamplingOverrideWarning, SamplingSettings, generate
-from rlhf_widgets.models import decoder_layout, load_causal_lm, load_reward_backbone
-from rlhf_widgets.ppo import PPOConfig, PPOTrainer
-from rlhf_widgets.ppo.backbone import SharedBackbone, _run_layers
-from rlhf_widgets.reward import RewardModel, TrimmedWarning
+from rlhf_widgets.runtime import chat
+from rlhf_widgets.runtime.chat import PLAIN_CHAT_TEMPLATE, ChatFormatWarning, stop_token_ids
+from rlhf_widgets.runtime.generation import SamplingOverrideWarning, SamplingSettings, generate
+from rlhf_widgets.runtime.models import decoder_layout, load_causal_lm, load_reward_backbone
+from rlhf_widgets.stages.ppo import PPOConfig, PPOTrainer
+from rlhf_widgets.stages.ppo.backbone import SharedBackbone, _run_layers
+from rlhf_widgets.stages.reward.model import RewardModel, TrimmedWarning
 
 PROMPTS = ["My order hasn't arrived yet. What should I do?", "Can I return a jacket that doesn't fit?",
            "Thanks for your patience!", "Is there anything else I can help you with today?"]
@@ -205,7 +205,7 @@ def test_every_stage_runs_on_every_family(family_name: str, family_dir: Path, tm
 
 
 def test_a_messages_dataset_trains_on_the_last_answer_only() -> None:
-    from rlhf_widgets.sft import as_prompt_completion
+    from rlhf_widgets.stages.sft import as_prompt_completion
 
     conversation = [{"role": "system", "content": "s"}, {"role": "user", "content": "q1"},
                     {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"},
@@ -223,7 +223,7 @@ def test_a_real_pretrained_encoder_trains_and_scores_as_the_reward_model(minilm_
     plain encoder format, scores with its own tokenizer — reading the response's end of a long conversation —
     and serves as best-of-N's reward for a policy with another tokenizer."""
     from rlhf_widgets import RewardStageConfig, best_of_n, train_reward_model
-    from rlhf_widgets.chat import ENCODER_CHAT_TEMPLATE
+    from rlhf_widgets.runtime.chat import ENCODER_CHAT_TEMPLATE
     from rlhf_widgets.sandbox import SimulatedAnnotator, curt_demo, ideal_response, make_prompts
 
     prompts = make_prompts(32, seed=4)
@@ -262,8 +262,8 @@ def test_ppo_from_an_sft_adapter_critic_sees_the_sft_model_without_dropout(load_
     reference and the critic are the SFT model); on a 4-bit base it stays a frozen reference adapter, the critic
     runs on it, and PPO's copies have dropout 0 — so the first update is exact under activation checkpointing."""
     from rlhf_widgets import ModelConfig, SFTStageConfig, train_sft
-    from rlhf_widgets.ppo.backbone import REFERENCE, VALUE
     from rlhf_widgets.sandbox import gold_reward, make_prompts
+    from rlhf_widgets.stages.ppo.backbone import REFERENCE, VALUE
 
     prompts = [p.text for p in make_prompts(4, seed=1)]
     sft = train_sft(config=SFTStageConfig(output_dir=str(tmp_path / "sft"), sandbox_demos=32, max_steps=2,

@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import label_rows, sandbox_prompts
 
-from rlhf_widgets.config import ModelConfig
-from rlhf_widgets.generation import generate
-from rlhf_widgets.models import load_causal_lm
+from rlhf_widgets.runtime.config import ModelConfig
+from rlhf_widgets.runtime.generation import generate
+from rlhf_widgets.runtime.models import load_causal_lm
 from rlhf_widgets.sandbox import SimulatedAnnotator, gold_reward
 
 pytestmark = pytest.mark.gpu
@@ -32,8 +32,8 @@ def test_4bit_load_on_cuda_generates() -> None:
 
 def test_sft_and_reward_4bit_lora_on_cuda(tmp_path: Path) -> None:
     from rlhf_widgets.labeling.pairs import generate_pairs
-    from rlhf_widgets.reward import RewardModel, RewardStageConfig, train_reward_model
-    from rlhf_widgets.sft import SFTStageConfig, train_sft
+    from rlhf_widgets.stages.reward.model import RewardModel, RewardStageConfig, train_reward_model
+    from rlhf_widgets.stages.sft import SFTStageConfig, train_sft
 
     cfg = ModelConfig(use_peft=True, load_in_4bit=True, lora_r=8)
     sft = train_sft(config=SFTStageConfig(output_dir=str(tmp_path / "sft"), max_steps=4, sandbox_demos=64,
@@ -50,7 +50,7 @@ def test_sft_and_reward_4bit_lora_on_cuda(tmp_path: Path) -> None:
 
 
 def test_ppo_4bit_shared_base_on_cuda(tmp_path: Path) -> None:
-    from rlhf_widgets.ppo import PPOConfig, PPOTrainer
+    from rlhf_widgets.stages.ppo import PPOConfig, PPOTrainer
 
     cfg = PPOConfig(output_dir=str(tmp_path), num_updates=3, batch_size=16, mini_batch_size=8, num_ppo_epochs=2,
                     max_new_tokens=32, sample_every=1)

@@ -32,9 +32,9 @@ from rlhf_widgets.evaluation.judges import (
     record_revisions,
     wilson_interval,
 )
-from rlhf_widgets.generation import SamplingSettings
 from rlhf_widgets.labeling import PreferenceStore, RewardModelLabeler, label_with
-from rlhf_widgets.models import load_causal_lm, load_tokenizer
+from rlhf_widgets.runtime.generation import SamplingSettings
+from rlhf_widgets.runtime.models import load_causal_lm, load_tokenizer
 from rlhf_widgets.sandbox import curt_demo, gold_preference, ideal_response, make_prompts, random_response
 
 VERDICT_MODES = ["logprob", "generate"]

@@ -582,7 +582,7 @@ def test_label_with_labels_the_remaining_pairs_up_to_the_limit(store: Preference
 
 
 class FakeRewardModel:
-    """A reward function (the protocol of `rlhf_widgets.rewards`) scoring a response by its length; records calls."""
+    """A reward function (the protocol of `runtime.reward_protocol`) scoring a response by its length; records calls."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[list, list]] = []

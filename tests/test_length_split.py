@@ -1,4 +1,4 @@
-"""The TRL stages' steps in length-sorted pieces (rlhf_widgets.length_split): the same gradient as the whole batch."""
+"""The TRL stages' steps in length-sorted pieces (runtime.length_split): the same gradient as the whole batch."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from rlhf_widgets.length_split import length_groups, length_split
+from rlhf_widgets.runtime.length_split import length_groups, length_split
 
 
 def _cost(lengths: list[int], groups: list[list[int]], overhead: int) -> int:
@@ -51,9 +51,9 @@ def _trainers(trainer_cls, config, dataset, model, tokenizer):
 def test_sft_step_in_pieces_gives_the_whole_batch_gradient(tmp_path) -> None:
     import trl
 
-    from rlhf_widgets.models import load_causal_lm
+    from rlhf_widgets.runtime.models import load_causal_lm
     from rlhf_widgets.sandbox import sft_dataset
-    from rlhf_widgets.sft import SFTStageConfig
+    from rlhf_widgets.stages.sft import SFTStageConfig
 
     model, tokenizer = load_causal_lm("sandbox")
     config = SFTStageConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, bf16=False)
@@ -72,9 +72,9 @@ def test_reward_step_in_pieces_gives_the_whole_batch_gradient(tmp_path) -> None:
     import trl
 
     from rlhf_widgets import sandbox
-    from rlhf_widgets.config import ModelConfig
-    from rlhf_widgets.models import load_reward_backbone
-    from rlhf_widgets.reward import RewardStageConfig, _tokenized_pairs
+    from rlhf_widgets.runtime.config import ModelConfig
+    from rlhf_widgets.runtime.models import load_reward_backbone
+    from rlhf_widgets.stages.reward.model import RewardStageConfig, _tokenized_pairs
 
     torch.manual_seed(0)
     model, tokenizer = load_reward_backbone(ModelConfig())
@@ -101,9 +101,9 @@ def test_dpo_step_in_pieces_gives_the_whole_batch_gradient(tmp_path) -> None:
     import datasets
     import trl
 
-    from rlhf_widgets.dpo import DPOStageConfig
-    from rlhf_widgets.models import load_causal_lm
+    from rlhf_widgets.runtime.models import load_causal_lm
     from rlhf_widgets.sandbox import make_prompts
+    from rlhf_widgets.stages.dpo import DPOStageConfig
 
     model, tokenizer = load_causal_lm("sandbox")
     gen = torch.Generator().manual_seed(1)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_widgets.labeling import PreferenceStore
-from rlhf_widgets.loop import STEPS, IterativeLoop, LoopConfig
+from rlhf_widgets.workflows.loop import STEPS, IterativeLoop, LoopConfig
 
 pytestmark = pytest.mark.slow
 
@@ -29,10 +29,10 @@ make_loop({out!r}, {sft!r}).run()
 
 def make_loop(out: str, sft: str, seed: int = 0) -> IterativeLoop:
     """The test's three-round loop; `seed` shifts every seed of the recipe (benchmarks/seed_chain.py measures it)."""
-    from rlhf_widgets.data import load_prompts
-    from rlhf_widgets.ppo import PPOConfig
-    from rlhf_widgets.reward import RewardStageConfig
+    from rlhf_widgets.runtime.data import load_prompts
     from rlhf_widgets.sandbox import SimulatedAnnotator, gold_reward
+    from rlhf_widgets.stages.ppo import PPOConfig
+    from rlhf_widgets.stages.reward.model import RewardStageConfig
 
     config = LoopConfig(output_dir=out, rounds=3, prompts_per_round=48, answers_per_prompt=4, pairs_per_prompt=6,
                         eval_prompts=96, seed=seed)

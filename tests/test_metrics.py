@@ -15,8 +15,8 @@ from transformers import (
     TrainingArguments,
 )
 
-from rlhf_widgets.callbacks import MetricsCallback
-from rlhf_widgets.metrics import Event, MetricRecord, MetricsLog, SampleBatch
+from rlhf_widgets.runtime.callbacks import MetricsCallback
+from rlhf_widgets.runtime.metrics import Event, MetricRecord, MetricsLog, SampleBatch
 
 
 def _strict_json(line: str) -> dict:
@@ -154,7 +154,7 @@ def test_failing_subscriber_warns_once_and_training_goes_on(caplog: pytest.LogCa
 
     log.subscribe(broken)
     log.subscribe(good.append)
-    with caplog.at_level(logging.WARNING, logger="rlhf_widgets.metrics"):
+    with caplog.at_level(logging.WARNING, logger="rlhf_widgets.runtime.metrics"):
         for step in range(3):
             log.log({"loss": 1.0}, step=step)
     assert len(log.records) == 3 and len(good) == 3

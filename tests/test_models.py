@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf_widgets.config import ModelConfig
-from rlhf_widgets.models import (
+from rlhf_widgets.runtime.config import ModelConfig
+from rlhf_widgets.runtime.models import (
     ModelLoadError,
     check_4bit_supported,
     choose_dtype,
@@ -106,9 +106,9 @@ def test_unreachable_hub_fails_fast_for_models(monkeypatch: pytest.MonkeyPatch) 
 def test_trl_stages_train_in_bf16_where_the_cpu_computes_it(monkeypatch: pytest.MonkeyPatch, pretend_cpu_bf16) -> None:
     """Every TRL stage's config (TrainingDefaults) trains under bf16 autocast on a CPU with native bf16 by default,
     in float32 on one without; `bf16=False` and `RLHF_WIDGETS_CPU_BF16=0` keep float32."""
-    from rlhf_widgets.dpo import DPOStageConfig
-    from rlhf_widgets.reward import RewardStageConfig
-    from rlhf_widgets.sft import SFTStageConfig
+    from rlhf_widgets.stages.dpo import DPOStageConfig
+    from rlhf_widgets.stages.reward.model import RewardStageConfig
+    from rlhf_widgets.stages.sft import SFTStageConfig
 
     if torch.cuda.is_available():
         pytest.skip("the CPU rule")
@@ -119,7 +119,7 @@ def test_trl_stages_train_in_bf16_where_the_cpu_computes_it(monkeypatch: pytest.
         pretend_cpu_bf16(False)
         assert config_cls(output_dir="unused").bf16 is False
     monkeypatch.setenv("RLHF_WIDGETS_CPU_BF16", "0")  # the workbench-wide float32 switch
-    from rlhf_widgets.ppo.precision import cpu_has_native_bf16, resolve_mixed_precision
+    from rlhf_widgets.runtime.precision import cpu_has_native_bf16, resolve_mixed_precision
 
     assert resolve_mixed_precision("auto", torch.device("cpu")) == "no" and not cpu_has_native_bf16()
 
@@ -128,8 +128,8 @@ def test_sampling_autocasts_a_float32_model_where_bf16_is_native(pretend_cpu_bf1
     """`SamplingSettings.mixed_precision="auto"` (the default) samples a float32 model under bf16 autocast on a CPU
     with native bf16, in float32 on one without; "no" is float32 anywhere; a model stored in bf16 samples in its
     own dtype."""
-    from rlhf_widgets.generation import SamplingSettings
-    from rlhf_widgets.ppo.precision import inference_autocast
+    from rlhf_widgets.runtime.generation import SamplingSettings
+    from rlhf_widgets.runtime.precision import inference_autocast
 
     model, _ = load_causal_lm("sandbox")
 
@@ -149,7 +149,7 @@ def test_sampling_autocasts_a_float32_model_where_bf16_is_native(pretend_cpu_bf1
 
 def test_cpu_precision_path_names_the_path_and_its_reason(pretend_cpu_bf16, monkeypatch) -> None:
     """The line CI and the quickstart print: which precision "auto" takes here, and why."""
-    from rlhf_widgets.ppo.precision import cpu_precision_path
+    from rlhf_widgets.runtime.precision import cpu_precision_path
 
     pretend_cpu_bf16(True)
     assert cpu_precision_path().startswith("bf16 autocast") and "avx512_bf16" in cpu_precision_path()

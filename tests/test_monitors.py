@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_widgets.evaluation.monitors import (
+from rlhf_widgets.runtime.metrics import MetricsLog
+from rlhf_widgets.runtime.monitors import (
     ALERT_EVENT,
     MonitorConfig,
     RewardHackingMonitor,
     alerts_table,
     check_log,
 )
-from rlhf_widgets.metrics import MetricsLog
 
 UPDATES = 30
 

@@ -195,9 +195,9 @@ def test_tour_runs_headless(tmp_path: Path) -> None:
 def test_quickstart_notebook_reports_numbers_from_the_run(tmp_path: Path) -> None:
     """Notebook 00 runs the whole loop; every comparison number in its report is recomputed from the
     artifacts the run saved (same seeds) and found identical, and the HTML report shows them."""
-    from rlhf_widgets.pipeline import QuickstartConfig, quickstart_compare
-    from rlhf_widgets.report import format_number
-    from rlhf_widgets.rewards import as_reward_function
+    from rlhf_widgets.stages.reward import as_reward_function
+    from rlhf_widgets.views.report import format_number
+    from rlhf_widgets.workflows.quickstart import QuickstartConfig, quickstart_compare
 
     sizes = dict(sft_demos=128, pair_prompts=48, ppo_updates=2, eval_prompts=16)  # what is checked is sizes-free
     overrides = 'RUN_DIR = "qs"\n' + "\n".join(f"{k.upper()} = {v}" for k, v in sizes.items())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf_widgets.pipeline import STAGES, QuickstartConfig
-from rlhf_widgets.plan import QuickstartPlan, expected_seconds, plan_quickstart, stage_precision
+from rlhf_widgets.workflows.plan import QuickstartPlan, expected_seconds, plan_quickstart, stage_precision
+from rlhf_widgets.workflows.quickstart import STAGES, QuickstartConfig
 
 CPU = torch.device("cpu")
 
@@ -58,7 +58,7 @@ def test_an_ensemble_of_k_reward_models_is_expected_to_train_k_times_as_long() -
 
 def test_ppo_is_expected_to_take_its_reference_seconds_scaled_to_the_default_updates() -> None:
     """The reference run had 32 PPO updates; the default is 48: half as long again, whatever the machine."""
-    from rlhf_widgets.plan import REFERENCE_PPO_UPDATES
+    from rlhf_widgets.workflows.plan import REFERENCE_PPO_UPDATES
 
     default = QuickstartConfig(output_dir="unused")
     as_measured = QuickstartConfig(output_dir="unused", ppo_updates=REFERENCE_PPO_UPDATES)

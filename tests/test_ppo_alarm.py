@@ -11,10 +11,10 @@ import torch
 from conftest import sandbox_prompts
 
 from rlhf_widgets.evaluation import MonitorConfig, check_log
-from rlhf_widgets.ppo import PPOConfig, PPOTrainer
-from rlhf_widgets.report import _alarm_actions, _alerts
-from rlhf_widgets.reward_ensemble import RewardEnsemble
 from rlhf_widgets.sandbox import gold_reward
+from rlhf_widgets.stages.ppo import PPOConfig, PPOTrainer
+from rlhf_widgets.stages.reward.ensemble import RewardEnsemble
+from rlhf_widgets.views.report import _alarm_actions, _alerts
 
 PROMPTS = sandbox_prompts(32, seed=27)
 MONITOR = MonitorConfig(window=2)

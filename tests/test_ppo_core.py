@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlhf_widgets.ppo import core
+from rlhf_widgets.stages.ppo import core
 
 T = torch.tensor
 
@@ -231,7 +231,7 @@ def test_whitening_across_processes_equals_whitening_the_whole_batch(shape, seed
 
 
 def test_float32_linear_computes_in_float32_under_autocast_whatever_its_weights_dtype():
-    from rlhf_widgets.ppo.precision import Float32Linear
+    from rlhf_widgets.runtime.precision import Float32Linear
 
     torch.manual_seed(0)
     layer = torch.nn.Linear(8, 2)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rlhf_widgets.accelerate_configs import config_path
-from rlhf_widgets.ppo import core
+from rlhf_widgets.stages.ppo import core
 
 WORKER = Path(__file__).with_name("ppo_ddp_worker.py")
 

@@ -113,7 +113,7 @@ def test_resuming_with_another_process_count_is_refused(runs: dict, tmp_path: Pa
     sys.path.insert(0, str(WORKER.parent))
     from ppo_fault_worker import PROMPTS, Reward, config
 
-    from rlhf_widgets.ppo import PPOTrainer
+    from rlhf_widgets.stages.ppo import PPOTrainer
 
     with pytest.raises(ValueError, match=r"written by 2 process\(es\) and this run has 1.*--num_processes 2"):
         PPOTrainer(PROMPTS, config(tmp_path), reward=Reward(),

@@ -6,8 +6,8 @@ import pytest
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rlhf_widgets.ppo.flops import ModelShape, forward_backward, lora_params, ppo_update_flops
-from rlhf_widgets.ppo.timing import NO_CLOCK, PhaseClock
+from rlhf_widgets.stages.ppo.flops import ModelShape, forward_backward, lora_params, ppo_update_flops
+from rlhf_widgets.stages.ppo.timing import NO_CLOCK, PhaseClock
 
 # hidden 8, 2 layers, 2 heads of 4, 1 KV head, MLP 12, vocab 10
 TINY = LlamaConfig(vocab_size=10, hidden_size=8, intermediate_size=12, num_hidden_layers=2, num_attention_heads=2,

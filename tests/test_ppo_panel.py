@@ -10,10 +10,10 @@ import pytest
 from conftest import sandbox_prompts
 from test_ppo_alarm import ALERT_UPDATE, MONITOR, PROMPTS, config, drifting_ensemble
 
-from rlhf_widgets.metrics import MetricsLog
-from rlhf_widgets.ppo import PPOConfig, PPOPanel, PPOTrainer, TrainingControl
-from rlhf_widgets.ppo.panel import SettingEntry, TrainingPanel
+from rlhf_widgets.runtime.metrics import MetricsLog
 from rlhf_widgets.sandbox import gold_reward
+from rlhf_widgets.stages.ppo import PPOConfig, PPOPanel, PPOTrainer, TrainingControl
+from rlhf_widgets.views.training_panel import SettingEntry, TrainingPanel
 
 
 def wait_for(condition, what: str = "the training thread", timeout: float = 300.0) -> None:
@@ -122,8 +122,8 @@ def test_panel_buttons_drive_a_ppo_run(tmp_path: Path) -> None:
 
 
 def test_panel_drives_grpo_through_the_trl_callback(tmp_path: Path) -> None:
-    from rlhf_widgets.grpo import GRPOStageConfig, train_grpo
-    from rlhf_widgets.runs import BackgroundRun
+    from rlhf_widgets.runtime.runs import BackgroundRun
+    from rlhf_widgets.stages.grpo import GRPOStageConfig, train_grpo
 
     cfg = GRPOStageConfig(output_dir=str(tmp_path), max_steps=30, per_device_train_batch_size=4, num_generations=4,
                           max_completion_length=8, learning_rate=1e-4, beta=0.04)
@@ -164,7 +164,7 @@ def test_settings_queued_before_a_trl_run_apply_as_it_begins() -> None:
 
     import torch
 
-    from rlhf_widgets.callbacks import ControlCallback
+    from rlhf_widgets.runtime.callbacks import ControlCallback
 
     control, trl_trainer = TrainingControl(settable=("learning_rate", "kl_coef")), SimpleNamespace(beta=0.04)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
@@ -312,7 +312,7 @@ def test_a_line_that_survives_a_page_reload_is_displayed_with_the_panel(monkeypa
     displayed with them is not, and it tells how to get the panel back."""
     import IPython.display
 
-    from rlhf_widgets.ppo.panel import RELOAD_HINT
+    from rlhf_widgets.views.training_panel import RELOAD_HINT
 
     shown: list[tuple[tuple, dict]] = []
     monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.append((objs, kw)))

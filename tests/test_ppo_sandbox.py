@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from conftest import sandbox_prompts
 
-from rlhf_widgets.best_of import best_of_n
 from rlhf_widgets.evaluation import (
     best_of_n_curve,
     check_log,
@@ -19,9 +18,10 @@ from rlhf_widgets.evaluation import (
     sample_policy,
     win_rate,
 )
-from rlhf_widgets.ppo import PPOConfig, PPOTrainer
+from rlhf_widgets.runtime.stage_runner import StageResult
 from rlhf_widgets.sandbox import gold_reward
-from rlhf_widgets.stages import StageResult
+from rlhf_widgets.stages.best_of import best_of_n
+from rlhf_widgets.stages.ppo import PPOConfig, PPOTrainer
 
 pytestmark = pytest.mark.slow
 

@@ -13,14 +13,14 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from transformers import LogitsProcessorList
 
-from rlhf_widgets.config import ModelConfig
-from rlhf_widgets.generation import encode_prompts
-from rlhf_widgets.metrics import MetricsLog
-from rlhf_widgets.models import load_causal_lm
-from rlhf_widgets.ppo import PPOConfig, PPOTrainer
-from rlhf_widgets.ppo.backbone import POLICY, VALUE, SharedBackbone
-from rlhf_widgets.ppo.rollout import other_prompts
+from rlhf_widgets.runtime.config import ModelConfig
+from rlhf_widgets.runtime.generation import encode_prompts
+from rlhf_widgets.runtime.metrics import MetricsLog
+from rlhf_widgets.runtime.models import load_causal_lm
 from rlhf_widgets.sandbox import gold_reward
+from rlhf_widgets.stages.ppo import PPOConfig, PPOTrainer
+from rlhf_widgets.stages.ppo.backbone import POLICY, VALUE, SharedBackbone
+from rlhf_widgets.stages.ppo.rollout import other_prompts
 
 PROMPTS = sandbox_prompts(64, seed=21)
 
@@ -35,7 +35,7 @@ def small_config(tmp_path: Path, **overrides) -> PPOConfig:
 
 def recorded_rollouts(monkeypatch) -> list:
     """The rollouts PPOTrainer makes from now on, kept in the returned list."""
-    import rlhf_widgets.ppo.trainer as trainer_module
+    import rlhf_widgets.stages.ppo.trainer as trainer_module
 
     rollouts = []
     real = trainer_module.make_rollout
@@ -338,7 +338,7 @@ def test_merge_for_generation_is_automatic_for_float32_only(monkeypatch) -> None
         assert not SharedBackbone(load_causal_lm("sandbox")[0], variant).merge_for_generation
         with pytest.raises(ValueError, match="uses DoRA or a LoRA bias"):
             SharedBackbone(load_causal_lm("sandbox")[0], variant, merge_for_generation=True)
-    monkeypatch.setattr("rlhf_widgets.ppo.fastpaths.MERGE_AUTO_MAX_BYTES", 1024)  # too big to copy: off
+    monkeypatch.setattr("rlhf_widgets.stages.ppo.fastpaths.MERGE_AUTO_MAX_BYTES", 1024)  # too big to copy: off
     assert not SharedBackbone(load_causal_lm("sandbox")[0], lora).merge_for_generation
 
 
@@ -531,10 +531,10 @@ def test_phase_times_add_up_to_the_update_and_flops_are_counted(tmp_path: Path) 
     count is the shape's (`ppo.flops`) at the rollout's token counts, a reward model's forwards included."""
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf_widgets.models import load_tokenizer
-    from rlhf_widgets.ppo.flops import ModelShape, ppo_update_flops
-    from rlhf_widgets.reward import RewardModel
+    from rlhf_widgets.runtime.models import load_tokenizer
     from rlhf_widgets.sandbox import base_model_path
+    from rlhf_widgets.stages.ppo.flops import ModelShape, ppo_update_flops
+    from rlhf_widgets.stages.reward.model import RewardModel
 
     path = base_model_path()
     reward = RewardModel(AutoModelForSequenceClassification.from_pretrained(path, num_labels=1),
@@ -575,7 +575,7 @@ def test_phase_times_add_up_to_the_update_and_flops_are_counted(tmp_path: Path) 
 
 
 def test_mixed_precision_auto_follows_the_hardware(pretend_cpu_bf16) -> None:
-    from rlhf_widgets.ppo import precision
+    from rlhf_widgets.runtime import precision
 
     cpu = torch.device("cpu")
     pretend_cpu_bf16(True)
@@ -727,7 +727,7 @@ def test_auto_micro_batch_counts_half_precision_activations() -> None:
     activations): at SmolLM-135M's shape and 64 tokens, 2 rollouts per forward in float32, 4 in bf16."""
     from transformers import LlamaConfig
 
-    from rlhf_widgets.ppo.memory import auto_micro_batch_size
+    from rlhf_widgets.stages.ppo.memory import auto_micro_batch_size
 
     shape = LlamaConfig(hidden_size=576, num_hidden_layers=30, intermediate_size=1536)
     assert auto_micro_batch_size(shape, 64, 16) == 2
@@ -740,7 +740,7 @@ def test_frozen_base_stored_in_bf16_computes_what_autocast_computes(tmp_path: Pa
     does not merge: autocast would cast them to the same bf16 tensors at every use. One PPO update gives the same
     metrics and adapter weights, bit for bit, as with float32 base weights; the embeddings (tied to the LM head),
     the adapters and the value head stay float32; a run that merges for sampling keeps its float32 base."""
-    from rlhf_widgets.ppo.fastpaths import FastPaths
+    from rlhf_widgets.stages.ppo.fastpaths import FastPaths
 
     def run(store: bool, **overrides) -> PPOTrainer:
         if not store:
@@ -871,8 +871,8 @@ def test_length_sorted_pieces_give_the_whole_micro_batchs_gradient_and_stats(tmp
     """On CPU a micro-batch runs as length-sorted pieces, each trimmed to its own prompts' and responses' extent and
     weighted by its share of the response tokens: the gradient, the losses and every stat are the whole padded
     micro-batch's (float order aside)."""
-    import rlhf_widgets.ppo.trainer as trainer_module
-    from rlhf_widgets.length_split import length_groups
+    import rlhf_widgets.stages.ppo.trainer as trainer_module
+    from rlhf_widgets.runtime.length_split import length_groups
 
     rollouts = recorded_rollouts(monkeypatch)
     trainer = PPOTrainer(PROMPTS, small_config(tmp_path, num_updates=1), reward=gold_reward)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf_widgets.generation import SamplingSettings, encode_prompts, exact_sampling, preallocated_cache
+from rlhf_widgets.runtime.generation import SamplingSettings, encode_prompts, exact_sampling, preallocated_cache
 
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 def test_preallocated_cache_samples_the_same_tokens(precision: str) -> None:
-    from rlhf_widgets.attention import cpu_math_attention
-    from rlhf_widgets.models import load_causal_lm
-    from rlhf_widgets.ppo.precision import inference_autocast
+    from rlhf_widgets.runtime.attention import cpu_math_attention
+    from rlhf_widgets.runtime.models import load_causal_lm
+    from rlhf_widgets.runtime.precision import inference_autocast
     from rlhf_widgets.sandbox import make_prompts
 
     model, tokenizer = load_causal_lm("sandbox")

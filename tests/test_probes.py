@@ -25,7 +25,7 @@ from rlhf_widgets.evaluation.probes import (
     refusal_keywords,
     sandbox_probe_rows,
 )
-from rlhf_widgets.models import load_tokenizer
+from rlhf_widgets.runtime.models import load_tokenizer
 from rlhf_widgets.sandbox import behaviour, ideal_response
 from rlhf_widgets.sandbox.scenarios import DEFLECTIONS, FALSE_CLAIMS, REFUSALS
 

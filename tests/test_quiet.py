@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-from rlhf_widgets import quiet
+from rlhf_widgets.runtime import quiet
 
 
 def test_library_log_noise_is_dropped_and_other_records_kept(caplog) -> None:

@@ -5,8 +5,8 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
-from rlhf_widgets.metrics import MetricsLog
-from rlhf_widgets.report import format_number, format_seconds, write_report
+from rlhf_widgets.runtime.metrics import MetricsLog
+from rlhf_widgets.views.report import format_number, format_seconds, write_report
 
 HOSTILE = "<script>alert('x')</script><img src=x onerror=alert(1)>"
 LONG = "Hello! I am sorry your order #4521 has not arrived. " * 6
@@ -102,8 +102,8 @@ def test_report_is_designed_self_contained_and_escaped(tmp_path: Path) -> None:
 
 
 def test_report_says_when_the_monitors_raised_nothing_and_escapes_their_messages(tmp_path: Path) -> None:
-    from rlhf_widgets.evaluation.monitors import Alert
-    from rlhf_widgets.report import _alerts
+    from rlhf_widgets.runtime.monitors import Alert
+    from rlhf_widgets.views.report import _alerts
 
     quiet = MetricsLog(run_name="ppo")
     for step in range(1, 13):

@@ -7,11 +7,11 @@ import pytest
 import torch
 from conftest import label_rows, sandbox_prompts
 
-from rlhf_widgets.config import SANDBOX, ModelConfig
 from rlhf_widgets.evaluation import reward_report
-from rlhf_widgets.models import load_reward_backbone
-from rlhf_widgets.reward import RewardModel, RewardStageConfig, train_reward_model, with_mismatched_pairs
+from rlhf_widgets.runtime.config import SANDBOX, ModelConfig
+from rlhf_widgets.runtime.models import load_reward_backbone
 from rlhf_widgets.sandbox import SimulatedAnnotator, gold_reward
+from rlhf_widgets.stages.reward.model import RewardModel, RewardStageConfig, train_reward_model, with_mismatched_pairs
 
 
 def test_reward_model_agrees_with_gold_on_held_out_pairs(trained_reward, sft_model_dir) -> None:

@@ -13,19 +13,20 @@ import datasets
 import pytest
 import torch
 
-from rlhf_widgets.best_of import best_of_n
 from rlhf_widgets.evaluation import reward_report
-from rlhf_widgets.generation import SamplingSettings
-from rlhf_widgets.reward import RewardStageConfig
-from rlhf_widgets.reward_ensemble import (
+from rlhf_widgets.runtime.generation import SamplingSettings
+from rlhf_widgets.runtime.reward_protocol import trl_reward_function
+from rlhf_widgets.sandbox import curt_demo, gold_reward, gold_score, ideal_response, make_prompts, random_response
+from rlhf_widgets.stages.best_of import best_of_n
+from rlhf_widgets.stages.reward import as_reward_function
+from rlhf_widgets.stages.reward.ensemble import (
     ENSEMBLE_META,
     MEMBERS,
     RewardEnsemble,
     bootstrap_by_prompt,
     train_reward_ensemble,
 )
-from rlhf_widgets.rewards import as_reward_function, trl_reward_function
-from rlhf_widgets.sandbox import curt_demo, gold_reward, gold_score, ideal_response, make_prompts, random_response
+from rlhf_widgets.stages.reward.model import RewardStageConfig
 
 PROMPTS_PER_RUN = 16
 NORMALIZE_ON = 12  # both responses of the first 6 training pairs
@@ -280,9 +281,9 @@ def test_best_of_n_and_trl_take_an_ensemble_unchanged(trained) -> None:
 def test_lora_members_share_one_base_model_and_score_as_each_would_alone(pairs, tmp_path: Path) -> None:
     from peft import PeftModel
 
-    from rlhf_widgets.config import ModelConfig
-    from rlhf_widgets.reward import RewardModel
-    from rlhf_widgets.reward_ensemble import AdapterMember
+    from rlhf_widgets.runtime.config import ModelConfig
+    from rlhf_widgets.stages.reward.ensemble import AdapterMember
+    from rlhf_widgets.stages.reward.model import RewardModel
 
     result = train_reward_ensemble(pairs, _config(tmp_path / "lora"), members=2,
                                    model=ModelConfig(use_peft=True, lora_r=8))
@@ -307,7 +308,7 @@ def test_lora_members_share_one_base_model_and_score_as_each_would_alone(pairs, 
 
 
 def test_weight_averaged_model_holds_the_mean_of_the_members_weights(trained, tmp_path: Path) -> None:
-    from rlhf_widgets.reward_ensemble import weight_averaged
+    from rlhf_widgets.stages.reward.ensemble import weight_averaged
 
     ensemble = trained.reward_model
     warm = weight_averaged(ensemble)
@@ -329,8 +330,8 @@ def test_weight_averaged_model_holds_the_mean_of_the_members_weights(trained, tm
 
 # ---------------------------------------------------------------------------------- the quickstart's reward
 def test_quickstart_trains_an_ensemble_when_asked_and_refuses_bad_settings_before_any_stage(pairs, tmp_path) -> None:
-    from rlhf_widgets.pipeline import QuickstartConfig, quickstart_reward, run_quickstart
-    from rlhf_widgets.reward import RewardModel
+    from rlhf_widgets.stages.reward.model import RewardModel
+    from rlhf_widgets.workflows.quickstart import QuickstartConfig, quickstart_reward, run_quickstart
 
     config = QuickstartConfig(output_dir=str(tmp_path / "qs"), reward_members=2, reward_objective="uncertainty")
     ensemble = quickstart_reward(config, "sandbox", pairs).reward_model
@@ -346,7 +347,7 @@ def test_quickstart_trains_an_ensemble_when_asked_and_refuses_bad_settings_befor
 
 
 def test_the_reward_stages_line_says_when_the_reward_is_an_ensemble(tmp_path) -> None:
-    from rlhf_widgets.pipeline import QuickstartResult, stage_line
+    from rlhf_widgets.workflows.quickstart import QuickstartResult, stage_line
 
     one = {"gold_agreement": 0.9, "accuracy": 0.85}
     result = QuickstartResult(output_dir=tmp_path, report_path=None, numbers={"reward": one}, seconds={"reward": 71})

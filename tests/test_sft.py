@@ -5,12 +5,12 @@ from pathlib import Path
 import torch
 from conftest import sandbox_prompts
 
-from rlhf_widgets.config import ModelConfig
-from rlhf_widgets.generation import SamplingSettings, generate
-from rlhf_widgets.metrics import MetricsLog
-from rlhf_widgets.models import load_causal_lm
+from rlhf_widgets.runtime.config import ModelConfig
+from rlhf_widgets.runtime.generation import SamplingSettings, generate
+from rlhf_widgets.runtime.metrics import MetricsLog
+from rlhf_widgets.runtime.models import load_causal_lm
 from rlhf_widgets.sandbox import gold_score
-from rlhf_widgets.sft import SFTStageConfig, train_sft
+from rlhf_widgets.stages.sft import SFTStageConfig, train_sft
 
 
 def _gold_and_eos(model_path: str, prompts: list[str]) -> tuple[float, float]:

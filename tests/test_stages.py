@@ -15,10 +15,11 @@ import pytest
 from conftest import label_rows, sandbox_prompts
 
 import rlhf_widgets
-from rlhf_widgets import cli, quiet
-from rlhf_widgets.config import ModelConfig
+from rlhf_widgets import cli
+from rlhf_widgets.runtime import quiet
+from rlhf_widgets.runtime.config import ModelConfig
+from rlhf_widgets.runtime.stage_runner import StageResult
 from rlhf_widgets.sandbox import SimulatedAnnotator, gold_reward
-from rlhf_widgets.stages import StageResult
 
 STAGES = ("train_sft", "train_reward_model", "train_reward_ensemble", "train_dpo", "train_grpo", "train_rloo",
           "train_ppo")
@@ -99,7 +100,7 @@ def test_no_stage_modifies_the_model_config_and_each_returns_a_loadable_model(
 
 
 def test_cli_help_for_every_stage_shows_every_field() -> None:
-    from rlhf_widgets.ppo.config import PPOConfig
+    from rlhf_widgets.stages.ppo.config import PPOConfig
 
     for name, command in cli.COMMANDS.items():
         with pytest.raises(SystemExit) as exit_info:
@@ -187,7 +188,7 @@ def test_quickstart_prints_a_short_summary(tmp_path: Path, capfd: pytest.Capture
     line per finished stage, a table, the report's path; `--json` is the machine-readable summary, the plan in it."""
     import torch
 
-    from rlhf_widgets.ppo.precision import resolve_mixed_precision
+    from rlhf_widgets.runtime.precision import resolve_mixed_precision
 
     sizes = ["--output_dir", str(tmp_path / "qs"), "--stages", "sft", "evaluate", "--sft_demos", "32",
              "--eval_prompts", "4", "--best_of", "1"]
@@ -214,8 +215,8 @@ def test_quickstart_prints_a_short_summary(tmp_path: Path, capfd: pytest.Capture
 
 
 def test_public_surface_resolves() -> None:
-    import rlhf_widgets.best_of  # noqa: F401 - a submodule imported first must not shadow an exported name
-    import rlhf_widgets.evaluation.reward_model  # noqa: F401
+    import rlhf_widgets.stages.best_of  # noqa: F401 - a submodule imported first must not shadow an exported name
+    import rlhf_widgets.stages.reward.report  # noqa: F401
 
     for name in rlhf_widgets.__all__:
         value = getattr(rlhf_widgets, name)
@@ -227,8 +228,8 @@ def test_public_surface_resolves() -> None:
 def test_the_quickstart_says_when_its_alarm_rolled_ppo_back(tmp_path: Path) -> None:
     """The PPO stage's line names the gold-free alert and the update the policy went back to; without a rollback it
     is the plain line."""
-    from rlhf_widgets.metrics import MetricsLog
-    from rlhf_widgets.pipeline import QuickstartResult, stage_line
+    from rlhf_widgets.runtime.metrics import MetricsLog
+    from rlhf_widgets.workflows.quickstart import QuickstartResult, stage_line
 
     log = MetricsLog()
     log.log({"objective/kl": 2.5, "objective/scores": 1.25}, step=17, stage="ppo")
@@ -241,9 +242,9 @@ def test_the_quickstart_says_when_its_alarm_rolled_ppo_back(tmp_path: Path) -> N
 
 
 def test_the_quickstarts_ppo_rolls_back_on_the_gold_free_alerts_only(tmp_path: Path, monkeypatch) -> None:
-    import rlhf_widgets.ppo
-    from rlhf_widgets.evaluation.monitors import GOLD_FREE_KINDS
-    from rlhf_widgets.pipeline import QuickstartConfig, quickstart_ppo
+    import rlhf_widgets.stages.ppo
+    from rlhf_widgets.runtime.monitors import GOLD_FREE_KINDS
+    from rlhf_widgets.workflows.quickstart import QuickstartConfig, quickstart_ppo
 
     made = {}
 
@@ -254,7 +255,7 @@ def test_the_quickstarts_ppo_rolls_back_on_the_gold_free_alerts_only(tmp_path: P
         def train(self):
             return "trained"
 
-    monkeypatch.setattr(rlhf_widgets.ppo, "PPOTrainer", Recorder)
+    monkeypatch.setattr(rlhf_widgets.stages.ppo, "PPOTrainer", Recorder)
     assert quickstart_ppo(QuickstartConfig(output_dir=str(tmp_path), ppo_updates=3), tmp_path, "reward") == "trained"
     config = made["config"]
     assert config.on_alert == "rollback" and config.prompt_swap_check and config.num_updates == 3

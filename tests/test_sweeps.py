@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 from conftest import sandbox_prompts
 
-from rlhf_widgets.metrics import MetricsLog
-from rlhf_widgets.ppo import PPOConfig
+from rlhf_widgets.runtime.metrics import MetricsLog
 from rlhf_widgets.sandbox import gold_reward
-from rlhf_widgets.sweeps import PPOSweep, grid_points, run_name
-from rlhf_widgets.views import RunComparison, overlay_figure
+from rlhf_widgets.stages.ppo import PPOConfig
+from rlhf_widgets.views.figures import RunComparison, overlay_figure
+from rlhf_widgets.workflows.sweeps import PPOSweep, grid_points, run_name
 
 
 def tiny(tmp_path: Path) -> PPOConfig:

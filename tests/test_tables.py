@@ -5,8 +5,8 @@ from html.parser import HTMLParser
 
 import pandas as pd
 
-from rlhf_widgets.loop import RoundResult, rounds_table
-from rlhf_widgets.tables import format_table
+from rlhf_widgets.views.tables import format_table
+from rlhf_widgets.workflows.loop import RoundResult, rounds_table
 
 NAME = 'PPO "β=0.1" <b>x</b> & co'
 SIX_DECIMALS = re.compile(r"\d\.\d{6}")

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from conftest import sandbox_prompts
 
-from rlhf_widgets.metrics import MetricsLog
-from rlhf_widgets.ppo import PPOConfig, PPOTrainer
+from rlhf_widgets.runtime.metrics import MetricsLog
+from rlhf_widgets.runtime.trackers import attach_trackers, resolve_report_to
 from rlhf_widgets.sandbox import gold_reward
-from rlhf_widgets.trackers import attach_trackers, resolve_report_to
+from rlhf_widgets.stages.ppo import PPOConfig, PPOTrainer
 
 
 def read_events(log_dir: Path):

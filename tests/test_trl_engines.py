@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from rlhf_widgets.accelerate_configs import config_path
-from rlhf_widgets.models import load_causal_lm
+from rlhf_widgets.runtime.models import load_causal_lm
 
 WORKER = Path(__file__).with_name("trl_engine_worker.py")
 
@@ -45,8 +45,8 @@ def test_sft_trains_under_zero2_on_cpu_and_saves_a_loadable_model(tmp_path: Path
 def test_fsdp_without_a_gpu_is_refused_with_the_alternatives(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("with CUDA, FSDP runs (test_sft_trains_under_fsdp_on_gpus)")
-    from rlhf_widgets.ppo import PPOConfig, PPOTrainer
-    from rlhf_widgets.sft import SFTStageConfig
+    from rlhf_widgets.stages.ppo import PPOConfig, PPOTrainer
+    from rlhf_widgets.stages.sft import SFTStageConfig
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --config_file fsdp.yaml` sets
     with pytest.raises(ValueError, match=r"FSDP through accelerate needs GPUs.*zero2\.yaml"):

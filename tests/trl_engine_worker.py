@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from accelerate.state import AcceleratorState  # noqa: E402
 
-from rlhf_widgets.sft import SFTStageConfig, train_sft  # noqa: E402
+from rlhf_widgets.stages.sft import SFTStageConfig, train_sft  # noqa: E402
 
 
 def main(out: Path) -> None:

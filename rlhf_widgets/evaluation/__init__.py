@@ -12,7 +12,6 @@
 """
 
 from rlhf_widgets.evaluation.compare import compare_policies, evaluation_store, sample_policy, sequence_kl, win_rate
-from rlhf_widgets.evaluation.monitors import Alert, MonitorConfig, RewardHackingMonitor, alerts_table, check_log
 from rlhf_widgets.evaluation.overoptimization import best_of_n_curve, best_of_n_kl, ppo_overoptimization_curve
 from rlhf_widgets.evaluation.probes import (
     ChatClassifier,
@@ -23,7 +22,8 @@ from rlhf_widgets.evaluation.probes import (
     refusal_keywords,
     run_probes,
 )
-from rlhf_widgets.evaluation.reward_model import reward_report
+from rlhf_widgets.runtime.monitors import Alert, MonitorConfig, RewardHackingMonitor, alerts_table, check_log
+from rlhf_widgets.stages.reward import reward_report
 
 __all__ = [
     "Alert",

@@ -9,15 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhf_widgets.data import prompt_list
-from rlhf_widgets.models import ModelLike
-from rlhf_widgets.ppo.core import logprobs_from_logits
-from rlhf_widgets.rewards import RewardFunction, score_responses
-
-
-def words(text: str) -> int:
-    """Words in a response (whitespace-separated), the length unit of the tables."""
-    return len(text.split())
+from rlhf_widgets.runtime.data import prompt_list, words
+from rlhf_widgets.runtime.logprobs import logprobs_from_logits
+from rlhf_widgets.runtime.models import ModelLike
+from rlhf_widgets.runtime.reward_protocol import RewardFunction, score_responses
 
 
 def win_rate(
@@ -50,7 +45,7 @@ def sequence_kl(policy, reference, tokenizer, prompts: Sequence, responses: Sequ
 
     Unbiased for the sequence KL when `responses` are samples of `policy` at temperature 1.
     """
-    from rlhf_widgets.data import as_messages
+    from rlhf_widgets.runtime.data import as_messages
 
     out = []
     device = next(policy.parameters()).device
@@ -87,7 +82,7 @@ def sample_policy(policy: ModelLike | Callable[[list], Sequence[str]], prompts: 
         if len(out) != len(prompts):
             raise ValueError(f"sample_policy: the callable returned {len(out)} responses for {len(prompts)} prompts")
         return out
-    from rlhf_widgets.models import load_causal_lm
+    from rlhf_widgets.runtime.models import load_causal_lm
 
     return _sample_loaded(*load_causal_lm(policy), prompts, seed, settings, batch_size)
 
@@ -98,7 +93,7 @@ def _is_sampler(policy: object) -> bool:
 
 
 def _sample_loaded(model, tokenizer, prompts: Sequence, seed: int, settings=None, batch_size: int = 32) -> list[str]:
-    from rlhf_widgets.generation import generate
+    from rlhf_widgets.runtime.generation import generate
 
     return [g.text for g in generate(model, tokenizer, list(prompts), settings, batch_size=batch_size, seed=seed)]
 
@@ -140,7 +135,7 @@ def compare_policies(
 
     if baseline not in policies:
         raise ValueError(f"compare_policies: baseline {baseline!r} is not one of {list(policies)}")
-    from rlhf_widgets.models import load_causal_lm
+    from rlhf_widgets.runtime.models import load_causal_lm
 
     prompts = prompt_list(prompts)
     ref = load_causal_lm(kl_reference) if kl_reference is not None else None

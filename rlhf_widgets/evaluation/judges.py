@@ -35,16 +35,16 @@ from dataclasses import dataclass, field, fields
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, Literal
 
-from rlhf_widgets.chat import accepts_system_role
-from rlhf_widgets.data import as_messages
 from rlhf_widgets.labeling.labelers import Labeler, RewardModelLabeler
+from rlhf_widgets.runtime.chat import accepts_system_role
+from rlhf_widgets.runtime.data import as_messages
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from rlhf_widgets.generation import SamplingSettings
     from rlhf_widgets.labeling.store import Choice, PreferenceStore, Prompt
+    from rlhf_widgets.runtime.generation import SamplingSettings
 
 Position = Literal["first", "second", "tie"]
 
@@ -192,7 +192,7 @@ class PairwiseJudge:
       without a verdict is a parse failure and its pair a "skip".
 
     Args:
-        model: a hub id, a local path (loaded with `rlhf_widgets.models.load_causal_lm`), a `ModelConfig`,
+        model: a hub id, a local path (loaded with `rlhf_widgets.runtime.models.load_causal_lm`), a `ModelConfig`,
             a loaded causal LM (then `tokenizer` is required), or a `(model, tokenizer)` tuple.
         tokenizer: the loaded model's tokenizer, with a chat template and a pad token (default None).
         template: the judge prompt (default `DEFAULT_TEMPLATE`).
@@ -298,7 +298,7 @@ class PairwiseJudge:
 
     def _encoded(self, batch: list[list[dict]], pair_indices: list[int], extra_tokens: int) -> dict[str, torch.Tensor]:
         """The batch chat-formatted and left-padded; ValueError naming the pair if one is over `max_length`."""
-        from rlhf_widgets.generation import encode_prompts
+        from rlhf_widgets.runtime.generation import encode_prompts
 
         encoded = encode_prompts(self.tokenizer, batch, next(self.model.parameters()).device)
         if self.max_length is not None:
@@ -332,7 +332,7 @@ class PairwiseJudge:
         return replies
 
     def _ask_generate(self, batch: list[list[dict]], pair_indices: list[int]) -> list[JudgeReply]:
-        from rlhf_widgets.generation import SamplingSettings, generate
+        from rlhf_widgets.runtime.generation import SamplingSettings, generate
 
         self._encoded(batch, pair_indices, extra_tokens=self.max_new_tokens)  # length check only
         settings = SamplingSettings(max_new_tokens=self.max_new_tokens, temperature=0.0)
@@ -384,7 +384,7 @@ def load_chat_model(model: Any, tokenizer: PreTrainedTokenizerBase | None = None
     if isinstance(model, (str, os.PathLike)) or hasattr(model, "model_name_or_path"):
         if tokenizer is not None:
             raise ValueError("tokenizer= goes with an already loaded model; a model id or path loads its own")
-        from rlhf_widgets.models import load_causal_lm
+        from rlhf_widgets.runtime.models import load_causal_lm
 
         model, tokenizer = load_causal_lm(model if hasattr(model, "model_name_or_path") else str(model))
     elif tokenizer is None:
@@ -394,7 +394,7 @@ def load_chat_model(model: Any, tokenizer: PreTrainedTokenizerBase | None = None
                          "instruct/chat model, or set tokenizer.chat_template")
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token, so prompts cannot be batched: load the model with "
-                         "rlhf_widgets.models.load_causal_lm (it adds one), or set tokenizer.pad_token")
+                         "rlhf_widgets.runtime.models.load_causal_lm (it adds one), or set tokenizer.pad_token")
     return model, tokenizer
 
 
@@ -565,7 +565,7 @@ def best_of_n_with_judge(
     `model` is a hub id, a local path, a `ModelConfig` or a loaded `(model, tokenizer)` pair; `judge` any
     labeler (a `PairwiseJudge`, `RewardModelJudge`, `gold_preference`).
     """
-    from rlhf_widgets.generation import generate
+    from rlhf_widgets.runtime.generation import generate
 
     if n < 1:
         raise ValueError(f"best_of_n_with_judge: n={n} must be >= 1")
@@ -646,7 +646,7 @@ def critique_and_revise(
         batch_size: conversations per generate call (default 16).
         critique_request, revision_request: the user turns asking for each, with a `{principle}` field.
     """
-    from rlhf_widgets.generation import SamplingSettings, generate
+    from rlhf_widgets.runtime.generation import SamplingSettings, generate
 
     if isinstance(principles, str) or not principles:
         raise ValueError("critique_and_revise: principles must be a non-empty list of strings, got "

@@ -8,14 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rlhf_widgets.rewards import RewardFunction, score_responses
-
-
-def best_of_n_kl(n: int) -> float:
-    """Analytic KL(best-of-N ‖ base) = log N − (N−1)/N (Stiennon et al. 2020; Hilton & Gao 2022)."""
-    if n < 1:
-        raise ValueError(f"best_of_n_kl: n={n} must be >= 1")
-    return math.log(n) - (n - 1) / n
+from rlhf_widgets.runtime.reward_protocol import RewardFunction, score_responses
+from rlhf_widgets.stages.best_of import best_of_n_kl
 
 
 def ppo_overoptimization_curve(metrics, window: int = 5) -> list[dict]:

@@ -46,11 +46,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rlhf_widgets.runtime.types import SANDBOX, Prompt
+
 if TYPE_CHECKING:
     import pandas as pd
     from transformers import PreTrainedTokenizerBase
 
-Prompt = str | list[dict[str, str]]
 ProbeClassifier = Callable[[Prompt, str], str]
 """`classifier(prompt, response) -> label`, one of `LABELS`."""
 
@@ -62,7 +63,6 @@ RATES: dict[str, tuple[str, str]] = {
     "correct_refusal_rate": ("out_of_scope", "refusal"),
 }
 """Each rate → (the probe kind it is measured on, the label it counts)."""
-SANDBOX = "sandbox"
 SANDBOX_PROBES_PER_KIND = 64
 """Probes of each kind in the sandbox set (`load_probes("sandbox")`, `data/probes/sandbox.jsonl`)."""
 
@@ -262,8 +262,8 @@ class ChatClassifier:
                  template: ClassifierTemplate = DEFAULT_CLASSIFIER_TEMPLATE,
                  letters: Mapping[str, str] = DEFAULT_LETTERS, batch_size: int = 8,
                  min_letter_mass: float = 0.5) -> None:
-        from rlhf_widgets.chat import accepts_system_role
         from rlhf_widgets.evaluation.judges import load_chat_model
+        from rlhf_widgets.runtime.chat import accepts_system_role
 
         if set(letters) != set(LABELS):
             raise ValueError(f"ChatClassifier: letters needs exactly the keys {list(LABELS)}, got {sorted(letters)}")
@@ -287,7 +287,7 @@ class ChatClassifier:
         import torch
 
         from rlhf_widgets.evaluation.judges import _question_text
-        from rlhf_widgets.generation import encode_prompts
+        from rlhf_widgets.runtime.generation import encode_prompts
 
         labels: list[str] = []
         ids = torch.tensor(list(self.letter_ids.values()))

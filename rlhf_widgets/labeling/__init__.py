@@ -9,7 +9,7 @@
 
 from typing import Any
 
-from rlhf_widgets.labeling.labelers import RewardModelLabeler, label_with
+from rlhf_widgets.labeling.labelers import JudgeReward, RewardModelLabeler, label_with
 from rlhf_widgets.labeling.session import LabelingSession, ShownPair, Tally
 from rlhf_widgets.labeling.store import (
     ExportCounts,
@@ -24,6 +24,7 @@ from rlhf_widgets.labeling.store import (
 
 __all__ = [
     "ExportCounts",
+    "JudgeReward",
     "Label",
     "LabelingPanel",
     "LabelingSession",

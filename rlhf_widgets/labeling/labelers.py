@@ -6,16 +6,44 @@ the sandbox's `SimulatedAnnotator` is one, `RewardModelLabeler` wraps any reward
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from rlhf_widgets.labeling.store import Choice, PreferenceStore, Prompt
-from rlhf_widgets.quiet import progress
+from rlhf_widgets.runtime.quiet import progress
 
 if TYPE_CHECKING:
-    from rlhf_widgets.rewards import RewardFunction
+    from rlhf_widgets.runtime.reward_protocol import RewardFunction
 
 Labeler = Callable[[Prompt, str, str], str]
+
+
+class JudgeReward:
+    """A pairwise judge as a reward function: each response is judged against a reference answer to the same
+    prompt — 1 if the judge prefers it, ½ for a tie or a skip, 0 if it prefers the reference.
+
+    Args:
+        judge: `(prompt, response_a, response_b) -> "a" | "b" | "tie" | "skip"`; the response under test is
+            always shown as "a" (a judge that cancels position bias asks both orders itself).
+        reference: `reference(prompts) -> answers`, e.g. an SFT policy's sampler, called once per batch.
+    """
+
+    def __init__(self, judge: Labeler, reference: Callable[[list[Prompt]], Sequence[str]]) -> None:
+        self.judge, self.reference = judge, reference
+        self.__name__ = f"judge_{getattr(judge, '__name__', None) or type(judge).__name__}"
+
+    def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        references = list(self.reference(list(prompts)))
+        if len(references) != len(prompts):
+            raise ValueError(f"JudgeReward: the reference gave {len(references)} answers for {len(prompts)} prompts")
+        value = {"a": 1.0, "b": 0.0, "tie": 0.5, "skip": 0.5}
+        scores = []
+        for prompt, response, ref in zip(prompts, responses, references, strict=True):
+            verdict = self.judge(prompt, response, ref)
+            if verdict not in value:
+                raise ValueError(f"JudgeReward: the judge answered {verdict!r}; expected 'a', 'b', 'tie' or 'skip'")
+            scores.append(value[verdict])
+        return scores
 
 
 class RewardModelLabeler:
@@ -33,7 +61,9 @@ class RewardModelLabeler:
         self.tie_margin = tie_margin
 
     def __call__(self, prompt: Prompt, a: str, b: str) -> Choice:
-        from rlhf_widgets.rewards import score_responses  # torch: loaded only when a reward model labels
+        from rlhf_widgets.runtime.reward_protocol import (
+            score_responses,  # torch: loaded only when a reward model labels
+        )
 
         score_a, score_b = score_responses(self.reward_model, [prompt, prompt], [a, b]).tolist()
         if abs(score_a - score_b) <= self.tie_margin:

@@ -11,11 +11,11 @@ import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
-from rlhf_widgets.data import SANDBOX_SOURCE, PromptSource, load_prompts
-from rlhf_widgets.generation import SamplingSettings, generate
 from rlhf_widgets.labeling.backends import is_postgres_url
 from rlhf_widgets.labeling.store import PreferenceStore
-from rlhf_widgets.models import ModelLike, load_causal_lm, model_name
+from rlhf_widgets.runtime.data import SANDBOX, PromptSource, load_prompts
+from rlhf_widgets.runtime.generation import SamplingSettings, generate
+from rlhf_widgets.runtime.models import ModelLike, load_causal_lm, model_name
 
 DEFAULT_SIDES = (SamplingSettings(temperature=1.0), SamplingSettings(temperature=0.7))
 
@@ -117,7 +117,7 @@ def prepare_pairs(
     if isinstance(prompts, (list, tuple)):
         prompts = list(prompts)[:n_prompts]
     else:
-        sandbox_seed = {"seed": seed} if prompts == SANDBOX_SOURCE else {}
+        sandbox_seed = {"seed": seed} if prompts == SANDBOX else {}
         prompts = load_prompts(prompts, split=split, n=n_prompts, **sandbox_seed)
     rows = generate_pairs(prompts, model=model, k=k, seed=seed, max_pairs_per_prompt=pairs_per_prompt,
                           show_progress=show_progress)

@@ -43,6 +43,7 @@ from rlhf_widgets.labeling.backends import (
     as_datetime,
     is_postgres_url,
 )
+from rlhf_widgets.runtime.types import Prompt  # noqa: F401 - labelers and widgets name it from here
 
 if TYPE_CHECKING:  # pandas, datasets and the statistics load where they are used: a process that only
     import datasets  # labels (an annotator's worker, the command line) starts in a fraction of a second
@@ -52,7 +53,6 @@ if TYPE_CHECKING:  # pandas, datasets and the statistics load where they are use
 
 Choice = Literal["a", "b", "tie", "skip"]
 CHOICES: tuple[str, ...] = ("a", "b", "tie", "skip")
-Prompt = str | list[dict[str, str]]
 
 __all__ = [
     "CHOICES", "SCHEMA_VERSION", "Choice", "ExportCounts", "Label", "Pair", "PreferenceStore", "Prompt",
@@ -81,7 +81,7 @@ class Pair:
     response_b: str
     metadata: dict[str, Any]
     round: int | None = None
-    """the round of the iterative loop (`rlhf_widgets.loop`) the pair was made in; None outside a loop"""
+    """the round of the iterative loop (`rlhf_widgets.workflows.loop`) the pair was made in; None outside a loop"""
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ class PreferenceStore:
         self.backend: str = self._db.dialect
         """which database holds the data: "sqlite" or "postgresql"."""
         self.round: int | None = None
-        """the loop round labels recorded through this object belong to (`rlhf_widgets.loop` sets it); None"""
+        """the loop round labels recorded through this object belong to (`rlhf_widgets.workflows.loop` sets it); None"""
         # (annotator, only_unlabeled_by_anyone) → (first pair id the next hand-out scan looks at, when a scan
         # last started from pair 1)
         self._scan_from: dict[tuple[str, bool], tuple[int, float]] = {}
@@ -510,14 +510,14 @@ class PreferenceStore:
         """The labeled pairs as a TRL conversational preference Dataset, in pair insertion order.
 
         Columns are exactly `prompt` (chat messages), `chosen` and `rejected` (each one assistant message)
-        — the format of `rlhf_widgets.data.load_preferences`. Decisions come from `decisions(annotator,
+        — the format of `rlhf_widgets.runtime.data.load_preferences`. Decisions come from `decisions(annotator,
         reference)`: ties, skips and conflicts are left out. `rounds` (default None: all) keeps the pairs
         made in those loop rounds. With `return_counts=True` (default False) returns `(dataset, ExportCounts)`;
         its counts are of the pairs considered.
         """
         import datasets
 
-        from rlhf_widgets.data import PREFERENCE_FEATURES, as_messages
+        from rlhf_widgets.runtime.data import PREFERENCE_FEATURES, as_messages
 
         pairs = self.pairs(rounds)
         considered = {pair.id for pair in pairs}

@@ -43,7 +43,7 @@ import ipywidgets as widgets
 
 from rlhf_widgets.labeling.session import LabelingSession, PendingLabel, ShownPair, Side
 from rlhf_widgets.labeling.store import Label, PreferenceStore, Prompt, StoreUnavailable
-from rlhf_widgets.reload_hint import display_with_hint
+from rlhf_widgets.views.reload_hint import display_with_hint
 
 KEYS: dict[str, Side | None] = {
     "1": "left", "ArrowLeft": "left",
