@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import trl
 
 from rlhf_widgets.runtime.types import SANDBOX
+from rlhf_widgets.runtime.validation import check_fields
 
 """Model name that selects the offline sandbox's tiny pretrained base model."""
 
@@ -62,14 +63,13 @@ class ModelConfig(trl.ModelConfig):
         super().__post_init__()
         if not self.model_name_or_path:
             raise ValueError("ModelConfig.model_name_or_path is empty: give a hub id, a local path or 'sandbox'")
-        if self.device not in _DEVICES:
-            raise ValueError(f"ModelConfig.device={self.device!r}: expected one of {_DEVICES}")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"ModelConfig.dtype={self.dtype!r}: expected one of {_DTYPES}")
+        check_fields(self, {
+            "device": (self.device in _DEVICES, f"expected one of {_DEVICES}"),
+            "dtype": (self.dtype in _DTYPES, f"expected one of {_DTYPES}"),
+            "lora_r": (self.lora_r > 0, "must be a positive integer"),
+        })
         if self.load_in_4bit and not self.use_peft:
             raise ValueError("ModelConfig.load_in_4bit=True needs use_peft=True: 4-bit weights train only through LoRA")
-        if self.lora_r <= 0:
-            raise ValueError(f"ModelConfig.lora_r={self.lora_r}: must be a positive integer")
 
     def to_dict(self) -> dict:
         """Plain dict for logs and checkpoints."""

@@ -24,6 +24,7 @@ from rlhf_widgets.runtime.chat import render, stop_token_ids
 from rlhf_widgets.runtime.data import as_messages
 from rlhf_widgets.runtime.quiet import progress
 from rlhf_widgets.runtime.types import Prompt
+from rlhf_widgets.runtime.validation import check_fields
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,10 @@ class SamplingSettings:
     float32 distribution."""
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens <= 0:
-            raise ValueError(f"SamplingSettings.max_new_tokens={self.max_new_tokens}: must be positive")
-        if self.temperature < 0:
-            raise ValueError(f"SamplingSettings.temperature={self.temperature}: must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"SamplingSettings.top_p={self.top_p}: must be in (0, 1]")
-        if self.top_k < 0:
-            raise ValueError(f"SamplingSettings.top_k={self.top_k}: must be >= 0")
+        check_fields(self, {"max_new_tokens": (self.max_new_tokens > 0, "must be positive"),
+                            "temperature": (self.temperature >= 0, "must be >= 0"),
+                            "top_p": (0 < self.top_p <= 1, "must be in (0, 1]"),
+                            "top_k": (self.top_k >= 0, "must be >= 0")})
         from rlhf_widgets.runtime.precision import check_inference_precision  # (the ppo package imports this module)
 
         check_inference_precision("SamplingSettings.mixed_precision", self.mixed_precision)

@@ -49,6 +49,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
 from rlhf_widgets.runtime.metrics import Event, MetricRecord, MetricsLog
+from rlhf_widgets.runtime.validation import check_fields
 
 LENGTH = "val/response_length"
 KL = "objective/kl"
@@ -119,7 +120,7 @@ class MonitorConfig:
     has the measured rises)"""
 
     def __post_init__(self) -> None:
-        checks = {"window": (self.window >= 1, "must be >= 1"),
+        check_fields(self, {"window": (self.window >= 1, "must be >= 1"),
                   "length_drift": (self.length_drift > 0, "must be > 0"),
                   "kl_acceleration": (self.kl_acceleration > 1, "must be > 1"),
                   "min_kl_growth": (self.min_kl_growth >= 0, "must be >= 0"),
@@ -128,10 +129,7 @@ class MonitorConfig:
                   "disagreement_rise": (self.disagreement_rise > 1, "must be > 1 (a multiple of the first spread)"),
                   "min_disagreement_rise": (self.min_disagreement_rise >= 0, "must be >= 0"),
                   "min_conservative_drop": (self.min_conservative_drop > 0, "must be > 0"),
-                  "off_prompt_rise": (0 < self.off_prompt_rise < 1, "must be in (0, 1) (a rise in a share)")}
-        bad = [name for name, (ok, _) in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"MonitorConfig.{bad[0]}={getattr(self, bad[0])!r}: {checks[bad[0]][1]}")
+                  "off_prompt_rise": (0 < self.off_prompt_rise < 1, "must be in (0, 1) (a rise in a share)")})
 
 
 class RewardHackingMonitor:

@@ -21,6 +21,7 @@ from rlhf_widgets.runtime.metrics import MetricsLog
 from rlhf_widgets.runtime.models import ModelLike
 from rlhf_widgets.runtime.reward_protocol import RewardFunction, trl_reward_function
 from rlhf_widgets.runtime.stage_runner import StageResult, run_policy_stage, stage_metrics
+from rlhf_widgets.runtime.validation import check_fields
 from rlhf_widgets.stages.reward import as_reward_function
 
 
@@ -70,8 +71,7 @@ class _OnlineDefaults:
         super().__post_init__()
         if self.sample_every is None:
             self.sample_every = sample_cadence(self.max_steps)
-        if self.beta <= 0:
-            raise ValueError(f"{type(self).__name__}.beta={self.beta}: must be > 0 (KL to the reference)")
+        check_fields(self, {"beta": (self.beta > 0, "must be > 0 (KL to the reference)")})
 
 
 @dataclass

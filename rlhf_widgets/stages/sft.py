@@ -18,6 +18,7 @@ from rlhf_widgets.runtime.config import SANDBOX, TrainingDefaults
 from rlhf_widgets.runtime.metrics import MetricsLog
 from rlhf_widgets.runtime.models import ModelLike, model_name
 from rlhf_widgets.runtime.stage_runner import StageResult, run_policy_stage
+from rlhf_widgets.runtime.validation import check_fields
 
 
 @dataclass
@@ -37,8 +38,7 @@ class SFTStageConfig(TrainingDefaults, trl.SFTConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.sandbox_demos <= 0:
-            raise ValueError(f"SFTStageConfig.sandbox_demos={self.sandbox_demos}: must be positive")
+        check_fields(self, {"sandbox_demos": (self.sandbox_demos > 0, "must be positive")})
 
 
 def train_sft(

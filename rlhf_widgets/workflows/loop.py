@@ -42,6 +42,7 @@ from rlhf_widgets.runtime.models import ModelLike
 from rlhf_widgets.runtime.quiet import long_call
 from rlhf_widgets.runtime.reward_protocol import RewardFunction
 from rlhf_widgets.runtime.stage_runner import copied
+from rlhf_widgets.runtime.validation import check_fields
 from rlhf_widgets.views.tables import FormattedTable, format_table
 
 STEPS = ("pairs", "labels", "reward", "policy", "evaluate")
@@ -74,16 +75,16 @@ class LoopConfig:
     seed: int = field(default=0, metadata=field_help("Seed of the sampling, splits and trainers."))
 
     def __post_init__(self) -> None:
-        checks = {
-            "rounds": self.rounds >= 1, "prompts_per_round": self.prompts_per_round >= 1,
-            "answers_per_prompt": self.answers_per_prompt >= 2, "pairs_per_prompt": self.pairs_per_prompt >= 1,
-            "policy_update": self.policy_update in ("ppo", "dpo"),
-            "reward_init": self.reward_init in ("continue", "retrain"),
-            "held_out_fraction": 0 < self.held_out_fraction < 1, "eval_prompts": self.eval_prompts >= 1,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"LoopConfig.{bad[0]}={getattr(self, bad[0])!r} is out of range (see its help)")
+        check_fields(self, {
+            "rounds": (self.rounds >= 1, "must be >= 1"),
+            "prompts_per_round": (self.prompts_per_round >= 1, "must be >= 1"),
+            "answers_per_prompt": (self.answers_per_prompt >= 2, "must be >= 2 (a pair needs two answers)"),
+            "pairs_per_prompt": (self.pairs_per_prompt >= 1, "must be >= 1"),
+            "policy_update": (self.policy_update in ("ppo", "dpo"), "must be 'ppo' or 'dpo'"),
+            "reward_init": (self.reward_init in ("continue", "retrain"), "must be 'continue' or 'retrain'"),
+            "held_out_fraction": (0 < self.held_out_fraction < 1, "must be in (0, 1)"),
+            "eval_prompts": (self.eval_prompts >= 1, "must be >= 1"),
+        })
 
 
 @dataclass

@@ -15,6 +15,8 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from rlhf_widgets.runtime.config import field_help
+from rlhf_widgets.runtime.monitors import ALERT_KINDS, OVEROPTIMIZATION_KINDS
+from rlhf_widgets.runtime.validation import check_fields
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
 ON_ALERT = ("continue", "stop", "rollback")
@@ -162,64 +164,51 @@ class PPOConfig:
         "'trackio', a list of them, 'all' (those installed) or 'none'. The MetricsLog always records."))
 
     def __post_init__(self) -> None:
-        # here, not at the top: evaluation imports the reward stage, which imports ppo.precision (and so this package)
-        from rlhf_widgets.runtime.monitors import ALERT_KINDS
 
         if self.sample_every is None:
             self.sample_every = max(1, min(5, self.num_updates // 10))
-        checks = {
-            "num_updates": self.num_updates > 0,
-            "batch_size": self.batch_size > 0,
-            "mini_batch_size": 0 < self.mini_batch_size <= self.batch_size
-            and self.batch_size % self.mini_batch_size == 0,
-            "micro_batch_size": self.micro_batch_size is None
-            or (0 < self.micro_batch_size <= self.mini_batch_size
-                and self.mini_batch_size % self.micro_batch_size == 0),
-            "num_ppo_epochs": self.num_ppo_epochs > 0,
-            "learning_rate": self.learning_rate > 0 and math.isfinite(self.learning_rate),
-            "max_new_tokens": self.max_new_tokens > 0,
-            "temperature": self.temperature > 0,
-            "kl_estimator": self.kl_estimator in ("k1", "k3"),
-            "rollout_logprobs": self.rollout_logprobs in ("generate", "forward"),
-            "kl_coef": self.kl_coef >= 0,
-            "gamma": 0 < self.gamma <= 1,
-            "lam": 0 <= self.lam <= 1,
-            "cliprange": self.cliprange > 0,
-            "cliprange_value": self.cliprange_value >= 0,
-            "max_ratio": self.max_ratio > 1,
-            "value_layers_fraction": 0 < self.value_layers_fraction <= 1,
-            "merge_for_generation": self.fast_paths or not self.merge_for_generation,
-            "lr_scheduler_type": self.lr_scheduler_type in LR_SCHEDULES,
-            "warmup_updates": 0 <= self.warmup_updates < self.num_updates,
-            "mixed_precision": self.mixed_precision in ("auto", "no", "bf16", "fp16"),
-            "nonfinite_grads": self.nonfinite_grads in (None, "stop", "skip")
-            and not (self.mixed_precision == "fp16" and self.nonfinite_grads == "stop"),
-            "collective_timeout_s": self.collective_timeout_s > 0,
-            "peak_gflops": self.peak_gflops is None or (self.peak_gflops > 0 and math.isfinite(self.peak_gflops)),
-            "on_alert": self.on_alert in ON_ALERT,
-            "alert_kinds": self.alert_kinds is None
-            or (len(self.alert_kinds) > 0 and all(kind in ALERT_KINDS for kind in self.alert_kinds)),
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            name = bad[0]
-            hint = {
-                "mini_batch_size": f"must divide batch_size={self.batch_size}",
-                "micro_batch_size": f"must divide mini_batch_size={self.mini_batch_size}",
-                "kl_estimator": "must be 'k1' or 'k3'",
-                "rollout_logprobs": "must be 'generate' or 'forward'",
-                "temperature": "must be > 0 (log-probs divide by it)",
-                "value_layers_fraction": "must be in (0, 1]",
-                "merge_for_generation": "True needs fast_paths=True",
-                "lr_scheduler_type": f"must be one of {LR_SCHEDULES}",
-                "warmup_updates": f"must be in [0, num_updates={self.num_updates})",
-                "mixed_precision": "must be 'auto', 'no', 'bf16' or 'fp16'",
-                "nonfinite_grads": "must be None, 'stop' or 'skip'; with mixed_precision='fp16' the loss scaler "
-                "skips overflowing steps by design, so 'stop' would end the run at its first overflow: use 'skip'",
-                "on_alert": f"must be one of {ON_ALERT}",
-                "alert_kinds": f"must be None or a non-empty list of {ALERT_KINDS}",
-            }.get(name, "out of range")
-            raise ValueError(f"PPOConfig.{name}={getattr(self, name)!r}: {hint}")
+        check_fields(self, {
+            "num_updates": (self.num_updates > 0, "must be > 0"),
+            "batch_size": (self.batch_size > 0, "must be > 0"),
+            "mini_batch_size": (0 < self.mini_batch_size <= self.batch_size
+                                and self.batch_size % self.mini_batch_size == 0,
+                                f"must divide batch_size={self.batch_size}"),
+            "micro_batch_size": (self.micro_batch_size is None
+                                 or (0 < self.micro_batch_size <= self.mini_batch_size
+                                     and self.mini_batch_size % self.micro_batch_size == 0),
+                                 f"must divide mini_batch_size={self.mini_batch_size}"),
+            "num_ppo_epochs": (self.num_ppo_epochs > 0, "must be > 0"),
+            "learning_rate": (self.learning_rate > 0 and math.isfinite(self.learning_rate), "must be finite and > 0"),
+            "max_new_tokens": (self.max_new_tokens > 0, "must be > 0"),
+            "temperature": (self.temperature > 0, "must be > 0 (log-probs divide by it)"),
+            "kl_estimator": (self.kl_estimator in ("k1", "k3"), "must be 'k1' or 'k3'"),
+            "rollout_logprobs": (self.rollout_logprobs in ("generate", "forward"), "must be 'generate' or 'forward'"),
+            "kl_coef": (self.kl_coef >= 0, "must be >= 0"),
+            "gamma": (0 < self.gamma <= 1, "must be in (0, 1]"),
+            "lam": (0 <= self.lam <= 1, "must be in [0, 1]"),
+            "cliprange": (self.cliprange > 0, "must be > 0"),
+            "cliprange_value": (self.cliprange_value >= 0, "must be >= 0"),
+            "max_ratio": (self.max_ratio > 1, "must be > 1"),
+            "value_layers_fraction": (0 < self.value_layers_fraction <= 1, "must be in (0, 1]"),
+            "merge_for_generation": (self.fast_paths or not self.merge_for_generation, "True needs fast_paths=True"),
+            "lr_scheduler_type": (self.lr_scheduler_type in LR_SCHEDULES, f"must be one of {LR_SCHEDULES}"),
+            "warmup_updates": (0 <= self.warmup_updates < self.num_updates,
+                               f"must be in [0, num_updates={self.num_updates})"),
+            "mixed_precision": (self.mixed_precision in ("auto", "no", "bf16", "fp16"),
+                                "must be 'auto', 'no', 'bf16' or 'fp16'"),
+            "nonfinite_grads": (self.nonfinite_grads in (None, "stop", "skip")
+                                and not (self.mixed_precision == "fp16" and self.nonfinite_grads == "stop"),
+                                "must be None, 'stop' or 'skip'; with mixed_precision='fp16' the loss scaler skips "
+                                "overflowing steps by design, so 'stop' would end the run at its first overflow: use "
+                                "'skip'"),
+            "collective_timeout_s": (self.collective_timeout_s > 0, "must be > 0"),
+            "peak_gflops": (self.peak_gflops is None or (self.peak_gflops > 0 and math.isfinite(self.peak_gflops)),
+                            "must be None or finite and > 0"),
+            "on_alert": (self.on_alert in ON_ALERT, f"must be one of {ON_ALERT}"),
+            "alert_kinds": (self.alert_kinds is None
+                            or (len(self.alert_kinds) > 0 and all(kind in ALERT_KINDS for kind in self.alert_kinds)),
+                            f"must be None or a non-empty list of {ALERT_KINDS}"),
+        })
 
     def uses_activation_checkpointing(self, quantized: bool) -> bool:
         """`activation_checkpointing`, with None resolved: on for a 4-bit (quantized) base."""
@@ -240,8 +229,6 @@ class PPOConfig:
     @property
     def alarm_kinds(self) -> tuple[str, ...]:
         """`alert_kinds` with None resolved: the overoptimization alerts (`monitors.OVEROPTIMIZATION_KINDS`)."""
-        from rlhf_widgets.runtime.monitors import OVEROPTIMIZATION_KINDS
-
         return OVEROPTIMIZATION_KINDS if self.alert_kinds is None else tuple(self.alert_kinds)
 
     def to_dict(self) -> dict:

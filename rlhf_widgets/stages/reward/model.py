@@ -37,6 +37,7 @@ from rlhf_widgets.runtime.metrics import MetricsLog
 from rlhf_widgets.runtime.models import choose_device, load_reward_backbone, load_tokenizer
 from rlhf_widgets.runtime.precision import Float32Linear, check_inference_precision, inference_autocast
 from rlhf_widgets.runtime.stage_runner import FINAL, StageResult, copied, run_trl_trainer, stage_metrics
+from rlhf_widgets.runtime.validation import check_fields
 
 if TYPE_CHECKING:
     from rlhf_widgets.stages.reward.ensemble import RewardEnsemble
@@ -83,13 +84,12 @@ class RewardStageConfig(TrainingDefaults, trl.RewardConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 <= self.eval_fraction < 1:
-            raise ValueError(f"RewardStageConfig.eval_fraction={self.eval_fraction}: must be in [0, 1)")
-        if not 0 <= self.mismatched_pairs <= 4:
-            raise ValueError(f"RewardStageConfig.mismatched_pairs={self.mismatched_pairs}: must be in [0, 4] "
-                             "(mismatched pairs per labeled pair)")
-        if self.normalize_on < 0:
-            raise ValueError(f"RewardStageConfig.normalize_on={self.normalize_on}: must be >= 0")
+        check_fields(self, {
+            "eval_fraction": (0 <= self.eval_fraction < 1, "must be in [0, 1)"),
+            "mismatched_pairs": (0 <= self.mismatched_pairs <= 4,
+                                 "must be in [0, 4] (mismatched pairs per labeled pair)"),
+            "normalize_on": (self.normalize_on >= 0, "must be >= 0"),
+        })
 
 
 class TrimmedWarning(UserWarning):
