@@ -193,18 +193,25 @@ def _ppo(config, model, args: PromptArguments) -> dict:
     return _summary(train_ppo(prompts, config, model=model, reward=_reward(args.reward_model), gold=gold))
 
 
-def _label(args: LabelArguments) -> dict:
-    from rlhf_widgets.labeling import RewardModelLabeler, label_with, prepare_pairs
+def _labeler(choice: str, seed: int) -> tuple[Callable, str]:
+    """The labeler a `--labeler` names, and the name its labels are recorded under by default: 'simulated' (the
+    sandbox's annotator, seeded), 'gold' (the sandbox's gold scorer) or a saved reward model's directory."""
+    from rlhf_widgets.labeling import RewardModelLabeler
     from rlhf_widgets.sandbox import SimulatedAnnotator, gold_preference
+
+    if choice == "simulated":
+        return SimulatedAnnotator(seed=seed), "simulated"
+    if choice == "gold":
+        return gold_preference, "gold"
+    return RewardModelLabeler(_reward(choice)), Path(choice).name
+
+
+def _label(args: LabelArguments) -> dict:
+    from rlhf_widgets.labeling import label_with, prepare_pairs
 
     store = prepare_pairs(args.prompts, args.store, model=args.model, n_prompts=args.n_prompts or None, seed=args.seed,
                           k=args.answers_per_prompt, pairs_per_prompt=args.pairs_per_prompt)
-    if args.labeler == "simulated":
-        labeler, default_name = SimulatedAnnotator(seed=args.seed), "simulated"
-    elif args.labeler == "gold":
-        labeler, default_name = gold_preference, "gold"
-    else:
-        labeler, default_name = RewardModelLabeler(_reward(args.labeler)), Path(args.labeler).name
+    labeler, default_name = _labeler(args.labeler, args.seed)
     annotator = args.annotator or default_name
     new = label_with(store, labeler, annotator)
     summary = {"store": str(args.store), "pairs": len(store), "new_labels": new, "annotator": annotator}
@@ -257,20 +264,12 @@ class LoopArguments:
 
 
 def _loop(config, args: LoopArguments) -> dict:
-    from rlhf_widgets.sandbox import SimulatedAnnotator, gold_preference
     from rlhf_widgets.stages.ppo import PPOConfig
     from rlhf_widgets.workflows.loop import IterativeLoop
 
     sandbox = args.prompts == SANDBOX
     pool = _prompts(args.prompts, config.rounds * config.prompts_per_round if sandbox else None, config.seed)
-    if args.labeler == "simulated":
-        labeler = SimulatedAnnotator(seed=config.seed)
-    elif args.labeler == "gold":
-        labeler = gold_preference
-    else:
-        from rlhf_widgets.labeling import RewardModelLabeler
-
-        labeler = RewardModelLabeler(_reward(args.labeler))
+    labeler, _ = _labeler(args.labeler, config.seed)
     gold = _reward("gold") if sandbox else None
     evals = _prompts(args.held_out_prompts, None, config.seed, split="test") if args.held_out_prompts else None
     loop = IterativeLoop(pool, config, sft_model=args.sft_model, labeler=labeler, gold=gold, eval_prompts=evals,

@@ -11,7 +11,15 @@
   conservative score falling while their mean rises).
 """
 
-from rlhf_widgets.evaluation.compare import compare_policies, evaluation_store, sample_policy, sequence_kl, win_rate
+from rlhf_widgets.evaluation.compare import (
+    PolicyComparison,
+    compare_policies,
+    evaluation_store,
+    measure_policies,
+    sample_policy,
+    sequence_kl,
+    win_rate,
+)
 from rlhf_widgets.evaluation.overoptimization import best_of_n_curve, best_of_n_kl, ppo_overoptimization_curve
 from rlhf_widgets.evaluation.probes import (
     ChatClassifier,
@@ -36,7 +44,9 @@ __all__ = [
     "best_of_n_curve",
     "best_of_n_kl",
     "check_log",
+    "PolicyComparison",
     "compare_policies",
+    "measure_policies",
     "evaluation_store",
     "load_probes",
     "ppo_overoptimization_curve",

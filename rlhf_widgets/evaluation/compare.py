@@ -4,7 +4,9 @@ reference model on the policy's own samples, length; and blind pairs for a human
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,6 +15,11 @@ from rlhf_widgets.runtime.data import prompt_list, words
 from rlhf_widgets.runtime.logprobs import logprobs_from_logits
 from rlhf_widgets.runtime.models import ModelLike
 from rlhf_widgets.runtime.reward_protocol import RewardFunction, score_responses
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from rlhf_widgets.evaluation.probes import ProbeReport
 
 
 def win_rate(
@@ -98,6 +105,25 @@ def _sample_loaded(model, tokenizer, prompts: Sequence, seed: int, settings=None
     return [g.text for g in generate(model, tokenizer, list(prompts), settings, batch_size=batch_size, seed=seed)]
 
 
+@dataclass
+class PolicyComparison:
+    """What `measure_policies` measured: the table (one row per policy), and what it was computed from."""
+
+    table: pd.DataFrame
+    responses: dict[str, list[str]]
+    """policy name → its response to each prompt"""
+    probes: dict[str, ProbeReport] = field(default_factory=dict)
+    """policy name → its failure-mode probe report (empty without probes)"""
+
+    def as_table(self) -> pd.DataFrame:
+        """The table, carrying the responses (and probe reports) in `attrs` as `compare_policies` returns it."""
+        table = self.table
+        table.attrs["responses"] = self.responses  # name → responses, e.g. for a blind human comparison
+        if self.probes:
+            table.attrs["probes"] = self.probes
+        return table
+
+
 def compare_policies(
     policies: dict,
     prompts: Sequence[str],
@@ -108,8 +134,28 @@ def compare_policies(
     seed: int = 0,
     probes: str | Path | Iterable | None = None,
     probe_classifier: Callable[[str, str], str] | None = None,
-):
-    """A comparison table (pandas DataFrame, one row per policy) on the same held-out prompts.
+) -> pd.DataFrame:
+    """A comparison table (pandas DataFrame, one row per policy) on the same held-out prompts: `measure_policies`'
+    table, with every policy's responses in `table.attrs["responses"]` (name → list), e.g. for `evaluation_store`,
+    and with probes each policy's `ProbeReport` in `table.attrs["probes"]` (name → report). Arguments and columns:
+    see `measure_policies`."""
+    return measure_policies(policies, prompts, baseline, gold=gold, reward_model=reward_model,
+                            kl_reference=kl_reference, seed=seed, probes=probes,
+                            probe_classifier=probe_classifier).as_table()
+
+
+def measure_policies(
+    policies: dict,
+    prompts: Sequence[str],
+    baseline: str,
+    gold: RewardFunction | None = None,
+    reward_model: RewardFunction | None = None,
+    kl_reference: ModelLike | None = None,
+    seed: int = 0,
+    probes: str | Path | Iterable | None = None,
+    probe_classifier: Callable[[str, str], str] | None = None,
+) -> PolicyComparison:
+    """Every policy sampled on the same held-out prompts and measured: a `PolicyComparison`.
 
     Args:
         policies: name → a model (`models.ModelLike`: a directory, hub id, `ModelConfig`, loaded model) or a
@@ -128,8 +174,6 @@ def compare_policies(
 
     Columns: gold/RM win rate over the baseline (ties ½), mean scores, KL, mean words, the share of
     non-empty responses, the probe rates when asked for, and the first response as an example.
-    `table.attrs["responses"]` holds every policy's responses (name → list), e.g. for `evaluation_store`;
-    with probes, `table.attrs["probes"]` holds each policy's `ProbeReport` (name → report).
     """
     import pandas as pd
 
@@ -182,11 +226,7 @@ def compare_policies(
             row.update(probe_reports[name].rates)
         row["example"] = resp[0]
         rows[name] = row
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    table.attrs["responses"] = responses  # name → responses, e.g. for a blind human comparison
-    if probe_set is not None:
-        table.attrs["probes"] = probe_reports
-    return table
+    return PolicyComparison(pd.DataFrame.from_dict(rows, orient="index"), responses, probe_reports)
 
 
 def evaluation_store(path, prompts: Sequence[str], candidate: Sequence[str], baseline: Sequence[str],

@@ -103,6 +103,41 @@ class RoundResult:
     retraining, win rates against SFT and the previous round, KL to SFT, words"""
 
 
+@dataclass
+class RoundState:
+    """One round's progress as `loop.json` records it: the steps done so far and what each produced."""
+
+    round: int
+    done: list[str] = field(default_factory=list)
+    """the steps of `STEPS` finished, in order"""
+    pairs: int | None = None
+    human_labels: int | None = None
+    ai_labels: int | None = None
+    reward_path: str | None = None
+    reward_pairs: int | None = None
+    policy_path: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    """wall-clock seconds of steps 2–5, summed over resumes"""
+
+    def finish(self, step: str, **produced: Any) -> None:
+        """Record `step` as done, with what it produced (fields of this class)."""
+        for name, value in produced.items():
+            if name not in self.__dataclass_fields__:
+                raise AttributeError(f"RoundState has no field {name!r}")
+            setattr(self, name, value)
+        self.done.append(step)
+
+    @property
+    def complete(self) -> bool:
+        return set(self.done) >= set(STEPS)
+
+    def result(self) -> RoundResult:
+        return RoundResult(round=self.round, policy_path=self.policy_path, reward_path=self.reward_path,
+                           pairs=self.pairs, human_labels=self.human_labels, ai_labels=self.ai_labels,
+                           metrics=self.metrics)
+
+
 def rounds_table(results: Sequence[RoundResult]) -> FormattedTable:
     """The rounds' `loop/...` numbers, one row per round, as a person reads them (`tables.format_table`: win rates
     and agreements as percent, label counts whole); `.data` is the DataFrame of the raw numbers."""
@@ -149,53 +184,51 @@ class IterativeLoop:
         self.store = store if isinstance(store, PreferenceStore) else PreferenceStore(
             store if store is not None else self.out / "labels.sqlite")
         self.reward_config, self.ppo_config, self.dpo_config = reward_config, ppo_config, dpo_config
-        self._state = self._load_state()
+        self._rounds = self._load_state()
         self.metrics = metrics if metrics is not None else (
             MetricsLog.load(self.out / "metrics.jsonl", resume=True) if (self.out / "metrics.jsonl").is_file()
             else MetricsLog(self.out / "metrics.jsonl", run_name="loop"))
         self._thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------- state
-    def _load_state(self) -> dict[str, Any]:
+    def _load_state(self) -> list[RoundState]:
+        """The rounds recorded in `loop.json` (none for a new loop); raises when it was written with other
+        settings."""
         path = self.out / STATE_FILE
-        state = json.loads(path.read_text()) if path.is_file() else {"rounds": []}
-        if state.get("config") not in (None, asdict(self.config)):
-            changed = sorted(k for k, v in asdict(self.config).items() if state["config"].get(k) != v)
+        saved = json.loads(path.read_text()) if path.is_file() else {"rounds": []}
+        if saved.get("config") not in (None, asdict(self.config)):
+            changed = sorted(k for k, v in asdict(self.config).items() if saved["config"].get(k) != v)
             raise ValueError(f"{path} was written with other loop settings ({', '.join(changed)}); resume with "
                              "the same LoopConfig, or use another output_dir")
-        state["config"] = asdict(self.config)
-        return state
+        return [RoundState(**r) for r in saved["rounds"]]
 
     def _save_state(self) -> None:
         path = self.out / STATE_FILE
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._state, indent=2, default=str))
+        saved = {"config": asdict(self.config), "rounds": [asdict(r) for r in self._rounds]}
+        tmp.write_text(json.dumps(saved, indent=2, default=str))
         os.replace(tmp, path)  # a kill mid-write leaves the previous state, never half of one
 
-    def _round_state(self, k: int) -> dict[str, Any]:
-        rounds = self._state["rounds"]
-        while len(rounds) < k:
-            rounds.append({"round": len(rounds) + 1, "done": []})
-        return rounds[k - 1]
+    def _round_state(self, k: int) -> RoundState:
+        while len(self._rounds) < k:
+            self._rounds.append(RoundState(round=len(self._rounds) + 1))
+        return self._rounds[k - 1]
 
     @property
     def rounds_done(self) -> int:
         """Rounds whose every step finished."""
-        return sum(set(r["done"]) >= set(STEPS) for r in self._state["rounds"])
+        return sum(r.complete for r in self._rounds)
 
     @property
     def current_policy(self) -> ModelLike:
         """The policy the next round samples from: the last finished round's, or the SFT model."""
-        finished = [r for r in self._state["rounds"] if "policy" in r["done"]]
-        return finished[-1]["policy_path"] if finished else self.sft_model
+        finished = [r for r in self._rounds if "policy" in r.done]
+        return finished[-1].policy_path if finished else self.sft_model
 
     @property
     def history(self) -> list[RoundResult]:
         """Every finished round's result, in order."""
-        return [RoundResult(round=r["round"], policy_path=r["policy_path"], reward_path=r["reward_path"],
-                            pairs=r["pairs"], human_labels=r["human_labels"], ai_labels=r["ai_labels"],
-                            metrics=r.get("metrics", {}))
-                for r in self._state["rounds"] if set(r["done"]) >= set(STEPS)]
+        return [r.result() for r in self._rounds if r.complete]
 
     # ---------------------------------------------------------------- the steps
     def prepare_round(self) -> int:
@@ -204,7 +237,7 @@ class IterativeLoop:
         k = self.rounds_done + 1
         state = self._round_state(k)
         self.store.round = k
-        if "pairs" in state["done"]:
+        if "pairs" in state.done:
             return k
         from rlhf_widgets.labeling.pairs import generate_pairs
 
@@ -215,8 +248,7 @@ class IterativeLoop:
             raise ValueError(f"round {k} needs prompts {start}..{start + cfg.prompts_per_round - 1} but the pool has "
                              f"{len(self.prompts)}: pass more prompts or lower prompts_per_round")
         if self.store.pairs(rounds=[k]):  # made before a crash that came before the state was saved
-            state.update(pairs=len(self.store.pairs(rounds=[k])))
-            state["done"].append("pairs")
+            state.finish("pairs", pairs=len(self.store.pairs(rounds=[k])))
             self._save_state()
             return k
         policy = self.current_policy
@@ -231,8 +263,7 @@ class IterativeLoop:
             row["metadata"]["row"] = index
         # one transaction: a kill before it commits leaves no half round (and this step runs again)
         self.store.add_pairs(rows)
-        state.update(pairs=len(rows))
-        state["done"].append("pairs")
+        state.finish("pairs", pairs=len(rows))
         self._save_state()
         return k
 
@@ -241,15 +272,15 @@ class IterativeLoop:
         k = self.prepare_round()
         state = self._round_state(k)
         started = time.perf_counter()
-        if "labels" not in state["done"]:
+        if "labels" not in state.done:
             self._labels(k, state)
-        if "reward" not in state["done"]:
+        if "reward" not in state.done:
             self._reward(k, state)
-        if "policy" not in state["done"]:
+        if "policy" not in state.done:
             self._policy(k, state)
-        if "evaluate" not in state["done"]:
+        if "evaluate" not in state.done:
             self._evaluate(k, state)
-        state["seconds"] = state.get("seconds", 0.0) + time.perf_counter() - started
+        state.seconds += time.perf_counter() - started
         self._save_state()
         return self.history[k - 1]
 
@@ -279,14 +310,13 @@ class IterativeLoop:
     def _round_dir(self, k: int) -> Path:
         return self.out / f"round-{k}"
 
-    def _labels(self, k: int, state: dict) -> None:
+    def _labels(self, k: int, state: RoundState) -> None:
         pairs = {p.id for p in self.store.pairs(rounds=[k])}
         human = {lbl.pair_id for lbl in self.store.labels() if lbl.pair_id in pairs
                  and lbl.annotator != self.config.ai_annotator}
         self.store.round = k
         ai = label_with(self.store, self.labeler, self.config.ai_annotator, only_unlabeled_by_anyone=True)
-        state.update(human_labels=len(human), ai_labels=ai)
-        state["done"].append("labels")
+        state.finish("labels", human_labels=len(human), ai_labels=ai)
         self._save_state()
 
     def _round_splits(self, k: int):
@@ -299,12 +329,12 @@ class IterativeLoop:
         keep = [i for i, p in enumerate(everything["prompt"]) if json.dumps(p, sort_keys=True) not in held_prompts]
         return everything.select(keep), held
 
-    def _reward(self, k: int, state: dict) -> None:
+    def _reward(self, k: int, state: RoundState) -> None:
         from rlhf_widgets.evaluation import reward_report
         from rlhf_widgets.stages.reward import RewardModel, RewardStageConfig, train_reward_model
 
         train, held = self._round_splits(k)
-        previous = self._state["rounds"][k - 2]["reward_path"] if k > 1 else None
+        previous = self._rounds[k - 2].reward_path if k > 1 else None
         numbers: dict[str, float] = {}
         if previous is not None:  # how stale is the last round's RM on this round's answers?
             numbers.update(_rm_numbers(reward_report(RewardModel.load(previous), held, gold=self.gold), "before"))
@@ -313,11 +343,10 @@ class IterativeLoop:
         config = _with(base, output_dir=str(self._round_dir(k) / "reward"), eval_fraction=0)
         result = train_reward_model(train, config, model=init)
         numbers.update(_rm_numbers(reward_report(result.reward_model, held, gold=self.gold), "after"))
-        state.update(reward_path=str(result.model_path), reward_pairs=len(train), metrics=numbers)
-        state["done"].append("reward")
+        state.finish("reward", reward_path=str(result.model_path), reward_pairs=len(train), metrics=numbers)
         self._save_state()
 
-    def _policy(self, k: int, state: dict) -> None:
+    def _policy(self, k: int, state: RoundState) -> None:
         cfg = self.config
         out = self._round_dir(k) / "policy"
         if cfg.policy_update == "ppo":
@@ -327,7 +356,7 @@ class IterativeLoop:
             start = (k - 1) * cfg.prompts_per_round
             prompts = self.prompts[start : start + cfg.prompts_per_round]
             result = train_ppo(prompts, _with(base, output_dir=str(out)), model=self.current_policy,
-                               reward=state["reward_path"], gold=self.gold)
+                               reward=state.reward_path, gold=self.gold)
             if result.status == "failed":
                 raise RuntimeError(f"round {k}: PPO stopped: {result.reason}")
         else:
@@ -336,39 +365,38 @@ class IterativeLoop:
             base = self.dpo_config or DPOStageConfig(seed=cfg.seed)
             result = train_dpo(self.store.to_dataset(rounds=[k]), _with(base, output_dir=str(out)),
                                model=self.current_policy)
-        state.update(policy_path=str(result.model_path))
-        state["done"].append("policy")
+        state.finish("policy", policy_path=str(result.model_path))
         self._save_state()
 
-    def _evaluate(self, k: int, state: dict) -> None:
-        from rlhf_widgets.evaluation import compare_policies, win_rate
+    def _evaluate(self, k: int, state: RoundState) -> None:
+        from rlhf_widgets.evaluation import measure_policies, win_rate
         from rlhf_widgets.stages.reward import RewardModel
 
-        previous = self._state["rounds"][k - 2]["policy_path"] if k > 1 else None
-        rm = RewardModel.load(state["reward_path"])
-        policies = {"SFT": self.sft_model, "current": state["policy_path"]}
+        previous = self._rounds[k - 2].policy_path if k > 1 else None
+        rm = RewardModel.load(state.reward_path)
+        policies = {"SFT": self.sft_model, "current": state.policy_path}
         if previous is not None:
             policies["previous"] = previous
-        table = compare_policies(policies, self.eval_prompts, baseline="SFT", gold=self.gold, reward_model=rm,
-                                 kl_reference=self.sft_model, seed=self.config.seed)
-        row = table.loc["current"]
+        measured = measure_policies(policies, self.eval_prompts, baseline="SFT", gold=self.gold, reward_model=rm,
+                                    kl_reference=self.sft_model, seed=self.config.seed)
+        row = measured.table.loc["current"]
         numbers = {"loop/kl_to_sft": float(row["kl_to_reference"]), "loop/words": float(row["mean_words"]),
                    "loop/rm_win_rate_vs_sft": float(row["rm_win_rate"])}
         if self.gold is not None:
             numbers["loop/gold_win_rate_vs_sft"] = float(row["gold_win_rate"])
             numbers["loop/gold"] = float(row["gold_mean"])
         if previous is not None:
-            responses = table.attrs["responses"]
+            responses = measured.responses
             judge = self.gold if self.gold is not None else rm
             numbers["loop/win_rate_vs_previous"] = win_rate(self.eval_prompts, responses["current"],
                                                             responses["previous"], judge)["win_rate"]
-        numbers["loop/human_labels"] = float(state["human_labels"])
-        numbers["loop/ai_labels"] = float(state["ai_labels"])
-        state["metrics"] = {**state.get("metrics", {}), **numbers}
+        numbers["loop/human_labels"] = float(state.human_labels)
+        numbers["loop/ai_labels"] = float(state.ai_labels)
+        state.metrics = {**state.metrics, **numbers}
         if not any(r.step == k and r.stage == "loop" for r in self.metrics.records):  # not logged before a crash
-            self.metrics.log(state["metrics"], step=k, stage="loop")
-            self.metrics.log_event("round", f"round {k} done: policy {state['policy_path']}", step=k, stage="loop")
-        state["done"].append("evaluate")
+            self.metrics.log(state.metrics, step=k, stage="loop")
+            self.metrics.log_event("round", f"round {k} done: policy {state.policy_path}", step=k, stage="loop")
+        state.finish("evaluate")
         self._save_state()
 
 
