@@ -211,8 +211,8 @@ def test_status_says_the_alarm_stopped_or_rolled_back_the_run_and_why(tmp_path: 
 
 
 class HandRun:
-    """What the panel reads of a run, and nothing else: the test plays the trainer's side of `TrainingControl` by
-    hand (state, `take_pending` as an update begins, `update` as it ends)."""
+    """What the panel reads of a run (`runtime.control.ControlledRun`), and nothing else: the test plays the
+    trainer's side of `TrainingControl` by hand (state, `take_pending` as an update begins, `update` as it ends)."""
 
     def __init__(self, total: int = 6) -> None:
         self.control = TrainingControl()
@@ -220,6 +220,7 @@ class HandRun:
         self.update = 0
         self.settings = {"learning_rate": 3e-4, "kl_coef": 0.05, "temperature": 1.0}
         self.total_updates = total
+        self.continues_after_stop = True
 
     def start(self, num_updates: int | None = None) -> None:
         self.control.state = "running"

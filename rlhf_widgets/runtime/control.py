@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import math
 import threading
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from rlhf_widgets.runtime.metrics import MetricsLog
 
 SETTABLE = ("learning_rate", "kl_coef", "temperature")
 """Settings `TrainingControl.set` can change between updates (PPO: all three)."""
@@ -125,3 +129,30 @@ class TrainingControl:
         self.settings = dict(settings)
         if total is not None:
             self.total = int(total)
+
+
+class ControlledRun(Protocol):
+    """What a training panel drives (`views.training_panel.TrainingPanel`): PPO's `PPOTrainer` is one, and
+    `runs.BackgroundRun` (GRPO / RLOO) is one. The panel reads and writes nothing else of a run."""
+
+    control: TrainingControl
+    """pause / stop requests, queued settings, the state the panel shows"""
+    metrics: MetricsLog
+    """the log every figure reads"""
+    continues_after_stop: bool
+    """True when Start after Stop continues the run (PPO), False when it cannot (a TRL loop)"""
+
+    @property
+    def update(self) -> int:
+        """Updates done."""
+
+    @property
+    def total_updates(self) -> int:
+        """Updates the run plans."""
+
+    @property
+    def settings(self) -> dict[str, float]:
+        """The values of the settable knobs the next update uses."""
+
+    def start(self, num_updates: int | None = None) -> threading.Thread:
+        """Train in a background thread (for `num_updates` more updates where the run can say so)."""

@@ -4,9 +4,9 @@ A view only: every button forwards to the run's `TrainingControl`; every figure 
 runs in a background thread (`run.start()`), so the buttons respond while it trains; setting changes apply
 between updates and appear as events on the dashboard.
 
-What the panel reads of a run (PPO's `PPOTrainer`, or `runs.BackgroundRun` for GRPO / RLOO): `control`
-(state, pause / stop requests, queued settings, which settings it can change), `metrics`, `update` (updates
-done), `settings` (the values the next update uses), `config` (PPO: `num_updates`) or `total_updates`, and
+What the panel reads of a run is `runtime.control.ControlledRun` (PPO's `PPOTrainer`, or `runs.BackgroundRun` for
+GRPO / RLOO): `control` (state, pause / stop requests, queued settings, which settings it can change), `metrics`,
+`update` (updates done), `total_updates`, `settings` (the values the next update uses), `continues_after_stop` and
 `start(num_updates)`. It never reaches into the trainer's internals.
 
 Controls do what they say:
@@ -30,11 +30,10 @@ from __future__ import annotations
 import html
 import math
 import threading
-from typing import Any
 
 import ipywidgets as w
 
-from rlhf_widgets.runtime.control import ACTIVE
+from rlhf_widgets.runtime.control import ACTIVE, ControlledRun
 from rlhf_widgets.views.figures import LiveDashboard, SamplesTable
 from rlhf_widgets.views.reload_hint import display_with_hint
 
@@ -45,14 +44,7 @@ LABELS = {"learning_rate": "learning rate", "kl_coef": "KL β", "temperature": "
 SHORT = {"learning_rate": "lr", "kl_coef": "β", "temperature": "T"}
 
 
-def total_updates(run: Any) -> int:
-    """Updates the run plans: `run.total_updates` where the run has one (a TRL stage), else PPO's
-    `config.num_updates`."""
-    total = getattr(run, "total_updates", None)
-    return int(total) if total is not None else int(run.config.num_updates)
-
-
-def phase(run: Any) -> str:
+def phase(run: ControlledRun) -> str:
     """What the run is doing, as the panel says it: idle | running | pausing | paused | stopping | stopped |
     finished | failed."""
     control = run.control
@@ -65,12 +57,7 @@ def phase(run: Any) -> str:
     return control.state
 
 
-def _continues(run: Any) -> bool:
-    """Start after Stop continues this run (PPO) rather than being impossible (a TRL loop)."""
-    return getattr(run, "continues_after_stop", True)
-
-
-def alarm_text(run: Any) -> str | None:
+def alarm_text(run: ControlledRun) -> str | None:
     """What the reward-hacking alarm did, when it is what stopped the run (`PPOConfig.on_alert`), else None.
 
     Read from the run's log: the "stopped" / "rollback" event that names an alert and says the run's current
@@ -86,7 +73,7 @@ def alarm_text(run: Any) -> str | None:
     kind, at = action.data["alert"], action.data["alert_update"]
     why = next((e.message for e in events if e.kind == ALERT_EVENT and e.data.get("monitor") == kind), action.message)
     if action.kind == "stopped":
-        return f"stopped by the reward-hacking alarm after update {at} of {total_updates(run)} — {kind}: {why}"
+        return f"stopped by the reward-hacking alarm after update {at} of {run.total_updates} — {kind}: {why}"
     target = action.data["rolled_back_to"]
     checkpoint = f"checkpoint-{target}/"
     if f"({checkpoint})" in action.message:  # the trainer names the checkpoint it returned to
@@ -172,7 +159,7 @@ class TrainingPanel:
     draws (default: the stage's designed view; see `views.figure_from_log`). `title`: the dashboard's title.
     """
 
-    def __init__(self, run: Any, metrics: list[str] | None = None, view: str | None = "auto",
+    def __init__(self, run: ControlledRun, metrics: list[str] | None = None, view: str | None = "auto",
                  title: str | None = None) -> None:
         self.run = run
         self.dashboard = LiveDashboard(run.metrics, metrics=metrics, view=view, title=title,
@@ -284,7 +271,7 @@ class TrainingPanel:
     def status_text(self) -> str:
         """The status line as plain text (what `status` shows, before HTML escaping)."""
         run, control = self.run, self.run.control
-        now, done, total = phase(run), run.update, total_updates(run)
+        now, done, total = phase(run), run.update, run.total_updates
         settings = run.settings
         alarm = alarm_text(run) if now == "stopped" else None
         text = {
@@ -295,7 +282,7 @@ class TrainingPanel:
             "stopping": (f"stop requested — finishing update {done + 1}" if control.state == "running"
                          else "stop requested — stopping"),
             "stopped": alarm or f"stopped after update {done} of {total} — " + (
-                "Start continues the run" if _continues(run) else
+                "Start continues the run" if run.continues_after_stop else
                 "the policy is saved in final/; this trainer cannot continue a stopped run"),
             "finished": f"finished — {done} of {total} updates",
             "failed": f"failed after update {done}: {control.reason}",
@@ -321,12 +308,12 @@ class TrainingPanel:
         """Redraw the status line and the button states from the run's public state."""
         with self._lock:
             now = phase(self.run)
-            remaining = self.run.update < total_updates(self.run)
-            can_start = now == "idle" or (now in ("stopped", "failed") and _continues(self.run))
+            remaining = self.run.update < self.run.total_updates
+            can_start = now == "idle" or (now in ("stopped", "failed") and self.run.continues_after_stop)
             self.start_button.disabled = not (can_start and remaining)
             self.start_button.tooltip = (
                 "" if not self.start_button.disabled else
-                f"all {total_updates(self.run)} updates are done: call panel.start(num_updates=…) for more"
+                f"all {self.run.total_updates} updates are done: call panel.start(num_updates=…) for more"
                 if not remaining else "this trainer cannot continue a stopped run" if now in ("stopped", "failed")
                 else "a run is under way")
             self.pause_button.disabled = now != "running"
@@ -361,6 +348,6 @@ class TrainingPanel:
 class PPOPanel(TrainingPanel):
     """The PPO control panel: `TrainingPanel` of a `PPOTrainer`, titled "PPO"."""
 
-    def __init__(self, trainer: Any, metrics: list[str] | None = None, view: str | None = "auto") -> None:
+    def __init__(self, trainer: ControlledRun, metrics: list[str] | None = None, view: str | None = "auto") -> None:
         super().__init__(trainer, metrics=metrics, view=view, title="PPO")
         self.trainer = trainer
