@@ -251,6 +251,14 @@ class PPOTrainer:
         return MetricsLog(path, run_name="ppo")
 
     # ---------------------------------------------------------------- public state
+    continues_after_stop = True
+    """Start after Stop continues the run (`train` picks up at the next update)."""
+
+    @property
+    def total_updates(self) -> int:
+        """Updates the run plans (`config.num_updates`)."""
+        return int(self.config.num_updates)
+
     @property
     def settings(self) -> dict[str, float]:
         """The settings the next update uses: `learning_rate`, `kl_coef` (β) and `temperature`."""
