@@ -16,25 +16,19 @@ import numpy as np
 import pytest
 import torch
 
+from rlhf_widgets.evaluation.constitutional import CRITIQUE_REQUEST, Revision, critique_and_revise, record_revisions
+from rlhf_widgets.evaluation.judged_best_of_n import best_of_n_with_judge, knockout
 from rlhf_widgets.evaluation.judges import (
-    CRITIQUE_REQUEST,
     DEFAULT_TEMPLATE,
     JudgeTemplate,
     PairwiseJudge,
-    Revision,
     RewardModelJudge,
-    best_of_n_with_judge,
-    critique_and_revise,
-    judge_win_rate,
-    knockout,
-    load_chat_model,
     parse_verdict,
-    record_revisions,
-    wilson_interval,
 )
+from rlhf_widgets.evaluation.win_rates import judge_win_rate, wilson_interval
 from rlhf_widgets.labeling import PreferenceStore, RewardModelLabeler, label_with
 from rlhf_widgets.runtime.generation import SamplingSettings
-from rlhf_widgets.runtime.models import load_causal_lm, load_tokenizer
+from rlhf_widgets.runtime.models import load_causal_lm, load_chat_model, load_tokenizer
 from rlhf_widgets.sandbox import curt_demo, gold_preference, ideal_response, make_prompts, random_response
 
 VERDICT_MODES = ["logprob", "generate"]

@@ -3,7 +3,10 @@
 - `compare`: policies on held-out prompts — win rates under a judge, KL to a reference, length; blind pairs.
 - `reward_model`: a reward model's accuracy, calibration, length bias and gold agreement.
 - `overoptimization`: proxy vs gold reward against √KL (PPO updates, best-of-N).
-- `judges`: pairwise LLM judges (RLAIF), judge win rates, judged best-of-N, constitutional critique → revise.
+- `judges`: pairwise LLM judges (RLAIF) and any judge's verdicts on many pairs.
+- `win_rates`: a candidate's win rate over a baseline under a judge, with a Wilson interval.
+- `judged_best_of_n`: best-of-N with a judge as the reward (a knockout among N samples).
+- `constitutional`: Constitutional AI's critique → revise, and its (revised ≻ original) pairs as labels.
 - `leaderboard`: Bradley–Terry (Elo-scale) ratings with bootstrap intervals from any pairwise judgments.
 - `probes`: failure-mode probes — sycophancy rate, benign refusal rate, correct refusal rate — for any policy.
 - `monitors`: reward-hacking alerts from a PPO run's metrics (length drift, KL acceleration, entropy collapse,

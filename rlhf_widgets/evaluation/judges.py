@@ -1,4 +1,4 @@
-"""Judges: labelers that decide which of two answers is better, and what a judge is used for (RLAIF).
+"""Judges: labelers that decide which of two answers is better (RLAIF), and how any judge is asked about many pairs.
 
 A judge follows the labeler protocol of `rlhf_widgets.labeling`: `judge(prompt, response_a, response_b)`
 returns "a", "b", "tie" or "skip". Three kinds ship:
@@ -10,41 +10,41 @@ returns "a", "b", "tie" or "skip". Three kinds ship:
 - `RewardModelJudge`: compares two reward-model scores (`labeling.RewardModelLabeler` under another name).
 - the sandbox's `gold_preference`: the ground truth, a plain function.
 
-What a judge is used for:
+`verdicts(judge, prompts, responses_a, responses_b)` asks any of them about many pairs (batched where the judge
+batches); `checked_pairs` is the check of parallel prompt and response lists that every use shares.
+
+What a judge is used for, and where:
 
 - a labeler: `label_with(store, judge, "judge-qwen")` records its labels next to the human ones, and
   `store.agreement(reference="gold")` measures it against gold (or a human);
-- an evaluator: `judge_win_rate(judge, prompts, candidate, baseline)`, ties ½, with a Wilson interval;
-- the reward of best-of-N: `best_of_n_with_judge` keeps the winner of a knockout among N samples;
-- Constitutional AI: `critique_and_revise` has a chat model critique and rewrite answers against written
-  principles; `record_revisions` stores (revised ≻ original) pairs as an AI labeler's labels.
+- an evaluator: `evaluation.win_rates.judge_win_rate`, ties ½, with a Wilson interval;
+- the reward of best-of-N: `evaluation.judged_best_of_n.best_of_n_with_judge`, the winner of a knockout;
+- a leaderboard: `evaluation.leaderboard.judgments_from_responses`.
 
+Constitutional AI (`evaluation.constitutional`) has a chat model critique and revise answers instead of judging.
 Nothing here renders HTML; model text shown elsewhere is escaped by the view that shows it.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import random
 import re
 import string
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from statistics import NormalDist
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 from rlhf_widgets.labeling.labelers import Labeler, RewardModelLabeler
 from rlhf_widgets.runtime.chat import accepts_system_role
 from rlhf_widgets.runtime.data import as_messages
+from rlhf_widgets.runtime.models import load_chat_model
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
-    from rlhf_widgets.labeling.store import Choice, PreferenceStore, Prompt
-    from rlhf_widgets.runtime.generation import SamplingSettings
+    from rlhf_widgets.labeling.store import Choice, Prompt
 
 Position = Literal["first", "second", "tie"]
 
@@ -262,7 +262,7 @@ class PairwiseJudge:
     def judge_pairs_detailed(self, prompts: Sequence[Prompt], responses_a: Sequence[str],
                              responses_b: Sequence[str]) -> list[JudgedPair]:
         """`judge_pairs` with each ordering's reply (text, position, probabilities); updates `stats`."""
-        prompts, responses_a, responses_b = _checked_pairs(prompts, responses_a, responses_b)
+        prompts, responses_a, responses_b = checked_pairs(prompts, responses_a, responses_b)
         questions = [_question_text(p) for p in prompts]
         asked = [(q, a, b) for q, a, b in zip(questions, responses_a, responses_b, strict=True)]
         if self.both_orders:
@@ -373,31 +373,6 @@ def _combine(replies: tuple[JudgeReply, ...], stats: JudgeStats) -> Choice:
     return as_choice[0]
 
 
-def load_chat_model(model: Any, tokenizer: PreTrainedTokenizerBase | None = None
-                    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A chat model and its tokenizer from a hub id, a path, a `ModelConfig`, a loaded model plus tokenizer,
-    or a `(model, tokenizer)` tuple; ValueError when the tokenizer cannot format chats or pad."""
-    if isinstance(model, tuple):
-        if len(model) != 2 or tokenizer is not None:
-            raise ValueError("pass a loaded model as (model, tokenizer), or as model and tokenizer=, not both")
-        model, tokenizer = model
-    if isinstance(model, (str, os.PathLike)) or hasattr(model, "model_name_or_path"):
-        if tokenizer is not None:
-            raise ValueError("tokenizer= goes with an already loaded model; a model id or path loads its own")
-        from rlhf_widgets.runtime.models import load_causal_lm
-
-        model, tokenizer = load_causal_lm(model if hasattr(model, "model_name_or_path") else str(model))
-    elif tokenizer is None:
-        raise ValueError(f"a loaded model ({type(model).__name__}) needs its tokenizer: pass tokenizer=")
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("the tokenizer has no chat template, so it cannot be asked a question as a chat: use an "
-                         "instruct/chat model, or set tokenizer.chat_template")
-    if tokenizer.pad_token_id is None:
-        raise ValueError("the tokenizer has no pad token, so prompts cannot be batched: load the model with "
-                         "rlhf_widgets.runtime.models.load_causal_lm (it adds one), or set tokenizer.pad_token")
-    return model, tokenizer
-
-
 def _verdict_token_ids(tokenizer: PreTrainedTokenizerBase,
                        words: Mapping[Position, Sequence[str]]) -> dict[Position, list[int]]:
     """Token ids of each verdict's words that are one token, with and without a leading space."""
@@ -433,8 +408,10 @@ def _question_text(prompt: Prompt) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
-def _checked_pairs(prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str]
-                   ) -> tuple[list[Prompt], list[str], list[str]]:
+def checked_pairs(prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str]
+                  ) -> tuple[list[Prompt], list[str], list[str]]:
+    """The three parallel lists of a batch of pairs, as lists; ValueError unless there is one of each per pair and
+    every response is a string."""
     prompts, responses_a, responses_b = list(prompts), list(responses_a), list(responses_b)
     if not len(prompts) == len(responses_a) == len(responses_b):
         raise ValueError(f"{len(prompts)} prompts, {len(responses_a)} responses_a and {len(responses_b)} "
@@ -452,262 +429,5 @@ def verdicts(judge: Labeler, prompts: Sequence[Prompt], responses_a: Sequence[st
     `judge(prompt, a, b)` call per pair (e.g. `gold_preference`, a `SimulatedAnnotator`)."""
     if hasattr(judge, "judge_pairs"):
         return list(judge.judge_pairs(prompts, responses_a, responses_b))
-    prompts, responses_a, responses_b = _checked_pairs(prompts, responses_a, responses_b)
+    prompts, responses_a, responses_b = checked_pairs(prompts, responses_a, responses_b)
     return [judge(p, a, b) for p, a, b in zip(prompts, responses_a, responses_b, strict=True)]
-
-
-# ---------------------------------------------------------------------------------------------- evaluator
-def judge_win_rate(judge: Labeler, prompts: Sequence[Prompt], candidate: Sequence[str],
-                   baseline: Sequence[str], confidence: float = 0.95) -> dict[str, float]:
-    """How often `candidate` beats `baseline` under `judge`, ties ½, with a Wilson score interval.
-
-    The candidate is shown as answer a on even-numbered prompts and as b on odd ones, so a judge that
-    favours a position (a human, or a `PairwiseJudge` with `both_orders=False`) favours neither side.
-    Skips (unparseable replies) are left out of `n` and reported. The Wilson interval treats the score
-    (wins + ties/2)/n as a binomial proportion: the usual interval for a judge that never ties, and
-    conservative (wider than needed) with ties, since a ½ outcome varies less than a coin flip.
-
-    Returns `win_rate`, `lower`, `upper` (the interval at `confidence`, default 0.95), `wins`, `ties`,
-    `losses`, `skips`, `n` (decided pairs). With n = 0 the rate and bounds are NaN.
-    """
-    if not 0 < confidence < 1:
-        raise ValueError(f"judge_win_rate: confidence={confidence} must be in (0, 1)")
-    prompts, candidate, baseline = _checked_pairs(prompts, candidate, baseline)
-    shown_a = [c if i % 2 == 0 else b for i, (c, b) in enumerate(zip(candidate, baseline, strict=True))]
-    shown_b = [b if i % 2 == 0 else c for i, (c, b) in enumerate(zip(candidate, baseline, strict=True))]
-    decided = verdicts(judge, prompts, shown_a, shown_b)
-    unknown = sorted(set(decided) - {"a", "b", "tie", "skip"})
-    if unknown:
-        raise ValueError(f"judge_win_rate: the judge returned {unknown}; a judge returns 'a', 'b', 'tie' or 'skip'")
-    swap = {"a": "b", "b": "a", "tie": "tie", "skip": "skip"}
-    decided = [v if i % 2 == 0 else swap[v] for i, v in enumerate(decided)]  # now "a" = the candidate won
-    wins, losses, ties = decided.count("a"), decided.count("b"), decided.count("tie")
-    n = wins + losses + ties
-    rate = (wins + ties / 2) / n if n else math.nan
-    lower, upper = wilson_interval(rate, n, confidence)
-    return {"win_rate": rate, "lower": lower, "upper": upper, "wins": wins, "ties": ties, "losses": losses,
-            "skips": decided.count("skip"), "n": n}
-
-
-def wilson_interval(rate: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion `rate` observed over `n` trials (Wilson 1927); NaNs for n = 0."""
-    if n == 0:
-        return math.nan, math.nan
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-# ---------------------------------------------------------------------------------------------- best-of-N
-@dataclass
-class JudgedBestOfN:
-    """Per prompt: the knockout winner among N candidates, its index, and every candidate."""
-
-    responses: list[str]
-    winners: list[int]
-    """index of the chosen candidate per prompt"""
-    candidates: list[list[str]]
-    comparisons: int
-    """pairs judged in all (N − 1 per prompt)"""
-    n: int
-
-    @property
-    def kl_upper_bound(self) -> float:
-        """KL(selection ‖ sampler) ≤ log N nats for any rule that keeps one of N samples (the rule's density
-        is at most N times the sampler's). It is log N − (N−1)/N, as for reward best-of-N, only when the
-        judge orders the candidates transitively without ties."""
-        return math.log(self.n)
-
-
-def knockout(judge: Labeler, prompts: Sequence[Prompt], candidates: Sequence[Sequence[str]]) -> tuple[list[int], int]:
-    """The winner's index among each prompt's candidates in a single-elimination tournament, and the number
-    of pairs judged.
-
-    Round by round, candidates meet in listed order (0 vs 1, 2 vs 3, …; an odd one out goes through). A tie
-    or skip keeps the earlier candidate: samples are exchangeable, so this favours no kind of answer. Each
-    round judges every prompt's matches in one batched call. A prompt's candidate lists may differ in
-    length; each must hold at least one.
-    """
-    prompts = list(prompts)
-    if len(prompts) != len(candidates):
-        raise ValueError(f"knockout: {len(prompts)} prompts but {len(candidates)} candidate lists")
-    for i, cands in enumerate(candidates):
-        if isinstance(cands, str) or len(cands) == 0:
-            raise ValueError(f"knockout: candidates[{i}] must be a non-empty list of responses, got {cands!r}")
-    alive = [list(range(len(cands))) for cands in candidates]  # per prompt: indices still in the tournament
-    comparisons = 0
-    while any(len(a) > 1 for a in alive):
-        # this round's matches of every prompt: (prompt, earlier candidate, later candidate)
-        matches = [(p, a[k], a[k + 1]) for p, a in enumerate(alive) for k in range(0, len(a) - 1, 2)]
-        decided = verdicts(judge, [prompts[p] for p, _, _ in matches], [candidates[p][x] for p, x, _ in matches],
-                           [candidates[p][y] for p, _, y in matches])
-        comparisons += len(matches)
-        next_alive: list[list[int]] = [[] for _ in alive]
-        for (p, x, y), verdict in zip(matches, decided, strict=True):
-            next_alive[p].append(y if verdict == "b" else x)
-        for p, a in enumerate(alive):
-            if len(a) % 2:  # the odd one out goes through
-                next_alive[p].append(a[-1])
-        alive = next_alive
-    return [a[0] for a in alive], comparisons
-
-
-def best_of_n_with_judge(
-    prompts: Sequence[Prompt], *, model: Any, judge: Labeler, n: int = 8, settings: SamplingSettings | None = None,
-    seed: int = 0, batch_size: int = 64,
-) -> JudgedBestOfN:
-    """Best-of-N with a pairwise judge as the reward: sample `n` responses per prompt from `model` (as
-    `best_of_n` does: seed + i for the i-th sample) and keep the winner of a `knockout` among them (N − 1
-    judged pairs per prompt; 2(N − 1) judge prompts for a `PairwiseJudge` asking both orders). No reference
-    answer is needed: the judge only ever compares two candidates.
-
-    `model` is a hub id, a local path, a `ModelConfig` or a loaded `(model, tokenizer)` pair; `judge` any
-    labeler (a `PairwiseJudge`, `RewardModelJudge`, `gold_preference`).
-    """
-    from rlhf_widgets.runtime.generation import generate
-
-    if n < 1:
-        raise ValueError(f"best_of_n_with_judge: n={n} must be >= 1")
-    loaded, tokenizer = load_chat_model(model)
-    prompts = list(prompts)
-    candidates: list[list[str]] = [[] for _ in prompts]
-    for i in range(n):
-        for j, out in enumerate(generate(loaded, tokenizer, prompts, settings, batch_size=batch_size, seed=seed + i)):
-            candidates[j].append(out.text)
-    winners, comparisons = knockout(judge, prompts, candidates)
-    return JudgedBestOfN(responses=[c[w] for c, w in zip(candidates, winners, strict=True)], winners=winners,
-                         candidates=candidates, comparisons=comparisons, n=n)
-
-
-# ---------------------------------------------------------------------------------------------- Constitutional AI
-CRITIQUE_REQUEST = (
-    "Critique your previous answer against this principle: {principle}\n"
-    "Say concretely what in the answer goes against the principle, if anything. Do not rewrite the answer yet."
-)
-"""The user turn that asks for a critique; `{principle}` is one of the principles."""
-REVISION_REQUEST = (
-    "Now rewrite your answer so that it follows the principle ({principle}) and fixes what your critique "
-    "found. Reply with the rewritten answer only."
-)
-"""The user turn that asks for the revision, after the critique."""
-
-
-@dataclass(frozen=True)
-class RevisionStep:
-    """One principle's critique and the revision it led to."""
-
-    principle: str
-    critique: str
-    revision: str
-    """the model's rewrite ("" if it produced none; the answer then stays as it was)"""
-
-
-@dataclass(frozen=True)
-class Revision:
-    """An answer before and after critique → revise against every principle in turn."""
-
-    prompt: Prompt
-    original: str
-    revised: str
-    """the last non-empty revision, or the original when the model never produced one"""
-    steps: tuple[RevisionStep, ...] = field(default_factory=tuple)
-
-    @property
-    def changed(self) -> bool:
-        """Whether the revision differs from the original (ignoring surrounding whitespace)."""
-        return self.revised.strip() != self.original.strip()
-
-
-def critique_and_revise(
-    prompts: Sequence[Prompt], responses: Sequence[str], principles: Sequence[str], *, model: Any,
-    settings: SamplingSettings | None = None, seed: int = 0,
-    batch_size: int = 16, critique_request: str = CRITIQUE_REQUEST, revision_request: str = REVISION_REQUEST,
-) -> list[Revision]:
-    """Constitutional AI's supervised step (Bai et al. 2022): a chat model critiques each answer against a
-    written principle, then rewrites it; repeated for every principle in turn, each on the latest answer.
-
-    The conversation the model sees is the prompt, the answer as its own assistant turn, the critique
-    request, its critique, and the revision request. Bai et al. draw one principle at random per round;
-    pass a shuffled subset to do the same.
-
-    It needs a model that follows instructions (a 0.5B+ instruct model at least). On the sandbox's 4M
-    model — trained only to answer support requests — the "critiques" and "revisions" are noise: it cannot
-    read a principle, so the revised answers are other samples of its usual replies, no better than the
-    originals. There the code runs (and tests run it) but shows nothing about Constitutional AI.
-
-    Args:
-        prompts, responses: the answers to revise, one per prompt.
-        principles: a list of non-empty strings, e.g. "Do not promise what the company cannot do.".
-        model: the chat model that critiques and revises: a hub id, a local path, a `ModelConfig`, or a
-            loaded `(model, tokenizer)` pair — see `load_chat_model`.
-        settings: sampling of critiques and revisions (default greedy, up to 256 new tokens).
-        seed: sampling seed (default 0).
-        batch_size: conversations per generate call (default 16).
-        critique_request, revision_request: the user turns asking for each, with a `{principle}` field.
-    """
-    from rlhf_widgets.runtime.generation import SamplingSettings, generate
-
-    if isinstance(principles, str) or not principles:
-        raise ValueError("critique_and_revise: principles must be a non-empty list of strings, got "
-                         f"{principles!r}")
-    for i, principle in enumerate(principles):
-        if not isinstance(principle, str) or not principle.strip():
-            raise ValueError(f"critique_and_revise: principles[{i}] must be a non-empty string, got {principle!r}")
-    for name, request in (("critique_request", critique_request), ("revision_request", revision_request)):
-        names = {n for _, n, _, _ in string.Formatter().parse(request) if n is not None}
-        if names != {"principle"}:
-            raise ValueError(f"critique_and_revise: {name} must use exactly the field {{principle}}, "
-                             f"uses {sorted(names)}")
-    prompts, responses, _ = _checked_pairs(prompts, responses, responses)
-    model, tokenizer = load_chat_model(model)
-    settings = settings or SamplingSettings(max_new_tokens=256, temperature=0.0)
-    current = list(responses)
-    steps: list[list[RevisionStep]] = [[] for _ in prompts]
-    for round_index, principle in enumerate(principles):
-        talks = [as_messages(p) + [{"role": "assistant", "content": answer},
-                                   {"role": "user", "content": critique_request.format(principle=principle)}]
-                 for p, answer in zip(prompts, current, strict=True)]
-        critiques = [g.text for g in generate(model, tokenizer, talks, settings, batch_size=batch_size,
-                                              seed=seed + 2 * round_index)]
-        talks = [talk + [{"role": "assistant", "content": critique},
-                         {"role": "user", "content": revision_request.format(principle=principle)}]
-                 for talk, critique in zip(talks, critiques, strict=True)]
-        revisions = [g.text for g in generate(model, tokenizer, talks, settings, batch_size=batch_size,
-                                              seed=seed + 2 * round_index + 1)]
-        for i, (critique, revision) in enumerate(zip(critiques, revisions, strict=True)):
-            steps[i].append(RevisionStep(principle, critique, revision))
-            if revision.strip():
-                current[i] = revision
-    return [Revision(prompt, original, revised, tuple(pair_steps))
-            for prompt, original, revised, pair_steps in zip(prompts, responses, current, steps, strict=True)]
-
-
-def record_revisions(store: PreferenceStore, revisions: Sequence[Revision], annotator: str = "constitutional-ai",
-                     *, seed: int = 0) -> list[int]:
-    """Add (revised, original) pairs to `store` and label the revised side as preferred by `annotator`.
-
-    Revisions that changed nothing (or whose original is empty) are left out. The revised answer goes on a
-    random side (seeded), so a later human labeling or an agreement score sees no side pattern;
-    `metadata["a"]["source"]` / `metadata["b"]["source"]` say which side is "revised" and which "original",
-    and `metadata["principles"]` lists the principles. Returns the new pairs' ids.
-    """
-    rng = random.Random(seed)
-    rows, revised_side = [], []
-    for i, revision in enumerate(revisions):
-        if not isinstance(revision, Revision):
-            raise ValueError(f"record_revisions: revisions[{i}] is a {type(revision).__name__}, not a Revision "
-                             "(pass what critique_and_revise returned)")
-        if not revision.changed or not revision.original.strip():
-            continue
-        side = rng.choice("ab")
-        answers = {"a": revision.revised, "b": revision.original} if side == "a" else \
-            {"a": revision.original, "b": revision.revised}
-        sources = {s: {"source": "revised" if s == side else "original"} for s in "ab"}
-        rows.append({"prompt": revision.prompt, "response_a": answers["a"], "response_b": answers["b"],
-                     "metadata": {**sources, "principles": [step.principle for step in revision.steps]}})
-        revised_side.append(side)
-    ids = store.add_pairs(rows)
-    for pair_id, side in zip(ids, revised_side, strict=True):
-        store.record(pair_id, side, annotator=annotator)
-    return ids

@@ -262,8 +262,8 @@ class ChatClassifier:
                  template: ClassifierTemplate = DEFAULT_CLASSIFIER_TEMPLATE,
                  letters: Mapping[str, str] = DEFAULT_LETTERS, batch_size: int = 8,
                  min_letter_mass: float = 0.5) -> None:
-        from rlhf_widgets.evaluation.judges import load_chat_model
         from rlhf_widgets.runtime.chat import accepts_system_role
+        from rlhf_widgets.runtime.models import load_chat_model
 
         if set(letters) != set(LABELS):
             raise ValueError(f"ChatClassifier: letters needs exactly the keys {list(LABELS)}, got {sorted(letters)}")
@@ -374,7 +374,7 @@ class ProbeReport:
         """Each rate with its probe count and a Wilson interval at `confidence` (default 0.95)."""
         import pandas as pd
 
-        from rlhf_widgets.evaluation.judges import wilson_interval
+        from rlhf_widgets.evaluation.win_rates import wilson_interval
 
         rows = {}
         for name, (kind, _) in RATES.items():

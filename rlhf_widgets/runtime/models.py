@@ -241,7 +241,8 @@ def _match_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> 
 
 
 def load_causal_lm(
-    model: ModelLike = SANDBOX, *, merge_adapter: bool = True
+    model: ModelLike = SANDBOX, *, tokenizer: PreTrainedTokenizerBase | None = None, merge_adapter: bool = True,
+    chat: bool = False,
 ) -> tuple[PreTrainedModel | PeftModel, PreTrainedTokenizerBase]:
     """The one place that turns a `model=` argument (see `ModelLike`) into a loaded causal LM and tokenizer
     (left padding, pad ≠ EOS) on the configured device.
@@ -249,18 +250,49 @@ def load_causal_lm(
     The model comes back without a *new* LoRA adapter (trainers add `lora_config(cfg)` themselves); if the
     path is a saved adapter directory, its base is loaded and the adapter attached — merged into the weights
     when `merge_adapter` and the base is not quantized, else as a `PeftModel`. Dropout is off (`eval()`);
-    trainers switch to train mode themselves. A loaded model is returned as it is, with its tokenizer.
+    trainers switch to train mode themselves. A loaded model is returned as it is, with its tokenizer: the
+    pair's second element, `tokenizer=`, or else the tokenizer saved where the model came from. `tokenizer=`
+    goes with a loaded model only (ValueError with a hub id, a path or a `ModelConfig`, or with a pair).
+
+    `chat=True` is for callers that ask the model questions as chats, in batches (the judges, the probe
+    classifier, Constitutional AI): a loaded model must come with its tokenizer (none is looked up for it), and
+    the tokenizer must have a chat template and a pad token — ValueError otherwise. A model this function loads
+    itself always has both (`load_tokenizer`).
     """
     if isinstance(model, tuple):
-        return model
-    if isinstance(model, nn.Module):
-        return model, _tokenizer_of(model)
-    cfg = as_model_config(model)
+        if len(model) != 2 or tokenizer is not None:
+            raise ValueError("pass a loaded model as (model, tokenizer), or as model and tokenizer=, not both")
+        model, tokenizer = model
+    if tokenizer is not None:
+        if isinstance(model, (str, os.PathLike, ModelConfig)):
+            raise ValueError("tokenizer= goes with an already loaded model; a model id or path loads its own")
+        loaded = model
+    elif chat and not isinstance(model, (str, os.PathLike, ModelConfig)):
+        raise ValueError(f"a loaded model ({type(model).__name__}) needs its tokenizer: pass tokenizer=")
+    elif isinstance(model, nn.Module):
+        loaded, tokenizer = model, _tokenizer_of(model)
+    else:
+        loaded, tokenizer = _load_causal_lm(as_model_config(model), merge_adapter)
+    if chat:
+        _check_chat_tokenizer(tokenizer)
+    return loaded, tokenizer
+
+
+def load_chat_model(model: Any, tokenizer: PreTrainedTokenizerBase | None = None
+                    ) -> tuple[PreTrainedModel | PeftModel, PreTrainedTokenizerBase]:
+    """`load_causal_lm(model, tokenizer=tokenizer, chat=True)`: a chat model to ask questions of, in batches, from
+    a hub id, a path, a `ModelConfig`, a loaded model and its `tokenizer`, or a `(model, tokenizer)` pair."""
+    return load_causal_lm(model, tokenizer=tokenizer, chat=True)
+
+
+def _load_causal_lm(cfg: ModelConfig, merge_adapter: bool) -> tuple[PreTrainedModel | PeftModel,
+                                                                   PreTrainedTokenizerBase]:
+    """`load_causal_lm` of a model not loaded yet: its tokenizer, then its weights (a saved adapter on its base)."""
     device = choose_device(cfg.device)
     path = resolve_model_path(cfg.model_name_or_path)
     tokenizer = load_tokenizer(path)
-    if _is_adapter_dir(path):
-        base = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base = _adapter_base(path)
+    if base is not None:
         loaded = _from_pretrained(AutoModelForCausalLM, resolve_model_path(base), cfg, device)
         _match_vocab(loaded, tokenizer)
         loaded = PeftModel.from_pretrained(loaded, path)
@@ -270,6 +302,16 @@ def load_causal_lm(
         loaded = _from_pretrained(AutoModelForCausalLM, path, cfg, device)
         _match_vocab(loaded, tokenizer)
     return loaded.eval(), tokenizer
+
+
+def _check_chat_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
+    """ValueError unless the tokenizer can format chats and pad a batch (`load_causal_lm(..., chat=True)`)."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("the tokenizer has no chat template, so it cannot be asked a question as a chat: use an "
+                         "instruct/chat model, or set tokenizer.chat_template")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token, so prompts cannot be batched: load the model with "
+                         "rlhf_widgets.runtime.models.load_causal_lm (it adds one), or set tokenizer.pad_token")
 
 
 def _tokenizer_of(model: nn.Module) -> PreTrainedTokenizerBase:
