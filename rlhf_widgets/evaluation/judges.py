@@ -43,8 +43,10 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from rlhf_widgets.labeling.store import Choice, PreferenceStore, Prompt
+    from rlhf_widgets.labeling.records import Choice
+    from rlhf_widgets.labeling.store import PreferenceStore
     from rlhf_widgets.runtime.generation import SamplingSettings
+    from rlhf_widgets.runtime.types import Prompt
 
 Position = Literal["first", "second", "tie"]
 
