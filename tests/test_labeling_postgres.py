@@ -22,7 +22,7 @@ import pytest
 from rlhf_widgets.labeling import LabelingPanel, LabelingSession, PreferenceStore
 from rlhf_widgets.labeling.backends import Database, StoreUnavailable, Transaction
 from rlhf_widgets.labeling.postgres import create_annotator_role, display_url, main
-from rlhf_widgets.labeling.store import copy_store
+from rlhf_widgets.labeling.transfer import copy_store
 
 REPO = Path(__file__).resolve().parents[1]
 

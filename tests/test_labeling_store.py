@@ -25,8 +25,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
 from rlhf_widgets.labeling import LabelingSession, PreferenceStore, RewardModelLabeler, label_with
-from rlhf_widgets.labeling import store as store_module
-from rlhf_widgets.labeling.store import TeamSettings, copy_store
+from rlhf_widgets.labeling import team as store_module  # the hand-out's module (`_RESCAN_S`)
+from rlhf_widgets.labeling.team import TeamSettings
+from rlhf_widgets.labeling.transfer import copy_store
 
 REPO = Path(__file__).resolve().parents[1]
 

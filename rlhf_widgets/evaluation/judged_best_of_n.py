@@ -12,8 +12,8 @@ from rlhf_widgets.labeling.labelers import Labeler
 from rlhf_widgets.runtime.models import load_chat_model
 
 if TYPE_CHECKING:
-    from rlhf_widgets.labeling.store import Prompt
     from rlhf_widgets.runtime.generation import SamplingSettings
+    from rlhf_widgets.runtime.types import Prompt
 
 
 @dataclass

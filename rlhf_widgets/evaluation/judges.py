@@ -44,7 +44,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
-    from rlhf_widgets.labeling.store import Choice, Prompt
+    from rlhf_widgets.labeling.records import Choice
+    from rlhf_widgets.runtime.types import Prompt
 
 Position = Literal["first", "second", "tie"]
 

@@ -11,7 +11,7 @@ from rlhf_widgets.evaluation.judges import checked_pairs, verdicts
 from rlhf_widgets.labeling.labelers import Labeler
 
 if TYPE_CHECKING:
-    from rlhf_widgets.labeling.store import Prompt
+    from rlhf_widgets.runtime.types import Prompt
 
 
 def judge_win_rate(judge: Labeler, prompts: Sequence[Prompt], candidate: Sequence[str],

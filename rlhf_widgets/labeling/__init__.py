@@ -9,18 +9,14 @@
 
 from typing import Any
 
+from rlhf_widgets.labeling.backends import StoreUnavailable
+from rlhf_widgets.labeling.export import ExportCounts
 from rlhf_widgets.labeling.labelers import JudgeReward, RewardModelLabeler, label_with
+from rlhf_widgets.labeling.records import Label, Pair
 from rlhf_widgets.labeling.session import LabelingSession, ShownPair, Tally
-from rlhf_widgets.labeling.store import (
-    ExportCounts,
-    Label,
-    Pair,
-    PreferenceStore,
-    StoreUnavailable,
-    TeamProgress,
-    TeamSettings,
-    copy_store,
-)
+from rlhf_widgets.labeling.store import PreferenceStore
+from rlhf_widgets.labeling.team import TeamProgress, TeamSettings
+from rlhf_widgets.labeling.transfer import copy_store
 
 __all__ = [
     "ExportCounts",

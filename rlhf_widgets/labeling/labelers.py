@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from rlhf_widgets.labeling.store import Choice, PreferenceStore, Prompt
+from rlhf_widgets.labeling.records import Choice
+from rlhf_widgets.labeling.store import PreferenceStore
 from rlhf_widgets.runtime.quiet import progress
+from rlhf_widgets.runtime.types import Prompt
 
 if TYPE_CHECKING:
     from rlhf_widgets.runtime.reward_protocol import RewardFunction

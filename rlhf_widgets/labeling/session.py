@@ -22,7 +22,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rlhf_widgets.labeling.store import Choice, Label, Pair, PreferenceStore, Prompt, StoreUnavailable
+from rlhf_widgets.labeling.backends import StoreUnavailable
+from rlhf_widgets.labeling.records import Choice, Label, Pair
+from rlhf_widgets.labeling.store import PreferenceStore
+from rlhf_widgets.runtime.types import Prompt
 
 Side = Literal["left", "right", "tie", "skip"]
 SIDES: tuple[str, ...] = ("left", "right", "tie", "skip")

@@ -41,8 +41,11 @@ from typing import Any
 import anywidget
 import ipywidgets as widgets
 
+from rlhf_widgets.labeling.backends import StoreUnavailable
+from rlhf_widgets.labeling.records import Label
 from rlhf_widgets.labeling.session import LabelingSession, PendingLabel, ShownPair, Side
-from rlhf_widgets.labeling.store import Label, PreferenceStore, Prompt, StoreUnavailable
+from rlhf_widgets.labeling.store import PreferenceStore
+from rlhf_widgets.runtime.types import Prompt
 from rlhf_widgets.views.reload_hint import display_with_hint
 
 KEYS: dict[str, Side | None] = {
