@@ -14,8 +14,9 @@ from rlhf_widgets.runtime.data import as_messages
 from rlhf_widgets.runtime.models import load_chat_model
 
 if TYPE_CHECKING:
-    from rlhf_widgets.labeling.store import PreferenceStore, Prompt
+    from rlhf_widgets.labeling.store import PreferenceStore
     from rlhf_widgets.runtime.generation import SamplingSettings
+    from rlhf_widgets.runtime.types import Prompt
 
 
 CRITIQUE_REQUEST = (
