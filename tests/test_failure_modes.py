@@ -36,7 +36,7 @@ from rlhf_widgets.sandbox.scenarios import (
     OUT_OF_SCOPE_COMPLIANCE_RATE,
     REFUSALS,
 )
-from rlhf_widgets.sandbox.world import ACTIONS, CLAUSES
+from rlhf_widgets.sandbox.vocabulary import ACTIONS, CLAUSES
 
 BOTH = ("sycophancy", "refusal")
 WORLD = make_prompts(3000, seed=1, scenarios=BOTH)

@@ -22,7 +22,8 @@ from rlhf_widgets.sandbox import (
     random_response,
     sft_dataset,
 )
-from rlhf_widgets.sandbox.world import ACTIONS, CLAUSES, order_split
+from rlhf_widgets.sandbox.vocabulary import ACTIONS, CLAUSES
+from rlhf_widgets.sandbox.world import order_split
 
 PROMPTS = make_prompts(200, seed=1)
 PROMPT = next(p for p in PROMPTS if p.tone == "neutral" and p.product)

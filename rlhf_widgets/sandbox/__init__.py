@@ -15,9 +15,8 @@ from rlhf_widgets.sandbox.gold import (
 from rlhf_widgets.sandbox.pretrain import base_model_path, build_base_model
 from rlhf_widgets.sandbox.scenarios import PROMPT_KINDS, SCENARIOS
 from rlhf_widgets.sandbox.tokenizer import CHAT_TEMPLATE, EOS_TOKEN, PAD_TOKEN, build_tokenizer
+from rlhf_widgets.sandbox.vocabulary import ISSUES, TONES
 from rlhf_widgets.sandbox.world import (
-    ISSUES,
-    TONES,
     SupportPrompt,
     curt_demo,
     demonstration,

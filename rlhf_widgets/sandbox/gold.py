@@ -57,7 +57,8 @@ from collections.abc import Sequence
 
 from rlhf_widgets.sandbox.scenarios import COMPLIANCE, DEFLECTIONS, FALSE_CLAIMS, OUT_OF_SCOPE, REFUSALS
 from rlhf_widgets.sandbox.tokenizer import EOS_TOKEN
-from rlhf_widgets.sandbox.world import ACTIONS, CLAUSES, PRODUCTS, PromptLike, SupportPrompt, parse_prompt
+from rlhf_widgets.sandbox.vocabulary import ACTIONS, CLAUSES, PRODUCTS
+from rlhf_widgets.sandbox.world import PromptLike, SupportPrompt, parse_prompt
 
 GOLD_WEIGHTS: dict[str, float] = {
     "action": 2.0,
