@@ -12,8 +12,8 @@ from test_ppo_alarm import ALERT_UPDATE, MONITOR, PROMPTS, config, drifting_ense
 
 from rlhf_widgets.runtime.metrics import MetricsLog
 from rlhf_widgets.sandbox import gold_reward
-from rlhf_widgets.stages.ppo import PPOConfig, PPOPanel, PPOTrainer, TrainingControl
-from rlhf_widgets.views.training_panel import SettingEntry, TrainingPanel
+from rlhf_widgets.stages.ppo import PPOConfig, PPOTrainer, TrainingControl
+from rlhf_widgets.views.training_panel import PPOPanel, SettingEntry, TrainingPanel
 
 
 def wait_for(condition, what: str = "the training thread", timeout: float = 300.0) -> None:
