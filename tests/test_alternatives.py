@@ -13,7 +13,7 @@ from rlhf_widgets.runtime.config import ModelConfig
 from rlhf_widgets.runtime.models import load_causal_lm
 from rlhf_widgets.sandbox import SimulatedAnnotator, gold_reward
 from rlhf_widgets.stages.best_of import BestOfNSampler, best_of_n
-from rlhf_widgets.views.figures import overoptimization_figure, reward_report_figures
+from rlhf_widgets.views.reward_figures import overoptimization_figure, reward_report_figures
 
 
 @pytest.fixture(scope="module")

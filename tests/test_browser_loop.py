@@ -31,7 +31,7 @@ from test_browser_labeling import (
 from test_notebook_iterative import SMALL
 
 from rlhf_widgets.sandbox import base_model_path
-from rlhf_widgets.views.figures import figure_from_log
+from rlhf_widgets.views.run_figures import figure_from_log
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "08_iterative.ipynb"

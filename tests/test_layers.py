@@ -134,7 +134,7 @@ def test_the_architecture_map_names_every_module_and_no_other():
 
 @pytest.mark.parametrize(("module", "source", "expected"), [
     ("rlhf_widgets.runtime.precision", "from rlhf_widgets.stages.ppo import PPOConfig", "upward"),
-    ("rlhf_widgets.runtime.data", "def f():\n    from rlhf_widgets.views.figures import x\n", "upward"),
+    ("rlhf_widgets.runtime.data", "def f():\n    from rlhf_widgets.views.run_figures import x\n", "upward"),
     ("rlhf_widgets.runtime.data", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
                                   "    from rlhf_widgets.labeling.store import Prompt\n", "upward"),
     ("rlhf_widgets.stages.sft", "import rlhf_widgets.workflows.loop", "upward"),
@@ -154,7 +154,7 @@ def test_the_layer_checker_allows_what_the_rules_allow():
     sources["rlhf_widgets.stages.ppo.trainer"] = "from rlhf_widgets.stages.ppo.core import gae\n" \
                                                  "from rlhf_widgets.stages.reward import as_reward_function"
     sources["rlhf_widgets.evaluation.compare"] = "from rlhf_widgets.labeling import PreferenceStore\n" \
-                                                "from rlhf_widgets.views.figures import x"
+                                                "from rlhf_widgets.views.run_figures import x"
     sources["rlhf_widgets.runtime.data"] = "from rlhf_widgets.sandbox import make_prompts"
     assert violations(sources) == []
 

@@ -12,15 +12,12 @@ import pytest
 from nbclient import NotebookClient
 
 from rlhf_widgets.runtime.metrics import MetricsLog
-from rlhf_widgets.views.figures import (
-    STAGE_VIEWS,
-    LiveDashboard,
-    SamplesTable,
-    curve_records,
-    figure_from_log,
-    overoptimization_figure,
-    samples_html,
-)
+from rlhf_widgets.views.dashboard import LiveDashboard
+from rlhf_widgets.views.reward_figures import overoptimization_figure
+from rlhf_widgets.views.run_figures import figure_from_log
+from rlhf_widgets.views.samples import SamplesTable, samples_html
+from rlhf_widgets.views.stage_views import STAGE_VIEWS
+from rlhf_widgets.views.traces import curve_records
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +76,7 @@ def test_designed_views_keep_one_scale_per_axis_on_real_runs(stage: str) -> None
 def test_the_old_prefix_grouping_would_fail_the_scale_check() -> None:
     """The check bites: PPO's "val" group (the ratio beside the response length) and "loss" group (the policy loss
     beside the value loss), as the metrics were once grouped by name prefix."""
-    from rlhf_widgets.views.figures import Panel
+    from rlhf_widgets.views.stage_views import Panel
 
     log = MetricsLog.load(LOGS / "ppo.jsonl")
     by_prefix = [Panel("val", ("val/ratio", "val/response_length")),
@@ -360,7 +357,7 @@ def test_samples_table_follows_the_newest_batch() -> None:
 def test_dashboard_renders_in_a_headless_notebook(tmp_path: Path) -> None:
     cells = [
         "from rlhf_widgets.runtime.metrics import MetricsLog\n"
-        "from rlhf_widgets.views.figures import LiveDashboard\n"
+        "from rlhf_widgets.views.dashboard import LiveDashboard\n"
         "log = MetricsLog(run_name='nb')\n"
         "dashboard = LiveDashboard(log, min_interval=0.0)\n"
         "dashboard",
@@ -550,7 +547,9 @@ def test_an_empty_dashboard_says_what_to_do() -> None:
 
 def test_every_figure_has_one_plot_style() -> None:
     from rlhf_widgets.evaluation.leaderboard import leaderboard, leaderboard_figure
-    from rlhf_widgets.views.figures import RunComparison, overlay_figure, reward_report_figures
+    from rlhf_widgets.views.reward_figures import reward_report_figures
+    from rlhf_widgets.views.run_comparison import RunComparison
+    from rlhf_widgets.views.run_figures import overlay_figure
 
     report = {"chosen_scores": [1.0, 2.0], "rejected_scores": [0.0, 0.5], "accuracy": 1.0, "mean_margin": 1.25,
               "n_pairs": 4, "expected_calibration_error": 0.1,

@@ -8,7 +8,8 @@ from conftest import sandbox_prompts
 from rlhf_widgets.runtime.metrics import MetricsLog
 from rlhf_widgets.sandbox import gold_reward
 from rlhf_widgets.stages.ppo import PPOConfig
-from rlhf_widgets.views.figures import RunComparison, overlay_figure
+from rlhf_widgets.views.run_comparison import RunComparison
+from rlhf_widgets.views.run_figures import overlay_figure
 from rlhf_widgets.workflows.sweeps import PPOSweep, grid_points, run_name
 
 

@@ -366,7 +366,7 @@ def leaderboard_figure(table: pd.DataFrame, title: str | None = None) -> go.Figu
     """
     import plotly.graph_objects as go
 
-    from rlhf_widgets.views.figures import PLOT_TEMPLATE, plot_text
+    from rlhf_widgets.views.style import PLOT_TEMPLATE, plot_text
 
     ordered = table.sort_values("rating", ascending=True)  # plotly draws the first category at the bottom
     drawn = ordered[np.isfinite(ordered["rating"])]

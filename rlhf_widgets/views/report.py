@@ -21,7 +21,8 @@ from typing import Any
 
 from rlhf_widgets.runtime.metrics import Event, MetricsLog
 from rlhf_widgets.runtime.monitors import check_log
-from rlhf_widgets.views.figures import figure_from_log, overoptimization_figure, reward_report_figures
+from rlhf_widgets.views.reward_figures import overoptimization_figure, reward_report_figures
+from rlhf_widgets.views.run_figures import figure_from_log
 from rlhf_widgets.views.tables import format_number
 
 FEW_PAIRS = 50

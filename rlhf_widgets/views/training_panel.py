@@ -34,8 +34,9 @@ import threading
 import ipywidgets as w
 
 from rlhf_widgets.runtime.control import ACTIVE, ControlledRun
-from rlhf_widgets.views.figures import LiveDashboard, SamplesTable
+from rlhf_widgets.views.dashboard import LiveDashboard
 from rlhf_widgets.views.reload_hint import display_with_hint
+from rlhf_widgets.views.samples import SamplesTable
 
 RELOAD_HINT = ("If this panel is gone after a page reload, training goes on in the kernel: show the panel again "
                "in a new cell (e.g. `panel`). Re-running a cell that creates the trainer starts a new run.")
