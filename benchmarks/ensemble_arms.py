@@ -61,10 +61,11 @@ demos), pairs 2.3 s (96 answers), best-of-8 candidates 1.5 s (32 answers), rewar
 ×25, reward pairs ×26 (and ×2 members for K = 4), PPO updates ×16, evaluation prompts ×8, best-of-N answers ×128 —
 one seed of 4 arms with `--best-of-n` is about 29 min: SFT 1.4, pairs 1, candidates 3.2, reward model 2.2,
 ensemble 8.7, PPO 4 × 2, evaluation 4 × 0.3, rescoring 3.6 min. That is an upper bound: it scales each tiny stage's
-fixed costs too. The quickstart's own full-size stage times (README: SFT 25 s, pairs 15, reward model 23, PPO 41
-alone with 2 threads; doubled for two runs at a time) give about 13 min a seed, with the ensemble at 4 × the
+fixed costs too. The quickstart's own full-size stage times (docs/PERFORMANCE.md, "The quickstart: 3 min 52 s →
+2 min 22 s": SFT 25 s, pairs 15, reward model 23, PPO 41 alone with 2 threads; doubled for two runs at a time) give
+about 13 min a seed, with the ensemble at 4 × the
 reward model and PPO against it as fast as against one model (as in the smoke run). Two at a time, with float32
-~1.8× slower (README's float32 column): 4 × 13 + 2 × 13 + 2 × 13 × 1.8 ≈ 125 min, or with 29 min a seed ≈ 4.6 h.
+~1.8× slower (that table's float32 column): 4 × 13 + 2 × 13 + 2 × 13 × 1.8 ≈ 125 min, or with 29 min a seed ≈ 4.6 h.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Attention with sdpa's forward and a cheaper backward and decode step on CPU, as a transformers attention
 implementation.
 
-PyTorch's CPU flash-attention backward is written for long sequences; at the lengths RLHF trains on (tens to a
-few hundred tokens) each call pays for blocking it does not need: in bf16 at 4 sequences × 64 tokens × 9 heads of
-64 (GQA 3:1) it takes 4.0 ms, where recomputing the softmax and taking its gradient with five batched matmuls takes
-1.1 ms (one thread; the figures of a whole PPO update are in docs/PERFORMANCE.md).
+PyTorch's CPU flash-attention backward is written for long sequences: it works through the scores in blocks, as
+FlashAttention does (Dao et al. 2022), so the T × T score matrix is never held whole. At the lengths RLHF trains on
+(tens to a few hundred tokens) that matrix is small, and each call pays for blocking it does not need; recomputing
+the softmax and taking its gradient with five batched matmuls does the same work in a few large calls (measured:
+docs/PERFORMANCE.md, "PPO's fast paths and memory, one at a time").
 
 `SDPA_MATH_BACKWARD` is registered with transformers' `AttentionInterface` (its masks are sdpa's). Every
 forward calls transformers' own sdpa function — the same kernel, so the same outputs bit for bit, with or
@@ -15,14 +16,13 @@ tests/test_attention.py). Anything it does not cover — CUDA, dropout, soft-cap
 attention sinks — runs sdpa's backward unchanged.
 
 The one other exception is sampling's decode step in half precision on CPU: one query per sequence against the
-cache, no graph, bf16 / fp16 inputs. There the CPU kernel is 3-7x slower than three plain ops (bf16, one thread: 128
-sequences × 4 heads × 100 cached tokens, 7.1 vs 2.7 ms; 16 × 9 heads GQA 3:1, 2.3 vs 0.3 ms), so the step computes
-`softmax(q kᵀ·scale + mask) v` with float32 scores and softmax (output error against a float64 reference within
-2x the kernel's, both at bf16's rounding). Float32 decode steps stay sdpa's.
+cache, no graph, bf16 / fp16 inputs. A kernel built to tile many queries has nothing to tile there, and three plain
+ops cost less (docs/PERFORMANCE.md), so the step computes `softmax(q kᵀ·scale + mask) v` with float32 scores and
+softmax (output error against a float64 reference within 2x the kernel's, both at bf16's rounding). Float32 decode
+steps stay sdpa's.
 
 Who uses it: the PPO trainer's policy on CPU (`PPOConfig.fast_paths`); `generation.generate` and the TRL stages'
-training (`stages.run_trl_trainer`) on CPU, for the length of the call (`cpu_math_attention`). The sandbox SFT
-stage in bf16 trains 12% faster with it (1,024 demonstrations: 14.6 → 12.8 s, 2 threads).
+training (`stages.run_trl_trainer`) on CPU, for the length of the call (`cpu_math_attention`).
 """
 
 from __future__ import annotations

@@ -132,8 +132,9 @@ def exact_sampling(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -
 class PreallocatedLayer(DynamicLayer):
     """A `DynamicLayer` whose keys and values live in one buffer allocated for the whole call: each decode step
     writes its token's keys and values into the next slot instead of `torch.cat`-ing a new, one-longer copy of the
-    whole cache (on CPU that copy was the largest piece of a float32 decode step of the sandbox model: 42 % of it,
-    7.7 of 18 ms, 32 sequences at ~70 cached tokens). `keys` / `values` are views of the filled part, so attention
+    whole cache: copying the cache at every step makes a call of T steps copy O(T²) tokens' keys and values, where
+    writing into the buffer copies each once (on CPU that copy was the largest piece of a sandbox decode step:
+    docs/PERFORMANCE.md). `keys` / `values` are views of the filled part, so attention
     reads exactly the tensors it read before. The buffer doubles if a call runs past `capacity`."""
 
     def __init__(self, capacity: int) -> None:

@@ -1,8 +1,9 @@
 """The Hugging Face Hub, asked once and quickly: is this id there, and can it be reached at all?
 
-Loading an unknown or unreachable id through `transformers` / `datasets` costs ~20–85 s of retries and a screen
-of HTTP warnings before the error. `probe` asks the hub one metadata question, without retries, so a stage
-can fail fast with a clear message — or fall back to a copy cached by an earlier download.
+Loading an unknown or unreachable id through `transformers` / `datasets` goes through their HTTP retries with
+back-off and a screen of warnings before the error (how long: docs/PERFORMANCE.md, "Other timings"). `probe` asks
+the hub one metadata question, without retries, so a stage can fail fast with a clear message — or fall back to a
+copy cached by an earlier download.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Less padding in the TRL stages' steps, with the same batches: each batch is run as a few length-sorted pieces.
 
 A TRL collator pads a batch to its longest row, and on CPU every padded position costs a full forward and
-backward through the linear layers: the sandbox SFT batches (16 demonstrations) are 74 % real tokens, the reward
-model's (16 pairs, chosen and rejected) and DPO's similar. Here a training step sorts the batch's rows (or pairs)
-by length, cuts them into contiguous groups — where a cut saves more padded positions than one more forward and
-backward costs (`OVERHEAD_TOKENS`) — trims each group's padding and runs the trainer's own `training_step` on it.
+backward through the linear layers, so the more a batch's lengths vary, the more of its compute is padding (the
+sandbox's share: docs/PERFORMANCE.md, "The float32 path, stage by stage"). Here a training step sorts the batch's
+rows (or pairs) by length, cuts them into contiguous groups — where a cut saves more padded positions than one more
+forward and backward costs (`OVERHEAD_TOKENS`) — trims each group's padding and runs the trainer's own
+`training_step` on it.
 The gradients add up to the whole batch's: the step still sees every row of its batch, the optimizer steps once
 per batch, and the loss is the same sum over the same rows — only the order of the float additions differs.
 

@@ -92,8 +92,8 @@ def _is_adapter_dir(path: str) -> bool:
 
 def _hub_kwargs(name: str) -> dict[str, Any]:
     """`from_pretrained` keywords for `name`: none for a local directory or a reachable hub id; `local_files_only`
-    when the hub cannot be reached (a copy cached by an earlier download still loads — in one request, not ~85 s of
-    retries). An id the hub does not have raises ModelLoadError at once."""
+    when the hub cannot be reached (a copy cached by an earlier download still loads — after one request, not after
+    the libraries' retries). An id the hub does not have raises ModelLoadError at once."""
     if Path(name).exists():
         return {}
     status = hub.probe(name, "model")

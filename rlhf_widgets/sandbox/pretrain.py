@@ -2,9 +2,10 @@
 
 Each training row is one dialogue, ``<|user|>\\n{prompt}<|end|><|assistant|>\\n{random_response}<|end|>``,
 so the base model already speaks the chat format and stops at ``<|end|>``; SFT then only has to
-teach it which clauses to pick. The committed checkpoint (``base_model_path()``) was made with::
+teach it which clauses to pick. The committed checkpoint (``base_model_path()``) was made with (how long it
+took: docs/PERFORMANCE.md, "Other timings")::
 
-    python -m rlhf_widgets.sandbox.pretrain --out rlhf_widgets/sandbox/assets/base  # 2000 steps, ~13 min on 2 CPU cores
+    python -m rlhf_widgets.sandbox.pretrain --out rlhf_widgets/sandbox/assets/base  # 2000 steps
 
 Every layer width is a multiple of 64 so that bitsandbytes can load it in 4 bits on CPU.
 """

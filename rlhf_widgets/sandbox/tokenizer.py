@@ -56,7 +56,7 @@ def _world_text(n_dialogues: int, seed: int) -> Iterator[str]:
 def build_tokenizer(
     vocab_size: int = VOCAB_SIZE, n_dialogues: int = 20_000, seed: int = 0
 ) -> PreTrainedTokenizerFast:
-    """Train the byte-level BPE on ``n_dialogues`` sandbox dialogues (default 20,000; ~2 s).
+    """Train the byte-level BPE on ``n_dialogues`` sandbox dialogues (default 20,000).
 
     Raises ``ValueError`` if the world's text cannot fill ``vocab_size`` (default 1024) tokens.
     """

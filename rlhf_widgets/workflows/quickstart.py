@@ -43,8 +43,9 @@ class QuickstartConfig:
     answers_per_prompt: int = field(default=4, metadata=field_help(
         "SFT answers sampled per prompt; pairs are drawn among them (InstructGPT ranked 4–9 per prompt)."))
     pairs_per_prompt: int = field(default=6, metadata=field_help(
-        "Labeled pairs per prompt, at most (answers_per_prompt choose 2; 6 = all of them); more comparisons per "
-        "prompt teach the reward model more per sampled answer (README: \"Reward model\")."))
+        "Labeled pairs per prompt, at most (answers_per_prompt choose 2; 6 = all of them): each sampled answer then "
+        "serves in several comparisons, as in InstructGPT's rankings (measured: docs/PERFORMANCE.md, \"Sandbox "
+        "results behind the defaults\")."))
     annotator_temperature: float = field(default=1.0, metadata=field_help(
         "Simulated annotator's Bradley–Terry temperature (label noise)."))
     verbosity_bias: float = field(default=0.0, metadata=field_help(
@@ -58,8 +59,8 @@ class QuickstartConfig:
     reward_mismatched_pairs: float = field(default=0.0, metadata=field_help(
         "Mismatched pairs per labeled pair in the reward model's training (RewardStageConfig.mismatched_pairs): an "
         "answer preferred over another prompt's answer, so the reward model learns that an answer must fit the "
-        "question (0 = labeled pairs only; 0.5 ended seed 1's collapse but won less on most other seeds: "
-        "docs/FAILURE_MODES.md)."))
+        "question (0 = labeled pairs only, the default: they guard against a reward model that ignores the question "
+        "without making PPO better on the whole; measured: docs/FAILURE_MODES.md, \"Mismatched pairs\")."))
     ppo_updates: int = field(default=48, metadata=field_help(
         "PPO updates (a gold-free alert ends the run earlier, rolled back: see quickstart_ppo)."))
     eval_prompts: int = field(default=128, metadata=field_help("Held-out prompts for the final comparison."))
@@ -161,7 +162,8 @@ def _run_stage(stage: str, config: QuickstartConfig, state: dict, logs: dict[str
         from rlhf_widgets.runtime.data import one_pair_per_prompt
         from rlhf_widgets.stages.dpo import DPOStageConfig, train_dpo
 
-        # one pair per prompt: on all pairs among 4 answers DPO did worse, at 2.4x the time (README)
+        # one pair per prompt: all pairs among 4 answers are more pairs to train on and, on the sandbox, did not win
+        # more (docs/PERFORMANCE.md, "Sandbox results behind the defaults")
         dpo = train_dpo(one_pair_per_prompt(state["pairs"]),
                         DPOStageConfig(output_dir=str(out / "dpo"), seed=config.seed), model=state["sft_path"])
         state["dpo_path"], logs["dpo"] = dpo.model_path, dpo.metrics

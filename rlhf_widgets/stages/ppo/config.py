@@ -38,7 +38,8 @@ class PPOConfig:
     micro_batch_size: int | None = field(default=None, metadata=field_help(
         "Rollouts per forward/backward inside a minibatch; gradients accumulate to one step (less memory, the same "
         "update up to per-micro-batch loss averaging). None = auto: the whole minibatch on GPU and for separate "
-        "models; on CPU with a shared base, as many as keep one forward's saved activations under ~256 MiB."))
+        "models; on CPU with a shared base, as many as keep one forward's saved activations, estimated from the "
+        "model shape, within 256 MiB (rlhf_widgets.stages.ppo.memory.CPU_ACTIVATION_BUDGET)."))
     num_ppo_epochs: int = field(default=4, metadata=field_help("Passes over each batch of rollouts."))
     learning_rate: float = field(default=3e-4, metadata=field_help(
         "AdamW learning rate of the policy and value adapters and the value head (the schedule's peak)."))
@@ -86,8 +87,9 @@ class PPOConfig:
         "value network is the frozen base, computed once per rollout, so each value forward/backward runs only the "
         "top layers. 1.0 = the value adapter on every layer."))
     activation_checkpointing: bool | None = field(default=None, metadata=field_help(
-        "Recompute activations in the backward pass (much less memory, ~1.3x the compute); None = on with a 4-bit "
-        "base, off otherwise (shared base)."))
+        "Recompute activations in the backward pass: much less memory for one more forward per backward, about "
+        "4/3 the compute of a forward and backward (Chen et al. 2016); None = on with a 4-bit base, off otherwise "
+        "(shared base)."))
     fast_paths: bool = field(default=True, metadata=field_help(
         "Fast paths with the same numbers as the library code they replace: on a shared base, PEFT's (cached "
         "adapter switching, plain-LoRA forwards, merged sampling); on CPU, attention's backward from the recomputed "
@@ -95,8 +97,9 @@ class PPOConfig:
         "and sdpa's own everywhere."))
     merge_for_generation: bool | None = field(default=None, metadata=field_help(
         "Shared base: sample from merged weights (W + the policy's LoRA delta, a transient copy) instead of the "
-        "adapter beside every linear. True needs plain LoRA on float32 linears; None = on where allowed and the "
-        "adapted weights take <= 64 MiB, off under TF32 matmuls."))
+        "adapter beside every linear: one matmul per generated token instead of three. True needs plain LoRA on "
+        "float32 linears; None = on where allowed and the copy is small (adapted weights up to 64 MiB: "
+        "rlhf_widgets.stages.ppo.fastpaths.MERGE_AUTO_MAX_BYTES), off under TF32 matmuls."))
     rollout_logprobs: str = field(default="generate", metadata=field_help(
         "Where the rollout's policy log-probs come from: 'generate' (recorded while sampling, saving one policy "
         "forward) or 'forward' (a separate no-cache forward over the sampled batch)."))

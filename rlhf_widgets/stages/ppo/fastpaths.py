@@ -1,14 +1,15 @@
 """PEFT fast paths for PPO's shared base: the same numbers as PEFT's own code, with less Python per call.
 
-- **Adapter switching** (`activate`): PEFT's `set_adapter` walks every module and parameter; PPO switches
-  adapters ~10 times per update, so the adapter layers are found once and switched directly (~5% of a sandbox
-  update).
+- **Adapter switching** (`activate`): PEFT's `set_adapter` walks every module and parameter, a cost that grows
+  with the model and is paid at every switch (PPO switches adapters about ten times per update); the adapter layers
+  are found once and switched directly.
 - **Plain-LoRA forwards** (`plain_lora`): each plain LoRA linear runs as `base(x) + s·(xAᵀ)Bᵀ` without PEFT's
-  per-call adapter loop, casts and dispatch (a sandbox policy forward 0.13 → 0.10 s; bit-identical logits and
-  gradients on CPU).
+  per-call adapter loop, casts and dispatch — Python overhead that small models pay at every layer of every
+  forward (bit-identical logits and gradients on CPU).
 - **Merged sampling** (`merged`): during `generate`, each policy-adapted linear runs on a transient `W + ΔW`
-  (one matmul per generated token instead of three), the base tensors never written (sandbox generation ~25%
-  faster).
+  (one matmul per generated token instead of three), the base tensors never written.
+
+What each measured: docs/PERFORMANCE.md, "PPO's fast paths and memory, one at a time".
 
 One switch turns them all off: `FastPaths(enabled=False)` (`PPOConfig.fast_paths=False`) runs PEFT's own
 `set_adapter`, forward and adapter-path sampling — for debugging, or for a PEFT feature these paths don't know.
@@ -33,8 +34,10 @@ HALF_STORED = "_rlhf_widgets_stored_from"
 """attribute of a frozen base linear that `FastPaths.store_frozen_in` keeps in half precision: its former dtype"""
 
 MERGE_AUTO_MAX_BYTES = 64 << 20
-"""`merge_for_generation=None` merges float32 adapted weights up to this size (at 135M params merging saved no
-time and added the copy to peak memory)."""
+"""`merge_for_generation=None` merges float32 adapted weights up to this size. Merging builds and holds a copy of
+every adapted weight per rollout and saves the adapter's two small matmuls per generated token: that pays while
+those calls are a large share of a small model's step, and stops paying — at the cost of the copy's memory — once
+the base's own matmuls dominate (measured: docs/PERFORMANCE.md)."""
 
 
 class _PlainLoRALinear(nn.Module):
@@ -136,8 +139,8 @@ class FastPaths:
         """Keep the frozen float32 base linears in `dtype` (bf16 / fp16) for a run whose every forward autocasts to
         it: autocast casts a float32 weight that does not require grad afresh at every use (~40 times per PPO
         update, every generated token included), and the cast gives the same `dtype` tensor each time, so storing
-        it once computes the same numbers in less time and half the memory (a 135M-param update on CPU: 18.0 s instead
-        of 22.4 s, benchmarks/ppo_vs_trl.py). Only where sampling does not merge
+        it once computes the same numbers without the repeated casts and in half the memory (2 bytes a weight
+        instead of 4; measured: docs/PERFORMANCE.md). Only where sampling does not merge
         (a merged `W + ΔW` needs the float32 `W`) and never for a weight shared with the input embeddings (a tied
         LM head), the LoRA adapters or anything that trains; the adapters are saved alone, so a saved policy is
         unaffected. Returns the number of linears converted (0 with the fast paths off or while merging)."""

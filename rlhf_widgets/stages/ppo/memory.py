@@ -14,7 +14,7 @@ def auto_micro_batch_size(model_config, seq_len: int, mini_batch_size: int, half
     `CPU_ACTIVATION_BUDGET`, estimated from the model shape, and dividing `mini_batch_size`.
 
     `half_precision`: the forwards run under bf16/fp16 autocast, which saves the matmuls' inputs and the MLP's
-    activations in 2 bytes (the residual stream and the norms stay float32) — about 2.5× the rollouts fit."""
+    activations in 2 bytes (the residual stream and the norms stay float32), so more rollouts fit the same budget."""
     hidden = model_config.hidden_size
     mlp = getattr(model_config, "intermediate_size", None) or 4 * hidden
     # tensors a decoder block keeps for backward, per token: ~12 of hidden size, ~4 of MLP size; float32, or under
@@ -37,9 +37,10 @@ def release_freed_memory() -> None:
     """Hand the heap pages freed since the last call back to the OS (glibc `malloc_trim(0)`; no-op elsewhere).
 
     glibc keeps freed CPU tensor memory mapped for reuse, and between PPO phases (generation, the rollout
-    forwards, the minibatches' graphs) the sizes differ enough that the kept pages pile up (at a 100M-param shape
-    RSS grew ~1.5 GB above the working set). Called between phases — before and after an update's PPO epochs, not
-    between minibatches, which reuse each other's pages: a call costs ~10 ms plus re-faulting what it returned.
+    forwards, the minibatches' graphs) the sizes differ enough that the kept pages pile up and RSS grows well above
+    the working set. Called between phases — before and after an update's PPO epochs, not between minibatches,
+    which reuse each other's pages: each call walks the heap and every page it returns is faulted back in by the
+    next allocation that needs it (what both measured: docs/PERFORMANCE.md).
     """
     trim = _malloc_trim()
     if trim is not None:
