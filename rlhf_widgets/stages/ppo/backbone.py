@@ -40,11 +40,24 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from torch import nn
 from transformers import PreTrainedModel
 
-from rlhf_widgets.runtime.models import decoder_layout
+from rlhf_widgets.runtime.config import ModelConfig, as_model_config
+from rlhf_widgets.runtime.models import decoder_layout, lora_config
 from rlhf_widgets.runtime.precision import Float32Linear
 from rlhf_widgets.stages.ppo.fastpaths import FastPaths
 
 POLICY, VALUE, REFERENCE = "policy", "value", "reference"
+
+
+def ppo_lora(settings: ModelConfig) -> LoraConfig:
+    """PPO's adapters: the LoRA rank, alpha and targets of `settings`, with dropout 0 — the rollout's and the
+    update's forwards must compute the same function."""
+    if settings.lora_dropout:
+        warnings.warn(f"ModelConfig.lora_dropout={settings.lora_dropout} is not used for PPO's adapters: they run "
+                      "without dropout, so the rollout's log-probs and the update's describe the same policy",
+                      stacklevel=3)
+    lora = lora_config(as_model_config(settings, use_peft=True))
+    lora.lora_dropout = 0.0
+    return lora
 
 
 def _value_head(hidden_size: int, device: torch.device) -> nn.Linear:

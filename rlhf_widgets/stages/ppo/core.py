@@ -1,4 +1,5 @@
-"""PPO-RLHF as pure tensor functions: KL estimators, shaped rewards, whitening, GAE, clipped losses.
+"""PPO-RLHF as pure tensor functions: KL estimators, shaped rewards, whitening, GAE, clipped losses (and their
+stats over pieces of a micro-batch combined).
 
 Shapes: ``B`` sequences × ``T`` response tokens; ``mask`` (B, T) is 1 on real response tokens (up to
 and including the first EOS) and 0 after. Every function leaves masked-out positions at 0 (or ignores
@@ -140,6 +141,22 @@ def ppo_value_loss(
     loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
     clipfrac = masked_mean((clipped > unclipped).to(values.dtype), mask).item()
     return loss, {"clipfrac": clipfrac}
+
+
+def combined_stats(parts: list[tuple[dict[str, float], float]]) -> dict[str, float]:
+    """The masked-mean stats of `ppo_policy_loss` / `ppo_value_loss` over pieces, each (stats, its token
+    count), as over their union: means weighted by tokens; `ratio_var` (Bessel-corrected) by the pieces' sums of
+    squares plus their means' spread (the law of total variance)."""
+    total = sum(count for _, count in parts)
+    if len(parts) == 1 or not total:
+        return parts[0][0]
+    combined = {key: sum(part[key] * count for part, count in parts) / total for key in parts[0][0]}
+    if "ratio_var" in combined:
+        mean = combined["ratio_mean"]
+        squares = sum(part["ratio_var"] * max(count - 1, 0) + count * (part["ratio_mean"] - mean) ** 2
+                      for part, count in parts)
+        combined["ratio_var"] = squares / (total - 1) if total > 1 else 0.0
+    return combined
 
 
 @dataclass

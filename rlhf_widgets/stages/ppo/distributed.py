@@ -14,19 +14,41 @@ With one process every reduction is the identity and an agreement re-raises the 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, gather_object
 
-from rlhf_widgets.stages.ppo.rollout import TrainingStopped
+from rlhf_widgets.stages.ppo.stopping import TrainingStopped
+
+if TYPE_CHECKING:
+    from rlhf_widgets.stages.ppo.config import PPOConfig
 
 SUMMED_METRICS = frozenset({"val/num_eos_tokens"})
 """Metrics that count things per process: summed over processes (the rest are means: averaged, or — `time/…` —
 the slowest process's)."""
+
+
+def make_accelerator(config: PPOConfig) -> Accelerator:
+    """The run's `Accelerator`: CUDA with NCCL when there is a GPU, else CPU processes over gloo (a DeepSpeed launch
+    without a GPU needs gloo named explicitly). `collective_timeout_s` bounds every collective's wait. An FSDP
+    launch is refused (see the message)."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise ValueError("PPO under FSDP: FSDP shards the parameters themselves, which PPO's shared base (adapter "
+                         "switches, module swaps, generate) cannot run on; launch PPO with DeepSpeed ZeRO-2 "
+                         "(rlhf_widgets/accelerate_configs/zero2.yaml) or plain data parallel (--multi_gpu). FSDP "
+                         "is for the TRL stages")
+    cuda = torch.cuda.is_available()
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    backend = "nccl" if cuda else "gloo" if launched else None
+    handler = InitProcessGroupKwargs(backend=backend, timeout=timedelta(seconds=config.collective_timeout_s))
+    engine = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    return Accelerator(cpu=not cuda and not engine, kwargs_handlers=[handler])
 
 
 class PeerLost(RuntimeError):

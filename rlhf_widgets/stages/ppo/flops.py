@@ -1,4 +1,5 @@
-"""Model FLOPs of a PPO update, counted from the model's shape and the update's token counts (pure functions).
+"""Model FLOPs of a PPO update, counted from the model's shape and the update's token counts (pure functions), and
+the trainer's count of them (`FlopCounter`).
 
 Counting convention (the one MFU figures use, applied to what the trainer actually runs):
 
@@ -20,14 +21,22 @@ Counting convention (the one MFU figures use, applied to what the trainer actual
   through the LM head.
 
 `ppo_update_flops` returns the count per phase, the same phases the trainer times (`time/…`), so a phase's
-achieved FLOP/s is its FLOPs over its seconds.
+achieved FLOP/s is its FLOPs over its seconds. `FlopCounter` applies it to a trainer's updates: what stays fixed
+through a run read off its models once, each update's token counts off its rollout.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import nn
+
+from rlhf_widgets.stages.ppo.backbone import POLICY, REFERENCE, VALUE, SharedBackbone
+
+if TYPE_CHECKING:
+    from rlhf_widgets.stages.ppo.config import PPOConfig
+    from rlhf_widgets.stages.ppo.rollout import Rollout
 
 
 @dataclass(frozen=True)
@@ -159,3 +168,67 @@ def ppo_update_flops(shape: ModelShape, *, batch: int, prompt_tokens: int, respo
     flops["train_forward_backward"] = num_ppo_epochs * (policy + value)
     flops["total"] = sum(flops[p] for p in PHASES)
     return flops
+
+
+# ---------------------------------------------------------------- a trainer's count
+class FlopCounter:
+    """The model FLOPs of a `PPOTrainer`'s updates (`ppo_update_flops` of what it runs).
+
+    Args:
+        shape: the policy's `ModelShape`.
+        backend: the trainer's `SharedBackbone` or `SeparateModels`; its adapters' sizes are read here, while the
+            module tree is PEFT's own.
+        reward: the trainer's reward function: a `RewardModel`'s FLOPs are counted from its shape and the tokens it
+            scored (`reward_model_shape`), another function's are unknown and not counted.
+        config: the trainer's `PPOConfig` (epochs, where the old log-probs come from).
+        activation_checkpointing: whether the trained forwards are recomputed in the backward.
+    """
+
+    def __init__(self, shape: ModelShape, backend: nn.Module, reward, config: PPOConfig,
+                 activation_checkpointing: bool) -> None:
+        self.shape = shape
+        self.backend = backend
+        self.config = config
+        self.activation_checkpointing = activation_checkpointing
+        self.lora = ({name: lora_params(backend.peft, name) for name in (POLICY, VALUE, REFERENCE)}
+                     if isinstance(backend, SharedBackbone) else {})
+        """the adapters' matmul weights by role ({} for `SeparateModels`)"""
+        self.reward_shape = reward_model_shape(reward)
+
+    def count(self, rollout: Rollout, reward_tokens: int, reference_passes: int) -> dict[str, float]:
+        """This process's model FLOPs of the update that made `rollout`, per phase: from the model's shape, the
+        rollout's padded token counts, the adapters, the reference forwards (2 when the prompt-swap check ran) and
+        the `reward_tokens` a `RewardModel` scored."""
+        backend = self.backend
+        shared = isinstance(backend, SharedBackbone)
+        value_layers = None
+        if shared and backend.value_start:
+            value_layers = self.shape.num_layers - backend.value_start
+        lora = self.lora
+        reward = 0.0 if self.reward_shape is None else 2.0 * self.reward_shape.params * reward_tokens
+        return ppo_update_flops(
+            self.shape, batch=len(rollout), prompt_tokens=rollout.context_length,
+            response_tokens=rollout.responses.shape[1], num_ppo_epochs=self.config.num_ppo_epochs,
+            shared_base=shared, policy_lora=lora.get(POLICY, 0), value_lora=lora.get(VALUE, 0),
+            reference_lora=lora.get(REFERENCE, 0), value_layers=value_layers,
+            merged_generation=not shared or backend.merge_for_generation,
+            policy_forward_in_rollout=self.config.rollout_logprobs == "forward",
+            activation_checkpointing=self.activation_checkpointing, reward_flops=reward,
+            reference_passes=reference_passes)
+
+
+def token_counts(rollout: Rollout) -> dict[str, int]:
+    """A rollout's `batch` (rollouts), `prompt` (padded prompt tokens) and `response` (generated tokens)."""
+    return {"batch": len(rollout), "prompt": rollout.context_length, "response": rollout.responses.shape[1]}
+
+
+def reward_model_shape(reward) -> ModelShape | None:
+    """The matmul shape of a `RewardModel`'s model (it counts the tokens it scores), else None: a reward function's
+    FLOPs are unknown and not counted."""
+    model = getattr(reward, "model", None)
+    if not isinstance(getattr(reward, "tokens_scored", None), int) or not isinstance(model, nn.Module):
+        return None
+    try:
+        return ModelShape.from_model(model)
+    except (AttributeError, ZeroDivisionError):
+        return None

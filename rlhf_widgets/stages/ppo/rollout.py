@@ -18,11 +18,8 @@ from rlhf_widgets.runtime.data import last_user_content
 from rlhf_widgets.runtime.generation import encode_prompts, exact_sampling
 from rlhf_widgets.runtime.reward_protocol import RewardFunction, score_with_members
 from rlhf_widgets.stages.ppo import core
+from rlhf_widgets.stages.ppo.stopping import TrainingStopped
 from rlhf_widgets.stages.ppo.timing import NO_CLOCK, PhaseClock
-
-
-class TrainingStopped(RuntimeError):
-    """A safety rail tripped inside an update; the message is the diagnosis."""
 
 
 @dataclass

@@ -27,7 +27,7 @@ import torch
 from accelerate import Accelerator
 
 from rlhf_widgets.stages.ppo.config import PPOConfig
-from rlhf_widgets.stages.ppo.rollout import TrainingStopped
+from rlhf_widgets.stages.ppo.stopping import TrainingStopped
 
 
 class ZeroEngine:
