@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -124,24 +124,13 @@ class PolicyComparison:
         return table
 
 
-def compare_policies(
-    policies: dict,
-    prompts: Sequence[str],
-    baseline: str,
-    gold: RewardFunction | None = None,
-    reward_model: RewardFunction | None = None,
-    kl_reference: ModelLike | None = None,
-    seed: int = 0,
-    probes: str | Path | Iterable | None = None,
-    probe_classifier: Callable[[str, str], str] | None = None,
-) -> pd.DataFrame:
+def compare_policies(policies: dict, prompts: Sequence[str], baseline: str, **options: Any) -> pd.DataFrame:
     """A comparison table (pandas DataFrame, one row per policy) on the same held-out prompts: `measure_policies`'
     table, with every policy's responses in `table.attrs["responses"]` (name → list), e.g. for `evaluation_store`,
-    and with probes each policy's `ProbeReport` in `table.attrs["probes"]` (name → report). Arguments and columns:
-    see `measure_policies`."""
-    return measure_policies(policies, prompts, baseline, gold=gold, reward_model=reward_model,
-                            kl_reference=kl_reference, seed=seed, probes=probes,
-                            probe_classifier=probe_classifier).as_table()
+    and with probes each policy's `ProbeReport` in `table.attrs["probes"]` (name → report). `options` (`gold=`,
+    `reward_model=`, `kl_reference=`, `seed=`, `probes=`, `probe_classifier=`) and the columns: see
+    `measure_policies`."""
+    return measure_policies(policies, prompts, baseline, **options).as_table()
 
 
 def measure_policies(
