@@ -22,6 +22,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from rlhf_widgets.runtime.chat import render, stop_token_ids
 from rlhf_widgets.runtime.data import as_messages
+from rlhf_widgets.runtime.precision import check_inference_precision, inference_autocast
 from rlhf_widgets.runtime.quiet import progress
 from rlhf_widgets.runtime.types import Prompt
 from rlhf_widgets.runtime.validation import check_fields
@@ -53,8 +54,6 @@ class SamplingSettings:
                             "temperature": (self.temperature >= 0, "must be >= 0"),
                             "top_p": (0 < self.top_p <= 1, "must be in (0, 1]"),
                             "top_k": (self.top_k >= 0, "must be >= 0")})
-        from rlhf_widgets.runtime.precision import check_inference_precision  # (the ppo package imports this module)
-
         check_inference_precision("SamplingSettings.mixed_precision", self.mixed_precision)
 
     def generate_kwargs(self) -> dict:
@@ -269,7 +268,6 @@ def generate(
 ) -> list[Generation]:
     """Sample one response per prompt, in batches of `batch_size`; `seed` makes sampling reproducible."""
     from rlhf_widgets.runtime.attention import cpu_math_attention
-    from rlhf_widgets.runtime.precision import inference_autocast  # (the ppo package imports this module)
 
     settings = settings or SamplingSettings()
     if seed is not None:

@@ -34,6 +34,7 @@ import threading
 import ipywidgets as w
 
 from rlhf_widgets.runtime.control import ACTIVE, ControlledRun
+from rlhf_widgets.runtime.monitors import ALERT_EVENT
 from rlhf_widgets.views.dashboard import LiveDashboard
 from rlhf_widgets.views.reload_hint import display_with_hint
 from rlhf_widgets.views.samples import SamplesTable
@@ -64,8 +65,6 @@ def alarm_text(run: ControlledRun) -> str | None:
     Read from the run's log: the "stopped" / "rollback" event that names an alert and says the run's current
     `control.reason` (a later user stop has its own reason), and the monitor's "alert" event with the alert's
     message. A rollback says the update whose weights `final/` holds (the run's counters stay at the alert's)."""
-    from rlhf_widgets.runtime.monitors import ALERT_EVENT  # (here: evaluation imports this package)
-
     events = run.metrics.events()
     action = next((e for e in reversed(events) if e.kind in ("stopped", "rollback") and "alert" in e.data
                    and e.message == run.control.reason), None)

@@ -27,7 +27,6 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from accelerate.utils import DistributedType
@@ -40,6 +39,7 @@ from rlhf_widgets.runtime.data import prompt_list
 from rlhf_widgets.runtime.length_split import length_groups
 from rlhf_widgets.runtime.metrics import MetricsLog
 from rlhf_widgets.runtime.models import ModelLike, load_causal_lm, model_name
+from rlhf_widgets.runtime.monitors import MonitorConfig, RewardHackingMonitor
 from rlhf_widgets.runtime.precision import Precision, resolve_mixed_precision
 from rlhf_widgets.runtime.quiet import progress
 from rlhf_widgets.runtime.reward_protocol import RewardFunction
@@ -56,9 +56,6 @@ from rlhf_widgets.stages.ppo.stopping import TrainingStopped, user_stop
 from rlhf_widgets.stages.ppo.timing import PhaseClock
 from rlhf_widgets.stages.ppo.zero import ZeroEngine
 from rlhf_widgets.stages.reward import as_reward_function
-
-if TYPE_CHECKING:
-    from rlhf_widgets.runtime.monitors import MonitorConfig, RewardHackingMonitor
 
 
 class PPOTrainer:
@@ -157,9 +154,6 @@ class PPOTrainer:
         self._order: list[int] = []
         self.last_micro_batch_size: int | None = None
         self._last_good: dict | None = None  # the state a failed update returns to (`recovery`)
-        # imported here, not at the top: evaluation imports the reward stage, which imports ppo.precision (this package)
-        from rlhf_widgets.runtime.monitors import MonitorConfig
-
         self.monitor_config = monitor or MonitorConfig()
         """the reward-hacking monitors' thresholds (`evaluation.MonitorConfig`)"""
         self.monitor: RewardHackingMonitor | None = None
@@ -473,8 +467,6 @@ class PPOTrainer:
         bar.update(min(self.update, total))
         # the monitors read the run's log as it is written (the history too: a resumed or continued run); each
         # alert becomes an "alert" event there
-        from rlhf_widgets.runtime.monitors import RewardHackingMonitor  # (see __init__)
-
         monitor = self.monitor = RewardHackingMonitor(self.monitor_config)
         unwatch = monitor.attach(self.metrics)
         start = time.perf_counter()

@@ -422,7 +422,7 @@ def train_reward_ensemble(
         _drop_member_copy(output / MEMBERS / str(i))
     metrics.log_event("saved", f"reward ensemble of {members} members saved to {final}", step=step, stage="reward")
     if eval_ds is not None:
-        from rlhf_widgets.stages.reward.report import reward_report  # evaluation imports this module
+        from rlhf_widgets.stages.reward.report import reward_report  # (here: report imports this module)
 
         report = reward_report(ensemble, eval_ds)
         metrics.log({"eval_accuracy": report["accuracy"], "eval_disagreement": report["ensemble"]["disagreement"],
