@@ -89,8 +89,8 @@ def _pick_split(dataset_dict: datasets.DatasetDict, split: str) -> datasets.Data
 def _load_from_hub(dataset_id: str, split: str, what: str) -> datasets.Dataset:
     """`datasets.load_dataset(dataset_id, split=split)`, after one quick metadata request when online.
 
-    Without the probe an unreachable hub costs ~23 s of retries (five, 1-8 s apart) and a screen of
-    HTTP warnings before `datasets` gives up; the probe fails in one request (no retries) instead.
+    Without the probe an unreachable hub costs `datasets`' HTTP retries with back-off and a screen of HTTP
+    warnings before it gives up; the probe fails in one request (no retries) instead.
     """
     unreachable = ConnectionError(
         f"could not load {what} dataset {dataset_id!r}: the Hugging Face Hub could not be reached "

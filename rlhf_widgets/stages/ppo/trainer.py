@@ -331,8 +331,8 @@ class PPOTrainer:
                 self.processes.agree(error)
                 with self.clock("optimizer"):
                     self._optimizer_step(where)
-        # once per update, not per minibatch: every minibatch reuses the pages the last one freed (trimming after
-        # each cost 20-30% of an update at the sandbox shape, re-faulting ~130 MiB every time)
+        # once per update, not per minibatch: every minibatch reuses the pages the last one freed, and trimming
+        # after each would make the next fault them in again (docs/PERFORMANCE.md has the cost)
         release_freed_memory()
         return stats
 
