@@ -26,11 +26,11 @@ import torch
 if TYPE_CHECKING:
     from rlhf_widgets.workflows.quickstart import QuickstartConfig
 
-REFERENCE_SECONDS = {"sft": 25.0, "pairs": 15.0, "reward": 22.8, "ppo": 41.4, "dpo": 18.1, "evaluate": 12.7}
+REFERENCE_SECONDS = {"sft": 38.5, "pairs": 26.1, "reward": 41.4, "ppo": 106.5, "dpo": 27.7, "evaluate": 18.8}
 """seconds per stage of the quickstart at `QuickstartConfig`'s defaults (PPO: at `REFERENCE_PPO_UPDATES`), every
-stage in bf16, on the project's 2-core AVX512-BF16 CPU with 2 threads: docs/PERFORMANCE.md, "The quickstart: 3 min
-52 s → 2 min 22 s", last column"""
-REFERENCE_PPO_UPDATES = 32
+stage in bf16, on the project's 2-core AVX512-BF16 CPU with 2 threads, alone on it: docs/PERFORMANCE.md, "The
+float32 path, stage by stage" (the bf16 quickstart with the length-sorted pieces in float32 only)"""
+REFERENCE_PPO_UPDATES = 48
 """the PPO updates of that reference run (the other stages ran at `QuickstartConfig`'s defaults)"""
 REFERENCE_CALIBRATION = {"train": 0.193, "sample": 0.120}
 """`calibrate("bf16")` on that machine, in seconds (docs/PERFORMANCE.md, "What the quickstart says to expect")"""
@@ -59,7 +59,7 @@ class QuickstartPlan:
         total = sum(self.expected_seconds.values())
         stages = ", ".join(f"{STAGE_NAMES[s]} {_duration(t)}" for s, t in self.expected_seconds.items())
         float32 = "float32" in self.precision.values()
-        why = "; the README's 2 min 22 s is bf16 on a CPU with native bf16" if float32 else ""
+        why = "; the README's 4 min 20 s is bf16 on a CPU with native bf16" if float32 else ""
         return [f"precision: {self.path} — {each}", f"expect ~{_duration(total)} here ({stages}){why}"]
 
     def as_dict(self) -> dict:
