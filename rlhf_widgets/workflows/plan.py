@@ -32,7 +32,7 @@ stage in bf16, on the project's 2-core AVX512-BF16 CPU with 2 threads, alone on 
 float32 path, stage by stage" (the bf16 quickstart with the length-sorted pieces in float32 only)"""
 REFERENCE_PPO_UPDATES = 48
 """the PPO updates of that reference run (the other stages ran at `QuickstartConfig`'s defaults)"""
-REFERENCE_CALIBRATION = {"train": 0.193, "sample": 0.120}
+REFERENCE_CALIBRATION = {"train": 0.205, "sample": 0.123}
 """`calibrate("bf16")` on that machine, in seconds (docs/PERFORMANCE.md, "What the quickstart says to expect")"""
 SAMPLING_SHARE = {"sft": 0.0, "pairs": 1.0, "reward": 0.0, "ppo": 0.22, "dpo": 0.0, "evaluate": 1.0}
 """the share of each stage's seconds spent sampling (scaled by the "sample" calibration; the rest by "train"); PPO's
