@@ -81,16 +81,13 @@ def best_of_n_with_judge(
     `model` is a hub id, a local path, a `ModelConfig` or a loaded `(model, tokenizer)` pair; `judge` any
     labeler (a `PairwiseJudge`, `RewardModelJudge`, `gold_preference`).
     """
-    from rlhf_widgets.runtime.generation import generate
+    from rlhf_widgets.stages.best_of import sample_candidates
 
     if n < 1:
         raise ValueError(f"best_of_n_with_judge: n={n} must be >= 1")
     loaded, tokenizer = load_chat_model(model)
     prompts = list(prompts)
-    candidates: list[list[str]] = [[] for _ in prompts]
-    for i in range(n):
-        for j, out in enumerate(generate(loaded, tokenizer, prompts, settings, batch_size=batch_size, seed=seed + i)):
-            candidates[j].append(out.text)
+    candidates = sample_candidates(loaded, tokenizer, prompts, n, settings, seed=seed, batch_size=batch_size)
     winners, comparisons = knockout(judge, prompts, candidates)
     return JudgedBestOfN(responses=[c[w] for c, w in zip(candidates, winners, strict=True)], winners=winners,
                          candidates=candidates, comparisons=comparisons, n=n)

@@ -264,7 +264,7 @@ class PairwiseJudge:
                              responses_b: Sequence[str]) -> list[JudgedPair]:
         """`judge_pairs` with each ordering's reply (text, position, probabilities); updates `stats`."""
         prompts, responses_a, responses_b = checked_pairs(prompts, responses_a, responses_b)
-        questions = [_question_text(p) for p in prompts]
+        questions = [question_text(p) for p in prompts]
         asked = [(q, a, b) for q, a, b in zip(questions, responses_a, responses_b, strict=True)]
         if self.both_orders:
             asked += [(q, b, a) for q, a, b in zip(questions, responses_a, responses_b, strict=True)]
@@ -401,7 +401,7 @@ def _verdict_token_ids(tokenizer: PreTrainedTokenizerBase,
     return ids
 
 
-def _question_text(prompt: Prompt) -> str:
+def question_text(prompt: Prompt) -> str:
     """The user's request as the judge reads it: a string as is; a conversation as "role: content" lines."""
     messages = as_messages(prompt)
     if len(messages) == 1:

@@ -286,7 +286,7 @@ class ChatClassifier:
         """One label per (prompt, response), `batch_size` at a time."""
         import torch
 
-        from rlhf_widgets.evaluation.judges import _question_text
+        from rlhf_widgets.evaluation.judges import question_text
         from rlhf_widgets.runtime.generation import encode_prompts
 
         labels: list[str] = []
@@ -294,7 +294,7 @@ class ChatClassifier:
         names = list(self.letter_ids)
         device = next(self.model.parameters()).device
         for start in range(0, len(prompts), self.batch_size):
-            batch = [self.template.messages(_question_text(p), r, self.fold_system)
+            batch = [self.template.messages(question_text(p), r, self.fold_system)
                      for p, r in zip(prompts[start:start + self.batch_size],
                                      responses[start:start + self.batch_size], strict=True)]
             encoded = encode_prompts(self.tokenizer, batch, device)

@@ -23,6 +23,7 @@ def best_of_n_kl(n: int) -> float:
         raise ValueError(f"best_of_n_kl: n={n} must be >= 1")
     return math.log(n) - (n - 1) / n
 
+
 @dataclass
 class BestOfN:
     """Per prompt: the chosen response, its score, and all N candidates with their scores."""
@@ -62,6 +63,19 @@ class BestOfN:
                        candidate_scores=rows, n=self.n)
 
 
+def sample_candidates(model, tokenizer, prompts: list, n: int, settings: SamplingSettings | None = None, *,
+                      seed: int = 0, batch_size: int = 64, show_progress: bool = False) -> list[list[str]]:
+    """N sampled responses per prompt (`[prompt][i]`), the i-th of each drawn with seed `seed + i`: the candidates
+    best-of-N picks from, whatever picks them (a reward function here, a judge's knockout in
+    `evaluation.judged_best_of_n`)."""
+    candidates: list[list[str]] = [[] for _ in prompts]
+    for i in range(n):
+        for j, g in enumerate(generate(model, tokenizer, prompts, settings, batch_size=batch_size, seed=seed + i,
+                                       show_progress=show_progress)):
+            candidates[j].append(g.text)
+    return candidates
+
+
 def best_of_n(
     prompts: Sequence, *, model: ModelLike, reward: RewardFunction, n: int = 8,
     settings: SamplingSettings | None = None, seed: int = 0, batch_size: int = 64, show_progress: bool = False,
@@ -76,11 +90,8 @@ def best_of_n(
     loaded, tokenizer = load_causal_lm(model)
     reward = as_reward_function(reward)
     prompts = prompt_list(prompts)
-    candidates: list[list[str]] = [[] for _ in prompts]
-    for i in range(n):
-        for j, g in enumerate(generate(loaded, tokenizer, prompts, settings, batch_size=batch_size, seed=seed + i,
-                                       show_progress=show_progress)):
-            candidates[j].append(g.text)
+    candidates = sample_candidates(loaded, tokenizer, prompts, n, settings, seed=seed, batch_size=batch_size,
+                                   show_progress=show_progress)
     flat_prompts = [p for p in prompts for _ in range(n)]
     flat = [c for cs in candidates for c in cs]
     scores = score_responses(reward, flat_prompts, flat).view(len(prompts), n).tolist()
