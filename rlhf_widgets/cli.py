@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf_widgets.runtime.config import field_help
+from rlhf_widgets.labeling import RewardModelLabeler, label_with, prepare_pairs
+from rlhf_widgets.runtime import quiet
+from rlhf_widgets.runtime.config import ModelConfig, field_help
 from rlhf_widgets.runtime.types import SANDBOX
 
 
@@ -196,7 +198,6 @@ def _ppo(config, model, args: PromptArguments) -> dict:
 def _labeler(choice: str, seed: int) -> tuple[Callable, str]:
     """The labeler a `--labeler` names, and the name its labels are recorded under by default: 'simulated' (the
     sandbox's annotator, seeded), 'gold' (the sandbox's gold scorer) or a saved reward model's directory."""
-    from rlhf_widgets.labeling import RewardModelLabeler
     from rlhf_widgets.sandbox import SimulatedAnnotator, gold_preference
 
     if choice == "simulated":
@@ -207,8 +208,6 @@ def _labeler(choice: str, seed: int) -> tuple[Callable, str]:
 
 
 def _label(args: LabelArguments) -> dict:
-    from rlhf_widgets.labeling import label_with, prepare_pairs
-
     store = prepare_pairs(args.prompts, args.store, model=args.model, n_prompts=args.n_prompts or None, seed=args.seed,
                           k=args.answers_per_prompt, pairs_per_prompt=args.pairs_per_prompt)
     labeler, default_name = _labeler(args.labeler, args.seed)
@@ -344,8 +343,6 @@ def _classes(config_path: str, *extra: type, model: bool = True) -> Callable[[],
     def classes() -> tuple[type, ...]:
         import importlib
 
-        from rlhf_widgets.runtime.config import ModelConfig
-
         module, name = config_path.rsplit(".", 1)
         config = getattr(importlib.import_module(module), name)
         return (config, ModelConfig, *extra) if model else (config, *extra)
@@ -406,7 +403,6 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"rlhf-widgets: unknown stage {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    from rlhf_widgets.runtime import quiet
 
     *parsed, output = parser(name).parse_args_into_dataclasses(rest)
     if output.verbose:

@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from rlhf_widgets.runtime.data import prompt_list, words
+from rlhf_widgets.labeling import PreferenceStore
+from rlhf_widgets.runtime.data import as_messages, prompt_list, words
+from rlhf_widgets.runtime.generation import generate
 from rlhf_widgets.runtime.logprobs import logprobs_from_logits
-from rlhf_widgets.runtime.models import ModelLike
+from rlhf_widgets.runtime.models import ModelLike, load_causal_lm
 from rlhf_widgets.runtime.reward_protocol import RewardFunction, score_responses
 
 if TYPE_CHECKING:
@@ -52,8 +54,6 @@ def sequence_kl(policy, reference, tokenizer, prompts: Sequence, responses: Sequ
 
     Unbiased for the sequence KL when `responses` are samples of `policy` at temperature 1.
     """
-    from rlhf_widgets.runtime.data import as_messages
-
     out = []
     device = next(policy.parameters()).device
     for start in range(0, len(prompts), batch_size):
@@ -89,7 +89,6 @@ def sample_policy(policy: ModelLike | Callable[[list], Sequence[str]], prompts: 
         if len(out) != len(prompts):
             raise ValueError(f"sample_policy: the callable returned {len(out)} responses for {len(prompts)} prompts")
         return out
-    from rlhf_widgets.runtime.models import load_causal_lm
 
     return _sample_loaded(*load_causal_lm(policy), prompts, seed, settings, batch_size)
 
@@ -100,8 +99,6 @@ def _is_sampler(policy: object) -> bool:
 
 
 def _sample_loaded(model, tokenizer, prompts: Sequence, seed: int, settings=None, batch_size: int = 32) -> list[str]:
-    from rlhf_widgets.runtime.generation import generate
-
     return [g.text for g in generate(model, tokenizer, list(prompts), settings, batch_size=batch_size, seed=seed)]
 
 
@@ -168,12 +165,12 @@ def measure_policies(
 
     if baseline not in policies:
         raise ValueError(f"compare_policies: baseline {baseline!r} is not one of {list(policies)}")
-    from rlhf_widgets.runtime.models import load_causal_lm
 
     prompts = prompt_list(prompts)
     ref = load_causal_lm(kl_reference) if kl_reference is not None else None
     probe_set, probe_reports = None, {}
     if probes is not None:
+        # (here, not at the top: probes imports this module)
         from rlhf_widgets.evaluation.probes import default_classifier, load_probes, probe_report
 
         probe_set = load_probes(probes)
@@ -227,8 +224,6 @@ def evaluation_store(path, prompts: Sequence[str], candidate: Sequence[str], bas
     so re-running a notebook does not duplicate them; prompts where either response is empty are
     left out (nothing to judge).
     """
-    from rlhf_widgets.labeling import PreferenceStore
-
     store = PreferenceStore(path)
     if len(store) == 0:
         store.add_pairs(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlhf_widgets.evaluation.judges import checked_pairs
 from rlhf_widgets.runtime.data import as_messages
+from rlhf_widgets.runtime.generation import SamplingSettings, generate
 from rlhf_widgets.runtime.models import load_chat_model
 
 if TYPE_CHECKING:
@@ -84,8 +85,6 @@ def critique_and_revise(
         batch_size: conversations per generate call (default 16).
         critique_request, revision_request: the user turns asking for each, with a `{principle}` field.
     """
-    from rlhf_widgets.runtime.generation import SamplingSettings, generate
-
     if isinstance(principles, str) or not principles:
         raise ValueError("critique_and_revise: principles must be a non-empty list of strings, got "
                          f"{principles!r}")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from rlhf_widgets.evaluation.judges import verdicts
 from rlhf_widgets.labeling.labelers import Labeler
 from rlhf_widgets.runtime.models import load_chat_model
+from rlhf_widgets.stages.best_of import sample_candidates
 
 if TYPE_CHECKING:
     from rlhf_widgets.runtime.generation import SamplingSettings
@@ -81,8 +82,6 @@ def best_of_n_with_judge(
     `model` is a hub id, a local path, a `ModelConfig` or a loaded `(model, tokenizer)` pair; `judge` any
     labeler (a `PairwiseJudge`, `RewardModelJudge`, `gold_preference`).
     """
-    from rlhf_widgets.stages.best_of import sample_candidates
-
     if n < 1:
         raise ValueError(f"best_of_n_with_judge: n={n} must be >= 1")
     loaded, tokenizer = load_chat_model(model)

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from rlhf_widgets.labeling.labelers import Labeler, RewardModelLabeler
 from rlhf_widgets.runtime.chat import accepts_system_role
 from rlhf_widgets.runtime.data import as_messages
+from rlhf_widgets.runtime.generation import SamplingSettings, encode_prompts, generate
 from rlhf_widgets.runtime.models import load_chat_model
 
 if TYPE_CHECKING:
@@ -299,8 +300,6 @@ class PairwiseJudge:
 
     def _encoded(self, batch: list[list[dict]], pair_indices: list[int], extra_tokens: int) -> dict[str, torch.Tensor]:
         """The batch chat-formatted and left-padded; ValueError naming the pair if one is over `max_length`."""
-        from rlhf_widgets.runtime.generation import encode_prompts
-
         encoded = encode_prompts(self.tokenizer, batch, next(self.model.parameters()).device)
         if self.max_length is not None:
             for index, length in zip(pair_indices, encoded["attention_mask"].sum(1).tolist(), strict=True):
@@ -333,8 +332,6 @@ class PairwiseJudge:
         return replies
 
     def _ask_generate(self, batch: list[list[dict]], pair_indices: list[int]) -> list[JudgeReply]:
-        from rlhf_widgets.runtime.generation import SamplingSettings, generate
-
         self._encoded(batch, pair_indices, extra_tokens=self.max_new_tokens)  # length check only
         settings = SamplingSettings(max_new_tokens=self.max_new_tokens, temperature=0.0)
         outs = generate(self.model, self.tokenizer, batch, settings, batch_size=len(batch))

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from rlhf_widgets.evaluation.judges import Labeler, verdicts
+from rlhf_widgets.views.style import PLOT_TEMPLATE, plot_text
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -365,8 +366,6 @@ def leaderboard_figure(table: pd.DataFrame, title: str | None = None) -> go.Figu
     labels).
     """
     import plotly.graph_objects as go
-
-    from rlhf_widgets.views.style import PLOT_TEMPLATE, plot_text
 
     ordered = table.sort_values("rating", ascending=True)  # plotly draws the first category at the bottom
     drawn = ordered[np.isfinite(ordered["rating"])]

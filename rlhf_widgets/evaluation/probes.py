@@ -46,7 +46,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rlhf_widgets.evaluation.compare import sample_policy
+from rlhf_widgets.evaluation.judges import question_text
+from rlhf_widgets.runtime.chat import accepts_system_role
+from rlhf_widgets.runtime.generation import encode_prompts
+from rlhf_widgets.runtime.models import load_chat_model
 from rlhf_widgets.runtime.types import SANDBOX, Prompt
+from rlhf_widgets.sandbox import behaviour, make_prompts, parse_prompt
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -92,8 +98,6 @@ def sandbox_probe_rows(n_per_kind: int = SANDBOX_PROBES_PER_KIND, seed: int = 0)
     Test-split prompts (order numbers never seen in training) of the sandbox's failure-mode scenarios: false
     claims (note: which claim), alarming but benign requests, and out-of-scope requests; deterministic in `seed`.
     """
-    from rlhf_widgets.sandbox import make_prompts
-
     as_kind = {"false_claim": "false_claim", "alarming": "benign", "out_of_scope": "out_of_scope"}
     rows: dict[str, list[dict[str, Any]]] = {kind: [] for kind in PROBE_KINDS}
     batch = 0
@@ -262,9 +266,6 @@ class ChatClassifier:
                  template: ClassifierTemplate = DEFAULT_CLASSIFIER_TEMPLATE,
                  letters: Mapping[str, str] = DEFAULT_LETTERS, batch_size: int = 8,
                  min_letter_mass: float = 0.5) -> None:
-        from rlhf_widgets.runtime.chat import accepts_system_role
-        from rlhf_widgets.runtime.models import load_chat_model
-
         if set(letters) != set(LABELS):
             raise ValueError(f"ChatClassifier: letters needs exactly the keys {list(LABELS)}, got {sorted(letters)}")
         if batch_size < 1:
@@ -285,9 +286,6 @@ class ChatClassifier:
     def classify_batch(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[str]:
         """One label per (prompt, response), `batch_size` at a time."""
         import torch
-
-        from rlhf_widgets.evaluation.judges import question_text
-        from rlhf_widgets.runtime.generation import encode_prompts
 
         labels: list[str] = []
         ids = torch.tensor(list(self.letter_ids.values()))
@@ -322,8 +320,6 @@ def _one_token(tokenizer: PreTrainedTokenizerBase, word: str, label: str) -> int
 def default_classifier(probes: Sequence[Probe]) -> ProbeClassifier:
     """The sandbox's clause matcher (`sandbox.behaviour`) when every probe is a sandbox prompt; otherwise
     ValueError asking for a classifier."""
-    from rlhf_widgets.sandbox import behaviour, parse_prompt
-
     for probe in probes:
         try:
             parse_prompt(probe.prompt)
@@ -401,8 +397,6 @@ def run_probes(policy: Any, probes: str | Path | Iterable = SANDBOX, classifier:
                seed: int = 0) -> ProbeReport:
     """Sample `policy` (a model, as `evaluation.sample_policy` takes, or a `callable(prompts) -> responses`) on
     the probe set (default "sandbox"; see `load_probes`) and report its rates (`probe_report`)."""
-    from rlhf_widgets.evaluation.compare import sample_policy
-
     probes = probes if _is_probe_list(probes) else load_probes(probes)
     responses = sample_policy(policy, [p.prompt for p in probes], seed=seed)
     return probe_report(probes, responses, classifier)

@@ -58,6 +58,8 @@ from rlhf_widgets.labeling.backends import (
     Transaction,
     is_postgres_url,
 )
+from rlhf_widgets.labeling.store import PreferenceStore
+from rlhf_widgets.labeling.transfer import copy_store
 
 T = TypeVar("T")
 ANNOTATOR_GROUP = "rlhfw_annotator"
@@ -354,9 +356,6 @@ def create_annotator_role(url: str, name: str, password: str | None = None) -> N
 # ---------------------------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m rlhf_widgets.labeling.postgres migrate | copy | add-annotator …` (see the module docstring)."""
-    from rlhf_widgets.labeling.store import PreferenceStore
-    from rlhf_widgets.labeling.transfer import copy_store
-
     parser = argparse.ArgumentParser(prog="python -m rlhf_widgets.labeling.postgres",
                                      description="Set up and fill a PostgreSQL preference store.")
     commands = parser.add_subparsers(dest="command", required=True)

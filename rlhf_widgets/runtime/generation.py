@@ -20,6 +20,7 @@ from peft import PeftModel
 from transformers import DynamicCache, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache, DynamicLayer
 
+from rlhf_widgets.runtime.attention import cpu_math_attention
 from rlhf_widgets.runtime.chat import render, stop_token_ids
 from rlhf_widgets.runtime.data import as_messages
 from rlhf_widgets.runtime.precision import check_inference_precision, inference_autocast
@@ -267,8 +268,6 @@ def generate(
     show_progress: bool = False,
 ) -> list[Generation]:
     """Sample one response per prompt, in batches of `batch_size`; `seed` makes sampling reproducible."""
-    from rlhf_widgets.runtime.attention import cpu_math_attention
-
     settings = settings or SamplingSettings()
     if seed is not None:
         torch.manual_seed(seed)

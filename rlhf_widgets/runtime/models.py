@@ -35,6 +35,7 @@ from trl import get_peft_config
 from rlhf_widgets.runtime import hub, quiet
 from rlhf_widgets.runtime.chat import ensure_chat_template, stop_token_ids
 from rlhf_widgets.runtime.config import SANDBOX, ModelConfig, as_model_config
+from rlhf_widgets.sandbox import base_model_path
 
 quiet.quiet_libraries()  # transformers' weight-loading bars off (quiet.py)
 
@@ -59,8 +60,6 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     from it record where their base is, and must find it from any working directory); else a hub id."""
     name = str(name_or_path)
     if name == SANDBOX:
-        from rlhf_widgets.sandbox import base_model_path
-
         return str(base_model_path())
     path = Path(name).expanduser()
     return str(path.resolve()) if path.exists() else name

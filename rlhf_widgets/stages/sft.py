@@ -19,6 +19,7 @@ from rlhf_widgets.runtime.metrics import MetricsLog
 from rlhf_widgets.runtime.models import ModelLike, model_name
 from rlhf_widgets.runtime.stage_runner import StageResult, run_policy_stage
 from rlhf_widgets.runtime.validation import check_fields
+from rlhf_widgets.sandbox import sft_dataset
 
 
 @dataclass
@@ -61,7 +62,6 @@ def train_sft(
             raise ValueError(f"train_sft: no demonstrations given for model {model_name(model)!r} (the default "
                              "demonstrations exist only for the sandbox); pass data=<a prompt/completion or "
                              "messages dataset>")
-        from rlhf_widgets.sandbox import sft_dataset
 
         data = sft_dataset(config.sandbox_demos, seed=config.seed)
     return run_policy_stage("sft", trl.SFTTrainer, config, model, metrics, train_dataset=as_prompt_completion(data))

@@ -33,8 +33,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhf_widgets.evaluation import measure_policies, reward_report, win_rate
 from rlhf_widgets.labeling import PreferenceStore, label_with
 from rlhf_widgets.labeling.labelers import Labeler
+from rlhf_widgets.labeling.pairs import generate_pairs
 from rlhf_widgets.runtime.config import SANDBOX, field_help
 from rlhf_widgets.runtime.data import PromptSource, load_prompts, prompt_list, split_by_prompt
 from rlhf_widgets.runtime.metrics import MetricsLog
@@ -43,6 +45,9 @@ from rlhf_widgets.runtime.quiet import long_call
 from rlhf_widgets.runtime.reward_protocol import RewardFunction
 from rlhf_widgets.runtime.stage_runner import copied
 from rlhf_widgets.runtime.validation import check_fields
+from rlhf_widgets.stages.dpo import DPOStageConfig, train_dpo
+from rlhf_widgets.stages.ppo import PPOConfig, train_ppo
+from rlhf_widgets.stages.reward import RewardModel, RewardStageConfig, train_reward_model
 from rlhf_widgets.views.tables import FormattedTable, format_table
 
 STEPS = ("pairs", "labels", "reward", "policy", "evaluate")
@@ -239,7 +244,6 @@ class IterativeLoop:
         self.store.round = k
         if "pairs" in state.done:
             return k
-        from rlhf_widgets.labeling.pairs import generate_pairs
 
         cfg = self.config
         start = (k - 1) * cfg.prompts_per_round
@@ -330,9 +334,6 @@ class IterativeLoop:
         return everything.select(keep), held
 
     def _reward(self, k: int, state: RoundState) -> None:
-        from rlhf_widgets.evaluation import reward_report
-        from rlhf_widgets.stages.reward import RewardModel, RewardStageConfig, train_reward_model
-
         train, held = self._round_splits(k)
         previous = self._rounds[k - 2].reward_path if k > 1 else None
         numbers: dict[str, float] = {}
@@ -350,8 +351,6 @@ class IterativeLoop:
         cfg = self.config
         out = self._round_dir(k) / "policy"
         if cfg.policy_update == "ppo":
-            from rlhf_widgets.stages.ppo import PPOConfig, train_ppo
-
             base = self.ppo_config or PPOConfig(seed=cfg.seed)
             start = (k - 1) * cfg.prompts_per_round
             prompts = self.prompts[start : start + cfg.prompts_per_round]
@@ -360,8 +359,6 @@ class IterativeLoop:
             if result.status == "failed":
                 raise RuntimeError(f"round {k}: PPO stopped: {result.reason}")
         else:
-            from rlhf_widgets.stages.dpo import DPOStageConfig, train_dpo
-
             base = self.dpo_config or DPOStageConfig(seed=cfg.seed)
             result = train_dpo(self.store.to_dataset(rounds=[k]), _with(base, output_dir=str(out)),
                                model=self.current_policy)
@@ -369,9 +366,6 @@ class IterativeLoop:
         self._save_state()
 
     def _evaluate(self, k: int, state: RoundState) -> None:
-        from rlhf_widgets.evaluation import measure_policies, win_rate
-        from rlhf_widgets.stages.reward import RewardModel
-
         previous = self._rounds[k - 2].policy_path if k > 1 else None
         rm = RewardModel.load(state.reward_path)
         policies = {"SFT": self.sft_model, "current": state.policy_path}

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from rlhf_widgets.runtime.precision import cpu_precision_path, resolve_mixed_precision
+
 if TYPE_CHECKING:
     from rlhf_widgets.workflows.quickstart import QuickstartConfig
 
@@ -80,8 +82,6 @@ def plan_quickstart(config: QuickstartConfig) -> QuickstartPlan:
 
 def stage_precision(stage: str, config: QuickstartConfig, device: torch.device) -> str:
     """What `stage` of the quickstart computes in: its config's "auto" setting resolved as the stage does."""
-    from rlhf_widgets.runtime.precision import resolve_mixed_precision
-
     if stage in ("sft", "reward", "dpo"):
         from rlhf_widgets.stages.dpo import DPOStageConfig
         from rlhf_widgets.stages.sft import SFTStageConfig
@@ -186,8 +186,6 @@ def _fastest(job, clock, device: torch.device) -> float:
 
 
 def _path_line(device: torch.device) -> str:
-    from rlhf_widgets.runtime.precision import cpu_precision_path
-
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} ({'bf16' if torch.cuda.is_bf16_supported() else 'no bf16'})"
     return cpu_precision_path()

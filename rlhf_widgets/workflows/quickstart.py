@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rlhf_widgets.labeling import PreferenceStore, label_with
 from rlhf_widgets.runtime.config import SANDBOX, field_help
 from rlhf_widgets.runtime.metrics import MetricsLog
+from rlhf_widgets.runtime.monitors import GOLD_FREE_KINDS
 from rlhf_widgets.runtime.quiet import long_call
 from rlhf_widgets.views.report import write_report
 
@@ -224,7 +226,6 @@ def quickstart_pairs(config: QuickstartConfig, sft_path: str | Path) -> datasets
     `config.pair_prompts` sandbox prompts, labeled by the simulated annotator into `<output_dir>/labels.sqlite`;
     returns the labeled pairs (`PreferenceStore.to_dataset`, the annotator's labels)."""
     from rlhf_widgets import sandbox
-    from rlhf_widgets.labeling import PreferenceStore, label_with
     from rlhf_widgets.labeling.pairs import generate_pairs
 
     prompts = [p.text for p in sandbox.make_prompts(config.pair_prompts, seed=config.seed + 1)]
@@ -275,7 +276,6 @@ def quickstart_ppo(config: QuickstartConfig, sft_path: str | Path, reward: Rewar
     overoptimization alert (`GOLD_FREE_KINDS`: no gold, which a user's own run does not have) rolls the policy back
     to the last copy before the updates that raised it and ends the run there."""
     from rlhf_widgets import sandbox
-    from rlhf_widgets.runtime.monitors import GOLD_FREE_KINDS
     from rlhf_widgets.stages.ppo import PPOConfig, PPOTrainer
 
     train_prompts = [p.text for p in sandbox.make_prompts(1000, seed=config.seed + 2)]

@@ -44,6 +44,7 @@ from peft import PeftModel
 from rlhf_widgets.runtime.config import SANDBOX, ModelConfig, as_model_config
 from rlhf_widgets.runtime.data import split_by_prompt
 from rlhf_widgets.runtime.metrics import Event, MetricRecord, MetricsLog
+from rlhf_widgets.runtime.models import load_tokenizer
 from rlhf_widgets.runtime.stage_runner import FINAL, StageResult, copied, stage_metrics
 from rlhf_widgets.stages.reward.model import (
     RewardModel,
@@ -129,7 +130,6 @@ def load_members(paths: Sequence[str | Path], device: str = "auto", batch_size: 
     if not all(m["adapter"] for m in metas) or len({(m["base_model"], m["load_in_4bit"]) for m in metas}) != 1:
         return [RewardModel.load(p, device=device, batch_size=batch_size, mixed_precision=mixed_precision)
                 for p in paths]
-    from rlhf_widgets.runtime.models import load_tokenizer
 
     names = [f"member_{i}" for i in range(len(paths))]
     model = PeftModel.from_pretrained(adapter_base(metas[0], device), paths[0], adapter_name=names[0])
