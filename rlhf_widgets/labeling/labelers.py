@@ -63,9 +63,8 @@ class RewardModelLabeler:
         self.tie_margin = tie_margin
 
     def __call__(self, prompt: Prompt, a: str, b: str) -> Choice:
-        from rlhf_widgets.runtime.reward_protocol import (
-            score_responses,  # torch: loaded only when a reward model labels
-        )
+        # torch: loaded only when a reward model labels
+        from rlhf_widgets.runtime.reward_protocol import score_responses
 
         score_a, score_b = score_responses(self.reward_model, [prompt, prompt], [a, b]).tolist()
         if abs(score_a - score_b) <= self.tie_margin:

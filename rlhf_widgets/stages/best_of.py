@@ -54,13 +54,17 @@ class BestOfN:
         prompts = prompt_list(prompts)
         if len(prompts) != len(self.candidates):
             raise ValueError(f"rescored: {len(prompts)} prompts for the candidates of {len(self.candidates)}")
-        flat = [c for cs in self.candidates for c in cs]
-        scores = score_responses(as_reward_function(reward), [p for p in prompts for _ in range(self.n)], flat)
-        rows = scores.view(len(prompts), self.n).tolist()
-        picks = [max(range(self.n), key=lambda i: s[i]) for s in rows]
-        return BestOfN(responses=[c[i] for c, i in zip(self.candidates, picks, strict=True)],
-                       scores=[s[i] for s, i in zip(rows, picks, strict=True)], candidates=self.candidates,
-                       candidate_scores=rows, n=self.n)
+        return _picked(prompts, self.candidates, as_reward_function(reward), self.n)
+
+
+def _picked(prompts: list, candidates: list[list[str]], reward: RewardFunction, n: int) -> BestOfN:
+    """Every candidate scored by `reward` after its prompt, and the highest-scoring one of each prompt picked."""
+    flat = [c for cs in candidates for c in cs]
+    rows = score_responses(reward, [p for p in prompts for _ in range(n)], flat).view(len(prompts), n).tolist()
+    picks = [max(range(n), key=lambda i: s[i]) for s in rows]
+    return BestOfN(responses=[c[i] for c, i in zip(candidates, picks, strict=True)],
+                   scores=[s[i] for s, i in zip(rows, picks, strict=True)], candidates=candidates,
+                   candidate_scores=rows, n=n)
 
 
 def sample_candidates(model, tokenizer, prompts: list, n: int, settings: SamplingSettings | None = None, *,
@@ -92,15 +96,7 @@ def best_of_n(
     prompts = prompt_list(prompts)
     candidates = sample_candidates(loaded, tokenizer, prompts, n, settings, seed=seed, batch_size=batch_size,
                                    show_progress=show_progress)
-    flat_prompts = [p for p in prompts for _ in range(n)]
-    flat = [c for cs in candidates for c in cs]
-    scores = score_responses(reward, flat_prompts, flat).view(len(prompts), n).tolist()
-    picks = [max(range(n), key=lambda i: s[i]) for s in scores]
-    return BestOfN(
-        responses=[c[i] for c, i in zip(candidates, picks, strict=True)],
-        scores=[s[i] for s, i in zip(scores, picks, strict=True)],
-        candidates=candidates, candidate_scores=scores, n=n,
-    )
+    return _picked(prompts, candidates, reward, n)
 
 
 class BestOfNSampler:
